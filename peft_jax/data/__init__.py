@@ -1,0 +1,1 @@
+"""Data: dataset loading, chat templates, tokenisation, packing and the synthetic capability suite."""
