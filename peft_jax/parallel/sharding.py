@@ -1,0 +1,240 @@
+"""Mesh, logical-axis rules and the shardings of params, adapters, optimizer state and batches.
+
+This module is the one place that decides placement (DESIGN.md §1.5). Model code names the axes
+of every parameter with logical names (``'embed'``, ``'mlp'``, ``'heads'``, ``'kv'``, ``'vocab'``,
+``'rank'``, ``'norm'``, ``'blocks'``); a rules table maps each logical name to mesh axes of the
+3-D mesh ``('data', 'fsdp', 'tensor')``.
+
+Rule semantics (as Flax's ``logical_to_mesh_axes``, plus divisibility): rules are read in order,
+a repeated logical name is a fallback. For each array dimension we take the first rule for its
+logical name whose mesh axes are not yet used by another dimension of the same array *and* whose
+mesh-axis size product divides the dimension. If the full tuple of mesh axes does not divide,
+its longest dividing prefix is tried. A dimension no rule can shard is replicated, so a tiny model
+still runs on 8 devices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+PyTree = Any
+MESH_AXES = ('data', 'fsdp', 'tensor')
+# The batch dimension of every input is split over both data-parallel axes.
+BATCH_MESH_AXES = ('data', 'fsdp')
+
+# Logical axis -> mesh axes, in precedence order. ``None`` means replicated.
+# Weights: FSDP shards the model dimension, tensor parallelism the wide projections.
+# Adapter ranks, norms and OFT blocks are small: replicated.
+DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    # activations / inputs
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    # weights
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv', 'tensor'),
+    ('vocab', 'tensor'),
+    ('rank', None),
+    ('norm', None),
+    ('blocks', None),
+)
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Optional[Sequence[Any]] = None,
+              axis_names: Sequence[str] = MESH_AXES) -> Mesh:
+  """Builds a ``('data', 'fsdp', 'tensor')`` mesh over ``devices`` (default: all devices).
+
+  Args:
+    shape: sizes of the three mesh axes; one entry may be ``-1`` (filled with what is left).
+    devices: the devices to use, in order (default ``jax.devices()``: process 0's devices first,
+      so each process's slice of the batch dimension is contiguous).
+    axis_names: mesh axis names.
+  Returns:
+    A ``jax.sharding.Mesh`` with ``Auto`` axis types.
+  Raises:
+    ValueError: if the product of ``shape`` differs from the number of devices.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = [int(s) for s in shape]
+  if len(shape) != len(axis_names):
+    raise ValueError(f'mesh shape {tuple(shape)} must have one size per axis {tuple(axis_names)}')
+  if shape.count(-1) > 1:
+    raise ValueError(f'mesh shape {tuple(shape)}: at most one axis may be -1')
+  if -1 in shape:
+    known = math.prod(s for s in shape if s != -1)
+    if known <= 0 or len(devices) % known:
+      raise ValueError(f'mesh shape {tuple(shape)} cannot be filled from {len(devices)} devices')
+    shape[shape.index(-1)] = len(devices) // known
+  if any(s <= 0 for s in shape) or math.prod(shape) != len(devices):
+    raise ValueError(
+        f'mesh shape {dict(zip(axis_names, shape))} has product {math.prod(shape)} but there are '
+        f'{len(devices)} devices; the product of (data, fsdp, tensor) must equal the device count')
+  return Mesh(np.asarray(devices, dtype=object).reshape(shape), tuple(axis_names))
+
+
+def _as_axes(mesh_axes: Any) -> tuple[str, ...]:
+  if mesh_axes is None:
+    return ()
+  if isinstance(mesh_axes, str):
+    return (mesh_axes,)
+  return tuple(mesh_axes)
+
+
+def normalize_rules(rules: Optional[Iterable[Sequence[Any]]]) -> tuple[tuple[str, tuple], ...]:
+  """Turns a rules list (e.g. from a config) into ``((logical, (mesh axes...)), ...)``."""
+  rules = DEFAULT_LOGICAL_AXIS_RULES if rules is None else rules
+  out = []
+  for rule in rules:
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise ValueError(f'logical-axis rule {rule!r} must be a pair (logical_name, mesh_axes)')
+    out.append((rule[0], _as_axes(rule[1])))
+  return tuple(out)
+
+
+def logical_to_spec(axes: Sequence[Optional[str]], shape: Optional[Sequence[int]], mesh: Mesh,
+                    rules: Optional[Iterable[Sequence[Any]]] = None) -> PartitionSpec:
+  """The ``PartitionSpec`` of one array from its logical axis names (module docstring rules).
+
+  Args:
+    axes: one logical name (or ``None``) per dimension.
+    shape: the array shape, for divisibility (``None``: assume everything divides).
+    mesh: the mesh (its axis sizes decide divisibility).
+    rules: logical-axis rules (default :data:`DEFAULT_LOGICAL_AXIS_RULES`).
+  """
+  rules = normalize_rules(rules)
+  if shape is not None and len(axes) != len(shape):
+    raise ValueError(f'logical axes {tuple(axes)} do not match array shape {tuple(shape)}')
+  for mesh_axis in (a for _, r in rules for a in r):
+    if mesh_axis not in mesh.shape:
+      raise ValueError(f'rule mesh axis {mesh_axis!r} is not in the mesh axes {mesh.axis_names}')
+  used: set[str] = set()
+  spec = []
+  for dim, name in enumerate(axes):
+    chosen = None
+    for logical, mesh_axes in rules:
+      if logical != name or not mesh_axes or used.intersection(mesh_axes):
+        continue
+      for n in range(len(mesh_axes), 0, -1):
+        prefix = mesh_axes[:n]
+        size = math.prod(mesh.shape[a] for a in prefix)
+        if shape is None or shape[dim] % size == 0:
+          chosen = prefix
+          break
+      if chosen is not None:
+        break
+    if chosen is None:
+      spec.append(None)
+    else:
+      used.update(chosen)
+      spec.append(chosen[0] if len(chosen) == 1 else chosen)
+  return PartitionSpec(*spec)
+
+
+def _is_axes_leaf(x: Any) -> bool:
+  return x is None or (isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x))
+
+
+def logical_to_sharding(axes_tree: PyTree, mesh: Mesh,
+                        rules: Optional[Iterable[Sequence[Any]]] = None,
+                        shapes: Optional[PyTree] = None) -> PyTree:
+  """``NamedSharding`` tree from a tree of logical-axis tuples (divisibility-aware).
+
+  Args:
+    axes_tree: tree whose leaves are tuples of logical names, one per dimension (e.g. the output
+      of ``peft_jax.models.param_logical_axes(params)``; ``Adapted`` nodes are traversed).
+    mesh: the device mesh.
+    rules: logical-axis rules (default :data:`DEFAULT_LOGICAL_AXIS_RULES`).
+    shapes: optional tree of arrays / ``ShapeDtypeStruct`` with the same structure; with it a
+      dimension the mesh axes do not divide falls back (see module docstring).
+  Returns:
+    A tree of ``NamedSharding`` with the structure of ``axes_tree``.
+  """
+  rules = normalize_rules(rules)
+  if shapes is None:
+    return jax.tree.map(lambda axes: NamedSharding(mesh, logical_to_spec(axes, None, mesh, rules)),
+                        axes_tree, is_leaf=_is_axes_leaf)
+  axes_by_path = dict(jax.tree_util.tree_flatten_with_path(axes_tree, is_leaf=_is_axes_leaf)[0])
+
+  def one(path, leaf):
+    if path not in axes_by_path:
+      raise KeyError(f'no logical axes for parameter {path_name(path)!r}; axes are given for: '
+                     f'{sorted(path_name(p) for p in axes_by_path)[:20]}')
+    return NamedSharding(mesh, logical_to_spec(axes_by_path[path], leaf.shape, mesh, rules))
+
+  return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+def path_name(path: Sequence[Any]) -> str:
+  """'/'-joined name of a pytree key path; ``Adapted`` children are ``base``/``params``/``frozen``."""
+  parts = []
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      parts.append(str(key.key))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      parts.append(key.name)
+    elif isinstance(key, jax.tree_util.FlattenedIndexKey):
+      # Adapted flattens to (base, params, frozen); nothing else of ours uses flattened indices.
+      parts.append(('base', 'params', 'frozen')[key.key] if key.key < 3 else str(key.key))
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      parts.append(str(key.idx))
+    else:
+      parts.append(str(key))
+  return '/'.join(parts)
+
+
+def named_leaves(tree: PyTree) -> dict[str, Any]:
+  """``{'/'-joined path: leaf}`` for every leaf (``None`` subtrees have no leaves)."""
+  return {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def shardings_like(tree: PyTree, full_shardings: PyTree) -> PyTree:
+  """Picks, for each leaf of ``tree`` (e.g. the trainable partition), the sharding of the leaf at
+  the same path in ``full_shardings`` (e.g. computed for the whole params tree)."""
+  by_name = named_leaves(full_shardings)
+
+  def one(path, _):
+    name = path_name(path)
+    if name not in by_name:
+      raise KeyError(f'parameter {name!r} has no sharding; known: {sorted(by_name)[:20]}')
+    return by_name[name]
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def opt_state_shardings(optimizer: optax.GradientTransformation, params_shape: PyTree,
+                        params_shardings: PyTree, mesh: Mesh) -> PyTree:
+  """Shardings of ``optimizer.init(params)``: each moment mirrors the param it belongs to; scalars
+  (counts) and anything not shaped like a param are replicated.
+
+  Args:
+    optimizer: the optax transformation.
+    params_shape: tree of ``ShapeDtypeStruct`` (or arrays) of the trainable params.
+    params_shardings: matching tree of ``NamedSharding``.
+    mesh: the mesh (for the replicated sharding).
+  """
+  state_shape = jax.eval_shape(optimizer.init, params_shape)
+  shardings = optax.tree_map_params(
+      optimizer, lambda _, sharding: sharding, state_shape, params_shardings,
+      transform_non_params=lambda _: replicated(mesh),
+      is_leaf=lambda x: isinstance(x, NamedSharding))
+  # Anything tree_map_params left as a shape (e.g. masked-out nodes) is replicated.
+  return jax.tree.map(
+      lambda s: s if isinstance(s, NamedSharding) else replicated(mesh), shardings,
+      is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Inputs ``[batch, ...]``: the batch dimension split over ``('data', 'fsdp')``."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_MESH_AXES, *([None] * (ndim - 1))))
+

@@ -1,0 +1,115 @@
+"""Optimizer construction: AdamW, warmup + decay schedule, clipping, decay mask, lr groups.
+
+.. math::
+   g \\leftarrow g \\cdot \\min(1, c / \\lVert g \\rVert_2), \\quad
+   u = -\\eta_t \\, m_p \\, (\\mathrm{adam}(g) + \\lambda \\, \\mathbb{1}[\\text{decay } p] \\, p)
+
+with ``η_t`` linear warmup to ``peak_lr`` over ``warmup_steps`` then cosine (or linear) decay to
+``peak_lr * final_lr_fraction`` at ``total_steps``, and ``m_p`` the learning-rate multiplier of
+the first ``lr_groups`` pattern that fully matches parameter ``p``'s '/'-joined name.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from peft_jax.parallel.sharding import path_name
+
+PyTree = Any
+# Parameters never decayed: biases, norm scales and any tensor of rank < 2.
+DEFAULT_NO_DECAY_PATTERNS = (r'.*bias.*', r'.*norm.*', r'.*scale')
+
+
+def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0, decay: str = 'cosine',
+                final_lr_fraction: float = 0.0) -> optax.Schedule:
+  """Linear warmup from 0 to ``peak_lr``, then ``'cosine'``, ``'linear'`` or ``'constant'``."""
+  if decay not in ('cosine', 'linear', 'constant'):
+    raise ValueError(f"schedule decay {decay!r} must be one of 'cosine', 'linear', 'constant'")
+  if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
+    raise ValueError(f'need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}), '
+                     'total_steps > 0')
+  end = peak_lr * final_lr_fraction
+  decay_steps = max(total_steps - warmup_steps, 1)
+  if decay == 'cosine':
+    main = optax.cosine_decay_schedule(peak_lr, decay_steps, alpha=final_lr_fraction)
+  elif decay == 'linear':
+    main = optax.linear_schedule(peak_lr, end, decay_steps)
+  else:
+    main = optax.constant_schedule(peak_lr)
+  if warmup_steps == 0:
+    return main
+  warmup = optax.linear_schedule(0.0, peak_lr, warmup_steps)
+  return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def _first_match(name: str, patterns: Sequence[tuple[str, Any]], default: Any) -> Any:
+  for pattern, value in patterns:
+    if re.fullmatch(pattern, name):
+      return value
+  return default
+
+
+def decay_mask(params: PyTree, no_decay_patterns: Iterable[str] = DEFAULT_NO_DECAY_PATTERNS
+               ) -> PyTree:
+  """True for leaves that get weight decay: rank >= 2 and no name in ``no_decay_patterns``."""
+  patterns = [(p, False) for p in no_decay_patterns]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: bool(x.ndim >= 2 and _first_match(path_name(path), patterns, True)), params)
+
+
+def lr_multipliers(params: PyTree, lr_groups: Sequence[tuple[str, float]]) -> PyTree:
+  """Tree of Python floats: the multiplier of the first ``(regex, mult)`` matching each name."""
+  for pattern, _ in lr_groups:
+    re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: float(_first_match(path_name(path), lr_groups, 1.0)), params)
+
+
+def scale_by_tree(multipliers: PyTree) -> optax.GradientTransformation:
+  """``u_p <- m_p u_p`` with a static multiplier per parameter (same structure as the params)."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def make_optimizer(params: PyTree, *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                   decay: str = 'cosine', final_lr_fraction: float = 0.0, b1: float = 0.9,
+                   b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                   clip_norm: Optional[float] = 1.0,
+                   no_decay_patterns: Iterable[str] = DEFAULT_NO_DECAY_PATTERNS,
+                   lr_groups: Sequence[tuple[str, float]] = ()
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with clipping, a decay mask and per-group lr multipliers (module docstring math).
+
+  Args:
+    params: the trainable params (or their shapes); masks and multipliers are built from their
+      names statically.
+    lr_groups: ``[(regex, multiplier), ...]``; first full match on the '/'-joined name wins
+      (e.g. ``[('.*gate.*', 5.0)]`` for DISeL gates).
+  Returns:
+    ``(optimizer, schedule)``.
+  """
+  schedule = lr_schedule(peak_lr, total_steps, warmup_steps, decay, final_lr_fraction)
+  parts = []
+  if clip_norm:
+    parts.append(optax.clip_by_global_norm(clip_norm))
+  parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask(params,
+                                                                         no_decay_patterns)))
+  parts.append(optax.scale_by_learning_rate(schedule))
+  if lr_groups:
+    parts.append(scale_by_tree(lr_multipliers(params, lr_groups)))
+  return optax.chain(*parts), schedule
