@@ -1,0 +1,299 @@
+"""Injection by rules, and the tree-level functions over adapted params.
+
+Param paths map to Hugging Face module names (docs/CONVENTIONS.md):
+``layers_3/self_attn/q_proj/kernel`` <-> ``model.layers.3.self_attn.q_proj``, ``lm_head/kernel`` <->
+``lm_head``. Candidates are the 2-D ``kernel`` leaves (the linear layers). Target semantics are
+PEFT's (``tuners_utils.check_target_module_exists``):
+
+* a **string** target is a regex that must match the whole module name (``re.fullmatch``);
+  ``'all-linear'`` (any case) means every linear layer except ``lm_head``;
+* a **list** entry matches a module name exactly or as a dot-boundary suffix (``'q_proj'`` and
+  ``'self_attn.q_proj'`` match ``model.layers.0.self_attn.q_proj``; ``'proj'`` does not);
+* ``exclude_modules`` uses the same two forms and wins over targets;
+* ``layers_to_transform`` (int or list, list targets only) keeps modules whose first numbered
+  segment (``model.layers.<i>.``) is in it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from peft_jax.adapters.core import Adapted, is_adapted
+
+Array = jax.Array
+PyTree = Any
+Targets = Union[str, Sequence[str]]
+
+_LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
+
+
+def default_module_name(path: str) -> str:
+  """``'layers_3/self_attn/q_proj'`` -> ``'model.layers.3.self_attn.q_proj'``; ``'lm_head'`` stays."""
+  parts = [re.sub(r"^layers_(\d+)$", r"layers.\1", p) for p in path.split("/")]
+  name = ".".join(parts)
+  return name if parts[0] == "lm_head" else "model." + name
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+  """Nested dicts -> ``{'a/b/c': leaf}`` (Adapted nodes are leaves)."""
+  flat = {}
+  for k, v in tree.items():
+    path = f"{prefix}/{k}" if prefix else str(k)
+    if isinstance(v, Mapping):
+      flat.update(_flatten(v, path))
+    else:
+      flat[path] = v
+  return flat
+
+
+def _set_path(tree: Mapping, path: str, value: Any) -> dict:
+  """Functional update of a nested dict at ``'a/b/c'``."""
+  head, _, rest = path.partition("/")
+  out = dict(tree)
+  out[head] = _set_path(tree[head], rest, value) if rest else value
+  return out
+
+
+def linear_modules(params: Mapping,
+                   module_name_fn: Callable[[str], str] = default_module_name) -> dict[str, str]:
+  """``{module_name: kernel_path}`` for every 2-D ``kernel`` leaf (plain or already adapted)."""
+  out = {}
+  for path, leaf in _flatten(params).items():
+    if path.endswith("/kernel") and (is_adapted(leaf) or getattr(leaf, "ndim", 0) == 2):
+      out[module_name_fn(path[: -len("/kernel")])] = path
+  return out
+
+
+def _matches(name: str, targets: Targets) -> bool:
+  if isinstance(targets, str):
+    if targets.lower() == "all-linear":
+      return name != "lm_head" and not name.endswith(".lm_head")
+    return re.fullmatch(targets, name) is not None
+  return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _layer_ok(name: str, layers_to_transform) -> bool:
+  if layers_to_transform is None:
+    return True
+  m = _LAYER_INDEX.match(name)
+  if m is None:
+    return False
+  idx = int(m.group("idx"))
+  if isinstance(layers_to_transform, int):
+    return idx == layers_to_transform
+  return idx in layers_to_transform
+
+
+def select_modules(params: Mapping, targets: Targets, *, layers_to_transform=None,
+                   exclude_modules: Optional[Targets] = None,
+                   module_name_fn: Callable[[str], str] = default_module_name) -> dict[str, str]:
+  """``{module_name: kernel_path}`` selected by PEFT's rules (module docstring)."""
+  if isinstance(targets, str) and layers_to_transform is not None and (
+      targets.lower() != "all-linear"):
+    raise ValueError("layers_to_transform cannot be combined with a regex-string target "
+                     f"({targets!r}); use a list of names")
+  modules = linear_modules(params, module_name_fn)
+  chosen = {}
+  for name, path in modules.items():
+    if exclude_modules is not None and _matches(name, exclude_modules):
+      continue
+    if _matches(name, targets) and _layer_ok(name, layers_to_transform):
+      chosen[name] = path
+  return chosen
+
+
+def _as_rules(method_or_rules, targets) -> list[tuple[Any, Targets]]:
+  if isinstance(method_or_rules, (list, tuple)) and targets is None:
+    rules = list(method_or_rules)
+    for i, rule in enumerate(rules):
+      if not (isinstance(rule, (list, tuple)) and len(rule) == 2):
+        raise ValueError(f"rule {i} must be a (method, targets) pair, got {rule!r}")
+    return [tuple(r) for r in rules]
+  if targets is None:
+    raise ValueError("inject: give `targets` with a single method, or a list of "
+                     "(method, targets) pairs")
+  return [(method_or_rules, targets)]
+
+
+def inject(params: Mapping, method_or_rules, targets: Optional[Targets] = None,
+           key: Optional[Array] = None, *, layers_to_transform=None,
+           exclude_modules: Optional[Targets] = None,
+           module_name_fn: Callable[[str], str] = default_module_name) -> dict:
+  """Replaces each selected ``kernel`` leaf by ``method.init(key_i, kernel)`` (an :class:`Adapted`).
+
+  Args:
+    params: the model's param tree (nested dicts, kernels ``[d_in, d_out]``).
+    method_or_rules: a method object (with ``targets``), or a list of ``(method, targets)`` pairs.
+      A module selected by two rules is an error.
+    targets: PEFT ``target_modules`` semantics (list / regex string / ``'all-linear'``).
+    key: PRNG key; module ``i`` (sorted by path) gets ``split(key, n)[i]``.
+    layers_to_transform: int or list of layer indices (list targets only).
+    exclude_modules: names never adapted (same forms as targets).
+    module_name_fn: param path (without ``/kernel``) -> HF module name.
+  Returns:
+    A new tree; untouched leaves are shared with ``params``.
+  Raises:
+    ValueError: a rule matching nothing (listing available module names), overlapping rules,
+      or a method's own shape errors (rank too large, OFT block size not dividing d_in, ...).
+  """
+  rules = _as_rules(method_or_rules, targets)
+  if key is None:
+    key = jax.random.key(0)
+  flat = _flatten(params)
+  assignment: dict[str, tuple[Any, str]] = {}
+  for method, rule_targets in rules:
+    chosen = select_modules(params, rule_targets, layers_to_transform=layers_to_transform,
+                            exclude_modules=exclude_modules, module_name_fn=module_name_fn)
+    if not chosen:
+      available = sorted(linear_modules(params, module_name_fn))
+      raise ValueError(
+          f"target_modules {rule_targets!r} (method {getattr(method, 'name', method)!r}, "
+          f"layers_to_transform={layers_to_transform!r}, exclude_modules={exclude_modules!r}) "
+          f"matched no linear weight; available module names are: {', '.join(available)}")
+    for name, path in chosen.items():
+      if path in assignment:
+        raise ValueError(f"module {name!r} is selected by two rules "
+                         f"({assignment[path][0]!r} and {method!r}); each weight takes one method")
+      if is_adapted(flat[path]):
+        raise ValueError(f"module {name!r} ({path}) is already adapted by "
+                         f"{flat[path].method!r}; merge it first")
+      assignment[path] = (method, name)
+  paths = sorted(assignment)
+  keys = jax.random.split(key, len(paths))
+  shared_by_method: dict[Any, dict] = {}
+  for method in {m for m, _ in assignment.values()}:
+    if hasattr(method, "init_shared"):
+      shapes = [flat[p].shape for p in paths if assignment[p][0] == method]
+      shared_by_method[method] = method.init_shared(jax.random.fold_in(key, 0x5EA), shapes)
+  out = dict(params)
+  for path, k in zip(paths, keys):
+    method = assignment[path][0]
+    if method in shared_by_method:
+      node = method.init(k, flat[path], shared=shared_by_method[method])
+    else:
+      node = method.init(k, flat[path])
+    out = _set_path(out, path, node)
+  return out
+
+
+def adapted_nodes(tree: Mapping) -> dict[str, Adapted]:
+  """``{kernel path: node}`` for every adapted leaf."""
+  return {p: v for p, v in _flatten(tree).items() if is_adapted(v)}
+
+
+def _map_tree(tree: Mapping, fn: Callable[[str, Any], Any], prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    path = f"{prefix}/{k}" if prefix else str(k)
+    out[k] = _map_tree(v, fn, path) if isinstance(v, Mapping) else fn(path, v)
+  return out
+
+
+def partition(tree: Mapping) -> tuple[dict, dict]:
+  """Splits into ``(trainable, frozen)`` with the same structure, ``None`` where absent.
+
+  Trainable: each node's ``params`` (inside an ``Adapted`` with ``base=None`` and frozen entries
+  ``None``). Frozen: every plain leaf, and each node's ``base`` and ``frozen`` (params ``None``).
+  ``combine(trainable, frozen)`` rebuilds the tree; ``None`` leaves are empty pytrees, so optax
+  and ``jax.tree`` functions see only the trainable arrays.
+  """
+  def train_fn(path, v):
+    del path
+    if is_adapted(v):
+      return Adapted(None, dict(v.params), {k: None for k in v.frozen}, v.method)
+    return None
+
+  def frozen_fn(path, v):
+    del path
+    if is_adapted(v):
+      return Adapted(v.base, {k: None for k in v.params}, dict(v.frozen), v.method)
+    return v
+
+  return _map_tree(tree, train_fn), _map_tree(tree, frozen_fn)
+
+
+def combine(trainable: Mapping, frozen: Mapping) -> dict:
+  """Inverse of :func:`partition`."""
+  out = {}
+  for k, f in frozen.items():
+    t = trainable.get(k) if trainable is not None else None
+    if isinstance(f, Mapping):
+      out[k] = combine(t if isinstance(t, Mapping) else {}, f)
+    elif is_adapted(f):
+      if not is_adapted(t):
+        raise ValueError(f"combine: {k!r} is adapted in the frozen tree but the trainable tree "
+                         f"holds {type(t).__name__}")
+      params = {n: t.params[n] for n in f.params}
+      out[k] = Adapted(f.base, params, dict(f.frozen), f.method)
+    else:
+      out[k] = f if t is None else t
+  return out
+
+
+def merge(tree: Mapping) -> dict:
+  """Plain params: every adapted node replaced by ``method.merge(node)``."""
+  return _map_tree(tree, lambda p, v: v.method.merge(v) if is_adapted(v) else v)
+
+
+def delta(tree: Mapping) -> dict[str, Array]:
+  """``{kernel path: ΔW [d_in, d_out]}`` relative to each original pretrained kernel."""
+  return {p: n.method.delta(n) for p, n in adapted_nodes(tree).items()}
+
+
+def path(tree: Mapping, t: Array, *, layer_scales: Optional[Mapping[str, Array]] = None,
+         method_fn: str = "path") -> dict:
+  """Plain params at position ``t`` of each method's own path (``t=0`` base, ``t=1`` merged).
+
+  Args:
+    tree: adapted tree.
+    t: scalar position (may be traced, so ``vmap`` over ``t`` works).
+    layer_scales: optional ``{kernel path: factor}``; that node uses ``t * factor``
+      (per-layer rewinding / scaling).
+    method_fn: the node method to call (``'path'``, or e.g. ``'dense_path'`` for OFT; nodes
+      without it use ``'path'``).
+  """
+  layer_scales = layer_scales or {}
+  unknown = set(layer_scales) - set(adapted_nodes(tree))
+  if unknown:
+    raise ValueError(f"layer_scales keys {sorted(unknown)} are not adapted kernels; adapted: "
+                     f"{sorted(adapted_nodes(tree))}")
+
+  def fn(p, v):
+    if not is_adapted(v):
+      return v
+    tp = t * layer_scales[p] if p in layer_scales else t
+    return getattr(v.method, method_fn, v.method.path)(v, tp)
+
+  return _map_tree(tree, fn)
+
+
+def count_params(tree: Mapping) -> dict[str, int]:
+  """``{'trainable': adapter params, 'total': every distinct array}`` (shared VeRA projections
+  counted once)."""
+  seen: set[int] = set()
+  total = 0
+  trainable = 0
+  for leaf in jax.tree.leaves(tree):
+    if id(leaf) not in seen:
+      seen.add(id(leaf))
+      total += int(leaf.size)
+  for node in adapted_nodes(tree).values():
+    trainable += int(node.method.num_trainable(node))
+  return {"trainable": trainable, "total": total}
+
+
+def adapter_logical_axes(node: Adapted, base_axes: tuple) -> Adapted:
+  """Logical axis names of a node's arrays, derived from its base kernel's ``(in, out)`` axes.
+
+  Returns an ``Adapted`` whose ``base`` is ``base_axes`` and whose ``params``/``frozen`` hold one
+  axis-name tuple per array (A-like: ``(in, 'rank')``, B-like: ``('rank', out)``, DoRA magnitude:
+  ``(out,)``, OFT: ``('blocks', None)``, VeRA: ``('rank',)``/``(out,)``).
+  """
+  if len(base_axes) != 2:
+    raise ValueError(f"base_axes must be (input_axis, output_axis), got {base_axes!r}")
+  params_axes, frozen_axes = node.method.param_axes(node, base_axes[0], base_axes[1])
+  return Adapted(tuple(base_axes), params_axes, frozen_axes, node.method)

@@ -1,0 +1,111 @@
+"""PiSSA, principal singular values and vectors adaptation (Meng et al., 2024), PEFT's ``pissa_init``.
+
+With the thin SVD ``W0 = U S V^T`` of the Flax kernel ``W0: [d_in, d_out]`` (float32), and LoRA
+scale ``s``, the top-``r`` triplets initialise the factors and the rest stays frozen:
+
+.. math::
+
+  a_0 = U_r \\sqrt{S_r / s}\\;[d_{in}, r], \\quad b_0 = \\sqrt{S_r / s}\\, V_r^T\\;[r, d_{out}],
+  \\quad W_{res} = W_0 - s\\, a_0 b_0 .
+
+(PEFT factors the torch weight ``W0^T``, whose left singular vectors are our ``V``, so its
+``A: [r, d_in]`` and ``B: [d_out, r]`` are ``a_0^T`` and ``b_0^T``.) The forward is LoRA's
+on ``W_res``: ``y = x W_res + s (drop(x) a) b``, equal to ``x W0`` at init.
+
+Node layout: ``base = W_res``; ``params = {'lora_a', 'lora_b'}``; ``frozen = {'lora_a0', 'lora_b0'}``
+(the initial factors, so ``W0 = W_res + s a0 b0`` and ``ΔW = s (a b - a0 b0)`` is relative to
+the original ``W0``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from peft_jax.adapters import _common
+from peft_jax.adapters import lora
+from peft_jax.adapters.core import Adapted
+
+Array = jax.Array
+
+
+def pissa_factors(w0: Array, rank: int, scale: float) -> tuple[Array, Array, Array]:
+  """Returns ``(a0 [d_in, r], b0 [r, d_out], w_res [d_in, d_out])`` by exact float32 SVD."""
+  w = w0.astype(jnp.float32)
+  u, s, vt = jnp.linalg.svd(w, full_matrices=False)
+  root = jnp.sqrt(s[:rank] / scale)
+  a0 = u[:, :rank] * root[None, :]
+  b0 = root[:, None] * vt[:rank]
+  w_res = w - scale * (a0 @ b0)
+  return a0, b0, w_res
+
+
+@dataclasses.dataclass(frozen=True)
+class PiSSA:
+  """PiSSA hyper-parameters (PEFT ``LoraConfig(init_lora_weights='pissa', r, lora_alpha, ...)``)."""
+
+  rank: int = 8
+  alpha: float = 8.0
+  dropout: float = 0.0
+  use_rslora: bool = False
+  name: str = "pissa"
+
+  @property
+  def scale(self) -> float:
+    return lora.lora_scaling(self.rank, self.alpha, self.use_rslora)
+
+  def init(self, key: Array, w0: Array) -> Adapted:
+    del key  # exact SVD: deterministic
+    _common.check_rank(self.rank, w0, "PiSSA")
+    a0, b0, w_res = pissa_factors(w0, self.rank, self.scale)
+    return Adapted(w_res.astype(w0.dtype), {"lora_a": a0, "lora_b": b0},
+                   {"lora_a0": a0, "lora_b0": b0}, self)
+
+  def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
+            dtype: Any = None) -> Array:
+    """``x: [..., d_in] -> x W_res + s (drop(x) a) b``."""
+    dtype = _common.compute_dtype(x, dtype)
+    x2, lead = _common.flat2d(x)
+    y = _common.dot(x2, node.base, dtype).reshape(*lead, node.base.shape[-1])
+    xd = _common.dropout(x, self.dropout, dropout_rng)
+    return y + lora.low_rank_update(xd, node.params["lora_a"], node.params["lora_b"], self.scale,
+                                    dtype)
+
+  def original_weight(self, node: Adapted) -> Array:
+    """``W0 = W_res + s a0 b0``."""
+    return node.base + self.scale * (node.frozen["lora_a0"] @ node.frozen["lora_b0"])
+
+  def delta(self, node: Adapted) -> Array:
+    """``ΔW = s (a b - a0 b0)``, relative to the original ``W0``."""
+    p, f = node.params, node.frozen
+    return self.scale * (p["lora_a"] @ p["lora_b"] - f["lora_a0"] @ f["lora_b0"])
+
+  def merge(self, node: Adapted) -> Array:
+    return (node.base + self.scale * (node.params["lora_a"] @ node.params["lora_b"])).astype(
+        node.base.dtype)
+
+  def path(self, node: Adapted, t: Array) -> Array:
+    """``W0 + t ΔW``."""
+    return (self.original_weight(node) + t * self.delta(node)).astype(node.base.dtype)
+
+  def to_lora_factors(self, node: Adapted) -> tuple[Array, Array]:
+    """PEFT's PiSSA -> LoRA conversion (``subtract_mutated_init``) in Flax layout.
+
+    Returns ``a' = [a, a0]: [d_in, 2r]`` and ``b' = [b; -b0]: [2r, d_out]``, a plain LoRA of rank
+    ``2r`` on the *original* ``W0`` with the same scale (PEFT saves ``r*2``, ``alpha*2``, or
+    ``alpha*sqrt(2)`` with rsLoRA).
+    """
+    p, f = node.params, node.frozen
+    return (jnp.concatenate([p["lora_a"], f["lora_a0"]], axis=1),
+            jnp.concatenate([p["lora_b"], -f["lora_b0"]], axis=0))
+
+  def num_trainable(self, node: Adapted) -> int:
+    return _common.num_params(node.params)
+
+  def param_axes(self, node: Adapted, in_axis, out_axis):
+    del node
+    return ({"lora_a": (in_axis, "rank"), "lora_b": ("rank", out_axis)},
+            {"lora_a0": (in_axis, "rank"), "lora_b0": ("rank", out_axis)})
