@@ -1,0 +1,295 @@
+"""Supervised fine-tuning data: load, format, tokenise with loss masks, pack, iterate.
+
+Rows are ``{"prompt", "completion"}`` or ``{"messages": [{"role", "content"}, ...]}``
+(docs/CONVENTIONS.md). Each row becomes a list of text segments flagged "target" or not; the
+tokens of target segments (completion / assistant turns, plus the closing EOS) get
+``loss_mask = 1``; prompt tokens get 0.
+
+Packed rows (``seq_len`` tokens each) hold several documents, told apart by
+``segment_ids`` (1, 2, ... per row; 0 = padding), with ``positions`` restarting at 0 in each
+document. The loss (``peft_jax.train.loss``) never crosses a segment boundary.
+
+The iterator is deterministic and resumable: epoch ``e`` visits the rows in the order
+``default_rng([seed, e]).permutation(num_rows)``; its whole state is
+``{'epoch', 'index', 'seed'}``. Process ``p`` of ``P`` gets rows ``[p*B/P, (p+1)*B/P)`` of each
+global batch of ``B`` rows, so the processes see disjoint slices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+BATCH_KEYS = ('tokens', 'loss_mask', 'segment_ids', 'positions')
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+def load_rows(source: str, split: str = 'train') -> list[dict]:
+  """Loads SFT rows with ``datasets``.
+
+  Args:
+    source: a local ``.json``/``.jsonl``/``.parquet`` file, a directory written by
+      ``Dataset.save_to_disk`` (or holding json/parquet files), or a hub dataset name already in
+      the local cache (offline).
+    split: split to read (file sources have only ``'train'``).
+  Returns:
+    A list of row dicts.
+  """
+  import datasets  # heavy import, only when data is loaded
+
+  lower = source.lower()
+  if os.path.isfile(source):
+    if lower.endswith(('.json', '.jsonl')):
+      dataset = datasets.load_dataset('json', data_files=source, split='train')
+    elif lower.endswith('.parquet'):
+      dataset = datasets.load_dataset('parquet', data_files=source, split='train')
+    else:
+      raise ValueError(f'data file {source!r}: expected a .json, .jsonl or .parquet file')
+  elif os.path.isdir(source):
+    if os.path.exists(os.path.join(source, 'dataset_info.json')) or os.path.exists(
+        os.path.join(source, 'dataset_dict.json')):
+      dataset = datasets.load_from_disk(source)
+      if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+          raise KeyError(f'split {split!r} not in {source!r}; splits: {sorted(dataset)}')
+        dataset = dataset[split]
+    else:
+      dataset = datasets.load_dataset(source, split=split)
+  else:
+    try:
+      dataset = datasets.load_dataset(source, split=split)
+    except Exception as error:  # datasets raises many types; name the source in one message
+      raise FileNotFoundError(f'SFT data {source!r} is neither a local file/directory nor a '
+                              f'cached hub dataset: {error}') from error
+  return [dict(row) for row in dataset]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenisers and formatting
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ByteTokenizer:
+  """A deterministic byte-level tokenizer for tiny random models (no vocabulary file needed).
+
+  Ids: 0 = pad, 1 = BOS, 2 = EOS, and byte ``c`` -> ``3 + c % (vocab_size - 3)`` (bytes share ids
+  when the vocabulary is smaller than 259, which a randomly initialised test model does not mind).
+  """
+
+  vocab_size: int = 259
+  pad_token_id: int = 0
+  bos_token_id: int = 1
+  eos_token_id: int = 2
+  chat_template: Optional[str] = None
+
+  def __post_init__(self):
+    if self.vocab_size < 4:
+      raise ValueError(f'ByteTokenizer vocab_size={self.vocab_size} must be >= 4')
+
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    ids = [3 + byte % (self.vocab_size - 3) for byte in text.encode('utf-8')]
+    return [self.bos_token_id] + ids if add_special_tokens else ids
+
+
+def _render_plain(message: Mapping[str, str]) -> tuple[str, str]:
+  """Plain chat format: a ``<|role|>`` header line (never a target), then the content."""
+  return f"<|{message['role']}|>\n", f"{message['content']}\n"
+
+
+def format_segments(row: Mapping[str, Any], tokenizer: Any = None) -> list[tuple[str, bool]]:
+  """Text segments of one row with their target flag.
+
+  ``{"prompt", "completion"}``: ``[(prompt, False), (completion, True)]``.
+  ``{"messages": [...]}``: with a tokenizer that has a chat template, message ``i`` is the text
+  the template adds for it (``render(m[:i+1])`` minus ``render(m[:i])``); otherwise the plain
+  format of :func:`_render_plain`. Assistant messages are targets (their header is not, in the
+  plain format).
+  """
+  if 'messages' in row and row['messages'] is not None:
+    messages = list(row['messages'])
+    for i, message in enumerate(messages):
+      if not isinstance(message, Mapping) or 'role' not in message or 'content' not in message:
+        raise ValueError(f'messages[{i}] = {message!r} must be a dict with "role" and "content"')
+    template = getattr(tokenizer, 'chat_template', None)
+    segments = []
+    if template:
+      previous = ''
+      for i, message in enumerate(messages):
+        text = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        if not text.startswith(previous):
+          raise ValueError('the chat template does not render message prefixes as prefixes; '
+                           'cannot place loss masks per message')
+        segments.append((text[len(previous):], message['role'] == 'assistant'))
+        previous = text
+    else:
+      for message in messages:
+        header, body = _render_plain(message)
+        segments.append((header, False))
+        segments.append((body, message['role'] == 'assistant'))
+    return segments
+  if 'prompt' in row and 'completion' in row:
+    return [(str(row['prompt']), False), (str(row['completion']), True)]
+  raise KeyError(f'SFT row has keys {sorted(row)}; expected "prompt" and "completion", or '
+                 '"messages"')
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+  if hasattr(tokenizer, 'encode'):
+    return list(tokenizer.encode(text, add_special_tokens=False))
+  return list(tokenizer(text, add_special_tokens=False)['input_ids'])
+
+
+def tokenize_row(row: Mapping[str, Any], tokenizer: Any, max_length: int, *,
+                 add_bos: bool = True, add_eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Tokens and loss mask of one row (BOS not a target; the closing EOS is), truncated.
+
+  Returns:
+    ``(tokens [n] int32, loss_mask [n] int32)`` with ``n <= max_length``.
+  """
+  tokens: list[int] = []
+  mask: list[int] = []
+  bos = getattr(tokenizer, 'bos_token_id', None)
+  if add_bos and bos is not None:
+    tokens.append(bos)
+    mask.append(0)
+  for text, is_target in format_segments(row, tokenizer):
+    ids = _encode(tokenizer, text)
+    tokens.extend(ids)
+    mask.extend([int(is_target)] * len(ids))
+  eos = getattr(tokenizer, 'eos_token_id', None)
+  if add_eos and eos is not None:
+    tokens.append(eos if isinstance(eos, int) else eos[0])
+    mask.append(1)
+  return (np.asarray(tokens[:max_length], np.int32), np.asarray(mask[:max_length], np.int32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing
+# ----------------------------------------------------------------------------------------------
+
+def pack_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int,
+                  pad_id: int = 0) -> dict[str, np.ndarray]:
+  """Greedy in-order packing of ``(tokens, loss_mask)`` examples into rows of ``seq_len``.
+
+  An example goes into the current row when it fits, else it starts a new row (examples longer
+  than ``seq_len`` are truncated). Examples with no target token are dropped.
+
+  Returns:
+    ``tokens, loss_mask, segment_ids, positions``, each ``[num_rows, seq_len] int32``.
+  """
+  rows: list[list[tuple[np.ndarray, np.ndarray]]] = []
+  used = seq_len  # forces a new row for the first example
+  for tokens, mask in examples:
+    tokens, mask = tokens[:seq_len], mask[:seq_len]
+    if not mask.any():
+      continue
+    if used + len(tokens) > seq_len:
+      rows.append([])
+      used = 0
+    rows[-1].append((tokens, mask))
+    used += len(tokens)
+  return _fill_rows(rows, seq_len, pad_id)
+
+
+def pad_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int,
+                 pad_id: int = 0) -> dict[str, np.ndarray]:
+  """One example per row, right-padded (same outputs as :func:`pack_examples`)."""
+  rows = [[(t[:seq_len], m[:seq_len])] for t, m in examples if m[:seq_len].any()]
+  return _fill_rows(rows, seq_len, pad_id)
+
+
+def _fill_rows(rows, seq_len, pad_id):
+  if not rows:
+    raise ValueError('no example has a target token within seq_len; nothing to train on')
+  out = {'tokens': np.full((len(rows), seq_len), pad_id, np.int32),
+         'loss_mask': np.zeros((len(rows), seq_len), np.int32),
+         'segment_ids': np.zeros((len(rows), seq_len), np.int32),
+         'positions': np.zeros((len(rows), seq_len), np.int32)}
+  for r, documents in enumerate(rows):
+    start = 0
+    for segment, (tokens, mask) in enumerate(documents, start=1):
+      end = start + len(tokens)
+      out['tokens'][r, start:end] = tokens
+      out['loss_mask'][r, start:end] = mask
+      out['segment_ids'][r, start:end] = segment
+      out['positions'][r, start:end] = np.arange(len(tokens))
+      start = end
+  return out
+
+
+def build_sft_arrays(rows: Iterable[Mapping[str, Any]], tokenizer: Any, seq_len: int, *,
+                     packing: bool = True) -> dict[str, np.ndarray]:
+  """Rows -> tokenised, masked, packed (or padded) ``[num_rows, seq_len]`` arrays."""
+  pad_id = getattr(tokenizer, 'pad_token_id', None)
+  pad_id = 0 if pad_id is None else pad_id
+  examples = [tokenize_row(row, tokenizer, seq_len) for row in rows]
+  return (pack_examples if packing else pad_examples)(examples, seq_len, pad_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# Iterator
+# ----------------------------------------------------------------------------------------------
+
+class SFTIterator(Iterator[dict]):
+  """Deterministic, resumable, per-process iterator over packed rows (module docstring).
+
+  Args:
+    arrays: ``{name: [num_rows, seq_len]}`` from :func:`build_sft_arrays` (same on every process).
+    global_batch_size: rows per global batch ``B`` (the last incomplete batch of an epoch is
+      dropped).
+    seed: shuffling seed.
+    process_index / process_count: this process and the number of processes (``B`` must divide).
+    shuffle: permute rows each epoch.
+  """
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], global_batch_size: int, *, seed: int = 0,
+               process_index: int = 0, process_count: int = 1, shuffle: bool = True):
+    num_rows = {len(v) for v in arrays.values()}
+    if len(num_rows) != 1:
+      raise ValueError(f'arrays have different row counts: { {k: len(v) for k, v in arrays.items()} }')
+    self.num_rows = num_rows.pop()
+    if global_batch_size % process_count:
+      raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
+                       f'process_count={process_count}')
+    if self.num_rows < global_batch_size:
+      raise ValueError(f'only {self.num_rows} packed rows, fewer than one global batch of '
+                       f'{global_batch_size}; add data or lower the batch size')
+    self.arrays = dict(arrays)
+    self.global_batch_size = global_batch_size
+    self.process_index = process_index
+    self.process_count = process_count
+    self.shuffle = shuffle
+    self.batches_per_epoch = self.num_rows // global_batch_size
+    self.epoch, self.index, self.seed = 0, 0, int(seed)
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if not self.shuffle:
+      return np.arange(self.num_rows)
+    return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.index >= self.batches_per_epoch:
+      self.epoch, self.index = self.epoch + 1, 0
+    per_process = self.global_batch_size // self.process_count
+    start = self.index * self.global_batch_size + self.process_index * per_process
+    rows = self._order(self.epoch)[start:start + per_process]
+    self.index += 1
+    return {name: array[rows] for name, array in self.arrays.items()}
+
+  def get_state(self) -> dict[str, int]:
+    """``{'epoch', 'index', 'seed'}``: the position of the *next* batch (JSON-serialisable)."""
+    return {'epoch': int(self.epoch), 'index': int(self.index), 'seed': int(self.seed)}
+
+  def set_state(self, state: Mapping[str, int]) -> None:
+    missing = {'epoch', 'index', 'seed'} - set(state)
+    if missing:
+      raise KeyError(f'iterator state {dict(state)} lacks {sorted(missing)}')
+    if int(state['seed']) != self.seed:
+      raise ValueError(f'iterator state has seed {state["seed"]}, this iterator {self.seed}')
+    self.epoch, self.index = int(state['epoch']), int(state['index'])
