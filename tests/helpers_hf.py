@@ -37,7 +37,9 @@ def tiny_hf_config(model_type: str, **overrides: Any) -> transformers.Pretrained
                 intermediate_size=INTERMEDIATE_SIZE, num_hidden_layers=NUM_LAYERS,
                 num_attention_heads=NUM_HEADS, num_key_value_heads=NUM_KV_HEADS,
                 head_dim=HEAD_DIM, max_position_embeddings=256, rms_norm_eps=1e-6,
-                bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                # Larger than HF's 0.02 so logits are O(1-10) and attention is far from uniform:
+                # a wrong rotary angle or mask then shows up clearly in parity tests.
+                initializer_range=0.15, bos_token_id=1, eos_token_id=2, pad_token_id=0)
   if model_type == 'llama':
     kw = dict(common, rope_theta=10000.0, tie_word_embeddings=False)
     kw.update(overrides)

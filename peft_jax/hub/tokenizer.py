@@ -1,0 +1,71 @@
+"""Tokenizers from local Hugging Face directories, and left-padded prompt batches."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def load_tokenizer(path: str | os.PathLike):
+  """``transformers.AutoTokenizer`` from a local dir (or ``'bundled:NAME'``), offline.
+
+  A tokenizer without a pad token gets ``pad_token = eos_token`` (decoders have none), and the
+  padding side is set to left, which generation needs.
+  """
+  import transformers  # pylint: disable=g-import-not-at-top  (slow import, only when used)
+  from peft_jax.hub.checkpoint import resolve_path  # pylint: disable=g-import-not-at-top
+  directory = resolve_path(path)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+  if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+    tokenizer.pad_token = tokenizer.eos_token
+  tokenizer.padding_side = 'left'
+  return tokenizer
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[dict[str, str]]], *,
+                   chat: bool = True, pad_to_multiple_of: int = 1,
+                   add_generation_prompt: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Tokenises prompts into a left-padded batch.
+
+  Args:
+    tokenizer: a transformers tokenizer.
+    prompts: strings (a user turn each when chatting) or, with ``chat``, message lists
+      ``[{'role': ..., 'content': ...}]``.
+    chat: apply the tokenizer's chat template when it has one (plain text otherwise).
+    pad_to_multiple_of: round the padded length up to a multiple of this (fewer compiled shapes).
+    add_generation_prompt: end the chat template with the assistant header.
+  Returns:
+    ``tokens [B, T] int32`` (pad id on the left) and ``attention_mask [B, T] int32``.
+  """
+  if not prompts:
+    raise ValueError('encode_prompts got no prompts')
+  use_template = chat and getattr(tokenizer, 'chat_template', None)
+  rows = []
+  for prompt in prompts:
+    if use_template:
+      messages = [{'role': 'user', 'content': prompt}] if isinstance(prompt, str) else list(prompt)
+      ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                          tokenize=True, return_dict=False)
+      if isinstance(ids, dict) or hasattr(ids, 'keys'):
+        ids = ids['input_ids']
+    else:
+      if not isinstance(prompt, str):
+        raise ValueError('message-list prompts need chat=True and a tokenizer with a chat '
+                         'template')
+      ids = tokenizer(prompt, add_special_tokens=True)['input_ids']
+    rows.append([int(i) for i in ids])
+  if any(not r for r in rows):
+    raise ValueError('a prompt encoded to zero tokens')
+  length = max(len(r) for r in rows)
+  length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+  pad_id = tokenizer.pad_token_id
+  if pad_id is None:
+    pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+  tokens = np.full((len(rows), length), pad_id, np.int32)
+  mask = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, length - len(row):] = row
+    mask[i, length - len(row):] = 1
+  return tokens, mask

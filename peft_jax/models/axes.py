@@ -1,0 +1,98 @@
+"""Logical axis names of decoder params (docs/CONVENTIONS.md), adapters included.
+
+``param_logical_axes(params)`` mirrors the params tree; each array leaf becomes a tuple of
+logical axis names (one per dimension, ``None`` = replicated). An ``Adapted`` kernel becomes an
+``Adapted`` node of tuples, so ``peft_jax.parallel`` can map either tree to shardings with
+``jax.tree.map(..., is_leaf=lambda x: isinstance(x, tuple))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from peft_jax.adapters.core import Adapted
+
+Axes = tuple[Optional[str], ...]
+
+# (module name, param name) -> axes of the plain param.
+_BASE_AXES: dict[tuple[str, str], Axes] = {
+    ('embed_tokens', 'embedding'): ('vocab', 'embed'),
+    ('q_proj', 'kernel'): ('embed', 'heads'),
+    ('q_proj', 'bias'): ('heads',),
+    ('k_proj', 'kernel'): ('embed', 'kv'),
+    ('k_proj', 'bias'): ('kv',),
+    ('v_proj', 'kernel'): ('embed', 'kv'),
+    ('v_proj', 'bias'): ('kv',),
+    ('o_proj', 'kernel'): ('heads', 'embed'),
+    ('gate_proj', 'kernel'): ('embed', 'mlp'),
+    ('up_proj', 'kernel'): ('embed', 'mlp'),
+    ('down_proj', 'kernel'): ('mlp', 'embed'),
+    ('lm_head', 'kernel'): ('embed', 'vocab'),
+}
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+  return tuple(x.shape) if hasattr(x, 'shape') else tuple(np.shape(x))
+
+
+def _base_axes(path: tuple[str, ...], ndim: int) -> Axes:
+  module, leaf = (path[-2], path[-1]) if len(path) >= 2 else ('', path[-1])
+  if leaf == 'scale':
+    return ('norm',)
+  axes = _BASE_AXES.get((module, leaf))
+  if axes is None or len(axes) != ndim:
+    return (None,) * ndim
+  return axes
+
+
+def _adapter_array_axes(shape: tuple[int, ...], base_shape: tuple[int, ...],
+                        base_axes: Axes) -> Axes:
+  """Axes of one adapter array from its shape relative to the base kernel ``[d_in, d_out]``.
+
+  ``[d_in, d_out]`` -> base axes; ``[d_in, r]`` -> (in, 'rank'); ``[r, d_out]`` -> ('rank', out);
+  ``[d_out]`` -> (out,); other 1-D -> ('rank',); 3-D (OFT blocks) -> ('blocks', None, None);
+  anything else replicated.
+  """
+  if len(base_shape) != 2 or len(base_axes) != 2:
+    return (None,) * len(shape)
+  (d_in, d_out), (in_axis, out_axis) = base_shape, base_axes
+  if len(shape) == 2:
+    if tuple(shape) == (d_in, d_out):
+      return (in_axis, out_axis)
+    if shape[0] == d_in:
+      return (in_axis, 'rank')
+    if shape[1] == d_out:
+      return ('rank', out_axis)
+    return (None, None)
+  if len(shape) == 1:
+    return (out_axis,) if shape[0] == d_out else ('rank',)
+  if len(shape) == 3:
+    return ('blocks', None, None)
+  return (None,) * len(shape)
+
+
+def param_logical_axes(params: Mapping[str, Any]) -> Any:
+  """Tree of logical-axis tuples matching ``params`` (plain arrays and ``Adapted`` nodes).
+
+  Args:
+    params: decoder params (``{'embed_tokens': {'embedding': [V, d]}, 'layers_0': ...}``),
+      possibly holding ``Adapted`` kernels (or abstract ``ShapeDtypeStruct`` leaves).
+  Returns:
+    The same nesting with a tuple of axis names per array (``('embed', 'heads')`` for q_proj's
+    kernel); an ``Adapted`` node whose base/params/frozen leaves are such tuples.
+  """
+
+  def visit(node: Any, path: tuple[str, ...]) -> Any:
+    if isinstance(node, Adapted):
+      base_shape = _shape(node.base)
+      base = _base_axes(path, len(base_shape))
+      sub = lambda d: {k: _adapter_array_axes(_shape(v), base_shape, base)
+                       for k, v in d.items()}
+      return Adapted(base, sub(node.params), sub(node.frozen), node.method)
+    if isinstance(node, Mapping):
+      return {k: visit(v, path + (k,)) for k, v in node.items()}
+    return _base_axes(path, len(_shape(node)))
+
+  return visit(params, ())

@@ -1,0 +1,431 @@
+"""One linen decoder for Llama 2/3, Mistral, Qwen2/2.5 and Gemma 2, switched by ``ModelConfig``.
+
+Layer ``i`` (pre-norm; Gemma 2 adds the "sandwich" norms in brackets)::
+
+  h = x + [post_attention_layernorm](Attn(input_layernorm(x)))
+  y = h + [post_feedforward_layernorm](MLP(pre_feedforward_layernorm(h)))   # Gemma 2
+  y = h + MLP(post_attention_layernorm(h))                                  # others
+
+``Attn`` is grouped-query attention with rotary embeddings (half-split ``rotate_half`` layout, as
+in Hugging Face), ``MLP(x) = down(act(gate(x)) * up(x))``, and the logits are
+``norm(h_L) @ lm_head`` (or ``@ embed_tokensᵀ`` when tied), soft-capped for Gemma 2.
+
+Every linear layer goes through :func:`peft_jax.adapters.matmul`, so a kernel leaf replaced by an
+``Adapted`` node runs its adapter's efficient forward. Parameter names follow docs/CONVENTIONS.md.
+
+The same attention serves training/scoring (keys = this call's tokens, mask from
+``attention_mask``/``segment_ids``) and KV-cache decoding (``cache=`` given: this call's keys are
+written into the cache at ``cache['index']`` and queries attend to every valid cache slot).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from peft_jax.adapters import core as adapters_core
+from peft_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+LINEAR_NAMES = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj',
+                'lm_head')
+# Large negative score for masked keys: finite so a fully masked (padding) query row gives a
+# uniform softmax instead of NaN.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def _compute_dtype(config: ModelConfig):
+  return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+  """Inverse frequencies ``[hd/2]`` float32, incl. 'linear' and Llama-3 rope scaling.
+
+  default: ``inv[i] = θ^(-2i/hd)``. linear: ``inv / factor``. llama3 (Llama 3.1): with
+  wavelength ``λ = 2π/inv``, ``λ_lo = L0/low_freq_factor``, ``λ_hi = L0/high_freq_factor``
+  (``L0 = original_max_position_embeddings``): ``inv`` for ``λ < λ_hi``, ``inv/factor`` for
+  ``λ > λ_lo``, and in between ``(1-s)·inv/factor + s·inv`` with
+  ``s = (L0/λ - low_freq_factor) / (high_freq_factor - low_freq_factor)``.
+  """
+  hd = config.head_dim
+  exponent = np.arange(0, hd, 2, dtype=np.int64).astype(np.float32) / np.float32(hd)
+  inv = (np.float32(1.0) / (np.float32(config.rope_theta) ** exponent)).astype(np.float32)
+  scaling = config.rope_scaling_dict
+  rope_type = scaling.get('rope_type', 'default')
+  if rope_type == 'linear':
+    inv = (inv / np.float32(scaling['factor'])).astype(np.float32)
+  elif rope_type == 'llama3':
+    factor = np.float32(scaling['factor'])
+    low, high = np.float32(scaling['low_freq_factor']), np.float32(scaling['high_freq_factor'])
+    old_len = np.float32(scaling['original_max_position_embeddings'])
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = np.float32(2 * math.pi) / inv
+    inv_scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * inv_scaled / factor + smooth * inv_scaled
+    is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    inv = np.where(is_medium, smoothed, inv_scaled).astype(np.float32)
+  return inv
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
+  """Rotary embedding, half-split layout. x: [B, T, N, hd]; positions: [B, T] -> [B, T, N, hd].
+
+  ``out = x·cos(pθ) + rotate_half(x)·sin(pθ)`` with ``rotate_half([a, b]) = [-b, a]`` and the
+  angle vector ``pθ = [p·inv, p·inv]`` (computed in float32).
+  """
+  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, hd/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def default_positions(attention_mask: Optional[Array], segment_ids: Optional[Array],
+                      shape: tuple[int, int]) -> Array:
+  """Positions ``[B, T]`` int32: restart at 0 per segment; else count real tokens from 0.
+
+  With segments, ``pos[t] = t - start(segment of t)``. With a mask only,
+  ``pos[t] = max(cumsum(mask)[t] - 1, 0)`` (left padding gives the prompt positions 0..n-1).
+  """
+  batch, length = shape
+  index = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  if segment_ids is not None:
+    segment_ids = segment_ids.astype(jnp.int32)
+    previous = jnp.concatenate([jnp.full((batch, 1), -1, jnp.int32), segment_ids[:, :-1]], 1)
+    start = jnp.where(segment_ids != previous, index, 0)
+    return index - jax.lax.cummax(start, axis=1)
+  if attention_mask is not None:
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
+  return index
+
+
+def _activation(name: str, x: Array) -> Array:
+  if name == 'silu':
+    return jax.nn.silu(x)
+  if name in ('gelu_pytorch_tanh', 'gelu_new'):
+    return jax.nn.gelu(x, approximate=True)
+  return jax.nn.gelu(x, approximate=False)
+
+
+def _softcap(x: Array, cap: Optional[float]) -> Array:
+  return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+class _Captures:
+  """Decides which linear inputs/outputs to record and collects them in a flat dict."""
+
+  def __init__(self, requested: Sequence[str]):
+    self.requested = tuple(requested)
+    self.store: dict[str, Array] = {}
+
+  def wants(self, path: str) -> bool:
+    return any(r == 'all' or r == path or path.endswith('/' + r) for r in self.requested)
+
+  def record(self, path: str, x: Array, y: Array):
+    if self.wants(path):
+      self.store[path + '/in'] = x
+      self.store[path + '/out'] = y
+
+
+class Dense(nn.Module):
+  """Linear layer ``y = matmul(x, kernel) (+ bias)``; ``kernel: [d_in, features]``.
+
+  The kernel is read with ``get_variable`` when it exists, so an ``Adapted`` node passes through
+  untouched; it is created (lecun-normal) only at init.
+  """
+
+  features: int
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    if self.has_variable('params', 'kernel'):
+      kernel = self.get_variable('params', 'kernel')
+    else:
+      kernel = self.param('kernel', nn.initializers.lecun_normal(), (x.shape[-1], self.features),
+                          jnp.float32)
+    dropout_rng = None if deterministic else self.make_rng('dropout')
+    y = adapters_core.matmul(x, kernel, dropout_rng=dropout_rng, dtype=self.dtype)
+    if self.use_bias:
+      bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+      y = y + bias.astype(y.dtype)
+    return y
+
+
+class RMSNorm(nn.Module):
+  """``x / sqrt(mean(x², -1) + ε) · w`` (``· (1 + w)`` when ``plus_one``), in float32.
+
+  Matches HF: Llama casts the normalised x back to the input dtype before scaling; Gemma scales
+  in float32 and casts after.
+  """
+
+  eps: float
+  plus_one: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+    scale = self.param('scale', init, (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    if self.plus_one:
+      return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+    return scale.astype(x.dtype) * normed.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention with RoPE, optional soft-capping, sliding window and KV cache."""
+
+  config: ModelConfig
+  layer_index: int
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, mask_info: Mapping[str, Array],
+               deterministic: bool, captures: _Captures, layer_cache: Optional[dict]):
+    """x: [B, T, d]; positions: [B, T] -> ([B, T, d], updated layer cache or None)."""
+    cfg = self.config
+    dtype = _compute_dtype(cfg)
+    batch, length, _ = x.shape
+    heads, kv_heads, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    prefix = f'layers_{self.layer_index}/self_attn/'
+
+    def linear(name, inp, features, bias):
+      out = Dense(features, use_bias=bias, dtype=dtype, name=name)(inp, deterministic)
+      captures.record(prefix + name, inp, out)
+      return out
+
+    q = linear('q_proj', x, heads * hd, cfg.attention_bias).reshape(batch, length, heads, hd)
+    k = linear('k_proj', x, kv_heads * hd, cfg.attention_bias).reshape(batch, length, kv_heads,
+                                                                        hd)
+    v = linear('v_proj', x, kv_heads * hd, cfg.attention_bias).reshape(batch, length, kv_heads,
+                                                                        hd)
+    inv_freq = rope_inverse_frequencies(cfg)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+
+    sliding = cfg.layer_types[self.layer_index] == 'sliding_attention'
+    if layer_cache is None:
+      keys, values = k, v
+      allowed = mask_info['allowed']  # [B, T, T]
+      key_positions = positions
+    else:
+      index = mask_info['index']
+      keys = jax.lax.dynamic_update_slice(layer_cache['k'], k.astype(layer_cache['k'].dtype),
+                                          (0, index, 0, 0))
+      values = jax.lax.dynamic_update_slice(layer_cache['v'], v.astype(layer_cache['v'].dtype),
+                                            (0, index, 0, 0))
+      layer_cache = {'k': keys, 'v': values}
+      allowed = mask_info['allowed']  # [B, T, S]
+      key_positions = mask_info['key_positions']
+    if sliding:
+      window = (positions[:, :, None] - key_positions[:, None, :]) < cfg.sliding_window
+      allowed = allowed & window
+
+    scale = (cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None else hd) ** -0.5
+    groups = heads // kv_heads
+    q = q.reshape(batch, length, kv_heads, groups, hd)
+    # Query head h = kv * groups + g reads kv head `kv` (HF repeat_kv order).
+    scores = jnp.einsum('btkgd,bskd->bkgts', q.astype(dtype), keys.astype(dtype),
+                        preferred_element_type=jnp.float32) * scale
+    scores = _softcap(scores, cfg.attn_logit_softcapping)
+    scores = jnp.where(allowed[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum('bkgts,bskd->btkgd', probs.astype(dtype), values.astype(dtype),
+                     preferred_element_type=jnp.float32).astype(dtype)
+    out = out.reshape(batch, length, heads * hd)
+    return linear('o_proj', out, cfg.hidden_size, False), layer_cache
+
+
+class MLP(nn.Module):
+  """Gated MLP ``down(act(gate(x)) * up(x))``: [B, T, d] -> [B, T, d]."""
+
+  config: ModelConfig
+  layer_index: int
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool, captures: _Captures) -> Array:
+    cfg = self.config
+    dtype = _compute_dtype(cfg)
+    prefix = f'layers_{self.layer_index}/mlp/'
+
+    def linear(name, inp, features):
+      out = Dense(features, dtype=dtype, name=name)(inp, deterministic)
+      captures.record(prefix + name, inp, out)
+      return out
+
+    gate = linear('gate_proj', x, cfg.intermediate_size)
+    up = linear('up_proj', x, cfg.intermediate_size)
+    hidden = (_activation(cfg.hidden_act, gate.astype(jnp.float32)).astype(dtype) * up)
+    return linear('down_proj', hidden, cfg.hidden_size)
+
+
+class DecoderLayer(nn.Module):
+  """One pre-norm block (see module docstring). Returns (x', captures dict, layer cache)."""
+
+  config: ModelConfig
+  layer_index: int
+  capture: tuple[str, ...] = ()
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, mask_info: Mapping[str, Array],
+               deterministic: bool, layer_cache: Optional[dict]):
+    cfg = self.config
+    captures = _Captures(self.capture)
+    norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.norm_plus_one, name=name)
+    attn_out, layer_cache = Attention(cfg, self.layer_index, name='self_attn')(
+        norm('input_layernorm')(x), positions, mask_info, deterministic, captures, layer_cache)
+    if cfg.sandwich_norms:
+      h = x + norm('post_attention_layernorm')(attn_out)
+      mlp_out = MLP(cfg, self.layer_index, name='mlp')(norm('pre_feedforward_layernorm')(h),
+                                                       deterministic, captures)
+      y = h + norm('post_feedforward_layernorm')(mlp_out)
+    else:
+      h = x + attn_out
+      y = h + MLP(cfg, self.layer_index, name='mlp')(norm('post_attention_layernorm')(h),
+                                                     deterministic, captures)
+    return y, captures.store, layer_cache
+
+
+class Decoder(nn.Module):
+  """Causal LM: ``tokens [B, T] -> logits [B, T, V]`` float32 (see docs/CONVENTIONS.md).
+
+  Call: ``model.apply({'params': p}, tokens, positions=None, segment_ids=None,
+  attention_mask=None, capture=(), deterministic=True, cache=None, rngs=...)``.
+
+  * ``attention_mask [B, T]``: 1 = real token; ``segment_ids [B, T]``: packed documents
+    (0 = padding), no attention across segments; key ``s`` is visible to query ``t`` iff
+    ``s <= t``, both in the same non-zero segment (or both real tokens), and, on sliding layers,
+    ``pos[t] - pos[s] < W``.
+  * ``capture``: names to record ('residual', a linear name such as 'q_proj', a full path such as
+    'layers_0/self_attn/q_proj', or 'all'); returns ``(logits, captures)`` then.
+  * ``cache``: KV cache from :func:`init_cache` for decoding; returns ``(logits, new_cache)``.
+    This call's tokens go to cache slots ``[index, index + T)``; ``attention_mask`` then marks
+    which of them are real. Positions must be given.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: Array, positions: Optional[Array] = None,
+               segment_ids: Optional[Array] = None, attention_mask: Optional[Array] = None,
+               capture: Sequence[str] = (), deterministic: bool = True,
+               cache: Optional[dict] = None):
+    cfg = self.config
+    dtype = _compute_dtype(cfg)
+    capture = tuple([capture] if isinstance(capture, str) else capture)
+    _validate_capture(capture, cfg)
+    batch, length = tokens.shape
+    if positions is None:
+      if cache is not None:
+        raise ValueError('Decoder: positions must be given when decoding with a cache')
+      positions = default_positions(attention_mask, segment_ids, (batch, length))
+    positions = positions.astype(jnp.int32)
+
+    mask_info, new_cache = _mask_info(tokens, positions, segment_ids, attention_mask, cache)
+
+    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=jnp.float32,
+                     embedding_init=nn.initializers.normal(0.02), name='embed_tokens')
+    x = embed(tokens).astype(dtype)
+    if cfg.scale_embeddings:
+      # HF casts sqrt(d) to the compute dtype first (bf16 rounds sqrt(3072) to 55.5).
+      x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
+
+    layer_cls = nn.remat(DecoderLayer, static_argnums=(4,)) if cfg.remat else DecoderLayer
+    captured: dict[str, Array] = {}
+    want_residual = any(c in ('residual', 'all') for c in capture)
+    for i in range(cfg.num_layers):
+      layer_cache = None if cache is None else cache['layers'][i]
+      x, layer_captures, layer_cache = layer_cls(cfg, i, capture, name=f'layers_{i}')(
+          x, positions, mask_info, deterministic, layer_cache)
+      captured.update(layer_captures)
+      if want_residual:
+        captured[f'layers_{i}/residual'] = x
+      if cache is not None:
+        new_cache['layers'].append(layer_cache)
+
+    h = RMSNorm(cfg.rms_norm_eps, cfg.norm_plus_one, name='norm')(x)
+    if cfg.tie_word_embeddings:
+      logits = adapters_core.dense_matmul(h, embed.embedding.T, dtype)
+    else:
+      logits = Dense(cfg.vocab_size, dtype=dtype, name='lm_head')(h, deterministic)
+      if any(c in ('all', 'lm_head') for c in capture):
+        captured['lm_head/in'], captured['lm_head/out'] = h, logits
+    logits = _softcap(logits.astype(jnp.float32), cfg.final_logit_softcapping)
+    if cache is not None:
+      return logits, new_cache
+    if capture:
+      return logits, captured
+    return logits
+
+
+def _validate_capture(capture: tuple[str, ...], cfg: ModelConfig):
+  valid_paths = []
+  for i in range(cfg.num_layers):
+    valid_paths += [f'layers_{i}/self_attn/{n}' for n in LINEAR_NAMES[:4]]
+    valid_paths += [f'layers_{i}/mlp/{n}' for n in LINEAR_NAMES[4:7]]
+  valid_paths.append('lm_head')
+  for name in capture:
+    if name in ('residual', 'all'):
+      continue
+    if not any(p == name or p.endswith('/' + name) for p in valid_paths):
+      raise ValueError(f'capture name {name!r} matches no module; valid: residual, all, '
+                       f'{", ".join(LINEAR_NAMES)} or a full path such as {valid_paths[0]!r}')
+
+
+def _mask_info(tokens, positions, segment_ids, attention_mask, cache):
+  """Boolean visibility ``allowed [B, T, S]`` (and cache bookkeeping when decoding)."""
+  batch, length = tokens.shape
+  if cache is None:
+    if segment_ids is not None:
+      seg = segment_ids.astype(jnp.int32)
+    elif attention_mask is not None:
+      seg = attention_mask.astype(jnp.int32)
+    else:
+      seg = jnp.ones((batch, length), jnp.int32)
+    index = jnp.arange(length)
+    causal = index[None, :, None] >= index[None, None, :]
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+    return {'allowed': causal & same}, None
+  index = cache['index']
+  real = (jnp.ones((batch, length), jnp.int32) if attention_mask is None
+          else attention_mask.astype(jnp.int32))
+  key_valid = jax.lax.dynamic_update_slice(cache['key_valid'], real.astype(bool), (0, index))
+  key_positions = jax.lax.dynamic_update_slice(cache['key_positions'], positions, (0, index))
+  slots = cache['key_valid'].shape[1]
+  query_slot = index + jnp.arange(length)
+  causal = query_slot[None, :, None] >= jnp.arange(slots)[None, None, :]
+  allowed = causal & key_valid[:, None, :]
+  new_cache = {'index': index + length, 'key_valid': key_valid, 'key_positions': key_positions,
+               'layers': []}
+  return {'allowed': allowed, 'index': index, 'key_positions': key_positions}, new_cache
+
+
+def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = None) -> dict:
+  """Empty KV cache for ``max_length`` slots.
+
+  Returns ``{'index': int32 scalar (next free slot), 'key_valid': [B, S] bool,
+  'key_positions': [B, S] int32, 'layers': [{'k': [B, S, K, hd], 'v': [B, S, K, hd]}] * L}``.
+  """
+  dtype = dtype or _compute_dtype(config)
+  shape = (batch, max_length, config.num_kv_heads, config.head_dim)
+  return {'index': jnp.zeros((), jnp.int32),
+          'key_valid': jnp.zeros((batch, max_length), bool),
+          'key_positions': jnp.zeros((batch, max_length), jnp.int32),
+          'layers': [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+                     for _ in range(config.num_layers)]}
+
+
+def init_params(config: ModelConfig, key: Array, batch: int = 1, length: int = 8) -> dict:
+  """Random params of ``Decoder(config)`` (``{'embed_tokens': ..., 'layers_0': ..., ...}``)."""
+  tokens = jnp.zeros((batch, length), jnp.int32)
+  return Decoder(config).init(key, tokens)['params']

@@ -1,0 +1,194 @@
+"""KV-cache decoding for a left-padded batch: greedy, temperature, top-k and top-p sampling.
+
+One compiled program per (batch, prompt length, max_new_tokens, sampling settings): the prompt is
+prefilled into a cache of ``prompt_length + max_new_tokens`` slots, then a ``lax.while_loop``
+samples one token per step and stops when every sequence has emitted an EOS id (or after
+``max_new_tokens``). The loop goes through the same :class:`Decoder`, so ``Adapted`` kernels work.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from peft_jax.models.config import ModelConfig
+from peft_jax.models.decoder import Decoder, default_positions, init_cache
+
+Array = jax.Array
+
+
+class GenerationOutput(NamedTuple):
+  """Result of :func:`generate`.
+
+  tokens: ``[B, max_new_tokens]`` int32, new tokens only; ``pad_token_id`` after a sequence's EOS
+    (the EOS itself is kept).
+  log_probs: ``[B, max_new_tokens]`` float32, ``log p(token | prefix)`` under the model's own
+    (untempered, unfiltered) distribution; 0 after EOS.
+  lengths: ``[B]`` int32, number of generated tokens including the EOS.
+  """
+
+  tokens: Array
+  log_probs: Array
+  lengths: Array
+
+
+def sample_logits(logits: Array, key: Array, *, temperature: float, top_k: int,
+                  top_p: float) -> Array:
+  """Draws token ids ``[B]`` from ``logits [B, V]``.
+
+  ``temperature == 0``: argmax. Otherwise ``softmax(logits / temperature)`` restricted to the
+  ``top_k`` largest logits (0 = all) and then to the smallest set of most likely tokens whose
+  probability mass reaches ``top_p`` (the most likely token is always kept), as in HF's
+  temperature -> top-k -> top-p warpers.
+  """
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits.astype(jnp.float32) / temperature
+  if top_k > 0:
+    kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep = mass_before < top_p
+    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'max_new_tokens', 'temperature', 'top_k',
+                                             'top_p', 'eos_token_ids', 'pad_token_id'))
+def _generate(params, tokens, attention_mask, key, *, config: ModelConfig, max_new_tokens: int,
+              temperature: float, top_k: int, top_p: float, eos_token_ids: tuple[int, ...],
+              pad_token_id: int) -> GenerationOutput:
+  model = Decoder(config)
+  batch, prompt_length = tokens.shape
+  cache = init_cache(config, batch, prompt_length + max_new_tokens)
+  positions = default_positions(attention_mask, None, (batch, prompt_length))
+  logits, cache = model.apply({'params': params}, tokens, positions=positions,
+                              attention_mask=attention_mask, cache=cache)
+  # Left padding: the last slot of every row is its last real token.
+  last_logits = logits[:, -1]
+  next_position = positions[:, -1] + 1
+  eos = jnp.asarray(eos_token_ids if eos_token_ids else (-1,), jnp.int32)
+
+  def cond(state):
+    step, _, _, _, done, _, _, _, _ = state
+    return (step < max_new_tokens) & ~jnp.all(done)
+
+  def body(state):
+    step, cache, last_logits, next_position, done, out_tokens, out_log_probs, lengths, key = state
+    token = sample_logits(last_logits, jax.random.fold_in(key, step), temperature=temperature,
+                          top_k=top_k, top_p=top_p)
+    log_prob = jnp.take_along_axis(jax.nn.log_softmax(last_logits, axis=-1), token[:, None],
+                                   axis=-1)[:, 0]
+    token = jnp.where(done, pad_token_id, token)
+    log_prob = jnp.where(done, 0.0, log_prob)
+    out_tokens = jax.lax.dynamic_update_slice(out_tokens, token[:, None], (0, step))
+    out_log_probs = jax.lax.dynamic_update_slice(out_log_probs, log_prob[:, None], (0, step))
+    lengths = lengths + (~done).astype(jnp.int32)
+    done = done | jnp.any(token[:, None] == eos[None, :], axis=-1)
+    logits, cache = model.apply({'params': params}, token[:, None],
+                                positions=next_position[:, None],
+                                attention_mask=jnp.ones((batch, 1), jnp.int32), cache=cache)
+    return (step + 1, cache, logits[:, -1], next_position + 1, done, out_tokens, out_log_probs,
+            lengths, key)
+
+  state = (jnp.zeros((), jnp.int32), cache, last_logits, next_position,
+           jnp.zeros((batch,), bool), jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32),
+           jnp.zeros((batch, max_new_tokens), jnp.float32), jnp.zeros((batch,), jnp.int32), key)
+  state = jax.lax.while_loop(cond, body, state)
+  return GenerationOutput(tokens=state[5], log_probs=state[6], lengths=state[7])
+
+
+def generate(model: Decoder, params: Any, tokens: Any, attention_mask: Any, *, key: Array,
+             max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             eos_token_id: Optional[int | Sequence[int]] = None,
+             pad_token_id: Optional[int] = None) -> GenerationOutput:
+  """Decodes ``max_new_tokens`` after each left-padded prompt.
+
+  Args:
+    model: the :class:`Decoder` (its config decides the program).
+    params: its params (plain or holding ``Adapted`` nodes).
+    tokens: ``[B, P]`` int prompt ids, left-padded.
+    attention_mask: ``[B, P]`` 1 = real token (each row needs at least one).
+    key: PRNG key (unused for greedy).
+    max_new_tokens: decoding steps N.
+    temperature: 0 = greedy; else softmax temperature.
+    top_k: keep the k most likely tokens (0 = off).
+    top_p: nucleus mass (1 = off).
+    eos_token_id: one id or several; default ``model.config.eos_token_id``.
+    pad_token_id: filler after EOS; default ``model.config.pad_token_id`` (else 0).
+  Returns:
+    :class:`GenerationOutput` with ``tokens [B, N]``, ``log_probs [B, N]``, ``lengths [B]``.
+  """
+  config = model.config
+  if eos_token_id is None:
+    eos_ids = config.eos_token_ids
+  elif isinstance(eos_token_id, (int, np.integer)):
+    eos_ids = (int(eos_token_id),)
+  else:
+    eos_ids = tuple(int(i) for i in eos_token_id)
+  if pad_token_id is None:
+    pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+  if max_new_tokens <= 0:
+    raise ValueError(f'max_new_tokens must be positive, got {max_new_tokens}')
+  if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
+    raise ValueError(f'invalid sampling settings temperature={temperature} (>= 0), '
+                     f'top_k={top_k} (>= 0), top_p={top_p} (in (0, 1])')
+  tokens = jnp.asarray(tokens, jnp.int32)
+  attention_mask = jnp.asarray(attention_mask, jnp.int32)
+  if tokens.shape != attention_mask.shape or tokens.ndim != 2:
+    raise ValueError(f'tokens {tokens.shape} and attention_mask {attention_mask.shape} must both '
+                     'be [batch, prompt_length]')
+  return _generate(params, tokens, attention_mask, key, config=config,
+                   max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                   top_k=int(top_k), top_p=float(top_p), eos_token_ids=eos_ids,
+                   pad_token_id=int(pad_token_id))
+
+
+def generate_text(model: Decoder, params: Any, tokenizer: Any, prompts: Sequence[str], *,
+                  chat: bool = False, length_bucket: int = 32, key: Optional[Array] = None,
+                  max_new_tokens: int = 64, **sampling: Any) -> list[str]:
+  """Generates a completion string per prompt.
+
+  Prompts are tokenised (chat template when ``chat`` and the tokenizer has one), left-padded to a
+  length rounded up to a multiple of ``length_bucket`` so that few shapes compile, decoded with
+  :func:`generate` and detokenised up to (not including) EOS.
+
+  Args:
+    model, params: the decoder and its params.
+    tokenizer: a transformers tokenizer.
+    prompts: the prompt strings.
+    chat: apply the chat template.
+    length_bucket: prompt-length rounding.
+    key: PRNG key (default ``jax.random.key(0)``).
+    max_new_tokens: decoding steps.
+    **sampling: ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``, ``pad_token_id``.
+  Returns:
+    One string per prompt.
+  """
+  # Imported here: peft_jax.hub imports peft_jax.models at module level.
+  from peft_jax.hub import tokenizer as hub_tokenizer  # pylint: disable=g-import-not-at-top
+  tokens, mask = hub_tokenizer.encode_prompts(tokenizer, list(prompts), chat=chat,
+                                              pad_to_multiple_of=length_bucket)
+  if 'eos_token_id' not in sampling and model.config.eos_token_id is None and (
+      tokenizer.eos_token_id is not None):
+    sampling['eos_token_id'] = tokenizer.eos_token_id
+  if 'pad_token_id' not in sampling and tokenizer.pad_token_id is not None:
+    sampling['pad_token_id'] = tokenizer.pad_token_id
+  out = generate(model, params, tokens, mask, key=jax.random.key(0) if key is None else key,
+                 max_new_tokens=max_new_tokens, **sampling)
+  new_tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+  eos_ids = set(sampling.get('eos_token_id', None) and np.atleast_1d(
+      sampling['eos_token_id']).tolist() or model.config.eos_token_ids)
+  texts = []
+  for row, length in zip(new_tokens, lengths):
+    ids = [int(t) for t in row[:length] if int(t) not in eos_ids]
+    texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+  return texts
