@@ -51,7 +51,8 @@ def _prepare(x0: Array, x1: Array, mask: Optional[Array], *, same_dim: bool = Fa
                      f"{x0.shape} and x1 {x1.shape}.")
   if same_dim and x0.shape[-1] != x1.shape[-1]:
     raise ValueError(f"this metric needs equal feature dims, got x0 {x0.shape} and x1 {x1.shape}.")
-  dtype = dtype or jnp.result_type(x0.dtype, x1.dtype, jnp.float32)
+  x0, x1 = jnp.asarray(x0), jnp.asarray(x1)
+  dtype = dtype or jnp.promote_types(jnp.promote_types(x0.dtype, x1.dtype), jnp.float32)
   a = _flatten(x0, "x0").astype(dtype)
   b = _flatten(x1, "x1").astype(dtype)
   if mask is None:
@@ -268,7 +269,7 @@ def pca_subspace_distance(x0: Array, x1: Array, k: int, *,
   """Distance between the top-``k`` principal subspaces of ``X̄0`` and ``X̄1``.
 
   .. math:: d = \\lVert V_0V_0ᵀ - V_1V_1ᵀ\\rVert_F/\\sqrt{2k} = \\sqrt{\\tfrac1k\\sum_i \\sin^2θ_i}
-            = \\sqrt{(k - \\lVert V_0ᵀV_1\\rVert_F^2)/k}
+            = \\lVert V_1 - V_0V_0ᵀV_1\\rVert_F / \\sqrt{k}
 
   ``V_j [d, k]`` are the top-``k`` right singular vectors of ``X̄_j``, from an exact SVD (PEFT-Arena
   uses the randomised ``torch.pca_lowrank``). Meaningful when the ``k``-th and ``k+1``-th singular
@@ -286,7 +287,17 @@ def pca_subspace_distance(x0: Array, x1: Array, k: int, *,
   _check_k(k, a.shape[0], a.shape[1])
   v0 = _top_principal_directions(_center(a, w), k)
   v1 = _top_principal_directions(_center(b, w), k)
-  return jnp.sqrt(jnp.maximum(k - jnp.sum((v0.T @ v1) ** 2), 0.0) / k)
+  return _subspace_distance(v0, v1)
+
+
+def _subspace_distance(v0: Array, v1: Array) -> Array:
+  """``sqrt(Σ sin²θ_i / k)`` for orthonormal ``v0, v1 [d, k]``.
+
+  ``Σ sin²θ_i = ||V1 - V0 V0ᵀ V1||_F²``, which stays accurate for nearly equal subspaces where
+  ``k - ||V0ᵀV1||_F²`` would cancel to ``sqrt(eps)``.
+  """
+  k = v0.shape[1]
+  return jnp.linalg.norm(v1 - v0 @ (v0.T @ v1)) / jnp.sqrt(k)
 
 
 def principal_angles(basis0: Array, basis1: Array) -> Array:
@@ -541,7 +552,7 @@ def activation_stats_finalize(state: ActivationStatsState, *,
       _check_k(k, d0, d0)
       v0 = jnp.linalg.eigh(state.comoment00)[1][:, ::-1][:, :k]
       v1 = jnp.linalg.eigh(state.comoment11)[1][:, ::-1][:, :k]
-      out[f"pca_distance_k{k}"] = jnp.sqrt(jnp.maximum(k - jnp.sum((v0.T @ v1) ** 2), 0.0) / k)
+      out[f"pca_distance_k{k}"] = _subspace_distance(v0, v1)
   elif pca_ks:
     raise ValueError(f"pca_ks={tuple(pca_ks)} needs equal feature dims, got d0={d0}, d1={d1}.")
   return out
