@@ -128,10 +128,12 @@ def extract_numeric_answer(text: str) -> Optional[str]:
 
 def _strip_latex_wrappers(answer: str) -> str:
   answer = answer.strip()
-  # Math-mode delimiters and display wrappers that carry no value.
-  for token in ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "$"):
+  # Math-mode delimiters and display wrappers that carry no value (the escaped dollar first, so
+  # that its backslash does not survive the plain "$" removal).
+  for token in ("\\$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle",
+                "$"):
     answer = answer.replace(token, "")
-  answer = answer.replace("\\$", "").replace("−", "-")
+  answer = answer.replace("−", "-")
   answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
   answer = _TEXT_RE.sub(lambda m: m.group(1), answer)
   answer = answer.strip()

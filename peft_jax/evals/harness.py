@@ -1,0 +1,178 @@
+"""The evaluation harness: generate on every task, score, aggregate, write files.
+
+PEFT-Arena's axes (research/papers.md §1.1), on a 0-100 scale:
+
+* ``Target`` = mean of the main scores of the ``'target'`` tasks (x100).
+* ``General`` = mean of the main scores of the ``'general'`` tasks (x100): IFEval
+  instruction-level strict accuracy, BBH's unweighted subtask mean, NQ-open exact match.
+* ``Forget = General_base - General_ft`` in percentage points (:func:`forget`), and
+  ``Target gain = Target_ft - Target_base`` (:func:`target_gain`).
+
+With ``num_samples = n > 1`` a task's per-example score is the mean over its n samples (avg@n,
+as PEFT-Arena's math evaluation), and ``pass@k`` (:func:`peft_jax.evals.scorers.pass_at_k`) is
+reported for each requested k.
+
+Generation goes through a ``generate_fn(prompts, *, max_new_tokens, chat, temperature, key) ->
+list[str]``; :func:`model_generate_fn` builds one from a model with
+:func:`peft_jax.models.generate_text`, and tests pass a deterministic fake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zlib
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from peft_jax.evals import scorers
+from peft_jax.evals.tasks import Task
+
+GenerateFn = Callable[..., list[str]]
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes ``obj`` as JSON to ``path`` via a temp file in the same directory + ``os.replace``."""
+  _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_jsonl_atomic(path: str, rows: Sequence[Any]) -> None:
+  """Writes one JSON object per line, atomically (a reader never sees a partial file)."""
+  _write_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+
+def _write_atomic(path: str, text: str) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    raise
+
+
+def model_generate_fn(model: Any, params: Any, tokenizer: Any, **sampling: Any) -> GenerateFn:
+  """A ``generate_fn`` over :func:`peft_jax.models.generate_text` (greedy when temperature 0)."""
+  from peft_jax.models import generate_text  # pylint: disable=g-import-not-at-top
+
+  def generate_fn(prompts, *, max_new_tokens, chat, temperature, key):
+    return generate_text(model, params, tokenizer, list(prompts), chat=chat, key=key,
+                         max_new_tokens=max_new_tokens, temperature=temperature, **sampling)
+
+  return generate_fn
+
+
+def forget(general_base: float, general_ft: float) -> float:
+  """PEFT-Arena forgetting in points: ``General_base - General_ft`` (both on the 0-100 scale)."""
+  return float(general_base) - float(general_ft)
+
+
+def target_gain(target_base: float, target_ft: float) -> float:
+  """``Target_ft - Target_base`` in points (both on the 0-100 scale)."""
+  return float(target_ft) - float(target_base)
+
+
+def _generate_all(generate_fn: GenerateFn, task: Task, key: jax.Array,
+                  batch_size: int) -> list[list[str]]:
+  """``[examples][num_samples]`` generations, in batches of ``batch_size`` prompts."""
+  prompts = [example.prompt for example in task.examples for _ in range(task.num_samples)]
+  outputs: list[str] = []
+  for batch_index, start in enumerate(range(0, len(prompts), batch_size)):
+    batch = prompts[start:start + batch_size]
+    generated = generate_fn(batch, max_new_tokens=task.max_new_tokens, chat=task.chat,
+                            temperature=task.temperature,
+                            key=jax.random.fold_in(key, batch_index))
+    if len(generated) != len(batch):
+      raise ValueError(f"task {task.name!r}: generate_fn returned {len(generated)} texts for a "
+                       f"batch of {len(batch)} prompts")
+    outputs.extend(str(text) for text in generated)
+  n = task.num_samples
+  return [outputs[i * n:(i + 1) * n] for i in range(len(task.examples))]
+
+
+def evaluate_task(generate_fn: GenerateFn, task: Task, *, key: jax.Array,
+                  batch_size: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+  """Generates and scores one task.
+
+  Returns:
+    ``(result, rows)``: ``result = {'kind', 'main_metric', 'score' (main metric, 0-1),
+    'metrics': {...}, 'num_examples', 'num_samples'}``; ``rows`` one dict per example with the
+    prompt, reference, meta, generations and per-sample and averaged scores.
+  """
+  generations = _generate_all(generate_fn, task, key, batch_size)
+  rows, records, correct_counts = [], [], []
+  for example, samples in zip(task.examples, generations):
+    sample_scores = [task.scorer.score(text, example) for text in samples]
+    averaged = {name: float(np.mean([s[name] for s in sample_scores])) for name in sample_scores[0]}
+    records.append(averaged)
+    correct_counts.append(sum(int(s[task.scorer.correct_metric] > 0.5) for s in sample_scores))
+    rows.append({"prompt": example.prompt, "reference": example.reference,
+                 "meta": dict(example.meta), "generations": samples,
+                 "sample_scores": sample_scores, "scores": averaged})
+  metrics = task.scorer.aggregate(records, task.examples)
+  for k in task.pass_k:
+    estimates = scorers.pass_at_k(task.num_samples, np.asarray(correct_counts, np.int32), k)
+    metrics[f"pass@{k}"] = float(np.mean(np.asarray(estimates)))
+  metrics = {name: float(value) for name, value in metrics.items()}
+  result = {"kind": task.kind, "main_metric": task.scorer.main_metric,
+            "score": metrics[task.scorer.main_metric], "metrics": metrics,
+            "num_examples": len(task.examples), "num_samples": task.num_samples}
+  return result, rows
+
+
+def summarize(task_results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+  """PEFT-Arena axes from per-task results: ``target``/``general`` means x100 (None if no task)."""
+  axes: dict[str, Any] = {}
+  for kind in ("target", "general"):
+    scores = [r["score"] for r in task_results.values() if r["kind"] == kind]
+    axes[kind] = 100.0 * float(np.mean(scores)) if scores else None
+  return {"tasks": {name: dict(result) for name, result in task_results.items()}, **axes}
+
+
+def evaluate(model: Any, params: Any, tokenizer: Any, tasks: Sequence[Task], *, key: jax.Array,
+             batch_size: int, out_dir: Optional[str] = None,
+             generate_fn: Optional[GenerateFn] = None) -> dict[str, Any]:
+  """Evaluates a model (or any ``generate_fn``) on ``tasks``.
+
+  Args:
+    model, params, tokenizer: used through :func:`model_generate_fn` unless ``generate_fn`` is
+      given (then they may be ``None``).
+    tasks: the tasks; names must be unique.
+    key: PRNG key; a task uses ``fold_in(key, crc32(task name))`` and its batch b
+      ``fold_in(., b)``, so a task's samples do not depend on which other tasks run.
+    batch_size: prompts per generation call.
+    out_dir: if set, writes ``<out_dir>/<task>.jsonl`` (one row per example) and
+      ``<out_dir>/summary.json``, each atomically.
+    generate_fn: ``(prompts, *, max_new_tokens, chat, temperature, key) -> list[str]``.
+  Returns:
+    ``{'tasks': {name: result}, 'target': float|None, 'general': float|None}`` (axes on 0-100).
+  """
+  names = [task.name for task in tasks]
+  duplicates = sorted({name for name in names if names.count(name) > 1})
+  if duplicates:
+    raise ValueError(f"task names must be unique; repeated: {duplicates}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if generate_fn is None:
+    if model is None or tokenizer is None:
+      raise ValueError("evaluate needs model, params and tokenizer, or a generate_fn")
+    generate_fn = model_generate_fn(model, params, tokenizer)
+  task_results = {}
+  for task in tasks:
+    task_key = jax.random.fold_in(key, zlib.crc32(task.name.encode()) & 0x7FFFFFFF)
+    result, rows = evaluate_task(generate_fn, task, key=task_key,
+                                 batch_size=batch_size)
+    task_results[task.name] = result
+    if out_dir is not None:
+      write_jsonl_atomic(os.path.join(out_dir, f"{task.name}.jsonl"), rows)
+  summary = summarize(task_results)
+  if out_dir is not None:
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+  return summary
