@@ -165,7 +165,7 @@ def tracking_shuffled_objects_three_objects(rng: random.Random) -> Dict:
   states = []
   for first, second in swaps:
     holding[first], holding[second] = holding[second], holding[first]
-    states.append(', '.join(f'{p}: {holding[p]}' for p in _PLAYERS) + '.')
+    states.append(', '.join(f'{p} {holding[p]}' for p in _PLAYERS) + '.')
   asked = rng.choice(_PLAYERS)
   letter = _OPTION_LETTERS[colours.index(holding[asked])]
   start = ', '.join(f'{p} has a {c} ball' for p, c in zip(_PLAYERS[:2], colours[:2]))
@@ -173,7 +173,7 @@ def tracking_shuffled_objects_three_objects(rng: random.Random) -> Dict:
   moves = ' '.join(f'{word}, {a} and {b} swap balls.'
                    for word, (a, b) in zip(('First', 'Then', 'Finally'), swaps))
   options = '\n'.join(f'({l}) {c} ball' for l, c in zip(_OPTION_LETTERS, colours))
-  return {'input': f'Alice, Bob, and Claire each hold a ball: {start}. {moves} At the end, '
+  return {'input': f'{start}. {moves} At the end, '
                    f'{asked} has the\nOptions:\n{options}',
           'target': f'({letter})',
           'completion': _answer(' '.join(states), f'({letter})')}

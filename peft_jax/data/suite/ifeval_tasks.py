@@ -81,6 +81,10 @@ _PLACEHOLDER_SENTENCES = ('Write to them at [address].', 'Call [phone] to learn 
                           'Visit on [date].')
 _POSTSCRIPT_SENTENCES = ('I hope this helps.', 'Thank you for reading.', 'There is more to tell.')
 _RELATIONS = ('less than', 'at least')
+# Primaries whose answers are long in tokens (upper case splits into short tokens; the others
+# repeat text) get 2-sentence notes, keeping prompt + answer within ~128 tokens.
+_LONG_ANSWER_PRIMARIES = ('change_case:english_capital', 'combination:two_responses',
+                          'combination:repeat_prompt')
 _LOWERCASE_SENTENCE_STARTS = ('The', 'Every', 'People', 'You')
 
 Finalize = Callable[[str], Tuple[str, Dict]]
@@ -90,11 +94,12 @@ def _subject_text(fact: world_lib.Fact) -> str:
   return f'the {fact.subject}' if fact.kind == 'animal' else fact.subject
 
 
-def _note_sentences(rng: random.Random, world: world_lib.World, subject: str) -> List[str]:
-  """2-4 fact sentences about `subject`, in random order and paraphrase."""
+def _note_sentences(rng: random.Random, world: world_lib.World, subject: str,
+                    max_sentences: int) -> List[str]:
+  """2 to `max_sentences` (<= 4) fact sentences about `subject`, in random order and paraphrase."""
   facts = world.facts_about(subject)
-  chosen = rng.sample(facts, rng.randint(2, len(facts)))
-  if chosen[0].kind == 'person' and rng.random() < 0.5:
+  chosen = rng.sample(facts, rng.randint(2, min(len(facts), max_sentences)))
+  if chosen[0].kind == 'person' and len(chosen) < max_sentences and rng.random() < 0.5:
     city = next(f.value for f in facts if f.relation == 'born_in')
     chosen.append(next(f for f in world.facts_about(city) if f.relation == 'country'))
   return [world_lib.fact_sentence(f, rng.randrange(3)) for f in chosen]
@@ -340,8 +345,9 @@ def make_example(rng: random.Random, world: world_lib.World) -> Dict:
   subject = rng.choice(world.people + world.cities + world.animals)
   subject_text = subject if subject[0].isupper() else f'the {subject}'
   request = rng.choice(_REQUESTS).format(s=subject_text)
-  sentences = _note_sentences(rng, world, subject)
   primary = rng.choice(PRIMARY_INSTRUCTIONS)
+  max_sentences = 2 if primary in _LONG_ANSWER_PRIMARIES else 4
+  sentences = _note_sentences(rng, world, subject, max_sentences)
   request, response, finalize_primary = _primary(primary, rng, request, subject, sentences, world)
   secondary = None
   if rng.random() < 0.4:
@@ -361,7 +367,7 @@ def make_example(rng: random.Random, world: world_lib.World) -> Dict:
                              'letters. No capital letters are allowed.')
   if primary == 'change_case:english_capital':
     response = response.upper()
-  if secondary == 'change_case:english_lowercase':
+  if 'change_case:english_lowercase' in (primary, secondary):
     response = response.lower()
   primary_instruction, primary_kwargs = finalize_primary(response)
   instructions = [primary_instruction] + ([secondary_instruction] if secondary else [])

@@ -18,6 +18,14 @@ _ONSETS = ('b', 'd', 'f', 'g', 'k', 'l', 'm', 'n', 'p', 'r', 's', 't', 'v', 'z',
 _VOWELS = ('a', 'e', 'i', 'o', 'u', 'ai', 'oa')
 _CODAS = ('', '', '', 'n', 'l', 'r', 's', 'm')
 
+# Generated names avoid short common words of several languages, so a name never reads as a
+# function word (which would confuse language identification of the IFEval answers).
+_COMMON_WORDS = frozenset(
+    'para sono sana kuwa yang dari dalam akan saya mutta della dengan untuk tidak olarak gibi '
+    'nicht eine sich auch dans pour avec sobre como pero todo esta este bien that this with have '
+    'from were been they them then than what when tala kila sasa tena pero onde mais muito '
+    'mina sina taas vain kanssa nous vous sont etre'.split())
+
 JOBS = ('baker', 'farmer', 'teacher', 'painter', 'doctor', 'sailor', 'singer', 'builder', 'writer',
         'tailor', 'miner', 'pilot')
 COLOURS = ('red', 'blue', 'green', 'yellow', 'white', 'black', 'orange', 'purple', 'brown', 'grey')
@@ -43,7 +51,7 @@ def _unique_names(rng: random.Random, count: int, syllables: Tuple[int, int], ta
     if attempts > 1000 * (count + 1):
       raise ValueError(f'could not draw {count} unique names; lower the entity counts in sizes')
     name = ''.join(_syllable(rng) for _ in range(rng.randint(*syllables))).capitalize()
-    if name not in taken and len(name) <= 9:
+    if name not in taken and 4 <= len(name) <= 9 and name.lower() not in _COMMON_WORDS:
       taken.add(name)
       names.append(name)
   return names
@@ -75,7 +83,7 @@ RELATIONS = {
 # leading one-letter words, so the IFEval transformations built on them stay checkable.
 _FACT_TEMPLATES = {
     'born_in': ('{s} was born in {v}.', 'The home town of {s} is {v}.', '{s} grew up in {v}.'),
-    'job': ('{s} works as a {v}.', 'The job of {s} is {v}.', '{s} earns a living as a {v}.'),
+    'job': ('{s} works as the local {v}.', 'The job of {s} is {v}.', 'The work of {s} is that of a {v}.'),
     'colour': ('The favourite colour of {s} is {v}.', '{s} likes the colour {v} best.',
                '{s} loves the colour {v}.'),
     'country': ('{s} is a city in {v}.', 'The city of {s} lies in {v}.', '{s} belongs to {v}.'),
