@@ -1,0 +1,266 @@
+"""The training loop: ``train(config, workdir)``, read top to bottom (big_vision style).
+
+Resume order: the newest complete checkpoint in ``<workdir>/checkpoints`` (state, optimizer
+state, step, rng and data-iterator position) -> a fresh start from the configured base model.
+Rerunning the same command therefore continues an interrupted run and ends bit-identical to an
+uninterrupted one. A workdir whose saved ``config.json`` differs from the new config (outside
+``checkpoint.RESUME_SAFE_KEYS``) is refused with the list of differing keys.
+
+Workdir layout::
+
+  config.json        resolved config
+  metrics.jsonl      one line per logged step; tensorboard/ the same as TB events
+  checkpoints/<step> orbax checkpoints (keep-N)
+  trajectory/<step>  adapter (trainable) snapshots every `checkpoint.snapshot_every` steps
+  export/adapter     PEFT-format adapter, export/merged HF directory (when configured)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from peft_jax.adapters import api as adapter_api
+from peft_jax.data import sft
+from peft_jax.parallel import distributed, sharding
+from peft_jax.train import checkpoint as ckpt_lib
+from peft_jax.train.config import validate_config
+from peft_jax.train.loss import make_sft_loss
+from peft_jax.train.metrics import MetricWriter
+from peft_jax.train.setup import ShardedTraining, setup_training
+
+PyTree = Any
+METHODS = {'lora': adapter_api.LoRA, 'dora': adapter_api.DoRA, 'pissa': adapter_api.PiSSA,
+           'vera': adapter_api.VeRA, 'oft': adapter_api.OFT, 'miss': adapter_api.MiSS,
+           'disel': adapter_api.DISeL}
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a finished ``train`` call leaves in memory (the workdir holds the rest)."""
+
+  state: Any  # TrainState after the last step
+  frozen: PyTree  # the frozen partition
+  model: Any  # the linen Decoder
+  tree: PyTree  # combine(trainable, frozen): the adapted params tree
+  losses: list  # (step, loss) of the steps run by this call
+  num_compiles: int  # compilations of the jitted step during this call (1 expected)
+  start_step: int  # step the call resumed from (0: fresh)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks
+# ------------------------------------------------------------------------------------------------
+
+def build_model(config: ml_collections.ConfigDict):
+  """``(model, params, model_config, hf_tokenizer or None)`` from ``config.model``."""
+  from peft_jax import models  # pylint: disable=g-import-not-at-top
+  overrides = dict(dtype=config.model.dtype, remat=config.model.remat)
+  if config.model.path:
+    from peft_jax import hub  # pylint: disable=g-import-not-at-top
+    model, params, tokenizer = hub.load_pretrained(config.model.path, **overrides)
+    return model, params, model.config, tokenizer
+  fields = {k: v for k, v in config.model.items() if k != 'path'}
+  model_config = models.ModelConfig(**fields)
+  params = models.init_params(model_config, jax.random.PRNGKey(config.seed))
+  return models.Decoder(model_config), params, model_config, None
+
+
+def make_method(config: ml_collections.ConfigDict):
+  """The adapter method object of ``config.adapter`` (``None`` for full fine-tuning)."""
+  if config.adapter.method == 'full':
+    return None
+  kwargs = dict(config.adapter.kwargs)
+  try:
+    return METHODS[config.adapter.method](**kwargs)
+  except TypeError as error:
+    fields = [f.name for f in dataclasses.fields(METHODS[config.adapter.method])]
+    raise ValueError(f'config.adapter.kwargs {sorted(kwargs)} do not fit method '
+                     f'{config.adapter.method!r}; its fields are {fields}') from error
+
+
+def full_partition(tree: PyTree) -> tuple[PyTree, PyTree]:
+  """Full fine-tuning: every weight trainable, nothing frozen."""
+  return tree, jax.tree.map(lambda _: None, tree)
+
+
+def full_combine(trainable: PyTree, frozen: PyTree) -> PyTree:
+  del frozen
+  return trainable
+
+
+def make_tokenizer(config: ml_collections.ConfigDict, model_config, hf_tokenizer):
+  name = config.data.tokenizer
+  if name == 'byte':
+    return sft.ByteTokenizer(vocab_size=model_config.vocab_size)
+  if name == 'model':
+    if hf_tokenizer is None:
+      raise ValueError(f"config.data.tokenizer='model' but {config.model.path!r} has no tokenizer")
+    return hf_tokenizer
+  from peft_jax import hub  # pylint: disable=g-import-not-at-top
+  return hub.load_tokenizer(name)
+
+
+def _host(tree: PyTree) -> PyTree:
+  """All of ``tree`` on the host (gathers across processes when needed)."""
+  if all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          batch_hook: Optional[Callable[[int, dict], dict]] = None) -> TrainResult:
+  """Trains (or resumes) the run in ``workdir``; see the module docstring.
+
+  Args:
+    config: a config like :func:`peft_jax.train.config.default_config`.
+    workdir: the run directory (shared by all processes).
+    batch_hook: optional ``(step, local_batch) -> local_batch`` applied to each host batch
+      (inspection, augmentation, fault injection in tests).
+  Raises:
+    FloatingPointError: the loss or gradient norm became NaN/inf (names the step and metric; the
+      last complete checkpoint is left intact).
+    ValueError: invalid config, or a workdir holding a run with a different config.
+  """
+  validate_config(config)
+  workdir = os.path.abspath(workdir)
+  ckpt_lib.check_or_write_config(workdir, config.to_dict())
+
+  # ---- Mesh --------------------------------------------------------------------------------
+  mesh = sharding.make_mesh(tuple(config.mesh_shape))
+  rules = [tuple(r) for r in config.logical_axis_rules] or None
+
+  # ---- Model and adapters ------------------------------------------------------------------
+  model, params, model_config, hf_tokenizer = build_model(config)
+  method = make_method(config)
+  if method is None:
+    partition_fn, combine_fn = full_partition, full_combine
+  else:
+    targets = config.adapter.targets
+    targets = targets if isinstance(targets, str) else list(targets)
+    params = adapter_api.inject(params, method, targets, jax.random.PRNGKey(config.seed + 1))
+    partition_fn, combine_fn = adapter_api.partition, adapter_api.combine
+  from peft_jax.models import param_logical_axes  # pylint: disable=g-import-not-at-top
+  axes = param_logical_axes(params)
+
+  def apply_fn(tree, tokens, positions, segment_ids, rng):
+    if rng is None:
+      return model.apply({'params': tree}, tokens, positions=positions, segment_ids=segment_ids)
+    return model.apply({'params': tree}, tokens, positions=positions, segment_ids=segment_ids,
+                       deterministic=False, rngs={'dropout': rng})
+
+  dropout = float(dict(config.adapter.kwargs).get('dropout', 0.0)) > 0
+  loss_fn = make_sft_loss(apply_fn, combine_fn, dropout=dropout)
+  optimizer_kwargs = dict(config.optimizer)
+  optimizer_kwargs['lr_groups'] = [tuple(g) for g in optimizer_kwargs['lr_groups']]
+  training: ShardedTraining = setup_training(
+      params, axes, loss_fn=loss_fn, partition_fn=partition_fn, mesh=mesh,
+      optimizer_kwargs=dict(optimizer_kwargs, total_steps=config.total_steps), rules=rules,
+      seed=config.seed, grad_accum_steps=config.grad_accum_steps)
+  del params  # the sharded state and frozen partition own the weights now
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      combine_fn(training.state.params, training.frozen)))
+
+  # ---- Input pipeline (each process loads only its rows of every global batch) -------------
+  tokenizer = make_tokenizer(config, model_config, hf_tokenizer)
+  rows = sft.load_rows(config.data.path, config.data.split)
+  arrays = sft.build_sft_arrays(rows, tokenizer, config.data.seq_len,
+                                packing=config.data.packing)
+  iterator = sft.SFTIterator(arrays, config.batch_size, seed=config.seed,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count(), shuffle=config.data.shuffle)
+
+  # ---- Checkpoints: resume from the workdir when it holds one ------------------------------
+  checkpointer = ckpt_lib.StateCheckpointer(os.path.join(workdir, 'checkpoints'),
+                                            keep=config.checkpoint.keep)
+  trajectory = (ckpt_lib.TrajectoryWriter(os.path.join(workdir, 'trajectory'))
+                if config.checkpoint.snapshot_every else None)
+  state = training.state
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state, data_state = checkpointer.restore(start_step, state)
+    iterator.set_state(data_state)
+  elif trajectory is not None:
+    trajectory.save(0, state.params)
+
+  # ---- Train loop --------------------------------------------------------------------------
+  writer = MetricWriter(workdir)
+  tokens_per_step = config.batch_size * config.data.seq_len
+  flops_per_step = 6.0 * num_params * tokens_per_step
+  peak_flops = config.peak_flops_per_device * jax.device_count()
+  compiles_before = training.train_step._cache_size()  # pylint: disable=protected-access
+  losses = []
+  progress = range(start_step, config.total_steps)
+  if config.progress_bar and jax.process_index() == 0:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    progress = tqdm(progress, initial=start_step, total=config.total_steps, desc='train')
+  try:
+    for step in progress:
+      local = next(iterator)
+      if batch_hook is not None:
+        local = batch_hook(step, local)
+      # A float mask keeps one dtype whatever the hook does (no recompilation).
+      local = dict(local, loss_mask=np.asarray(local['loss_mask'], np.float32))
+      batch = distributed.global_batch(local, mesh, config.batch_size)
+      start = time.perf_counter()
+      state, metrics = training.train_step(state, training.frozen, batch)
+      metrics = jax.device_get(metrics)
+      seconds = time.perf_counter() - start
+      for name in ('loss', 'grad_norm'):
+        if not math.isfinite(float(metrics[name])):
+          checkpointer.wait()
+          raise FloatingPointError(
+              f'step {step}: {name} is {float(metrics[name])} (non-finite); stopping. The last '
+              f'good checkpoint (step {checkpointer.latest_step()}) in '
+              f'{os.path.join(workdir, "checkpoints")} is intact.')
+      losses.append((step, float(metrics['loss'])))
+      if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
+        scalars = dict(metrics, step_seconds=seconds,
+                       tokens_per_second=tokens_per_step / seconds,
+                       mfu=flops_per_step / seconds / peak_flops)
+        writer.write(step + 1, scalars)
+      if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == config.total_steps:
+        checkpointer.save(step + 1, state, iterator.get_state())
+      if trajectory is not None and (step + 1) % config.checkpoint.snapshot_every == 0:
+        trajectory.save(step + 1, state.params)
+      if config.throttle_s:
+        time.sleep(config.throttle_s)
+  finally:
+    checkpointer.close()
+    if trajectory is not None:
+      trajectory.close()
+    writer.close()
+
+  # ---- Export ------------------------------------------------------------------------------
+  tree = combine_fn(state.params, training.frozen)
+  if config.export.adapter or config.export.merged:
+    from peft_jax import hub  # pylint: disable=g-import-not-at-top
+    host_tree = _host(tree)
+    if jax.process_index() == 0:
+      if config.export.adapter:
+        if method is None:
+          raise ValueError("config.export.adapter: method 'full' has no adapter; use "
+                           'export.merged')
+        from peft_jax.hub import peft_format  # pylint: disable=g-import-not-at-top
+        peft_format.save_adapter(host_tree, os.path.join(workdir, 'export', 'adapter'),
+                                 base_model_name_or_path=config.model.path or None)
+      if config.export.merged:
+        merged = host_tree if method is None else adapter_api.merge(host_tree)
+        hub.save_pretrained(model_config, merged, os.path.join(workdir, 'export', 'merged'),
+                            tokenizer=hf_tokenizer)
+  compiles = training.train_step._cache_size() - compiles_before  # pylint: disable=protected-access
+  return TrainResult(state=state, frozen=training.frozen, model=model, tree=tree, losses=losses,
+                     num_compiles=compiles, start_step=start_step)
