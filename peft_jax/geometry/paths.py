@@ -13,6 +13,7 @@ runs an evaluation function over every α as one compiled program (``jax.vmap`` 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -83,23 +84,46 @@ def method_path_grid(tree: PyTree, alphas: Array,
   return jax.vmap(lambda a: path_fn(tree, a))(alphas)
 
 
+@functools.partial(jax.jit, static_argnames=("eval_fn", "mode"))
+def _evaluate_stacked_jit(stacked_params, *, eval_fn, mode):
+  if mode == "vmap":
+    return jax.vmap(eval_fn)(stacked_params)
+  return jax.lax.map(eval_fn, stacked_params)
+
+
+@functools.partial(jax.jit, static_argnames=("eval_fn", "mode"))
+def _evaluate_alpha_grid_jit(theta0, theta1, alphas, *, eval_fn, mode):
+  def at_alpha(alpha):
+    return eval_fn(interpolate(theta0, theta1, alpha))
+
+  if mode == "vmap":
+    return jax.vmap(at_alpha)(alphas)
+  return jax.lax.map(at_alpha, alphas)
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in ("vmap", "map"):
+    raise ValueError(f"mode={mode!r} is not valid; valid modes are ('vmap', 'map').")
+
+
 def evaluate_stacked(eval_fn: Callable[[PyTree], Any], stacked_params: PyTree, *,
                      mode: str = "vmap") -> Any:
-  """Runs ``eval_fn`` on every slice of a stacked params pytree inside one ``jax.jit``.
+  """Runs ``eval_fn`` on every slice of a stacked params pytree as one compiled program.
+
+  The compiled program is cached on ``(eval_fn, mode, shapes)``: calling again with the same
+  ``eval_fn`` object and shapes does not recompile.
 
   Args:
-    eval_fn: ``params -> pytree of arrays`` (e.g. a dict of scalar metrics); traced once.
+    eval_fn: ``params -> pytree of arrays`` (e.g. a dict of scalar metrics); traced once. Must be
+      hashable (a plain function is).
     stacked_params: pytree whose leaves share a leading axis.
     mode: 'vmap' (one batched program; memory x num_alphas) or 'map' (``jax.lax.map``: one
       compiled loop, memory of one evaluation).
   Returns:
     ``eval_fn``'s output with a leading ``[num_alphas]`` axis on each leaf.
   """
-  if mode == "vmap":
-    return jax.jit(jax.vmap(eval_fn))(stacked_params)
-  if mode == "map":
-    return jax.jit(lambda p: jax.lax.map(eval_fn, p))(stacked_params)
-  raise ValueError(f"mode={mode!r} is not valid; valid modes are ('vmap', 'map').")
+  _check_mode(mode)
+  return _evaluate_stacked_jit(stacked_params, eval_fn=eval_fn, mode=mode)
 
 
 def evaluate_alpha_grid(eval_fn: Callable[[PyTree], Any], theta0: PyTree, theta1: PyTree,
@@ -107,10 +131,10 @@ def evaluate_alpha_grid(eval_fn: Callable[[PyTree], Any], theta0: PyTree, theta1
   """Evaluates the additive path at every α as one compiled program.
 
   The grid of params is built inside the same jit as the evaluation, so only ``theta0``,
-  ``theta1`` and ``alphas`` cross the host boundary.
+  ``theta1`` and ``alphas`` cross the host boundary. Cached like :func:`evaluate_stacked`.
 
   Args:
-    eval_fn: ``params -> pytree of arrays``.
+    eval_fn: ``params -> pytree of arrays`` (hashable).
     theta0: base params.
     theta1: fine-tuned params.
     alphas: ``[num_alphas]``.
@@ -118,22 +142,12 @@ def evaluate_alpha_grid(eval_fn: Callable[[PyTree], Any], theta0: PyTree, theta1
   Returns:
     ``eval_fn``'s outputs stacked along a leading ``[num_alphas]`` axis.
   """
-  if mode not in ("vmap", "map"):
-    raise ValueError(f"mode={mode!r} is not valid; valid modes are ('vmap', 'map').")
+  _check_mode(mode)
   alphas = jnp.asarray(alphas)
   if alphas.ndim != 1:
     raise ValueError(f"alphas must be 1-D [num_alphas], got shape {alphas.shape}.")
   _check_same_structure(theta0, theta1)
-
-  def at_alpha(t0, t1, alpha):
-    return eval_fn(interpolate(t0, t1, alpha))
-
-  if mode == "vmap":
-    run = jax.vmap(at_alpha, in_axes=(None, None, 0))
-  else:
-    def run(t0, t1, a):
-      return jax.lax.map(lambda alpha: at_alpha(t0, t1, alpha), a)
-  return jax.jit(run)(theta0, theta1, alphas)
+  return _evaluate_alpha_grid_jit(theta0, theta1, alphas, eval_fn=eval_fn, mode=mode)
 
 
 def pareto_front(points: Array) -> Array:
