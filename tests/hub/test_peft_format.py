@@ -1,0 +1,256 @@
+"""PEFT file-format and layer-level parity: real ``peft`` (PyTorch) vs peft_jax on the same weights.
+
+A tiny torch module whose linear layers carry Hugging Face decoder module names
+(``model.layers.{i}.self_attn.q_proj`` ...; square, narrowing and widening layers) is wrapped by
+``peft.get_peft_model``, its adapter params are perturbed (so nothing is an identity), saved with
+``save_pretrained`` and loaded by ``load_adapter``. Every adapted layer's output must match the PEFT
+layer's output (1e-5 relative; OFT 1e-4). The reverse direction exports with ``save_adapter`` and
+loads with ``PeftModel.from_pretrained`` on a fresh base.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import peft
+import pytest
+import torch
+from torch import nn
+
+from peft_jax.adapters import api
+from peft_jax.adapters.core import Adapted, matmul
+from peft_jax.hub.peft_format import load_adapter, save_adapter
+
+D_MODEL, D_KV, D_MLP = 16, 8, 24
+TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
+
+
+class _Attn(nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.q_proj = nn.Linear(D_MODEL, D_MODEL, bias=False)
+    self.v_proj = nn.Linear(D_MODEL, D_KV, bias=False)
+
+
+class _Mlp(nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.up_proj = nn.Linear(D_MODEL, D_MLP, bias=False)
+    self.down_proj = nn.Linear(D_MLP, D_MODEL, bias=False)
+
+
+class _Layer(nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.self_attn = _Attn()
+    self.mlp = _Mlp()
+
+
+class _Inner(nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.layers = nn.ModuleList([_Layer(), _Layer()])
+
+
+class TinyTorch(nn.Module):
+  """Only the module names matter: layers are called one by one."""
+
+  def __init__(self):
+    super().__init__()
+    self.model = _Inner()
+
+  def forward(self, x):
+    return x
+
+
+def _base_torch():
+  torch.manual_seed(0)
+  return TinyTorch().eval()
+
+
+def _jax_params(module: nn.Module) -> dict:
+  params = {}
+  for name, p in module.named_parameters():
+    parts = name.split(".")  # model.layers.i.block.proj.weight
+    layer = f"layers_{parts[2]}"
+    params.setdefault(layer, {}).setdefault(parts[3], {})[parts[4]] = {
+        "kernel": jnp.asarray(p.detach().numpy().T)}
+  return params
+
+
+MODULES = [f"model.layers.{i}.{blk}.{proj}" for i in range(2)
+           for blk, proj in [("self_attn", "q_proj"), ("self_attn", "v_proj"), ("mlp", "up_proj"),
+                             ("mlp", "down_proj")]]
+
+
+def _kernel_path(module_name: str) -> list[str]:
+  parts = module_name.split(".")
+  return [f"layers_{parts[2]}", parts[3], parts[4], "kernel"]
+
+
+def _node(tree, module_name):
+  node = tree
+  for k in _kernel_path(module_name):
+    node = node[k]
+  return node
+
+
+def _x(d_in, seed=1):
+  return np.random.RandomState(seed).randn(2, 3, d_in).astype(np.float32)
+
+
+def _max_rel(ours, ref):
+  return float(np.max(np.abs(np.asarray(ours) - ref)) / np.max(np.abs(ref)))
+
+
+def _compare(peft_model, tree, tol):
+  errs = []
+  for name in MODULES:
+    layer = peft_model.get_submodule("base_model.model." + name)
+    d_in = layer.in_features
+    x = _x(d_in)
+    with torch.no_grad():
+      ref = layer(torch.from_numpy(x)).numpy()
+    node = _node(tree, name)
+    assert isinstance(node, Adapted), name
+    ours = jax.jit(matmul)(jnp.asarray(x), node)
+    errs.append(_max_rel(ours, ref))
+  assert max(errs) < tol, errs
+  return max(errs)
+
+
+def _perturb(peft_model, scale, seed=2):
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in peft_model.named_parameters():
+      if p.requires_grad:
+        p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+CONFIGS = {
+    "lora": (lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
+                                     rank_pattern={"down_proj": 2}, alpha_pattern={"up_proj": 3}),
+             0.3, 1e-5),
+    "rslora": (lambda: peft.LoraConfig(r=4, lora_alpha=8, use_rslora=True,
+                                       target_modules=TARGETS), 0.3, 1e-5),
+    "dora": (lambda: peft.LoraConfig(r=3, lora_alpha=6, use_dora=True, target_modules=TARGETS),
+             0.3, 1e-5),
+    "pissa": (lambda: peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="pissa",
+                                      target_modules=TARGETS), 0.1, 1e-5),
+    "vera": (lambda: peft.VeraConfig(r=6, target_modules=TARGETS), 0.3, 1e-5),
+    "oft_neumann": (lambda: peft.OFTConfig(oft_block_size=4, r=0, target_modules=TARGETS),
+                    0.1, 1e-4),
+    "oft_exact": (lambda: peft.OFTConfig(oft_block_size=8, r=0, use_cayley_neumann=False,
+                                         target_modules=TARGETS), 0.1, 1e-4),
+    "oft_share": (lambda: peft.OFTConfig(oft_block_size=4, r=0, block_share=True,
+                                         target_modules=TARGETS), 0.1, 1e-4),
+    "miss": (lambda: peft.MissConfig(r=5, target_modules=TARGETS), 0.3, 1e-5),
+    "miss_bat": (lambda: peft.MissConfig(r=4, init_weights="bat", target_modules=TARGETS),
+                 0.1, 1e-5),
+    "miss_mini": (lambda: peft.MissConfig(r=4, init_weights="mini", mini_r=4,
+                                          target_modules=TARGETS), 0.3, 1e-5),
+}
+
+EXPECTED_METHOD = {"lora": api.LoRA, "rslora": api.LoRA, "dora": api.DoRA, "pissa": api.PiSSA,
+                   "vera": api.VeRA, "oft_neumann": api.OFT, "oft_exact": api.OFT,
+                   "oft_share": api.OFT, "miss": api.MiSS, "miss_bat": api.MiSS,
+                   "miss_mini": api.MiSS}
+
+
+@pytest.fixture(scope="module")
+def base_params():
+  return _jax_params(_base_torch())
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_peft_to_jax_and_back(name, base_params, tmp_path):
+  make_config, scale, tol = CONFIGS[name]
+  peft_model = peft.get_peft_model(_base_torch(), make_config())
+  _perturb(peft_model, scale)
+  peft_model.save_pretrained(tmp_path / "peft")
+  tree = load_adapter(base_params, str(tmp_path / "peft"))
+  assert isinstance(_node(tree, MODULES[0]).method, EXPECTED_METHOD[name])
+  _compare(peft_model, tree, tol)
+
+  # Reverse: perturb in JAX, export, load with peft on a fresh (unmodified) base.
+  def bump(path, leaf):
+    del path
+    if not isinstance(leaf, Adapted):
+      return leaf
+    keys = jax.random.split(jax.random.key(7), len(leaf.params))
+    params = {k: v + 0.5 * scale * jax.random.normal(kk, v.shape)
+              for kk, (k, v) in zip(keys, sorted(leaf.params.items()))}
+    return Adapted(leaf.base, params, leaf.frozen, leaf.method)
+  from peft_jax.adapters.inject import _map_tree
+  tree2 = _map_tree(tree, bump)
+  save_adapter(tree2, str(tmp_path / "ours"), task_type=None)
+  reloaded = peft.PeftModel.from_pretrained(_base_torch(), str(tmp_path / "ours")).eval()
+  _compare(reloaded, tree2, tol)
+
+
+def test_saved_keys_and_config(base_params, tmp_path):
+  tree = api.inject(base_params, api.DoRA(rank=2, alpha=4), ["q_proj", "down_proj"],
+                    jax.random.key(0))
+  save_adapter(tree, str(tmp_path), base_model_name_or_path="tiny")
+  from safetensors.numpy import load_file
+  tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
+  assert tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (2, 16)
+  assert tensors["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"].shape == (16, 2)
+  assert tensors["base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector"].shape == (
+      16,)
+  config = json.load(open(tmp_path / "adapter_config.json"))
+  assert config["peft_type"] == "LORA" and config["use_dora"] and config["r"] == 2
+  assert config["lora_alpha"] == 4 and config["base_model_name_or_path"] == "tiny"
+
+
+def test_pissa_factors_equal_peft(base_params):
+  base = _base_torch()
+  w_orig = {n: p.detach().numpy().copy() for n, p in base.named_parameters()}
+  peft_model = peft.get_peft_model(base, peft.LoraConfig(r=3, lora_alpha=6,
+                                                         init_lora_weights="pissa",
+                                                         target_modules=TARGETS))
+  for name in MODULES:
+    layer = peft_model.get_submodule("base_model.model." + name)
+    a_ref = layer.lora_A["default"].weight.detach().numpy().T
+    b_ref = layer.lora_B["default"].weight.detach().numpy().T
+    res_ref = layer.base_layer.weight.detach().numpy().T
+    w0 = w_orig[name + ".weight"].T
+    node = api.PiSSA(rank=3, alpha=6).init(None, jnp.asarray(w0))
+    a, b = np.asarray(node.params["lora_a"]), np.asarray(node.params["lora_b"])
+    # Float64 reference from the definition: a0 = U_r sqrt(S_r/s), b0 = sqrt(S_r/s) V_r^T.
+    u, sv, vt = np.linalg.svd(w0.astype(np.float64), full_matrices=False)
+    root = np.sqrt(sv[:3] / 2.0)
+    a64, b64 = u[:, :3] * root, root[:, None] * vt[:3]
+    res64 = w0 - 2.0 * a64 @ b64
+
+    def aligned(x, ref, axis):  # singular vectors are defined up to a sign per component
+      sign = np.sign(np.sum(x * ref, axis=axis))
+      return x * (sign if axis == 0 else sign[:, None])
+
+    assert _max_rel(aligned(a, a64, 0), a64) < 1e-5
+    assert _max_rel(aligned(b, b64, 1), b64) < 1e-5
+    assert _max_rel(np.asarray(node.base), res64) < 1e-5
+    # PEFT's torch SVD is another float32 SVD; each is within ~1e-5 of float64 (the error scales
+    # with eps / singular-value gap), so the two agree to the sum of both errors.
+    assert _max_rel(aligned(a, a_ref, 0), a_ref) < 2e-5
+    assert _max_rel(aligned(b, b_ref, 1), b_ref) < 2e-5
+    assert _max_rel(np.asarray(node.base), res_ref) < 2e-5
+
+
+def test_wrong_base_shape_names_tensor(tmp_path):
+  peft_model = peft.get_peft_model(_base_torch(), peft.LoraConfig(r=2, target_modules=TARGETS))
+  peft_model.save_pretrained(tmp_path)
+  torch.manual_seed(0)
+  other = _jax_params(_base_torch())
+  other["layers_0"]["self_attn"]["q_proj"]["kernel"] = jnp.zeros((16, 32))
+  with pytest.raises(ValueError, match=r"q_proj\.lora_B\.weight.*different base"):
+    load_adapter(other, str(tmp_path))
+
+
+def test_unknown_module_lists_available(base_params, tmp_path):
+  peft_model = peft.get_peft_model(_base_torch(), peft.LoraConfig(r=2, target_modules=TARGETS))
+  peft_model.save_pretrained(tmp_path)
+  pruned = {"layers_0": base_params["layers_0"]}
+  with pytest.raises(ValueError, match=r"model\.layers\.1\..*available: model\.layers\.0"):
+    load_adapter(pruned, str(tmp_path))
