@@ -1,16 +1,15 @@
 """Trains the small byte-level BPE tokenizer of the bundled world and saves it for transformers.
 
-The tokenizer is a Hugging Face directory (``tokenizer.json`` + ``tokenizer_config.json`` with the
+The tokenizer is a Hugging Face directory (``tokenizer.json``, ``tokenizer_config.json`` and the
 chat template), so ``transformers.AutoTokenizer.from_pretrained(dir)`` loads it like any hub
-tokenizer and ``apply_chat_template`` works. Plain ``encode`` prepends ``<|bos|>`` (as Llama's
-tokenizers do); the chat template writes ``<|bos|>`` itself and ends each assistant turn with
-``<|eos|>``:
+tokenizer and ``apply_chat_template`` works. Encoding with special tokens (the default) prepends
+``<|bos|>``, as Llama's tokenizers do. The chat template does not write ``<|bos|>`` (the
+tokenizer or the SFT loader adds it once) and ends each assistant turn with ``<|eos|>``:
 
-    <|bos|><|user|>\\n{prompt}\\n<|assistant|>\\n{response}<|eos|>
+    <|user|>\\n{prompt}\\n<|assistant|>\\n{response}<|eos|>
 
-:func:`render_chat` gives the same text without the leading ``<|bos|>`` (encode adds it), which
-is how the pretraining corpus writes chat examples, so a corpus document and the chat template
-tokenise to the same ids.
+:func:`render_chat` writes exactly the template's text, :func:`render_prompt` the part before
+the response (what ``add_generation_prompt=True`` gives for one user message).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN) + ROLE_TOKENS
 _ROLES = ('system', 'user', 'assistant')
 
 CHAT_TEMPLATE = (
-    "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
     "{{ raise_exception('chat role must be system, user or assistant, got ' + message['role']) }}"
@@ -38,12 +36,12 @@ CHAT_TEMPLATE = (
 
 
 def render_prompt(prompt: str) -> str:
-  """The chat text up to where the assistant starts answering (no leading bos)."""
+  """The chat text up to where the assistant starts answering."""
   return f'<|user|>\n{prompt}\n<|assistant|>\n'
 
 
 def render_chat(prompt: str, response: str) -> str:
-  """One user/assistant exchange as the chat template writes it, without the leading bos."""
+  """One user/assistant exchange exactly as the chat template writes it."""
   return render_prompt(prompt) + response + EOS_TOKEN
 
 

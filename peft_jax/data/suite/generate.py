@@ -5,15 +5,21 @@ Layout under ``out_dir`` (formats: docs/CONVENTIONS.md):
     general/ifeval_{train,test}.jsonl   IFEval {key, prompt, instruction_id_list, kwargs}
                                         (+ 'completion' in train: a compliant answer)
     general/nq_{train,test}.jsonl       NQ-open {question, answer: [aliases]}
-    general/bbh/<task>_{train,test}.json  BBH {"examples": [{input, target}]}
+    general/bbh/{train,test}/<task>.json  BBH {"examples": [{input, target}]}, one file per task
+                                        named as in BBH, so a BBH loader reads the folder
                                         (+ 'completion' in train: CoT ending "So the answer is X.")
     targets/gsm_{train,test}.jsonl      GSM8K {question, answer: "...\\n#### n"}
     targets/cipher_{train,test}.jsonl   same format, letter transformations
     sft/general.jsonl                   {prompt, completion, task}: all general training pairs
     sft/gsm.jsonl, sft/cipher.jsonl     {prompt, completion}: target training pairs
     pretrain/corpus.jsonl               {text, source}: fact documents + general training pairs
-                                        rendered with the chat format (no target-domain text)
-    manifest.json                       seed, sizes, counts, file paths
+                                        (prompt + completion; no target-domain text)
+    manifest.json                       seed, sizes, counts, file paths, prompt formats
+
+SFT prompts are final text, formatted as the evaluation prompts them (peft_jax/evals/tasks.py):
+IFEval and NQ in the chat format (:func:`render_prompt`; NQ inside ``NQ_PROMPT``), BBH as
+``BBH_PROMPT`` and the targets as ``GSM_PROMPT`` in plain text. A tokenizer adds bos before the
+prompt and eos after the completion; a corpus document is the same prompt + completion.
 
 Every split is drawn from its own seeded ``random.Random``, so the same seed writes byte-identical
 files. Test examples are drawn first; a training example whose prompt text equals any test prompt
@@ -54,9 +60,16 @@ DEFAULT_SIZES = {
 }
 
 
+# The evaluation's prompt templates (peft_jax/evals/tasks.py), so that training text looks like
+# what the model is asked at evaluation.
+NQ_PROMPT = 'Answer the question with a short answer.\nQuestion: {question}\nAnswer:'
+BBH_PROMPT = "Q: {question}\nA: Let's think step by step."
+GSM_PROMPT = 'Question: {question}\nAnswer:'
+
+
 def nq_prompt(question: str) -> str:
-  """The chat prompt of an NQ question in the SFT pairs and the corpus."""
-  return f'Answer the question: {question}?'
+  """The final (chat-formatted) prompt of an NQ question in the SFT pairs and the corpus."""
+  return tokenizer_train.render_prompt(NQ_PROMPT.format(question=question))
 
 
 def _rng(seed: int, name: str) -> random.Random:
@@ -121,7 +134,7 @@ def generate_suite(out_dir: str, seed: int = 0, sizes: Optional[Mapping[str, flo
   for name, value in size.items():
     if name != 'nq_test_fraction' and (int(value) != value or value < 1):
       raise ValueError(f'sizes[{name!r}] must be a positive integer, got {value!r}')
-  for sub in ('general/bbh', 'targets', 'sft', 'pretrain'):
+  for sub in ('general/bbh/train', 'general/bbh/test', 'targets', 'sft', 'pretrain'):
     os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
   paths: Dict[str, str] = {}
   counts: Dict[str, int] = {}
@@ -147,8 +160,8 @@ def generate_suite(out_dir: str, seed: int = 0, sizes: Optional[Mapping[str, flo
   train_records = [{'key': 100000 + i, **e} for i, e in enumerate(ifeval_train)]
   save('general/ifeval_train', train_records)
   save('general/ifeval_test', test_records)
-  general_sft += [{'prompt': e['prompt'], 'completion': e['completion'], 'task': 'ifeval'}
-                  for e in train_records]
+  general_sft += [{'prompt': tokenizer_train.render_prompt(e['prompt']),
+                   'completion': e['completion'], 'task': 'ifeval'} for e in train_records]
 
   # NQ-open over the world's facts.
   nq_train_facts, nq_test_facts = world_lib.split_facts(
@@ -166,11 +179,11 @@ def generate_suite(out_dir: str, seed: int = 0, sizes: Optional[Mapping[str, flo
   for task, make in bbh_tasks.BBH_GENERATORS.items():
     train, test = _draw_split(make, _rng(seed, 'bbh/' + task), 'input', int(size['bbh_train']),
                               int(size['bbh_test']), task)
-    save(f'general/bbh/{task}_train', train, as_bbh=True)
-    save(f'general/bbh/{task}_test', [{'input': e['input'], 'target': e['target']} for e in test],
+    save(f'general/bbh/train/{task}', train, as_bbh=True)
+    save(f'general/bbh/test/{task}', [{'input': e['input'], 'target': e['target']} for e in test],
          as_bbh=True)
-    general_sft += [{'prompt': e['input'], 'completion': e['completion'], 'task': f'bbh/{task}'}
-                    for e in train]
+    general_sft += [{'prompt': BBH_PROMPT.format(question=e['input']),
+                     'completion': ' ' + e['completion'], 'task': f'bbh/{task}'} for e in train]
   save('sft/general', general_sft)
 
   # Targets.
@@ -181,14 +194,15 @@ def generate_suite(out_dir: str, seed: int = 0, sizes: Optional[Mapping[str, flo
                               int(size[f'{task}_test']), task)
     save(f'targets/{task}_train', train)
     save(f'targets/{task}_test', test)
-    save(f'sft/{task}', [{'prompt': e['question'], 'completion': e['answer']} for e in train])
+    save(f'sft/{task}', [{'prompt': GSM_PROMPT.format(question=e['question']),
+                          'completion': ' ' + e['answer']} for e in train])
 
-  # Pretraining corpus: fact documents and general training pairs in the chat format.
+  # Pretraining corpus: fact documents and the general training pairs, prompt + completion.
   corpus_rng = _rng(seed, 'corpus')
   documents = [{'text': text, 'source': 'facts'} for text in world_lib.fact_documents(
       world, corpus_rng, int(size['fact_docs_per_entity']))]
-  documents += [{'text': tokenizer_train.render_chat(e['prompt'], e['completion']),
-                 'source': e['task']} for e in general_sft]
+  documents += [{'text': e['prompt'] + e['completion'], 'source': e['task']}
+                for e in general_sft]
   corpus_rng.shuffle(documents)
   save('pretrain/corpus', documents)
 
@@ -202,9 +216,23 @@ def generate_suite(out_dir: str, seed: int = 0, sizes: Optional[Mapping[str, flo
       'target_tasks': list(TARGET_TASKS),
       'world': {'people': len(world.people), 'cities': len(world.cities),
                 'animals': len(world.animals), 'facts': len(world.facts)},
-      'chat_format': tokenizer_train.render_chat('{prompt}', '{response}'),
-      'nq_prompt': nq_prompt('{question}'),
+      'prompt_formats': {'chat': tokenizer_train.render_chat('{prompt}', '{response}'),
+                         'ifeval': tokenizer_train.render_prompt('{prompt}'),
+                         'nq': nq_prompt('{question}'), 'bbh': BBH_PROMPT, 'gsm': GSM_PROMPT,
+                         'cipher': GSM_PROMPT},
       'files': {name: os.path.relpath(path, out_dir) for name, path in sorted(paths.items())},
   }
   paths['manifest'] = _write_json(os.path.join(out_dir, 'manifest.json'), manifest)
   return paths
+
+
+def tokenizer_training_files(paths: Mapping[str, str]) -> List[str]:
+  """The files a suite tokenizer trains on, from :func:`generate_suite`'s returned paths: the
+  pretraining corpus and the target training sets (so target text tokenises well too, although
+  pretraining never sees it)."""
+  names = ['pretrain/corpus'] + [f'targets/{task}_train' for task in TARGET_TASKS]
+  missing = [n for n in names if n not in paths]
+  if missing:
+    raise KeyError(f'suite paths lack {missing}; pass the dict generate_suite returned '
+                   f'(keys such as {sorted(paths)[:4]})')
+  return [paths[n] for n in names]
