@@ -23,6 +23,7 @@ from peft_jax.geometry.activations import procrustes_rotation
 from peft_jax.geometry.activations import raw_residual
 from peft_jax.geometry.activations import subsample_tokens
 from peft_jax.geometry.csd import csd
+from peft_jax.geometry.csd import csd_from_moments
 from peft_jax.geometry.csd import csd_general_vs_target
 from peft_jax.geometry.csd import CSDComparison
 from peft_jax.geometry.csd import CSDResult

@@ -121,3 +121,43 @@ def csd_general_vs_target(h_general: Array, h_target: Array, w0: Array, w1: Arra
       rel_ratio=general.rel / (target.rel + CSD_EPS),
       un_ratio=general.un / (target.un + CSD_EPS),
   )
+
+
+def csd_from_moments(count: Array, mean: Array, comoment: Array, w0: Array, w1: Array, *,
+                     layout: str = "flax") -> CSDResult:
+  """CSD from streamed input moments (memory ``d_in x d_in``, any number of tokens).
+
+  With the uncentered second moment ``S = M / n + μ μᵀ`` (``M = Σ_t (h_t - μ)(h_t - μ)ᵀ``),
+  ``E ||A h||² = tr(A S Aᵀ)``, so every CSD term is a trace:
+  ``E||ΔW h||² = Σ (ΔW S) ∘ ΔW``, ``E||W0 h||² = Σ (W0 S) ∘ W0``, ``E||h||² = tr S``.
+  Feed ``count``, ``mean0`` and ``comoment00`` of an
+  :class:`peft_jax.geometry.activations.ActivationStatsState` accumulated over the module's input
+  activations (pass the same batch as both ``x0`` and ``x1``).
+
+  Args:
+    count: number of tokens ``n``.
+    mean: ``[d_in]`` token mean ``μ``.
+    comoment: ``[d_in, d_in]`` centered co-moment ``M``.
+    w0: pretrained kernel (see :func:`csd`).
+    w1: fine-tuned kernel.
+    layout: 'flax' or 'torch'.
+  Returns:
+    :class:`CSDResult`, equal to :func:`csd` on the streamed tokens.
+  """
+  if w0.shape != w1.shape:
+    raise ValueError(f"w0 and w1 must have the same shape, got {w0.shape} and {w1.shape}.")
+  dtype = jnp.result_type(spectral.compute_dtype(w0), comoment.dtype)
+  w0_t = spectral.as_torch_layout(w0, layout).astype(dtype)
+  dw_t = spectral.as_torch_layout(w1, layout).astype(dtype) - w0_t
+  if comoment.shape != (w0_t.shape[1],) * 2 or mean.shape != (w0_t.shape[1],):
+    raise ValueError(f"mean {mean.shape} / comoment {comoment.shape} must be [d_in] / "
+                     f"[d_in, d_in] with the module's d_in = {w0_t.shape[1]}.")
+  second_moment = comoment / count + jnp.outer(mean, mean)
+  mean_update_sq = jnp.sum((dw_t @ second_moment) * dw_t)
+  mean_base_sq = jnp.sum((w0_t @ second_moment) * w0_t)
+  mean_input_sq = jnp.trace(second_moment)
+  return CSDResult(
+      abs=mean_update_sq,
+      rel=mean_update_sq / (mean_base_sq + CSD_EPS),
+      un=mean_update_sq / ((jnp.sum(dw_t**2) + CSD_EPS) * (mean_input_sq + CSD_EPS)),
+  )

@@ -172,3 +172,19 @@ def test_csd_matches_numpy_with_padding(weights):
   assert float(geometry.csd(jnp.float32(real), jnp.float32(w0), jnp.float32(w0)).rel) == 0.0
   with pytest.raises(ValueError, match="last dim"):
     geometry.csd(jnp.zeros((4, D_OUT)), jnp.float32(w0), jnp.float32(w1))
+
+
+def test_csd_from_streamed_moments(weights):
+  w0, w1 = weights
+  rng = np.random.default_rng(5)
+  h = rng.standard_normal((3, 8, D_IN)) + 0.7
+  mask = np.ones((3, 8))
+  mask[1, 5:] = 0
+  with jax.enable_x64(True):
+    update = jax.jit(geometry.activation_stats_update)
+    state = geometry.activation_stats_init(D_IN, D_IN, np.float64)
+    for batch in range(3):
+      state = update(state, h[batch], h[batch], mask=mask[batch])
+    streamed = geometry.csd_from_moments(state.count, state.mean0, state.comoment00, w0, w1)
+  ref = _np_csd(h[mask.astype(bool)], w0.T, w1.T)
+  np.testing.assert_allclose(tuple(streamed), ref, rtol=1e-10)
