@@ -93,3 +93,30 @@ def save_tiny_hf_model(model_type: str, path: str | pathlib.Path, seed: int = 0,
   model = tiny_hf_model(model_type, seed=seed, **overrides)
   model.save_pretrained(path)
   return path
+
+
+TOKENIZER_WORDS = ('the', 'a', 'cat', 'dog', 'sat', 'on', 'mat', 'user', 'assistant', ':', 'hello',
+                   'world', 'what', 'is', 'two', 'plus', '?', '.')
+CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> "
+                 "{% endfor %}{% if add_generation_prompt %}<s> assistant :{% endif %}")
+
+
+def save_tiny_tokenizer(path: str | pathlib.Path, chat_template: bool = True) -> pathlib.Path:
+  """A word-level fast tokenizer (ids < VOCAB_SIZE) with <pad>=0, <s>=1, </s>=2, <unk>=3.
+
+  Words split on whitespace; the chat template renders ``<s> role : content </s>`` per message.
+  """
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  specials = ['<pad>', '<s>', '</s>', '<unk>']
+  vocab = {w: i for i, w in enumerate(specials + list(TOKENIZER_WORDS))}
+  backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='<unk>'))
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  backend.decoder = tokenizers.decoders.WordPiece(prefix='##')
+  tokenizer = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=backend, bos_token='<s>', eos_token='</s>', pad_token='<pad>',
+      unk_token='<unk>')
+  if chat_template:
+    tokenizer.chat_template = CHAT_TEMPLATE
+  tokenizer.save_pretrained(path)
+  return path
