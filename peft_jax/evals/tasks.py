@@ -201,7 +201,7 @@ BBH_TEMPLATE = "Q: {question}\nA: Let's think step by step."
 def load_gsm8k(path: str, *, template: str = GSM8K_TEMPLATE, fewshot: str = "",
                limit: Optional[int] = None) -> list[Example]:
   """GSM8K JSONL; the reference is the final answer after ``####``."""
-  rows = _read_jsonl(path, ("question", "answer"))[:limit]
+  rows = _read_jsonl(path, ("question", "answer"))[:limit or None]
   return [Example(prompt=fewshot + template.format(question=row["question"]),
                   reference=scorers.extract_gsm8k_reference(row["answer"]),
                   meta={"index": index}) for index, row in enumerate(rows)]
@@ -210,7 +210,7 @@ def load_gsm8k(path: str, *, template: str = GSM8K_TEMPLATE, fewshot: str = "",
 def load_math500(path: str, *, template: str = MATH_TEMPLATE, fewshot: str = "",
                  limit: Optional[int] = None) -> list[Example]:
   """MATH-500 JSONL; the reference is the ``answer`` field."""
-  rows = _read_jsonl(path, ("problem", "solution", "answer"))[:limit]
+  rows = _read_jsonl(path, ("problem", "solution", "answer"))[:limit or None]
   return [Example(prompt=fewshot + template.format(question=row["problem"]),
                   reference=str(row["answer"]),
                   meta={"index": index, **{k: row[k] for k in ("unique_id", "level", "subject")
@@ -220,7 +220,7 @@ def load_math500(path: str, *, template: str = MATH_TEMPLATE, fewshot: str = "",
 
 def load_ifeval(path: str, *, limit: Optional[int] = None) -> list[Example]:
   """IFEval JSONL; kwargs entries lose their ``None`` values and are validated per id."""
-  rows = _read_jsonl(path, ("key", "prompt", "instruction_id_list", "kwargs"))[:limit]
+  rows = _read_jsonl(path, ("key", "prompt", "instruction_id_list", "kwargs"))[:limit or None]
   examples = []
   for row in rows:
     ids, kwargs_list = list(row["instruction_id_list"]), list(row["kwargs"])
@@ -236,7 +236,7 @@ def load_ifeval(path: str, *, limit: Optional[int] = None) -> list[Example]:
 def load_nq_open(path: str, *, template: str = NQ_TEMPLATE, fewshot: str = "",
                  limit: Optional[int] = None) -> list[Example]:
   """NQ-open JSONL; the reference is the list of gold aliases."""
-  rows = _read_jsonl(path, ("question", "answer"))[:limit]
+  rows = _read_jsonl(path, ("question", "answer"))[:limit or None]
   examples = []
   for index, row in enumerate(rows):
     if not isinstance(row["answer"], list) or not row["answer"]:
@@ -279,7 +279,7 @@ def load_bbh(path: str, *, template: str = BBH_TEMPLATE, fewshot_dir: Optional[s
     fewshot = ""
     if fewshot_dir:
       fewshot = _read_text(os.path.join(fewshot_dir, subtask + ".txt")).strip() + "\n\n"
-    for index, row in enumerate(data["examples"][:limit]):
+    for index, row in enumerate(data["examples"][:limit or None]):
       missing = [k for k in ("input", "target") if k not in row]
       if missing:
         raise KeyError(f"{file_path}: example {index} is missing {missing}")

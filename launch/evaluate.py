@@ -1,0 +1,36 @@
+"""Evaluates a checkpoint, optionally with a PEFT adapter, on the configured tasks.
+
+  python -m launch.evaluate --config=configs/eval/suite.py:/tmp/suite --workdir=/tmp/eval_base \
+      --config.model_dir=/tmp/run/export
+  python -m launch.evaluate --config=configs/eval/suite.py:/tmp/suite --workdir=/tmp/eval_lora \
+      --config.model_dir=/tmp/run/export --config.adapter_dir=/tmp/run/adapter \
+      --config.baseline_summary=/tmp/eval_base/summary.json
+
+Writes ``<workdir>/<task>.jsonl``, ``<workdir>/summary.json`` (Target / General axes, and
+Forget / Target gain against the baseline when given) and ``<workdir>/eval_config.json``.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Evaluation config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for outputs and summary.json.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  from peft_jax.evals import runner  # pylint: disable=g-import-not-at-top
+  summary = runner.run_evaluation(_CONFIG.value, _WORKDIR.value)
+  axes = {k: summary.get(k) for k in ('target', 'general', 'forget', 'target_gain') if k in summary}
+  logging.info('evaluation axes: %s', json.dumps(axes))
+  print(json.dumps(axes))
+
+
+if __name__ == '__main__':
+  app.run(main)

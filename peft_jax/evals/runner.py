@@ -1,0 +1,103 @@
+"""Evaluate a checkpoint (optionally with a PEFT adapter) from a config: what ``launch/evaluate``
+runs.
+
+Config fields (:func:`default_config`):
+
+* ``model_dir``: Hugging Face directory (config.json + safetensors + tokenizer) or
+  ``'bundled:NAME'``; loaded with :func:`peft_jax.hub.load_pretrained`.
+* ``tokenizer_dir``: where the tokenizer lives when ``model_dir`` has none ('' = model_dir).
+* ``adapter_dir``: a PEFT adapter directory ('' = evaluate the base model), loaded with
+  :func:`peft_jax.hub.peft_format.load_adapter`; ``merge_adapter`` folds it into plain weights
+  first (same outputs, faster decoding).
+* ``tasks``: ``{name: task spec}`` as :func:`peft_jax.evals.tasks.load_task` reads them.
+* ``seed``, ``batch_size``.
+* ``baseline_summary``: a base model's ``summary.json``; when set, the summary also reports
+  ``forget = General_base - General`` and ``target_gain = Target - Target_base`` (points).
+
+Outputs under ``workdir``: ``eval_config.json`` (the resolved config), and per task
+``<task>.jsonl`` plus ``summary.json`` (written by the harness).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from peft_jax.evals import harness
+from peft_jax.evals import tasks as tasks_lib
+
+
+def default_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.model_dir = ""
+  config.tokenizer_dir = ""
+  config.adapter_dir = ""
+  config.merge_adapter = False
+  config.seed = 0
+  config.batch_size = 8
+  config.baseline_summary = ""
+  config.tasks = ml_collections.ConfigDict()
+  return config
+
+
+def _load_model(config):
+  from peft_jax import hub  # pylint: disable=g-import-not-at-top
+  model, params, tokenizer = hub.load_pretrained(config.model_dir)
+  if config.tokenizer_dir:
+    tokenizer = hub.load_tokenizer(config.tokenizer_dir)
+  if tokenizer is None:
+    raise FileNotFoundError(f"model_dir {config.model_dir!r} holds no tokenizer files; set "
+                            f"config.tokenizer_dir to a directory with tokenizer.json")
+  if config.adapter_dir:
+    from peft_jax.adapters.inject import merge  # pylint: disable=g-import-not-at-top
+    from peft_jax.hub.peft_format import load_adapter  # pylint: disable=g-import-not-at-top
+    params = load_adapter(params, config.adapter_dir)
+    if config.merge_adapter:
+      params = merge(params)
+  return model, params, tokenizer
+
+
+def load_tasks(task_specs: Any) -> list[tasks_lib.Task]:
+  """``{name: spec}`` -> tasks (the key is the task name unless the spec sets one)."""
+  specs = task_specs.to_dict() if hasattr(task_specs, "to_dict") else dict(task_specs)
+  if not specs:
+    raise ValueError("config.tasks is empty; give at least one {name: {type, path, ...}}")
+  return [tasks_lib.load_task({"name": name, **dict(spec)}) for name, spec in specs.items()]
+
+
+def add_baseline_deltas(summary: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+  """Adds ``forget`` and ``target_gain`` (points) where both summaries have the axis."""
+  summary = dict(summary)
+  if summary.get("general") is not None and baseline.get("general") is not None:
+    summary["forget"] = harness.forget(baseline["general"], summary["general"])
+  if summary.get("target") is not None and baseline.get("target") is not None:
+    summary["target_gain"] = harness.target_gain(baseline["target"], summary["target"])
+  summary["baseline"] = {"general": baseline.get("general"), "target": baseline.get("target")}
+  return summary
+
+
+def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Loads the model (+ adapter) and tasks, evaluates, writes files; returns the summary."""
+  if not config.model_dir:
+    raise ValueError("config.model_dir is empty: give a Hugging Face checkpoint directory")
+  task_list = load_tasks(config.tasks)
+  baseline = None
+  if config.baseline_summary:
+    if not os.path.isfile(config.baseline_summary):
+      raise FileNotFoundError(f"config.baseline_summary {config.baseline_summary!r} does not exist")
+    with open(config.baseline_summary, encoding="utf-8") as f:
+      baseline = json.load(f)
+  os.makedirs(workdir, exist_ok=True)
+  harness.write_json_atomic(os.path.join(workdir, "eval_config.json"), config.to_dict())
+  model, params, tokenizer = _load_model(config)
+  summary = harness.evaluate(model, params, tokenizer, task_list,
+                             key=jax.random.key(config.seed), batch_size=config.batch_size,
+                             out_dir=workdir)
+  if baseline is not None:
+    summary = add_baseline_deltas(summary, baseline)
+    harness.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  return summary
