@@ -23,7 +23,8 @@ prompt and eos after the completion; a corpus document is the same prompt + comp
 
 Every split is drawn from its own seeded ``random.Random``, so the same seed writes byte-identical
 files. Test examples are drawn first; a training example whose prompt text equals any test prompt
-is redrawn, so no test prompt appears in training. NQ splits the facts instead: every fact is in
+is redrawn (for IFEval: whose request + first instruction equals a test one's, so that no test
+prompt is even a prefix of a training prompt), so no test prompt appears in training. NQ splits the facts instead: every fact is in
 the corpus, a test question asks about a fact whose question never appears in training.
 """
 
@@ -152,12 +153,14 @@ def generate_suite(out_dir: str, seed: int = 0, sizes: Optional[Mapping[str, flo
 
   # IFEval.
   ifeval_train, ifeval_test = _draw_split(
-      lambda r: ifeval_tasks.make_example(r, world), _rng(seed, 'ifeval'), 'prompt',
+      lambda r: ifeval_tasks.make_example(r, world), _rng(seed, 'ifeval'), 'split_key',
       int(size['ifeval_train']), int(size['ifeval_test']), 'ifeval')
   test_records = [{'key': 1000 + i, 'prompt': e['prompt'],
                    'instruction_id_list': e['instruction_id_list'], 'kwargs': e['kwargs']}
                   for i, e in enumerate(ifeval_test)]
-  train_records = [{'key': 100000 + i, **e} for i, e in enumerate(ifeval_train)]
+  train_records = [{'key': 100000 + i, 'prompt': e['prompt'],
+                    'instruction_id_list': e['instruction_id_list'], 'kwargs': e['kwargs'],
+                    'completion': e['completion']} for i, e in enumerate(ifeval_train)]
   save('general/ifeval_train', train_records)
   save('general/ifeval_test', test_records)
   general_sft += [{'prompt': tokenizer_train.render_prompt(e['prompt']),

@@ -340,7 +340,9 @@ def make_example(rng: random.Random, world: world_lib.World) -> Dict:
   """One IFEval example with its compliant completion.
 
   Returns:
-    {'prompt', 'instruction_id_list', 'kwargs', 'completion'} (the caller adds 'key').
+    {'prompt', 'instruction_id_list', 'kwargs', 'completion', 'split_key'}: the caller adds
+    'key'; 'split_key' (the request and the primary instruction) is what train and test must not
+    share, so that no test prompt is also the start of a training prompt.
   """
   subject = rng.choice(world.people + world.cities + world.animals)
   subject_text = subject if subject[0].isupper() else f'the {subject}'
@@ -377,4 +379,5 @@ def make_example(rng: random.Random, world: world_lib.World) -> Dict:
   ids = [primary] + ([secondary] if secondary else [])
   kwargs = [primary_kwargs] + ([secondary_kwargs] if secondary else [])
   return {'prompt': request + ' ' + ' '.join(instructions), 'instruction_id_list': ids,
-          'kwargs': kwargs, 'completion': response}
+          'kwargs': kwargs, 'completion': response,
+          'split_key': request + ' ' + primary_instruction}
