@@ -1,0 +1,80 @@
+"""The arena report: figures, an HTML page and its Markdown twin, from one results dict.
+
+The arena pipeline reads its stage outputs into one results dict and calls::
+
+  paths = peft_jax.report.write_report(results, workdir + "/report")
+  print(peft_jax.report.print_summary_table(results))
+
+`write_report` validates the dict, draws the figures (PNG, Agg), and writes ``index.html`` and
+``index.md`` beside them; `print_summary_table` returns a fixed-width console table. Every
+number shown comes from the dict; the report computes only means, ratios and differences of it.
+
+Results schema
+--------------
+Scores are on a 0–1 scale. "optional" entries may be absent or ``None``; their section is then
+rendered with a "Not run" note. Every other key is required, and a missing or malformed key raises
+`ResultsSchemaError` (a `KeyError`) naming its path, e.g.
+``missing required key results['methods']['lora']['forget']``. Lists may be numpy arrays.
+
+.. code-block:: text
+
+  results = {
+    "title": str,                       # page title
+    "created": str,                     # ISO 8601 time stamp of the run
+    "base": {"target": float, "general": float, "tasks": {task: float}},
+    "target_task": str,                 # name of the target domain trained on
+    "general_tasks": [str], "target_tasks": [str],
+    "methods": {                        # report order = dict order; at least one method
+      name: {
+        "target": float, "general": float,
+        "forget": float,                # points: (general_base - general) * 100
+        "tasks": {task: float},
+        "trainable_params": int, "total_params": int (> 0),
+        "train_time_s": float, "peak_memory_mb": float,
+        "train_loss": [float per step],                                    # optional
+        "interpolation": {"alpha": [...], "target": [...], "general": [...]},  # optional
+        "rewind": {"alpha": [...], "target": [...], "general": [...],     # optional
+                   "kind": "cayley" | "additive"},
+        "spectral": {"module": str, "retention": [float per singular index],  # optional
+                     "energy": [same length], "summary": {name: float}},
+        "activation": {"layers": [int], "cka": [...], "procrustes": [...],    # optional
+                       "gram": [...]},            # one value per layer
+        "csd": {"modules": [str], "general": [...], "target": [...],        # optional
+                "ratio": [...]},                  # one value per module
+      }},
+    "disel_gates": {"layers": [module names],                                # optional
+                    "general": [[mean gate per rank component] per module],
+                    "target": [[...] per module]},      # same shape as general
+    "drift": {"adapters": [names], "labels": {adapter: label},                # optional
+              "tasks": [task names], "delta": [[float] adapter x task],
+              "flagged": {adapter: [reason strings]}},  # flagged adapters are in adapters
+    "config": dict,                     # optional: the resolved config, shown as JSON
+    "versions": {package: version str}, # optional
+    "timing": {"total_s": float, "stages": {stage: seconds}},                 # optional
+  }
+
+Report sections (headings, in order): Summary, Stability–plasticity, Methods table, Paths,
+Weight spectra, Activation geometry, CSD, DISeL gates, Capability drift, Training,
+Configuration, Versions & timing.
+
+Formats: scores 3 decimals, Forget and gains in points with 1 decimal, parameter counts with
+thousands separators, NaN/inf as ``n/a``.
+"""
+
+from peft_jax.report.console import print_summary_table
+from peft_jax.report.document import FIGURE_FILES, SECTIONS, build_document
+from peft_jax.report.html import render_html, write_report
+from peft_jax.report.markdown import render_markdown
+from peft_jax.report.schema import ResultsSchemaError, validate_results
+
+__all__ = [
+    "FIGURE_FILES",
+    "ResultsSchemaError",
+    "SECTIONS",
+    "build_document",
+    "print_summary_table",
+    "render_html",
+    "render_markdown",
+    "validate_results",
+    "write_report",
+]

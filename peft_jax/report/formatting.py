@@ -1,0 +1,82 @@
+"""Number formats shared by the HTML page, its Markdown twin and the console table.
+
+One function per kind of quantity, so that a score reads the same everywhere:
+scores with 3 decimals (``0.412``), forgetting and gains in percentage points with 1 decimal
+(``7.8``, ``+3.1``), parameter counts with thousands separators (``1,234,567``). Non-finite
+values (NaN, inf) print as ``n/a``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+NOT_AVAILABLE = "n/a"
+
+
+def _finite(value: Any) -> float | None:
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    return None
+  return number if math.isfinite(number) else None
+
+
+def fmt_score(value: Any) -> str:
+  """A 0–1 score with 3 decimals: ``0.412``."""
+  number = _finite(value)
+  return NOT_AVAILABLE if number is None else f"{number:.3f}"
+
+
+def fmt_signed_score(value: Any) -> str:
+  """A score difference with sign and 3 decimals: ``+0.041``, ``-0.107``."""
+  number = _finite(value)
+  return NOT_AVAILABLE if number is None else f"{number:+.3f}"
+
+
+def fmt_points(value: Any) -> str:
+  """Percentage points with 1 decimal (forgetting): ``7.8``."""
+  number = _finite(value)
+  return NOT_AVAILABLE if number is None else f"{number:.1f}"
+
+
+def fmt_signed_points(value: Any) -> str:
+  """Signed percentage points with 1 decimal (target gain): ``+3.1``."""
+  number = _finite(value)
+  return NOT_AVAILABLE if number is None else f"{number:+.1f}"
+
+
+def fmt_params(value: Any) -> str:
+  """A parameter count with thousands separators: ``1,234,567``."""
+  number = _finite(value)
+  return NOT_AVAILABLE if number is None else f"{int(round(number)):,}"
+
+
+def fmt_percent(part: Any, whole: Any) -> str:
+  """``part / whole`` as a percentage with 3 decimals: ``0.412%``."""
+  numerator, denominator = _finite(part), _finite(whole)
+  if numerator is None or denominator is None or denominator == 0:
+    return NOT_AVAILABLE
+  return f"{100.0 * numerator / denominator:.3f}%"
+
+
+def fmt_seconds(value: Any) -> str:
+  """Seconds with 1 decimal: ``12.3 s``."""
+  number = _finite(value)
+  return NOT_AVAILABLE if number is None else f"{number:,.1f} s"
+
+
+def fmt_megabytes(value: Any) -> str:
+  """Megabytes with 1 decimal: ``512.0 MB``."""
+  number = _finite(value)
+  return NOT_AVAILABLE if number is None else f"{number:,.1f} MB"
+
+
+def fmt_metric(value: Any) -> str:
+  """A geometry metric (CKA, Procrustes, CSD, loss) with 4 significant digits."""
+  number = _finite(value)
+  if number is None:
+    return NOT_AVAILABLE
+  if number != 0 and (abs(number) < 1e-3 or abs(number) >= 1e5):
+    return f"{number:.3e}"
+  return f"{number:.4g}" if abs(number) >= 1 else f"{number:.4f}"
