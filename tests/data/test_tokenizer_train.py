@@ -1,4 +1,4 @@
-"""The suite tokenizer: trains on the suite, loads with AutoTokenizer, round-trips, chat template."""
+"""The suite tokenizer: trains on the suite, loads with AutoTokenizer, round-trips, chat format."""
 
 import json
 import os

@@ -24,8 +24,9 @@ prompt and eos after the completion; a corpus document is the same prompt + comp
 Every split is drawn from its own seeded ``random.Random``, so the same seed writes byte-identical
 files. Test examples are drawn first; a training example whose prompt text equals any test prompt
 is redrawn (for IFEval: whose request + first instruction equals a test one's, so that no test
-prompt is even a prefix of a training prompt), so no test prompt appears in training. NQ splits the facts instead: every fact is in
-the corpus, a test question asks about a fact whose question never appears in training.
+prompt is even a prefix of a training prompt), so no test prompt appears in training. NQ splits
+the facts instead: every fact is in the corpus, and a test question asks about a fact whose
+question never appears in training.
 """
 
 from __future__ import annotations

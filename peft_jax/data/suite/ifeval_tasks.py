@@ -18,7 +18,6 @@ Secondaries are only paired with primaries they cannot break (see ``_SECONDARY_C
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 from typing import Callable, Dict, List, Optional, Tuple
@@ -278,7 +277,7 @@ def _primary(instruction_id: str, rng: random.Random, request: str, subject: str
     record.update({f.relation: f.value for f in world.facts_about(subject)})
     return request, json.dumps(record), _fixed('Entire output should be wrapped in JSON format.')
   if instruction_id == 'detectable_format:title':
-    title = f'About {_subject_title(subject, world)}'
+    title = f'About {_subject_title(subject)}'
     return request, f'<<{title}>>\n{body}', _fixed(
         'Your answer must contain a title, wrapped in double angular brackets, such as '
         '<<poem of joy>>.')
@@ -306,7 +305,7 @@ def _pronoun_subject(subject: str) -> str:
   return subject if subject[0].isupper() else f'The {subject}'
 
 
-def _subject_title(subject: str, world: world_lib.World) -> str:
+def _subject_title(subject: str) -> str:
   return subject if subject[0].isupper() else f'The {subject.capitalize()}'
 
 

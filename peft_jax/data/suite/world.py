@@ -83,7 +83,8 @@ RELATIONS = {
 # leading one-letter words, so the IFEval transformations built on them stay checkable.
 _FACT_TEMPLATES = {
     'born_in': ('{s} was born in {v}.', 'The home town of {s} is {v}.', '{s} grew up in {v}.'),
-    'job': ('{s} works as the local {v}.', 'The job of {s} is {v}.', 'The work of {s} is that of a {v}.'),
+    'job': ('{s} works as the local {v}.', 'The job of {s} is {v}.',
+            'The work of {s} is that of a {v}.'),
     'colour': ('The favourite colour of {s} is {v}.', '{s} likes the colour {v} best.',
                '{s} loves the colour {v}.'),
     'country': ('{s} is a city in {v}.', 'The city of {s} lies in {v}.', '{s} belongs to {v}.'),
@@ -91,10 +92,11 @@ _FACT_TEMPLATES = {
               'The {v} river runs through {s}.'),
     'famous_for': ('{s} is famous for its {v}.', 'People visit {s} for its {v}.',
                    'The {v} of {s} are well known.'),
-    'class': ('The {sl} is a kind of {v}.', 'Every {sl} is a {v}.', 'The {sl} belongs to the {v} family.'),
-    'food': ('The {sl} eats {v}.', 'The food of the {sl} is {v}.', 'The {sl} feeds on {v}.'),
-    'habitat': ('The {sl} lives in the {v}.', 'The home of the {sl} is the {v}.',
-                'You can find the {sl} in the {v}.'),
+    'class': ('The {s} is a kind of {v}.', 'Every {s} is a {v}.',
+              'The {s} belongs to the {v} family.'),
+    'food': ('The {s} eats {v}.', 'The food of the {s} is {v}.', 'The {s} feeds on {v}.'),
+    'habitat': ('The {s} lives in the {v}.', 'The home of the {s} is the {v}.',
+                'You can find the {s} in the {v}.'),
 }
 
 _QUESTIONS = {
@@ -104,9 +106,9 @@ _QUESTIONS = {
     'country': 'which country is {s} in',
     'river': 'which river flows through {s}',
     'famous_for': 'what is {s} famous for',
-    'class': 'what kind of animal is the {sl}',
-    'food': 'what does the {sl} eat',
-    'habitat': 'where does the {sl} live',
+    'class': 'what kind of animal is the {s}',
+    'food': 'what does the {s} eat',
+    'habitat': 'where does the {s} live',
 }
 
 
@@ -170,17 +172,13 @@ def build_world(rng: random.Random, *, num_people: int, num_cities: int, num_ani
 def fact_sentence(fact: Fact, variant: int = 0) -> str:
   """Declarative sentence number `variant` (mod the number of paraphrases) stating `fact`."""
   templates = _FACT_TEMPLATES[fact.relation]
-  text = templates[variant % len(templates)].format(s=fact.subject, sl=fact.subject, v=fact.value)
+  text = templates[variant % len(templates)].format(s=fact.subject, v=fact.value)
   return text[0].upper() + text[1:]
-
-
-def num_fact_paraphrases(relation: str) -> int:
-  return len(_FACT_TEMPLATES[relation])
 
 
 def nq_question(fact: Fact) -> str:
   """NQ-open style question (lowercase words, no question mark) whose answer is `fact.value`."""
-  return _QUESTIONS[fact.relation].format(s=fact.subject, sl=fact.subject)
+  return _QUESTIONS[fact.relation].format(s=fact.subject)
 
 
 def nq_answers(fact: Fact, world: World) -> List[str]:
