@@ -497,6 +497,9 @@ def test_evaluation_loaders_read_the_files_and_score_the_references_as_correct(g
       aliases = next(r['answer'] for r in _jsonl(paths['general/nq_train'])
                      if r['question'] == question)
       assert scorers.score_nq(record['completion'], aliases) == 1.0
-  for record in _jsonl(paths['sft/gsm'])[:100]:
-    reference = scorers.extract_gsm8k_reference(record['completion'])
-    assert scorers.score_numeric(record['completion'], reference) == 1.0
+  for stem in ('sft/gsm', 'sft/cipher'):
+    for record in _jsonl(paths[stem])[:100]:
+      reference = scorers.extract_gsm8k_reference(record['completion'])
+      assert scorers.score_numeric(record['completion'], reference) == 1.0
+      wrong = record['completion'].rsplit('#### ', 1)[0] + '#### ' + reference[::-1] + '9'
+      assert scorers.score_numeric(wrong, reference) == 0.0
