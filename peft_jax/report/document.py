@@ -268,15 +268,17 @@ def _paths(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block
                      "(results['methods'][name]['interpolation'] / ['rewind'] absent)")]
   rows = []
   for name in having:
-    for key, label in (("interpolation", "interpolation"), ("rewind", "rewind")):
+    cells = [name]
+    rewind = methods[name].get("rewind")
+    cells.append(DASH if rewind is None else rewind["kind"])
+    for key in ("interpolation", "rewind"):
       curve = methods[name].get(key)
       if curve is None:
+        cells += [DASH, DASH]
         continue
-      if key == "rewind":
-        label = f"rewind ({curve['kind']})"
       alpha = [float(a) for a in curve["alpha"]]
-      rows.append((name, label, str(len(alpha)), f"{min(alpha):.2f}–{max(alpha):.2f}",
-                   _argbest(alpha, curve["target"]), _argbest(alpha, curve["general"])))
+      cells += [_argbest(alpha, curve["target"]), _argbest(alpha, curve["general"])]
+    rows.append(tuple(cells))
   return [
       Paragraph("Scores along the path from the base (α = 0) to the fine-tuned model (α = 1). "
                 "Interpolation scales the merged update ΔW (solid); rewinding follows the "
@@ -285,8 +287,9 @@ def _paths(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block
       *_image(figures, "paths", "Interpolation and rewinding curves",
               "Target and General vs α per method."),
       *_partial(list(methods), "path", having),
-      Table("paths-table", "Best score reached on each path", ("Method", "Path", "Points",
-            "α range", "Max Target (α)", "Max General (α)"), tuple(rows),
+      Table("paths-table", "Best score reached on each path, with the α where it is reached",
+            ("Method", "Rewind path", "Interp. max Target", "Interp. max General",
+             "Rewind max Target", "Rewind max General"), tuple(rows),
             ("l", "l", "r", "r", "r", "r")),
   ]
 

@@ -145,6 +145,19 @@ def _positive_or_nan(values: np.ndarray) -> np.ndarray:
   return np.where(values > 0, values, np.nan)
 
 
+def _centred_mean(values: np.ndarray, window: int) -> np.ndarray:
+  """Moving average over a centred window, shrunk at the ends; NaNs are skipped."""
+  half = window // 2
+  finite = np.isfinite(values)
+  sums = np.concatenate([[0.0], np.cumsum(np.where(finite, values, 0.0))])
+  counts = np.concatenate([[0], np.cumsum(finite)])
+  index = np.arange(values.size)
+  lo, hi = np.maximum(index - half, 0), np.minimum(index + half + 1, values.size)
+  count = counts[hi] - counts[lo]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(count > 0, (sums[hi] - sums[lo]) / np.maximum(count, 1), np.nan)
+
+
 def _method_legend(figure: Figure, names: Sequence[str], styles: Mapping[str, tuple[str, str]],
                    *, linestyle: str = "-") -> None:
   handles = [Line2D([], [], color=styles[n][0], marker=styles[n][1], linestyle=linestyle,
@@ -236,8 +249,9 @@ def plot_stability_plasticity(base: Mapping[str, Any], methods: Mapping[str, Map
     ax.set_ylim(y_lo, y_hi)
     ax.fill_between([base_general, x_hi], [base_target] * 2, [y_hi] * 2, color="#2ca02c",
                     alpha=0.07, zorder=0, linewidth=0)
-    ax.text(x_hi, y_hi, "target gain, no forgetting ", ha="right", va="top", fontsize=8.5,
-            style="italic", color="#2b7a2b")
+    ax.annotate("target gain,\nno forgetting", (x_hi, y_hi), xytext=(-5, -5),
+                textcoords="offset points", ha="right", va="top", fontsize=8.5, style="italic",
+                color="#2b7a2b")
     ax.axvline(base_general, color="0.45", linestyle="--", linewidth=0.9, zorder=1)
     ax.axhline(base_target, color="0.45", linestyle="--", linewidth=0.9, zorder=1)
     for name, x, y in zip(names, xs, ys):
@@ -284,7 +298,7 @@ def plot_paths(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike
   columns = min(4, len(names))
   rows = math.ceil(len(names) / columns)
   with matplotlib.rc_context(_RC):
-    figure = _new_figure(3.3 * columns + 0.4, 2.75 * rows + 1.0)
+    figure = _new_figure(2.8 * columns + 0.5, 2.6 * rows + 1.0)
     axes = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
     for index, ax in enumerate(axes.flat):
       if index >= len(names):
@@ -406,7 +420,7 @@ def plot_activation_geometry(methods: Mapping[str, Mapping[str, Any]],
             ("gram", "Gram (cosine) distortion", "lower = more similar"))
   all_layers = sorted({int(l) for a in activation.values() for l in a["layers"]})
   with matplotlib.rc_context(_RC):
-    figure = _new_figure(13.5, 4.6)
+    figure = _new_figure(12.0, 4.6)
     axes = figure.subplots(1, 3)
     for ax, (key, title, hint) in zip(axes, panels):
       for n in names:
@@ -467,6 +481,10 @@ def plot_csd(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) 
                     rotation=0)
     scatter_ax.set_xlim(lo, hi)
     scatter_ax.set_ylim(lo, hi)
+    scatter_ax.annotate("acts more on\ntarget inputs", (0.03, 0.97), xycoords="axes fraction",
+                        ha="left", va="top", fontsize=8.5, style="italic", color="0.35")
+    scatter_ax.annotate("acts more on\ngeneral inputs", (0.97, 0.03), xycoords="axes fraction",
+                        ha="right", va="bottom", fontsize=8.5, style="italic", color="0.35")
     scatter_ax.set_xlabel("CSD on general inputs")
     scatter_ax.set_ylabel("CSD on target inputs")
     scatter_ax.set_title("CSD per module: general vs target")
@@ -511,7 +529,7 @@ def plot_disel_gates(gates: Mapping[str, Any], path: str | os.PathLike) -> str:
   difference = target - general
   rows, rank = general.shape
   with matplotlib.rc_context(_RC):
-    figure = _new_figure(max(12.0, 0.3 * rank * 3 + 4.5), max(3.6, 0.32 * rows + 2.0))
+    figure = _new_figure(min(16.0, max(11.5, 0.3 * rank * 3 + 4.5)), max(3.6, 0.32 * rows + 2.0))
     axes = figure.subplots(1, 3, sharey=True)
     finite = np.concatenate([general[np.isfinite(general)], target[np.isfinite(target)]])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -602,8 +620,8 @@ def plot_capability_drift(drift: Mapping[str, Any], path: str | os.PathLike) -> 
 def plot_training_loss(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> str:
   """Training loss per step, one line per method.
 
-  Long curves (more than 30 steps) show the raw loss faintly and an exponential moving average
-  (weight 0.9) on top. The y axis is logarithmic when the losses span more than 1.5 decades.
+  Long curves (more than 30 steps) show the raw loss faintly and a centred moving average
+  (window about 1/15 of the run, so the smoothed curve does not lag) on top. The y axis is logarithmic when the losses span more than 1.5 decades.
 
   Args:
     methods: ``{name: {"train_loss": [float per step]}}``; methods without a loss are skipped.
@@ -625,11 +643,7 @@ def plot_training_loss(methods: Mapping[str, Mapping[str, Any]], path: str | os.
       steps = np.arange(1, values.size + 1)
       if values.size > 30:
         ax.plot(steps, values, color=color, alpha=0.22, linewidth=0.8)
-        smoothed = np.empty_like(values)
-        running = values[0]
-        for i, value in enumerate(values):
-          running = 0.9 * running + 0.1 * value if np.isfinite(value) else running
-          smoothed[i] = running
+        smoothed = _centred_mean(values, max(3, values.size // 15))
         ax.plot(steps, smoothed, color=color, linewidth=1.7, label=n)
       else:
         ax.plot(steps, values, color=color, linewidth=1.7, marker=styles[n][1], markersize=3.5,
@@ -638,6 +652,7 @@ def plot_training_loss(methods: Mapping[str, Mapping[str, Any]], path: str | os.
       ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss (cross-entropy)")
-    ax.set_title("Training loss")
+    ax.set_title("Training loss (raw faint, centred moving average solid)"
+                 if max(v.size for v in losses.values()) > 30 else "Training loss")
     figure.legend(loc="outside right upper", title="method", title_fontsize=9)
     return _save(figure, path)

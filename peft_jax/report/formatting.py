@@ -73,10 +73,21 @@ def fmt_megabytes(value: Any) -> str:
 
 
 def fmt_metric(value: Any) -> str:
-  """A geometry metric (CKA, Procrustes, CSD, loss) with 4 significant digits."""
+  """A geometry metric (CKA, Procrustes, CSD, loss), its decimals set by its magnitude.
+
+  ``0.8606``, ``3.121``, ``19.50``, ``123.4``; below 1e-3 or from 1e5 on, scientific
+  (``3.160e-04``); zero is ``0.0000``.
+  """
   number = _finite(value)
   if number is None:
     return NOT_AVAILABLE
-  if number != 0 and (abs(number) < 1e-3 or abs(number) >= 1e5):
+  magnitude = abs(number)
+  if number != 0 and (magnitude < 1e-3 or magnitude >= 1e5):
     return f"{number:.3e}"
-  return f"{number:.4g}" if abs(number) >= 1 else f"{number:.4f}"
+  if magnitude >= 100:
+    return f"{number:.1f}"
+  if magnitude >= 10:
+    return f"{number:.2f}"
+  if magnitude >= 1:
+    return f"{number:.3f}"
+  return f"{number:.4f}"

@@ -58,7 +58,7 @@ tr.flagged td { color: var(--flag); font-weight: 600; }
 .note.not-run { border-left-color: var(--warn-line); background: var(--warn-bg); }
 .note.partial { border-left-color: #8a94a6; background: var(--band); }
 ul.flags { margin: 6px 0 14px; padding-left: 22px; }
-ul.flags li { margin: 3px 0; }
+ul.flags li { margin: 3px 0; color: var(--flag); }
 pre { background: #f6f8fa; border: 1px solid var(--line); border-radius: 4px; padding: 12px 14px;
       overflow: auto; max-height: 560px; font: 13px/1.45 "DejaVu Sans Mono", Menlo, Consolas,
       monospace; }
