@@ -199,7 +199,7 @@ def write_drift_outputs(report: Mapping[str, Any], out_dir: str) -> dict[str, st
   paths = {"json": os.path.join(out_dir, "drift.json"), "csv": os.path.join(out_dir, "drift.csv"),
            "png": os.path.join(out_dir, "drift_heatmap.png")}
   harness.write_json_atomic(paths["json"], report)
-  harness._write_atomic(paths["csv"], drift_csv(report))  # pylint: disable=protected-access
+  harness.write_text_atomic(paths["csv"], drift_csv(report))
   plot_drift_heatmap(report, paths["png"])
   return paths
 

@@ -36,15 +36,16 @@ GenerateFn = Callable[..., list[str]]
 
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes ``obj`` as JSON to ``path`` via a temp file in the same directory + ``os.replace``."""
-  _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_jsonl_atomic(path: str, rows: Sequence[Any]) -> None:
   """Writes one JSON object per line, atomically (a reader never sees a partial file)."""
-  _write_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+  write_text_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` via a temp file in the same directory + ``os.replace``."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))

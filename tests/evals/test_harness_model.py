@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -114,3 +116,31 @@ def test_runner_adapter_merged_equals_unmerged(setup, tmp_path):
   saved = json.loads((tmp_path / "lora" / "summary.json").read_text())
   assert saved["forget"] == summaries["lora"]["forget"]
   assert np.isfinite(saved["target_gain"])
+
+
+def test_launch_evaluate_cli(setup, tmp_path):
+  """``python -m launch.evaluate --config=FILE:arg --workdir=DIR --config.x=...`` end to end."""
+  root, specs = setup
+  config_file = tmp_path / "tiny_eval.py"
+  config_file.write_text(
+      "from peft_jax.evals.runner import default_config\n\n\n"
+      "def get_config(arg=None):\n"
+      "  config = default_config()\n"
+      "  config.batch_size = int(arg)\n"
+      f"  config.tasks.nq = {specs['nq']!r}\n"
+      "  config.tasks.nq['limit'] = 0\n"
+      "  return config\n")
+  workdir = tmp_path / "cli"
+  repo_root = os.path.join(os.path.dirname(__file__), "..", "..")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  completed = subprocess.run(
+      [sys.executable, "-m", "launch.evaluate", f"--config={config_file}:2",
+       f"--workdir={workdir}", f"--config.model_dir={root / 'model'}",
+       "--config.tasks.nq.limit=1"],
+      cwd=repo_root, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["tasks"]["nq"]["num_examples"] == 1
+  assert summary["target"] is None and summary["general"] is not None
+  saved_config = json.loads((workdir / "eval_config.json").read_text())
+  assert saved_config["batch_size"] == 2 and saved_config["tasks"]["nq"]["limit"] == 1
