@@ -1,0 +1,186 @@
+"""train(config, workdir) on the real tiny Decoder: compile once, metrics, trajectory snapshots,
+config guard, NaN stop with an intact checkpoint, export, and SIGKILL + rerun == uninterrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from peft_jax import hub
+from peft_jax.data import sft
+from peft_jax.train import default_config, load_trajectory, read_metrics, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope='module')
+def data_path(tmp_path_factory):
+  path = tmp_path_factory.mktemp('data') / 'train.jsonl'
+  with open(path, 'w') as f:
+    for i in range(64):
+      f.write(json.dumps({'prompt': f'What is {i} plus {i % 7}? ',
+                          'completion': f'{i + i % 7}.'}) + '\n')
+  return str(path)
+
+
+def _config(data_path, **overrides):
+  config = default_config()
+  config.data.path = data_path
+  config.mesh_shape = (2, 2, 2)
+  config.total_steps = 8
+  config.progress_bar = False
+  config.checkpoint.every_steps = 4
+  config.checkpoint.snapshot_every = 4
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def lora_run(data_path, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('lora_run'))
+  config = _config(data_path, **{'export.adapter': True, 'export.merged': True})
+  return config, workdir, train(config, workdir)
+
+
+def _restore_checkpoint(workdir, step):
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+  manager.close()
+  return {k: np.asarray(v) for k, v in restored['state'].items()}, dict(restored['data'])
+
+
+def test_run_compiles_once_logs_and_snapshots(lora_run):
+  config, workdir, result = lora_run
+  assert result.num_compiles == 1
+  assert [s for s, _ in result.losses] == list(range(8))
+  rows = read_metrics(workdir)
+  assert [r['step'] for r in rows] == list(range(1, 9))
+  for key in ('loss', 'grad_norm', 'lr', 'tokens_per_second', 'mfu', 'update_norm/layers_0',
+              'update_norm/layers_1', 'param_norm'):
+    assert all(np.isfinite(r[key]) for r in rows), key
+  np.testing.assert_allclose([r['loss'] for r in rows], [l for _, l in result.losses], rtol=1e-7)
+  assert rows[0]['lr'] == 0.0 and rows[1]['lr'] == pytest.approx(config.optimizer.peak_lr * 0.5)
+  assert any(f.startswith('events.out.tfevents') for f in
+             os.listdir(os.path.join(workdir, 'tensorboard')))
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['optimizer']['peak_lr'] == config.optimizer.peak_lr
+  # trajectory: the initial adapter and every 4 steps, all kept; the last equals the final state
+  snapshots = load_trajectory(os.path.join(workdir, 'trajectory'), result.state.params)
+  assert sorted(snapshots) == [0, 4, 8]
+  for a, b in zip(jax.tree.leaves(snapshots[8]), jax.tree.leaves(result.state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+                 zip(jax.tree.leaves(snapshots[0]), jax.tree.leaves(snapshots[4])))
+  # the checkpoint holds the iterator position: the state after 8 batches
+  _, data_state = _restore_checkpoint(workdir, 8)
+  arrays = sft.build_sft_arrays(sft.load_rows(config.data.path), sft.ByteTokenizer(64),
+                                config.data.seq_len)
+  iterator = sft.SFTIterator(arrays, config.batch_size, seed=config.seed)
+  for _ in range(8):
+    next(iterator)
+  assert data_state == iterator.get_state()
+
+
+def test_export_adapter_and_merged(lora_run):
+  _, workdir, result = lora_run
+  assert os.path.exists(os.path.join(workdir, 'export', 'adapter', 'adapter_config.json'))
+  model, merged, _ = hub.load_pretrained(os.path.join(workdir, 'export', 'merged'))
+  tokens = np.arange(32, dtype=np.int32).reshape(2, 16) % 64
+  expected = result.model.apply({'params': jax.device_get(result.tree)}, tokens)
+  got = model.apply({'params': merged}, tokens)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_config_guard_and_noop_resume(lora_run, data_path):
+  config, workdir, _ = lora_run
+  changed = _config(data_path, **{'optimizer.peak_lr': 1e-2, 'adapter.kwargs': {'rank': 8}})
+  with pytest.raises(ValueError, match=r'adapter\.kwargs\.rank.*optimizer\.peak_lr'):
+    train(changed, workdir)
+  harmless = _config(data_path, **{'log_every': 5, 'export.adapter': True,
+                                   'export.merged': False})
+  result = train(harmless, workdir)
+  assert result.start_step == 8 and result.losses == []
+
+
+def test_nan_stops_with_intact_checkpoint(data_path, tmp_path):
+  config = _config(data_path, **{'checkpoint.every_steps': 2, 'checkpoint.snapshot_every': 0})
+
+  def poison(step, batch):
+    if step == 5:
+      batch = dict(batch, loss_mask=batch['loss_mask'].astype(np.float32))
+      batch['loss_mask'][0, 3] = np.nan
+    return batch
+
+  with pytest.raises(FloatingPointError, match=r'step 5: loss is nan.*checkpoint \(step 4\)'):
+    train(config, str(tmp_path), batch_hook=poison)
+  state, data_state = _restore_checkpoint(str(tmp_path), 4)
+  assert data_state['index'] == 4
+  assert all(np.isfinite(v).all() for v in state.values())
+  assert int(state['step']) == 4
+  # the run resumes from the intact checkpoint and finishes
+  result = train(config, str(tmp_path))
+  assert result.start_step == 4 and len(result.losses) == 4
+  assert all(np.isfinite(l) for _, l in result.losses)
+
+
+def _launch(workdir, data_path, throttle):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.Popen(
+      [sys.executable, '-m', 'launch.train', '--config=configs/train/tiny.py:lora',
+       f'--workdir={workdir}', f'--config.data.path={data_path}', '--config.total_steps=12',
+       '--config.checkpoint.every_steps=3', f'--config.throttle_s={throttle}',
+       '--config.progress_bar=False', '--config.mesh_shape=(2,2,2)'],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(proc, timeout=240):
+  try:
+    out, _ = proc.communicate(timeout=timeout)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 0, out.decode()[-3000:]
+
+
+def test_sigkill_and_rerun_is_bit_identical(data_path, tmp_path):
+  reference, killed = str(tmp_path / 'reference'), str(tmp_path / 'killed')
+  _finish(_launch(reference, data_path, throttle=0.3))
+  proc = _launch(killed, data_path, throttle=0.3)
+  try:
+    deadline = time.time() + 240
+    while not os.path.isdir(os.path.join(killed, 'checkpoints', '6')):
+      assert proc.poll() is None, 'run ended before it could be killed'
+      assert time.time() < deadline, 'no checkpoint 6 within the time limit'
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.isdir(os.path.join(killed, 'checkpoints', '12'))
+  _finish(_launch(killed, data_path, throttle=0.3))  # the same command resumes
+  final_reference, data_reference = _restore_checkpoint(reference, 12)
+  final_killed, data_killed = _restore_checkpoint(killed, 12)
+  assert data_killed == data_reference
+  assert sorted(final_killed) == sorted(final_reference)
+  for name, value in final_reference.items():
+    np.testing.assert_array_equal(final_killed[name], value, err_msg=name)
+  losses_reference = [r['loss'] for r in read_metrics(reference)]
+  losses_killed = [r['loss'] for r in read_metrics(killed)]
+  assert losses_killed == losses_reference and len(losses_reference) == 12
