@@ -20,6 +20,7 @@ written into the cache at ``cache['index']`` and queries attend to every valid c
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping, Optional, Sequence
 
@@ -427,5 +428,11 @@ def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = No
 
 def init_params(config: ModelConfig, key: Array, batch: int = 1, length: int = 8) -> dict:
   """Random params of ``Decoder(config)`` (``{'embed_tokens': ..., 'layers_0': ..., ...}``)."""
+  return _jitted_init(config, batch, length)(key)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(config: ModelConfig, batch: int, length: int):
+  # Jitted (and cached per config): op-by-op initialisation of every layer is slow on CPU.
   tokens = jnp.zeros((batch, length), jnp.int32)
-  return Decoder(config).init(key, tokens)['params']
+  return jax.jit(lambda key: Decoder(config).init(key, tokens)['params'])

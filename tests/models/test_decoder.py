@@ -64,14 +64,14 @@ def test_llama3_rope_scaling_changes_the_model(tiny_pairs):
 def test_packed_segments_equal_documents_alone(tiny_pairs, model_type):
   """Two packed documents (+ padding) give each document's own logits; sliding window included."""
   pair = tiny_pairs[model_type]
-  model = pair.model
+  apply = jax.jit(pair.model.apply)
   rng = np.random.default_rng(3)
   doc_a, doc_b = rng.integers(3, 128, 5), rng.integers(3, 128, 7)
   packed = np.concatenate([doc_a, doc_b, [0, 0]])[None]
   segments = np.array([[1] * 5 + [2] * 7 + [0, 0]])
-  logits = np.asarray(model.apply({'params': pair.params}, packed, segment_ids=segments))
-  alone_a = np.asarray(model.apply({'params': pair.params}, doc_a[None]))
-  alone_b = np.asarray(model.apply({'params': pair.params}, doc_b[None]))
+  logits = np.asarray(apply({'params': pair.params}, packed, segment_ids=segments))
+  alone_a = np.asarray(apply({'params': pair.params}, doc_a[None]))
+  alone_b = np.asarray(apply({'params': pair.params}, doc_b[None]))
   np.testing.assert_allclose(logits[0, :5], alone_a[0], atol=1e-5, rtol=0)
   np.testing.assert_allclose(logits[0, 5:12], alone_b[0], atol=1e-5, rtol=0)
 
@@ -80,8 +80,9 @@ def test_capture_shapes_and_final_norm(tiny_pairs):
   pair = tiny_pairs['llama']
   cfg = pair.config
   tokens, mask = _left_padded_batch()
-  logits, captures = pair.model.apply({'params': pair.params}, tokens, attention_mask=mask,
-                                      capture=('residual', 'q_proj', 'layers_1/mlp/down_proj'))
+  apply = jax.jit(pair.model.apply, static_argnames=('capture',))
+  logits, captures = apply({'params': pair.params}, tokens, attention_mask=mask,
+                           capture=('residual', 'q_proj', 'layers_1/mlp/down_proj'))
   batch, length = tokens.shape
   expected_keys = {f'layers_{i}/residual' for i in range(cfg.num_layers)}
   expected_keys |= {f'layers_{i}/self_attn/q_proj/{io}' for i in range(cfg.num_layers)
@@ -103,7 +104,7 @@ def test_capture_shapes_and_final_norm(tiny_pairs):
   expected = normed @ np.asarray(pair.params['lm_head']['kernel'], np.float64)
   np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
   with pytest.raises(ValueError, match="'qproj'.*q_proj"):
-    pair.model.apply({'params': pair.params}, tokens, capture=('qproj',))
+    apply({'params': pair.params}, tokens, capture=('qproj',))
 
 
 @dataclasses.dataclass(frozen=True)
