@@ -1,4 +1,4 @@
-"""Renders a report directory's index.html to a PNG with headless Chromium.
+r"""Renders a report directory's index.html to a PNG with headless Chromium.
 
 Used to check the arena report by eye (overlapping labels, cut tables, tiny fonts) without a
 desktop. Chromium is a development tool here, not a runtime dependency of peft_jax; on Debian
@@ -18,8 +18,9 @@ directory and with networking features off, so the capture is reproducible and o
 
 To make a sample report from the synthetic results of the tests first::
 
-  python -c "import importlib.util as u; s=u.spec_from_file_location('t','tests/report/test_report.py'); \
-m=u.module_from_spec(s); s.loader.exec_module(m); \
+  python -c "import importlib.util as u; \
+s = u.spec_from_file_location('t', 'tests/report/test_report.py'); \
+m = u.module_from_spec(s); s.loader.exec_module(m); \
 import peft_jax.report as r; r.write_report(m.make_results(0), '/tmp/arena_report')"
   python scripts/screenshot_report.py /tmp/arena_report
 """

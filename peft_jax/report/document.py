@@ -330,7 +330,8 @@ def _activation(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[
     activation = methods[name]["activation"]
     rows.append((name, str(len(activation["layers"])), fmt.fmt_metric(_mean(activation["cka"])),
                  fmt.fmt_metric(_mean(activation["procrustes"])),
-                 fmt.fmt_metric(_mean(activation["gram"])), fmt.fmt_points(methods[name]["forget"])))
+                 fmt.fmt_metric(_mean(activation["gram"])),
+                 fmt.fmt_points(methods[name]["forget"])))
   return [
       Paragraph("Base (X0) vs fine-tuned (X1) activations on the same prompts, per layer: linear "
                 "CKA (similarity, 1 = unchanged up to rotation and scale), orthogonal Procrustes "

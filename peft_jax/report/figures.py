@@ -141,6 +141,11 @@ def _use_log_scale(arrays: Sequence[np.ndarray], *, min_decades: float = 1.5) ->
   return math.log10(positive.max() / positive.min()) >= min_decades
 
 
+def _finite_mean(values: np.ndarray) -> float:
+  finite = values[np.isfinite(values)]
+  return float(finite.mean()) if finite.size else math.nan
+
+
 def _positive_or_nan(values: np.ndarray) -> np.ndarray:
   return np.where(values > 0, values, np.nan)
 
@@ -231,8 +236,10 @@ def plot_stability_plasticity(base: Mapping[str, Any], methods: Mapping[str, Map
     `path`.
   """
   _require_any(methods, "score")
-  names = list(methods)
-  styles = method_styles(names)
+  styles = method_styles(list(methods))
+  # A method whose score is NaN (evaluation failed) has no place on the plane.
+  names = [n for n in methods if math.isfinite(float(methods[n]["general"]))
+           and math.isfinite(float(methods[n]["target"]))]
   base_general, base_target = float(base["general"]), float(base["target"])
   xs = np.array([float(methods[n]["general"]) for n in names])
   ys = np.array([float(methods[n]["target"]) for n in names])
@@ -331,7 +338,8 @@ def plot_paths(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike
       if index % columns == 0:
         ax.set_ylabel("score")
     handles = [
-        Line2D([], [], color=_TARGET_COLOR, marker="o", markersize=4, label="target, interpolation"),
+        Line2D([], [], color=_TARGET_COLOR, marker="o", markersize=4,
+               label="target, interpolation"),
         Line2D([], [], color=_TARGET_COLOR, marker="o", markersize=4, linestyle="--",
                label="target, rewind"),
         Line2D([], [], color=_GENERAL_COLOR, marker="s", markersize=4,
@@ -388,8 +396,8 @@ def plot_spectra(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLi
       ax.set_xlabel("singular index i of W0 (largest σ first)")
     retention_ax.set_ylabel("ΔP_diag(i) = |u_iᵀ ΔW v_i|")
     retention_ax.set_title("Retention profile")
-    energy_ax.set_ylabel("E_Δ(i) / Σ E_Δ  with  E_Δ(i) = ‖ΔW v_i‖")
-    energy_ax.set_title("Update-energy profile")
+    energy_ax.set_ylabel("share of update energy  E_Δ(i) / Σ_j E_Δ(j)")
+    energy_ax.set_title("Update-energy profile, E_Δ(i) = ‖ΔW v_i‖")
     figure.suptitle(f"Weight spectra of {', '.join(modules)}", fontweight="bold")
     _method_legend(figure, names, styles)
     return _save(figure, path)
@@ -489,7 +497,7 @@ def plot_csd(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) 
     scatter_ax.set_ylabel("CSD on target inputs")
     scatter_ax.set_title("CSD per module: general vs target")
 
-    means = np.array([np.nanmean(_as_array(csd[n]["ratio"])) for n in names])
+    means = np.array([_finite_mean(_as_array(csd[n]["ratio"])) for n in names])
     positions = np.arange(len(names))
     ratio_ax.bar(positions, means, color=[styles[n][0] for n in names], edgecolor="black",
                  linewidth=0.5, zorder=3)
@@ -529,7 +537,8 @@ def plot_disel_gates(gates: Mapping[str, Any], path: str | os.PathLike) -> str:
   difference = target - general
   rows, rank = general.shape
   with matplotlib.rc_context(_RC):
-    figure = _new_figure(min(16.0, max(11.5, 0.3 * rank * 3 + 4.5)), max(3.6, 0.32 * rows + 2.0))
+    figure = _new_figure(min(13.0, max(11.5, 0.3 * rank * 3 + 4.5)),
+                         min(14.0, max(3.6, 0.32 * rows + 2.0)))
     axes = figure.subplots(1, 3, sharey=True)
     finite = np.concatenate([general[np.isfinite(general)], target[np.isfinite(target)]])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -583,13 +592,14 @@ def plot_capability_drift(drift: Mapping[str, Any], path: str | os.PathLike) -> 
   bound = float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0
   bound = bound or 1e-6
   with matplotlib.rc_context(_RC):
-    figure = _new_figure(max(7.5, 1.05 * len(tasks) + 4.2), max(3.4, 0.5 * len(adapters) + 2.0))
+    figure = _new_figure(min(13.0, max(7.5, 1.05 * len(tasks) + 4.2)),
+                         min(14.0, max(3.4, 0.5 * len(adapters) + 2.0)))
     ax = figure.add_subplot()
     ax.grid(False)
     image = ax.imshow(delta, aspect="auto", cmap="RdBu",
                       norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound),
                       interpolation="nearest")
-    fontsize = 9 if len(tasks) <= 10 else 7.5
+    fontsize = 9 if len(tasks) <= 8 else 7.5 if len(tasks) <= 14 else 6
     for row in range(delta.shape[0]):
       for col in range(delta.shape[1]):
         value = delta[row, col]
@@ -621,7 +631,8 @@ def plot_training_loss(methods: Mapping[str, Mapping[str, Any]], path: str | os.
   """Training loss per step, one line per method.
 
   Long curves (more than 30 steps) show the raw loss faintly and a centred moving average
-  (window about 1/15 of the run, so the smoothed curve does not lag) on top. The y axis is logarithmic when the losses span more than 1.5 decades.
+  (window about 1/15 of the run, so the smoothed curve does not lag) on top. The y axis is
+  logarithmic when the losses span more than 1.5 decades.
 
   Args:
     methods: ``{name: {"train_loss": [float per step]}}``; methods without a loss are skipped.

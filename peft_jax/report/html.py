@@ -48,7 +48,8 @@ table { border-collapse: collapse; font-size: 14px; min-width: 360px; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 6px;
           color: var(--ink); }
 th, td { padding: 5px 12px; border-bottom: 1px solid var(--line); white-space: nowrap; }
-th { background: var(--band); text-align: left; font-weight: 600; border-bottom: 2px solid #b8c0cc; }
+th { background: var(--band); text-align: left; font-weight: 600;
+     border-bottom: 2px solid #b8c0cc; }
 th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tbody tr:nth-child(even) td { background: #fafbfd; }
 tbody tr:hover td { background: #eef3fb; }
@@ -103,7 +104,8 @@ def _block(block: doc.Block) -> str:
     return (f'<figure><img src="{_escape(block.src)}" alt="{_escape(block.alt)}" loading="lazy">'
             f"<figcaption>{_escape(block.caption)}</figcaption></figure>")
   if isinstance(block, doc.Code):
-    return f'<pre><code class="language-{_escape(block.language)}">{_escape(block.text)}</code></pre>'
+    language = _escape(block.language)
+    return f'<pre><code class="language-{language}">{_escape(block.text)}</code></pre>'
   if isinstance(block, doc.Bullets):
     items = "".join(f"<li>{_escape(item)}</li>" for item in block.items)
     return f'<ul class="flags">{items}</ul>'

@@ -49,7 +49,8 @@ def make_results(seed: int = 0) -> dict:
     method = {
         "target": target, "general": general, "forget": (base["general"] - general) * 100.0,
         "tasks": tasks, "trainable_params": trainable[name], "total_params": total,
-        "train_time_s": float(rng.uniform(20, 400)), "peak_memory_mb": float(rng.uniform(300, 3000)),
+        "train_time_s": float(rng.uniform(20, 400)),
+        "peak_memory_mb": float(rng.uniform(300, 3000)),
         "train_loss": loss.tolist(),
         "interpolation": {
             "alpha": alpha.tolist(),
@@ -432,3 +433,38 @@ def test_print_summary_table(full_report, capsys):
   import sys
   report.print_summary_table(results, file=sys.stdout)
   assert capsys.readouterr().out == table + "\n"
+
+
+def test_figures_survive_degenerate_data(tmp_path):
+  """One method, no spread, zero energies and CSD: every figure is still a readable PNG."""
+  from peft_jax.report import figures
+
+  results = make_results(6)
+  lora = results["methods"]["lora"]
+  lora["target"], lora["general"] = results["base"]["target"], results["base"]["general"]
+  lora["spectral"]["energy"] = [0.0] * len(lora["spectral"]["energy"])
+  lora["spectral"]["retention"] = [0.0] * len(lora["spectral"]["retention"])
+  lora["csd"] = {"modules": ["layers_0/mlp/down_proj"], "general": [0.0], "target": [0.0],
+                 "ratio": [float("nan")]}
+  lora["train_loss"] = [2.0]
+  methods = {"lora": lora}
+  drawn = [
+      figures.plot_stability_plasticity(results["base"], methods, tmp_path / "a.png"),
+      figures.plot_paths(methods, tmp_path / "b.png"),
+      figures.plot_spectra(methods, tmp_path / "c.png"),
+      figures.plot_activation_geometry(methods, tmp_path / "d.png"),
+      figures.plot_csd(methods, tmp_path / "e.png"),
+      figures.plot_disel_gates({"layers": ["q_proj"], "general": [[0.1]], "target": [[0.1]]},
+                               tmp_path / "f.png"),
+      figures.plot_capability_drift({"adapters": ["lora"], "labels": {"lora": "math"},
+                                     "tasks": ["gsm8k"], "delta": [[0.0]], "flagged": {}},
+                                    tmp_path / "g.png"),
+      figures.plot_training_loss(methods, tmp_path / "h.png"),
+  ]
+  for path in drawn:
+    with Image.open(path) as image:
+      assert min(image.size) > 100, path
+  with pytest.raises(ValueError, match="no method has spectral data"):
+    figures.plot_spectra({"lora": {"spectral": None}}, tmp_path / "x.png")
+  assert figures.short_module_name("model.layers.3.self_attn.q_proj") == "L3 q_proj"
+  assert figures.short_module_name("layers_12/mlp/down_proj/kernel") == "L12 down_proj"
