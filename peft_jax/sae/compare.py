@@ -46,7 +46,14 @@ def _decoder(dictionary) -> Array:
 
 @jax.jit
 def decoder_cosine(dec_a: Array, dec_b: Array) -> Array:
-  """Cosine similarities ``C_ij = <a_i, b_j> / (||a_i|| ||b_j||)``: ``[m_a, d], [m_b, d] → [m_a, m_b]``."""
+  """Cosine similarities ``C_ij = <a_i, b_j> / (||a_i|| ||b_j||)``.
+
+  Args:
+    dec_a: ``[m_a, d]`` decoder rows; dec_b: ``[m_b, d]``.
+
+  Returns:
+    ``C: [m_a, m_b]``.
+  """
   if dec_a.ndim != 2 or dec_b.ndim != 2 or dec_a.shape[1] != dec_b.shape[1]:
     raise ValueError(f"decoders must be [m_a, d] and [m_b, d] with the same d, got {dec_a.shape} "
                      f"and {dec_b.shape}.")

@@ -46,9 +46,8 @@ def normalize_activations(x: Array, method: str = "none") -> tuple[Array, NormSt
 
   * ``'none'``: unchanged.
   * ``'center'``: ``x - μ`` with ``μ`` the token mean.
-  * ``'unit_mean_norm'``: ``c x`` with ``c = \\sqrt{d} / \\overline{\\lVert x_t \\rVert_2}`` so that the
-    mean token norm is ``√d`` (Gao et al. 2024; makes SAE hyper-parameters transfer across layers,
-    ranks and models).
+  * ``'unit_mean_norm'``: ``c x`` with ``c = √d / mean_t ||x_t||₂`` so that the mean token norm is
+    ``√d`` (Gao et al. 2024; SAE hyper-parameters then transfer across layers, ranks and models).
   * ``'center_unit_mean_norm'``: both, centering first.
 
   Returns:
@@ -150,7 +149,7 @@ def collect_delta(base_captures: Union[Captures, Array], adapted_captures: Union
 
 def module_delta(captures: Captures, base_kernel: Array, module_path: str,
                  mask: Optional[Array] = None, *, normalize: str = "none") -> Array:
-  """Module delta ``s B A x = y_adapted - x W_0`` of one adapted linear module, as rows ``[n, d_out]``.
+  """Module delta ``s B A x = y_adapted - x W_0`` of one adapted linear module, rows ``[n, d_out]``.
 
   ``x`` and ``y_adapted`` are the module's input and output captured in the adapted model
   (``'{module_path}/in'`` and ``'{module_path}/out'``), ``W_0: [d_in, d_out]`` its frozen base
@@ -166,7 +165,7 @@ def module_delta(captures: Captures, base_kernel: Array, module_path: str,
   x = _lookup(captures, f"{module_path}/in", "adapted")
   y = _lookup(captures, f"{module_path}/out", "adapted")
   base_kernel = jnp.asarray(base_kernel)
-  if base_kernel.ndim != 2 or base_kernel.shape[0] != x.shape[-1] or base_kernel.shape[1] != y.shape[-1]:
+  if base_kernel.shape != (x.shape[-1], y.shape[-1]):
     raise ValueError(f"base_kernel must be [d_in, d_out] = [{x.shape[-1]}, {y.shape[-1]}] for "
                      f"{module_path!r}, got {base_kernel.shape}.")
   dtype = jnp.result_type(x.dtype, jnp.float32)

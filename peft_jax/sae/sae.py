@@ -43,7 +43,8 @@ import numpy as np
 import optax
 
 Array = jax.Array
-SAEParams = dict  # {'W_enc': [d, m], 'b_enc': [m], 'W_dec': [m, d], 'b_dec': [d], ('log_threshold': [m])}
+# {'W_enc': [d, m], 'b_enc': [m], 'W_dec': [m, d], 'b_dec': [d]} (+ 'log_threshold': [m], JumpReLU)
+SAEParams = dict
 
 ACTIVATIONS = ("relu", "topk", "jumprelu")
 _EPS = 1e-12
@@ -70,7 +71,8 @@ def _check_params(params: SAEParams, activation: str) -> None:
     raise ValueError(f"SAE params lack {missing} for activation={activation!r}; they have "
                      f"{sorted(params)}.")
   d, m = params["W_enc"].shape
-  if params["W_dec"].shape != (m, d) or params["b_enc"].shape != (m,) or params["b_dec"].shape != (d,):
+  if (params["W_dec"].shape != (m, d) or params["b_enc"].shape != (m,)
+      or params["b_dec"].shape != (d,)):
     raise ValueError("inconsistent SAE shapes: W_enc "
                      f"{params['W_enc'].shape} (want [d, m]), b_enc {params['b_enc'].shape} (want "
                      f"[m]), W_dec {params['W_dec'].shape} (want [m, d]), b_dec "
@@ -159,7 +161,9 @@ def normalize_decoder(params: SAEParams) -> SAEParams:
 def remove_parallel_decoder_grad(params: SAEParams, grads: SAEParams) -> SAEParams:
   """Projects out of ``∂L/∂W_dec`` the component parallel to each (unit) decoder row.
 
-  .. math:: g_i \\leftarrow g_i - (g_i \\cdot w_i)\\, w_i, \\qquad w_i = W_{dec}[i] / ||W_{dec}[i]||.
+  .. math::
+
+    g_i \\leftarrow g_i - (g_i \\cdot w_i)\\, w_i, \\qquad w_i = W_{dec}[i] / ||W_{dec}[i]||.
 
   So a step moves each row along the sphere's tangent plane and only rotates it; the row norm is
   then restored by :func:`normalize_decoder`.
@@ -480,8 +484,8 @@ def _resample_dead(params, opt_state, since_fired, acts, key, *, spec: _StepSpec
   dirs = residual[picks] / jnp.maximum(jnp.sqrt(sq[picks]), _EPS)[:, None]
   enc_norms = jnp.linalg.norm(params["W_enc"], axis=0)
   alive = ~dead
-  alive_norm = jnp.where(jnp.any(alive), jnp.sum(enc_norms * alive) / jnp.maximum(jnp.sum(alive), 1),
-                         1.0)
+  alive_mean = jnp.sum(enc_norms * alive) / jnp.maximum(jnp.sum(alive), 1)
+  alive_norm = jnp.where(jnp.any(alive), alive_mean, 1.0)
   new = dict(params)
   new["W_dec"] = jnp.where(dead[:, None], dirs, params["W_dec"])
   new["W_enc"] = jnp.where(dead[None, :], dirs.T * 0.2 * alive_norm, params["W_enc"])
