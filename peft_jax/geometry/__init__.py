@@ -46,3 +46,6 @@ from peft_jax.geometry.trajectory import activation_trajectory
 from peft_jax.geometry.trajectory import params_distance_trajectory
 from peft_jax.geometry.trajectory import stack_snapshots
 from peft_jax.geometry.trajectory import weight_trajectory
+from peft_jax.geometry.per_module import activation_geometry_dict
+from peft_jax.geometry.per_module import flat_kernels
+from peft_jax.geometry.per_module import spectral_summary_tree
