@@ -15,6 +15,7 @@ from peft_jax.evals.harness import forget
 from peft_jax.evals.harness import model_generate_fn
 from peft_jax.evals.harness import summarize
 from peft_jax.evals.harness import target_gain
+from peft_jax.evals.harness import truncate_at_stop
 from peft_jax.evals.ifeval import INSTRUCTIONS as IFEVAL_INSTRUCTIONS
 from peft_jax.evals.ifeval import ifeval_accuracies
 from peft_jax.evals.ifeval import score_ifeval_example
@@ -38,7 +39,8 @@ from peft_jax.evals.tasks import load_task
 __all__ = [
     "AdapterScores", "AdapterSpec", "delta_matrix", "drift_csv", "drift_report",
     "evaluate_adapters", "plot_drift_heatmap", "write_drift_outputs", "evaluate", "evaluate_task",
-    "forget", "model_generate_fn", "summarize", "target_gain", "IFEVAL_INSTRUCTIONS",
+    "forget", "model_generate_fn", "summarize", "target_gain", "truncate_at_stop",
+    "IFEVAL_INSTRUCTIONS",
     "ifeval_accuracies", "score_ifeval_example", "extract_bbh_answer", "extract_boxed",
     "extract_gsm8k_reference", "extract_last_number", "extract_numeric_answer", "mean_pass_at_k",
     "normalize_squad", "numeric_match", "pass_at_k", "score_bbh", "score_nq", "score_numeric",

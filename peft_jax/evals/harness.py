@@ -80,6 +80,12 @@ def target_gain(target_base: float, target_ft: float) -> float:
   return float(target_ft) - float(target_base)
 
 
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+  """``text`` up to (not including) the earliest occurrence of any stop string."""
+  positions = [text.find(s) for s in stop if s and s in text]
+  return text[:min(positions)] if positions else text
+
+
 def _generate_all(generate_fn: GenerateFn, task: Task, key: jax.Array,
                   batch_size: int) -> list[list[str]]:
   """``[examples][num_samples]`` generations, in batches of ``batch_size`` prompts."""
@@ -93,7 +99,7 @@ def _generate_all(generate_fn: GenerateFn, task: Task, key: jax.Array,
     if len(generated) != len(batch):
       raise ValueError(f"task {task.name!r}: generate_fn returned {len(generated)} texts for a "
                        f"batch of {len(batch)} prompts")
-    outputs.extend(str(text) for text in generated)
+    outputs.extend(truncate_at_stop(str(text), task.stop) for text in generated)
   n = task.num_samples
   return [outputs[i * n:(i + 1) * n] for i in range(len(task.examples))]
 

@@ -76,6 +76,8 @@ class Task:
     temperature: 0 = greedy.
     num_samples: samples per prompt (n of pass@k and avg@n).
     pass_k: the k values to report pass@k for (each ``<= num_samples``).
+    stop: strings that end a generation: the text from the earliest one on is cut before
+      scoring (a base model keeps writing the next few-shot "Question:" otherwise).
   """
 
   name: str
@@ -87,6 +89,7 @@ class Task:
   temperature: float = 0.0
   num_samples: int = 1
   pass_k: tuple[int, ...] = ()
+  stop: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -289,16 +292,18 @@ def load_bbh(path: str, *, template: str = BBH_TEMPLATE, fewshot_dir: Optional[s
   return examples
 
 
-# Per task family: loader, scorer, default kind, default max_new_tokens, default chat.
+# Per task family: loader, scorer, default kind, default max_new_tokens, default chat, default
+# stop strings (the start of the next turn of each family's prompt template).
 _FAMILIES = {
-    "gsm8k": (load_gsm8k, NUMERIC_SCORER, "target", 512, False),
-    "math500": (load_math500, NUMERIC_SCORER, "target", 1024, False),
-    "ifeval": (load_ifeval, IFEVAL_SCORER, "general", 1024, True),
-    "bbh": (load_bbh, BBH_SCORER, "general", 512, False),
-    "nq_open": (load_nq_open, NQ_SCORER, "general", 64, True),
+    "gsm8k": (load_gsm8k, NUMERIC_SCORER, "target", 512, False, ("\nQuestion:",)),
+    "math500": (load_math500, NUMERIC_SCORER, "target", 1024, False, ("\nProblem:",)),
+    "ifeval": (load_ifeval, IFEVAL_SCORER, "general", 1024, True, ()),
+    "bbh": (load_bbh, BBH_SCORER, "general", 512, False, ("\nQ:",)),
+    "nq_open": (load_nq_open, NQ_SCORER, "general", 64, True, ("\nQuestion:",)),
 }
 _SPEC_KEYS = ("type", "name", "path", "kind", "limit", "max_new_tokens", "chat", "temperature",
-              "num_samples", "pass_k", "template", "fewshot_path", "fewshot_dir", "subtasks")
+              "num_samples", "pass_k", "template", "fewshot_path", "fewshot_dir", "subtasks",
+              "stop")
 
 
 def load_task(spec: Mapping[str, Any]) -> Task:
@@ -306,7 +311,8 @@ def load_task(spec: Mapping[str, Any]) -> Task:
 
   Keys: ``type`` (one of gsm8k, math500, ifeval, bbh, nq_open; required), ``path`` (required),
   ``name`` (default: type), ``kind``, ``limit``, ``max_new_tokens``, ``chat``, ``temperature``,
-  ``num_samples``, ``pass_k``, ``template`` (with ``{question}``; not IFEval), ``fewshot_path``
+  ``num_samples``, ``pass_k``, ``stop`` (list of strings; default per type), ``template``
+  (with ``{question}``; not IFEval), ``fewshot_path``
   (text prepended to every prompt; gsm8k/math500/nq_open), ``fewshot_dir`` and ``subtasks``
   (BBH). Defaults follow PEFT-Arena: IFEval and NQ use the chat template, decoding is greedy.
   """
@@ -320,7 +326,7 @@ def load_task(spec: Mapping[str, Any]) -> Task:
   family = spec["type"]
   if family not in _FAMILIES:
     raise KeyError(f"unknown task type {family!r}; valid types: {sorted(_FAMILIES)}")
-  loader, scorer, kind, max_new_tokens, chat = _FAMILIES[family]
+  loader, scorer, kind, max_new_tokens, chat, stop = _FAMILIES[family]
   loader_kwargs: dict[str, Any] = {"limit": spec.get("limit")}
   if spec.get("template") is not None:
     if family == "ifeval":
@@ -347,4 +353,5 @@ def load_task(spec: Mapping[str, Any]) -> Task:
       temperature=float(spec.get("temperature") or 0.0),
       num_samples=int(spec.get("num_samples") or 1),
       pass_k=tuple(int(k) for k in (spec.get("pass_k") or ())),
+      stop=tuple(spec["stop"]) if spec.get("stop") is not None else stop,
   )

@@ -74,7 +74,8 @@ def _specs(root):
 
 # The fake model's answers, keyed by a distinctive piece of each prompt.
 ANSWERS = {
-    "Natalia": "48/2 = 24, 48 + 24 = 72.\n#### 72",
+    # A base model keeps going with the next few-shot question; the stop string cuts it off.
+    "Natalia": "48/2 = 24, 48 + 24 = 72.\n#### 72\nQuestion: What is 1+1?\nAnswer: #### 2",
     "Weng": "The answer is 11.",
     "big number": "So it is \\boxed{1024}.",
     "simplified": "We get \\boxed{0.5}",
@@ -140,6 +141,8 @@ def test_loader_errors_name_the_problem(data_dir, tmp_path):
                              "kwargs": [{"num_words": 3}]}])
   with pytest.raises(KeyError, match="unknown kwargs \\['num_words'\\]"):
     tasks.load_task({"type": "ifeval", "path": str(bad_ifeval)})
+  assert harness.truncate_at_stop("a\nQ: b\nQuestion: c", ["\nQuestion:", "\nQ:"]) == "a"
+  assert harness.truncate_at_stop("abc", []) == "abc"
   with pytest.raises(ValueError, match="pass_k values \\[3\\]"):
     tasks.load_task({"type": "gsm8k", "path": str(data_dir / "gsm8k.jsonl"), "num_samples": 2,
                      "pass_k": [3]})
@@ -174,6 +177,7 @@ def test_harness_scores_files_and_axes(data_dir, tmp_path):
   rows = [json.loads(line) for line in (out_dir / "gsm8k.jsonl").read_text().splitlines()]
   assert [r["scores"]["accuracy"] for r in rows] == [1.0, 0.0, 1.0]
   assert rows[1]["generations"] == ["The answer is 11."] and rows[1]["reference"] == "10"
+  assert rows[0]["generations"] == ["48/2 = 24, 48 + 24 = 72.\n#### 72"]
 
 
 def test_harness_pass_at_k_from_samples(data_dir):
