@@ -26,6 +26,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import patheffects
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -38,6 +39,8 @@ FLAG_MARK = "⚑"
 _MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h", "<", ">", "p", "*")
 _TARGET_COLOR = "#1f77b4"
 _GENERAL_COLOR = "#d62728"
+# A white outline keeps point labels legible where they cross arrows or grid lines.
+_HALO = [patheffects.withStroke(linewidth=3.0, foreground="white")]
 _RC = {
     "font.size": 10,
     "axes.titlesize": 11,
@@ -182,28 +185,27 @@ def _place_point_labels(figure: Figure, ax, points: Sequence[tuple[float, float]
   renderer = figure.canvas.get_renderer()
   frame = ax.get_window_extent(renderer)
   pixels = ax.transData.transform(np.asarray(points, dtype=np.float64))
-  half = 8.0 * DPI / 72.0
+  half = 6.0 * DPI / 72.0  # half the marker size (s=80 points² → ~9 pt wide), plus a margin
   obstacles = [Bbox.from_extents(x - half, y - half, x + half, y + half) for x, y in pixels]
   directions = [(1, 1, "left", "bottom"), (1, -1, "left", "top"), (-1, 1, "right", "bottom"),
                 (-1, -1, "right", "top"), (0, 1, "center", "bottom"), (0, -1, "center", "top"),
                 (1, 0, "left", "center"), (-1, 0, "right", "center")]
   for point, label, color in zip(points, labels, colors):
     placed = None
-    for radius in (7, 16, 28, 42):
+    for radius in (9, 18, 30, 44):
       for dx, dy, ha, va in directions:
         annotation = ax.annotate(
             label, point, xytext=(dx * radius, dy * radius), textcoords="offset points",
             ha=ha, va=va, fontsize=9, fontweight="bold", color=color, zorder=6,
-            arrowprops=None if radius < 16 else dict(arrowstyle="-", color=color, lw=0.7,
+            path_effects=_HALO,
+            arrowprops=None if radius < 18 else dict(arrowstyle="-", color=color, lw=0.7,
                                                       shrinkA=0, shrinkB=4))
         box = annotation.get_window_extent(renderer)
         inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0
                   and box.y1 <= frame.y1)
         # Only the text box matters for collisions; a leader line may cross a marker.
         text_box = matplotlib.text.Text.get_window_extent(annotation, renderer)
-        own = Bbox.from_extents(*ax.transData.transform(point), *ax.transData.transform(point))
-        clear = not any(text_box.overlaps(o) and not o.overlaps(own) for o in obstacles)
-        if inside and clear and not any(text_box.overlaps(o) for o in obstacles[len(points):]):
+        if inside and not any(text_box.overlaps(o) for o in obstacles):
           placed = annotation
           obstacles.append(text_box.padded(2))
           break
@@ -211,8 +213,9 @@ def _place_point_labels(figure: Figure, ax, points: Sequence[tuple[float, float]
       if placed is not None:
         break
     if placed is None:
-      annotation = ax.annotate(label, point, xytext=(7, 7), textcoords="offset points",
-                               fontsize=9, fontweight="bold", color=color, zorder=6)
+      annotation = ax.annotate(label, point, xytext=(9, 9), textcoords="offset points",
+                               fontsize=9, fontweight="bold", color=color, zorder=6,
+                               path_effects=_HALO)
       obstacles.append(matplotlib.text.Text.get_window_extent(annotation, renderer))
 
 
