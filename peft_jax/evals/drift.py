@@ -103,7 +103,8 @@ def drift_report(base_scores: Mapping[str, float],
   for adapter, row in zip(adapters, deltas):
     nominal_index = task_names.index(adapter.nominal_task)
     nominal_gain = float(row[nominal_index])
-    off_target = {t: float(d) for i, (t, d) in enumerate(zip(task_names, row)) if i != nominal_index}
+    off_target = {t: float(d) for i, (t, d) in enumerate(zip(task_names, row))
+                  if i != nominal_index}
     flags = []
     if nominal_gain <= 0:
       flags.append("nominal_not_improved")
@@ -237,7 +238,8 @@ def evaluate_adapters(model: Any, base_params: Any, tokenizer: Any, tasks: Seque
   """
   names = [spec.name for spec in adapters]
   if "base" in names or len(set(names)) != len(names):
-    raise ValueError(f"adapter names must be unique and not 'base' (its output folder); got {names}")
+    raise ValueError(f"adapter names must be unique and not 'base' (its output folder); "
+                     f"got {names}")
   if generate_fn_for is None:
     def generate_fn_for(params):
       return harness.model_generate_fn(model, params, tokenizer)

@@ -152,7 +152,8 @@ def _detect_heuristic(text: str) -> Optional[str]:
       return "uk"
     return "bg" if re.search("ъ", text.lower()) else "ru"
   if script == "devanagari":
-    scores = {lang: sum(w in vocab for w in words) for lang, vocab in _DEVANAGARI_FUNCTION_WORDS.items()}
+    scores = {lang: sum(w in vocab for w in words)
+              for lang, vocab in _DEVANAGARI_FUNCTION_WORDS.items()}
     return max(scores, key=lambda lang: (scores[lang], lang == "hi"))
   if script == "ja" or (script == "zh" and counts["ja"] > 0):
     return "ja"
@@ -376,7 +377,8 @@ INSTRUCTIONS: Mapping[str, InstructionSpec] = {
         InstructionSpec("keywords:existence", _keywords_existence, ("keywords",)),
         InstructionSpec("keywords:frequency", _keywords_frequency,
                         ("keyword", "frequency", "relation")),
-        InstructionSpec("keywords:forbidden_words", _keywords_forbidden_words, ("forbidden_words",)),
+        InstructionSpec("keywords:forbidden_words", _keywords_forbidden_words,
+                        ("forbidden_words",)),
         InstructionSpec("keywords:letter_frequency", _keywords_letter_frequency,
                         ("letter", "let_frequency", "let_relation")),
         InstructionSpec("language:response_language", _language_response_language, ("language",)),
@@ -384,7 +386,8 @@ INSTRUCTIONS: Mapping[str, InstructionSpec] = {
                         ("num_sentences", "relation")),
         InstructionSpec("length_constraints:number_paragraphs", _number_paragraphs,
                         ("num_paragraphs",)),
-        InstructionSpec("length_constraints:number_words", _number_words, ("num_words", "relation")),
+        InstructionSpec("length_constraints:number_words", _number_words,
+                        ("num_words", "relation")),
         InstructionSpec("length_constraints:nth_paragraph_first_word", _nth_paragraph_first_word,
                         ("num_paragraphs", "nth_paragraph", "first_word")),
         InstructionSpec("detectable_content:number_placeholders", _number_placeholders,

@@ -47,7 +47,10 @@ _LATEX_FRAC_SHORT_RE = re.compile(r"\\[dt]?frac\s*(\{[^{}]*\}|\w)\s*(\{[^{}]*\}|
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 # Leading "x =" / "k=" in an answer such as \boxed{x = 5}.
 _ASSIGNMENT_RE = re.compile(r"^[a-zA-Z]\w*\s*=\s*")
-_UNIT_SUFFIX_RE = re.compile(r"^(.*?\d)\s*(?:[a-zA-Z][a-zA-Z.\s]*|%|\\%|°|\^\\circ|\^\{\\circ\})$")
+# A trailing unit: words after a space ("18 dollars", "5 cm"), or %, degrees. Letters glued to the
+# number are not a unit ("2x" is an expression, not 2).
+_UNIT_SUFFIX_RE = re.compile(
+    r"^(.*?\d)(?:\s+[a-zA-Z][a-zA-Z.\s]*|\s*(?:%|\\%|°|\^\\circ|\^\{\\circ\}))$")
 
 
 def extract_boxed(text: str) -> Optional[str]:
@@ -336,7 +339,8 @@ def mean_pass_at_k(correct_matrix: Sequence[Sequence[bool]], k: int) -> float:
   rows = [list(row) for row in correct_matrix]
   lengths = {len(row) for row in rows}
   if len(lengths) != 1:
-    raise ValueError(f"every prompt needs the same number of samples, got lengths {sorted(lengths)}")
+    raise ValueError(f"every prompt needs the same number of samples, got lengths "
+                     f"{sorted(lengths)}")
   num_samples = lengths.pop()
   counts = jnp.asarray([sum(bool(v) for v in row) for row in rows], dtype=jnp.int32)
   return float(jnp.mean(pass_at_k(num_samples, counts, k)))
