@@ -1,11 +1,14 @@
 """SAE forward, loss, gradients and training against float64 NumPy written from the definitions."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import peft_jax.sae as S
+from peft_jax.sae import sae as sae_lib
 
 D, M, N = 6, 10, 9
 
@@ -180,6 +183,54 @@ def test_train_jumprelu_learns_thresholds():
   assert history["l0"][-1] < history["l0"][0]
   assert not np.allclose(np.exp(params["log_threshold"]), 0.1)
   np.testing.assert_allclose(np.linalg.norm(params["W_dec"], axis=1), 1.0, atol=1e-5)
+  # Learning rate, λ and step count are traced or loop-level: a new run does not recompile.
+  compiled = sae_lib._train_chunk._cache_size()
+  S.train_sae(jnp.asarray(x, jnp.float32),
+              dataclasses.replace(config, learning_rate=1e-3, l1_coeff=0.1, num_steps=200),
+              jax.random.key(2))
+  assert sae_lib._train_chunk._cache_size() == compiled
+
+
+def test_resampling_reinitialises_only_dead_features():
+  rng = np.random.default_rng(8)
+  d, m, n = 5, 6, 40
+  acts = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  config = S.SAEConfig(num_features=m, activation="relu", k=None, log_every=1, dead_after=3,
+                       resample_pool=32)
+  params = S.init_sae(jax.random.key(4), d, m)
+  params["W_enc"] = params["W_enc"] * jnp.arange(1.0, m + 1.0)      # distinct encoder norms
+  params["b_enc"] = jnp.full((m,), 0.25)
+  opt_state = sae_lib._ADAM.init(params)
+  opt_state = jax.tree.map(lambda leaf: jnp.ones_like(leaf) if leaf.ndim else leaf, opt_state)
+  since = jnp.asarray([0, 5, 1, 3, 0, 2], jnp.int32)                  # features 1 and 3 dead
+  dead = np.asarray(since) >= 3
+  new, new_opt, new_since, count = sae_lib._resample_dead(
+      params, opt_state, since, acts, jax.random.key(5), spec=sae_lib._step_spec(config),
+      num_features=m, pool=32)
+  assert int(count) == 2
+  np.testing.assert_array_equal(new_since, np.where(dead, 0, since))
+  for name in ("W_dec", "W_enc", "b_enc"):
+    keep = ~dead if name != "W_enc" else ~dead[None, :].repeat(d, 0)
+    np.testing.assert_array_equal(np.asarray(new[name])[keep], np.asarray(params[name])[keep])
+  np.testing.assert_array_equal(new["b_enc"][dead], 0.0)
+  # A dead feature's decoder row is the unit residual direction of some token of acts ...
+  x = np.asarray(acts, np.float64)
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  residual = x - (np.maximum((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"], 0) @ p["W_dec"]
+                  + p["b_dec"])
+  residual /= np.linalg.norm(residual, axis=1, keepdims=True)
+  w_new = np.asarray(new["W_dec"], np.float64)[dead]
+  np.testing.assert_allclose(np.max(w_new @ residual.T, axis=1), 1.0, rtol=1e-5)
+  # ... and its encoder column that direction times 0.2 x the mean alive encoder norm.
+  alive_norm = np.linalg.norm(p["W_enc"], axis=0)[~dead].mean()
+  np.testing.assert_allclose(np.asarray(new["W_enc"])[:, dead], w_new.T * 0.2 * alive_norm,
+                             rtol=1e-5)
+  # Adam moments of the dead entries are zeroed, the others untouched.
+  mu = new_opt.mu
+  np.testing.assert_array_equal(np.asarray(mu["W_dec"])[dead], 0.0)
+  np.testing.assert_array_equal(np.asarray(mu["W_dec"])[~dead], 1.0)
+  np.testing.assert_array_equal(np.asarray(new_opt.nu["W_enc"])[:, dead], 0.0)
+  np.testing.assert_array_equal(np.asarray(new_opt.nu["b_dec"]), 1.0)
 
 
 def test_bad_inputs_raise():
