@@ -270,3 +270,26 @@ def test_rank_and_block_errors(w0):
     api.MiSS(rank=5, mode="bat").init(None, w0)
   with pytest.raises(ValueError, match=r"init='orthogonal' is not supported"):
     api.LoRA(rank=2, init_weights="orthogonal").init(jax.random.key(0), w0)
+
+
+def test_lora_dropout_on_adapter_input_only(w0, x):
+  method = api.LoRA(rank=4, alpha=8, dropout=0.25)
+  node = _perturbed(method.init(jax.random.key(2), w0))
+  rng = jax.random.key(12)
+  keep = np.asarray(jax.random.bernoulli(rng, 0.75, x.shape))
+  p = {k: np.asarray(v, np.float64) for k, v in node.params.items()}
+  x64 = np.asarray(x, np.float64)
+  xd = np.where(keep, x64 / 0.75, 0.0)
+  ref = x64 @ np.asarray(w0, np.float64) + 2.0 * (xd @ p["lora_a"]) @ p["lora_b"]
+  assert _rel(method.apply(node, x, dropout_rng=rng), ref) < 1e-5
+  assert _rel(method.apply(node, x), x64 @ np.asarray(method.merge(node), np.float64)) < 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_bfloat16_compute_tracks_float32(name, w0, x):
+  method = METHODS[name]
+  node = _perturbed(method.init(jax.random.key(2), w0))
+  y16 = jax.jit(lambda n, v: matmul(v, n, dtype=jnp.bfloat16))(node, x)
+  assert y16.dtype == jnp.bfloat16
+  # bf16 has an 8-bit mantissa: ~4e-3 relative per rounding, a few roundings per output.
+  assert _rel(y16.astype(jnp.float32), matmul(x, node)) < 3e-2

@@ -145,6 +145,8 @@ CONFIGS = {
                                          target_modules=TARGETS), 0.1, 1e-4),
     "oft_share": (lambda: peft.OFTConfig(oft_block_size=4, r=0, block_share=True,
                                          target_modules=TARGETS), 0.1, 1e-4),
+    "oft_coft": (lambda: peft.OFTConfig(oft_block_size=4, r=0, coft=True, eps=1e-2,
+                                        target_modules=TARGETS), 0.1, 1e-4),
     "miss": (lambda: peft.MissConfig(r=5, target_modules=TARGETS), 0.3, 1e-5),
     "miss_bat": (lambda: peft.MissConfig(r=4, init_weights="bat", target_modules=TARGETS),
                  0.1, 1e-5),
@@ -154,7 +156,7 @@ CONFIGS = {
 
 EXPECTED_METHOD = {"lora": api.LoRA, "rslora": api.LoRA, "dora": api.DoRA, "pissa": api.PiSSA,
                    "vera": api.VeRA, "oft_neumann": api.OFT, "oft_exact": api.OFT,
-                   "oft_share": api.OFT, "miss": api.MiSS, "miss_bat": api.MiSS,
+                   "oft_share": api.OFT, "oft_coft": api.OFT, "miss": api.MiSS, "miss_bat": api.MiSS,
                    "miss_mini": api.MiSS}
 
 
