@@ -1,6 +1,7 @@
 """train(config, workdir) on the real tiny Decoder: compile once, metrics, trajectory snapshots,
 config guard, NaN stop with an intact checkpoint, export, and SIGKILL + rerun == uninterrupted."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -13,9 +14,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from peft_jax import hub
+from peft_jax import hub, parallel
+from peft_jax.adapters import api as adapters
 from peft_jax.data import sft
-from peft_jax.train import default_config, load_trajectory, read_metrics, train
+from peft_jax.train import (decay_mask, default_config, load_trajectory, lr_multipliers,
+                            read_metrics, train)
+from peft_jax.train.trainer import build_model, make_method
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -184,3 +188,35 @@ def test_sigkill_and_rerun_is_bit_identical(data_path, tmp_path):
   losses_reference = [r['loss'] for r in read_metrics(reference)]
   losses_killed = [r['loss'] for r in read_metrics(killed)]
   assert losses_killed == losses_reference and len(losses_reference) == 12
+
+
+def test_remat_bf16_accumulation_and_disel_groups(data_path, tmp_path):
+  """remat and grad accumulation leave the float32 losses unchanged; bfloat16 compute stays close
+  and keeps float32 trainable params; DISeL gate params (and only they) get the gate lr."""
+  base = {'total_steps': 3, 'checkpoint.snapshot_every': 0}
+  runs = {}
+  for name, extra in (('f32', {}), ('remat', {'model.remat': True}),
+                      ('accum', {'grad_accum_steps': 2}), ('bf16', {'model.dtype': 'bfloat16'})):
+    result = train(_config(data_path, **base, **extra), str(tmp_path / name))
+    runs[name] = np.array([l for _, l in result.losses])
+    assert result.num_compiles == 1
+    if name == 'bf16':
+      assert {x.dtype for x in jax.tree.leaves(result.state.params)} == {np.dtype('float32')}
+  np.testing.assert_allclose(runs['remat'], runs['f32'], rtol=1e-6)
+  np.testing.assert_allclose(runs['accum'], runs['f32'], rtol=1e-5)
+  np.testing.assert_allclose(runs['bf16'], runs['f32'], rtol=2e-2)
+
+  spec = importlib.util.spec_from_file_location('tiny', os.path.join(REPO, 'configs/train/tiny.py'))
+  tiny = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tiny)
+  config = tiny.get_config('disel')
+  _, params, _, _ = build_model(config)
+  tree = adapters.inject(params, make_method(config), list(config.adapter.targets),
+                         jax.random.PRNGKey(0))
+  trainable, _ = adapters.partition(tree)
+  mults = parallel.named_leaves(lr_multipliers(trainable, config.optimizer.lr_groups))
+  decay = parallel.named_leaves(decay_mask(trainable, config.optimizer.no_decay_patterns))
+  gates = sorted(n for n in mults if n.endswith(('gate_w', 'gate_b')))
+  assert len(gates) == 2 * 2 * 2  # 2 layers x (q, v) x (w, b)
+  assert all(mults[n] == 5.0 and not decay[n] for n in gates)
+  assert all(mults[n] == 1.0 for n in mults if n not in gates)
