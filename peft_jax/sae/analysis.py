@@ -138,11 +138,10 @@ def _sae_summary(params, x, config: sae_lib.SAEConfig, stats: compare.FeatureSta
 def _code_cka(params_delta, params_base, x_delta, xa, xb, config: DeltaStudyConfig) -> float:
   n = x_delta.shape[0]
   idx = jnp.asarray(np.unique(np.linspace(0, n - 1, min(n, config.cka_tokens)).astype(np.int64)))
-  kw_d = dict(activation=config.delta_sae.activation, k=config.delta_sae.k)
-  kw_b = dict(activation=config.base_sae.activation, k=config.base_sae.k)
-  codes_delta = sae_lib.encode(params_delta, x_delta[idx], **kw_d)
-  codes_base_change = (sae_lib.encode(params_base, xa[idx], **kw_b)
-                       - sae_lib.encode(params_base, xb[idx], **kw_b))
+  kw_delta, kw_base = config.delta_sae.encoder_kwargs, config.base_sae.encoder_kwargs
+  codes_delta = sae_lib.encode(params_delta, x_delta[idx], **kw_delta)
+  codes_base_change = (sae_lib.encode(params_base, xa[idx], **kw_base)
+                       - sae_lib.encode(params_base, xb[idx], **kw_base))
   return float(compare.feature_cka(codes_delta, codes_base_change))
 
 
@@ -177,11 +176,11 @@ def delta_sae_study(base_acts, adapted_acts, mask: Optional[Array], config: Delt
                      f"{h_adapted.shape}.")
   n, d = h_base.shape
   delta = h_adapted - h_base
+  if not bool(jnp.any(delta != 0)):
+    raise ValueError("adapted and base activations are identical: the delta is zero.")
   x_base, base_norm = delta_lib.normalize_activations(h_base, config.normalize)
   x_adapted = (h_adapted - base_norm.mean) * base_norm.scale
   x_delta, _ = delta_lib.normalize_activations(delta, config.normalize)
-  if not bool(jnp.any(delta != 0)):
-    raise ValueError("adapted and base activations are identical: the delta is zero.")
 
   # --- The two SAEs. ---
   base_key, delta_key = jax.random.split(key)

@@ -77,6 +77,18 @@ def test_encode_decode_loss_match_numpy(activation, k):
   np.testing.assert_allclose(f3.reshape(6, M), f[:6], rtol=1e-6, atol=1e-6)
 
 
+def test_vmap_over_stacked_saes():
+  """One SAE per layer, stacked on a leading axis: vmap gives each layer's own codes and loss."""
+  (p0, x0), (p1, x1) = _random_params(10, "relu"), _random_params(11, "relu")
+  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), _to_jax(p0), _to_jax(p1))
+  xs = jnp.asarray(np.stack([x0, x1]), jnp.float32)
+  codes = jax.vmap(lambda p, x: S.encode(p, x, "topk", k=2))(stacked, xs)
+  losses = jax.vmap(lambda p, x: S.sae_loss(p, x, 0.1, "relu")[0])(stacked, xs)
+  for i, (p, x) in enumerate([(p0, x0), (p1, x1)]):
+    np.testing.assert_allclose(codes[i], _np_encode(p, x, "topk", 2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(losses[i], _np_loss(p, x, 0.1, "relu")[0], rtol=1e-5)
+
+
 def test_topk_keeps_exactly_k():
   p, x = _random_params(1, "topk")
   p["b_enc"] = p["b_enc"] + 50.0   # every pre-activation positive: exactly k survive the ReLU
