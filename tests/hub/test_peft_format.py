@@ -257,3 +257,50 @@ def test_unknown_module_lists_available(base_params, tmp_path):
   pruned = {"layers_0": base_params["layers_0"]}
   with pytest.raises(ValueError, match=r"model\.layers\.1\..*available: model\.layers\.0"):
     load_adapter(pruned, str(tmp_path))
+
+
+def test_init_distributions_match_peft():
+  """Two-sample KS of our default inits against samples from PEFT's own initialisers."""
+  from scipy import stats
+
+  class Wide(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.q_proj = nn.Linear(256, 64, bias=False)
+      self.v_proj = nn.Linear(128, 96, bias=False)
+
+  torch.manual_seed(0)
+  base = Wide()
+  w = {n: jnp.asarray(p.detach().numpy().T) for n, p in base.named_parameters()}
+  lora_peft = peft.get_peft_model(Wide(), peft.LoraConfig(r=16, target_modules=["q_proj"]))
+  a_peft = lora_peft.base_model.model.q_proj.lora_A["default"].weight.detach().numpy()
+  a_ours = np.asarray(api.LoRA(rank=16).init(jax.random.key(0), w["q_proj.weight"])
+                      .params["lora_a"])
+  assert stats.ks_2samp(a_peft.ravel(), a_ours.ravel()).pvalue > 0.01
+  gauss_peft = peft.get_peft_model(Wide(), peft.LoraConfig(
+      r=16, init_lora_weights="gaussian", target_modules=["q_proj"]))
+  g_peft = gauss_peft.base_model.model.q_proj.lora_A["default"].weight.detach().numpy()
+  g_ours = np.asarray(api.LoRA(rank=16, init_weights="gaussian").init(
+      jax.random.key(0), w["q_proj.weight"]).params["lora_a"])
+  assert stats.ks_2samp(g_peft.ravel(), g_ours.ravel()).pvalue > 0.01
+
+  vera_peft = peft.get_peft_model(Wide(), peft.VeraConfig(r=32, target_modules=["q_proj",
+                                                                                "v_proj"]))
+  proj_a = vera_peft.base_model.vera_A["default"].numpy()   # [r, max_in]
+  proj_b = vera_peft.base_model.vera_B["default"].numpy()   # [max_out, r]
+  shared = api.VeRA(rank=32).init_shared(jax.random.key(1), [(256, 64), (128, 96)])
+  assert proj_a.shape == tuple(shared["vera_a"].shape[::-1])
+  assert proj_b.shape == tuple(shared["vera_b"].shape[::-1])
+  assert stats.ks_2samp(proj_a.ravel(), np.asarray(shared["vera_a"]).ravel()).pvalue > 0.01
+  assert stats.ks_2samp(proj_b.ravel(), np.asarray(shared["vera_b"]).ravel()).pvalue > 0.01
+  layer = vera_peft.base_model.model.v_proj
+  np.testing.assert_array_equal(layer.vera_lambda_d["default"].detach().numpy(),
+                                np.full(32, 0.1, np.float32))
+  assert not layer.vera_lambda_b["default"].detach().numpy().any()
+
+  torch.manual_seed(0)
+  dora_peft = peft.get_peft_model(Wide(), peft.LoraConfig(r=4, use_dora=True,
+                                                          target_modules=["v_proj"]))
+  m_peft = dora_peft.base_model.model.v_proj.lora_magnitude_vector["default"].weight
+  m_ours = api.DoRA(rank=4).init(jax.random.key(0), w["v_proj.weight"]).params["magnitude"]
+  assert _max_rel(np.asarray(m_ours), m_peft.detach().numpy()) < 1e-6
