@@ -4,7 +4,7 @@
 
 For every metric: median wall time of the jitted JAX function (after one warm-up call that
 compiles) and of a NumPy/SciPy implementation of the same definition on the same float32 data;
-the ratio is ``reference / jax`` (> 1: JAX is faster); ``max_rel_err`` compares the JAX float32
+the two are timed alternately (the machine may be shared); the ratio is ``reference / jax`` (> 1: JAX is faster); ``max_rel_err`` compares the JAX float32
 result with a float64 NumPy evaluation. Sizes follow PEFT-Arena (<= 4096 tokens, 1024 pair tokens).
 """
 
@@ -25,13 +25,17 @@ _LAYERS = flags.DEFINE_integer("layers", 8, "Layers in the batched (vmap) cases.
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
 
 
-def _median_seconds(fn, repeats):
-  times = []
+def _paired_median_seconds(jax_fn, reference_fn, repeats):
+  """Median times of both, measured alternately so a busy shared machine slows both alike."""
+  jax_times, reference_times = [], []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+    jax.block_until_ready(jax_fn())
+    jax_times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    reference_fn()
+    reference_times.append(time.perf_counter() - start)
+  return float(np.median(jax_times)), float(np.median(reference_times))
 
 
 def _np_center(x):
@@ -124,8 +128,8 @@ def main(argv):
   for name, jax_fn, args, np_fn, np64_fn in cases:
     device_args = [jnp.asarray(a) for a in args]
     result = jax.block_until_ready(jax_fn(*device_args))  # compile
-    jax_s = _median_seconds(lambda: jax_fn(*device_args), repeats)
-    np_s = _median_seconds(lambda: np_fn(*args), repeats)
+    jax_s, np_s = _paired_median_seconds(lambda: jax_fn(*device_args), lambda: np_fn(*args),
+                                         repeats)
     reference = np.asarray(np64_fn(), np.float64)
     got = np.asarray(jax.tree.leaves(result) if isinstance(result, tuple) else result, np.float64)
     rel_err = np.max(np.abs(got - reference) / np.maximum(np.abs(reference), 1e-30))
