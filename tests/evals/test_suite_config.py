@@ -35,6 +35,10 @@ def test_suite_config_tasks_load(suite_dir):
   by_name = {t.name: t for t in loaded}
   assert len(by_name["gsm"].examples) == 5 and len(by_name["ifeval"].examples) == 10
   assert by_name["ifeval"].chat and by_name["nq"].chat and not by_name["bbh"].chat
+  # The locked config (as launch/evaluate holds it) takes per-task overrides.
+  config.lock()
+  config.tasks.gsm.limit = 2
+  assert len({t.name: t for t in runner.load_tasks(config.tasks)}["gsm"].examples) == 2
 
 
 def _completion_generate(completions):
