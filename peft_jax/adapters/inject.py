@@ -272,17 +272,26 @@ def path(tree: Mapping, t: Array, *, layer_scales: Optional[Mapping[str, Array]]
 
 
 def count_params(tree: Mapping) -> dict[str, int]:
-  """``{'trainable': adapter params, 'total': every distinct array}`` (shared VeRA projections
-  counted once)."""
-  seen: set[int] = set()
+  """``{'trainable': adapter params, 'total': every distinct array}``.
+
+  Arrays shared across nodes (VeRA's projections, methods with ``init_shared``) are counted once
+  per (method, name), even when a transformation (jit, device_put) returned separate copies.
+  """
   total = 0
   trainable = 0
-  for leaf in jax.tree.leaves(tree):
-    if id(leaf) not in seen:
-      seen.add(id(leaf))
+  shared_seen: set = set()
+  for leaf in jax.tree.leaves(tree, is_leaf=is_adapted):
+    if not is_adapted(leaf):
       total += int(leaf.size)
-  for node in adapted_nodes(tree).values():
-    trainable += int(node.method.num_trainable(node))
+      continue
+    total += int(leaf.base.size) + sum(int(v.size) for v in jax.tree.leaves(leaf.params))
+    trainable += int(leaf.method.num_trainable(leaf))
+    for name, value in leaf.frozen.items():
+      if hasattr(leaf.method, "init_shared"):
+        if (leaf.method, name) in shared_seen:
+          continue
+        shared_seen.add((leaf.method, name))
+      total += int(value.size)
   return {"trainable": trainable, "total": total}
 
 

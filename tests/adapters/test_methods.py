@@ -114,6 +114,8 @@ def test_vera_init_statistics_and_shared_projections():
   assert counts["trainable"] == 3 * 32 + 64 + 32 + 64
   base = 64 * 64 + 64 * 32 + 128 * 64
   assert counts["total"] == base + counts["trainable"] + 128 * 32 + 32 * 64  # projections once
+  copied = jax.jit(lambda t: t)(tree)  # separate output buffers: still counted once
+  assert api.count_params(copied) == counts
 
 
 def test_oft_generator_path_stays_orthogonal(w0):
