@@ -4,8 +4,9 @@
 
 For every metric: median wall time of the jitted JAX function (after one warm-up call that
 compiles) and of a NumPy/SciPy implementation of the same definition on the same float32 data;
-the two are timed alternately (the machine may be shared); the ratio is ``reference / jax`` (> 1: JAX is faster); ``max_rel_err`` compares the JAX float32
-result with a float64 NumPy evaluation. Sizes follow PEFT-Arena (<= 4096 tokens, 1024 pair tokens).
+the two are timed alternately (the machine may be shared); the ratio is ``reference / jax``
+(> 1: JAX is faster); ``max_rel_err`` compares the JAX float32 result with a float64 NumPy
+evaluation. Sizes follow PEFT-Arena (<= 4096 tokens, 1024 pair tokens).
 """
 
 import time

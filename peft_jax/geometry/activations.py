@@ -143,7 +143,9 @@ def procrustes_improvement(x0: Array, x1: Array, *, mask: Optional[Array] = None
 def linear_cka(x0: Array, x1: Array, *, mask: Optional[Array] = None) -> Array:
   """Linear CKA, biased (Kornblith et al. 2019; PEFT-Arena's CKA), on centered features.
 
-  .. math:: CKA = \\lVert X̄_0ᵀ X̄_1\\rVert_F^2 / (\\lVert X̄_0ᵀX̄_0\\rVert_F \\lVert X̄_1ᵀX̄_1\\rVert_F + ε)
+  .. math::
+    CKA = \\lVert X̄_0ᵀ X̄_1\\rVert_F^2 /
+          (\\lVert X̄_0ᵀX̄_0\\rVert_F \\lVert X̄_1ᵀX̄_1\\rVert_F + ε)
 
   Invariant to orthogonal maps and isotropic scaling of either side; ``d0`` may differ from ``d1``.
 
@@ -169,7 +171,8 @@ def linear_cka_debiased(x0: Array, x1: Array, *, mask: Optional[Array] = None) -
   .. math::
     dps(a, s_x, s_y) = a - \\frac{n}{n-2} s_x·s_y + \\frac{N_x N_y}{(n-1)(n-2)}
     CKA_{deb} = dps(\\lVert X̄ᵀȲ\\rVert_F^2, s_x, s_y) /
-                \\sqrt{dps(\\lVert X̄ᵀX̄\\rVert_F^2, s_x, s_x)\\, dps(\\lVert ȲᵀȲ\\rVert_F^2, s_y, s_y)}
+                \\sqrt{dps(\\lVert X̄ᵀX̄\\rVert_F^2, s_x, s_x)\\,
+                      dps(\\lVert ȲᵀȲ\\rVert_F^2, s_y, s_y)}
 
   equal to the U-centered Gram form. Needs ``n >= 4``; it can be negative.
 

@@ -9,7 +9,8 @@ module, captured from the **base** model on the prompts of one capability distri
 .. math::
   CSD_{abs}(D) = E_t \\lVert ΔW h_t \\rVert^2
   CSD_{rel}(D) = E_t \\lVert ΔW h_t\\rVert^2 / (E_t \\lVert W_0 h_t\\rVert^2 + ε)
-  CSD_{un}(D) = E_t \\lVert ΔW h_t\\rVert^2 / ((\\lVert ΔW\\rVert_F^2 + ε)(E_t \\lVert h_t\\rVert^2 + ε))
+  CSD_{un}(D) = E_t \\lVert ΔW h_t\\rVert^2 /
+                ((\\lVert ΔW\\rVert_F^2 + ε)(E_t \\lVert h_t\\rVert^2 + ε))
 
 and the general/target ratios ``CSD_{G,·} / (CSD_{T,·} + ε)`` for *rel* and *un*.
 """

@@ -5,9 +5,11 @@ PEFT-Arena's interpolation / rewinding study (research/papers.md §1.5):
 * the additive path ``θ(α) = θ0 + α (θ1 - θ0)`` on any params pytree (for a merged weight,
   ``W0 + α ΔW``);
 * a method's own path (OFT: scale the Cayley generator), supplied as a function
-  ``path_fn(tree, α) -> params`` (``peft_jax.adapters.api.path``), stacked by :func:`method_path_grid`.
+  ``path_fn(tree, α) -> params`` (``peft_jax.adapters.api.path``), stacked by
+  :func:`method_path_grid`.
 
-An α-grid of parameters is one pytree with a leading ``[num_alphas]`` axis; :func:`evaluate_alpha_grid`
+An α-grid of parameters is one pytree with a leading ``[num_alphas]`` axis;
+:func:`evaluate_alpha_grid`
 runs an evaluation function over every α as one compiled program (``jax.vmap`` or ``jax.lax.map``).
 """
 

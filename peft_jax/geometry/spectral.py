@@ -3,11 +3,11 @@
 PEFT-Arena's "dual-view spectral analysis" (research/papers.md §1.2). Everything is stated in the
 papers' layout ``W [d_out, d_in]`` with ``y = W x``; our kernels are Flax ``[d_in, d_out]``
 (``y = x @ kernel``). Every function here takes ``layout='flax'`` (default: the argument is a
-kernel ``[d_in, d_out]`` and is transposed internally) or ``layout='torch'`` (the argument already is
-``W [d_out, d_in]``). Results do not depend on the layout once the input is stated correctly.
+kernel ``[d_in, d_out]`` and is transposed internally) or ``layout='torch'`` (the argument
+already is ``W [d_out, d_in]``). Results do not depend on the layout once it is stated correctly.
 
-With the thin SVD of the pretrained weight ``W0 = U diag(σ) Vᵀ`` (float32 or wider), ``k = min(d_out, d_in)``,
-``u_i = U[:, i]``, ``v_i = V[:, i]`` and ``ΔW = W1 - W0``:
+With the thin SVD of the pretrained weight ``W0 = U diag(σ) Vᵀ`` (float32 or wider),
+``k = min(d_out, d_in)``, ``u_i = U[:, i]``, ``v_i = V[:, i]`` and ``ΔW = W1 - W0``:
 
 * retention profile ``ΔP(i) = |u_iᵀ ΔW v_i|`` (invariant to the joint sign flip of ``(u_i, v_i)``);
 * update-energy profile ``E(i) = ||ΔW v_i||₂`` (input-side singular vectors, not squared);
@@ -30,7 +30,7 @@ _LAYOUTS = ("flax", "torch")
 
 
 def as_torch_layout(kernel: Array, layout: str) -> Array:
-  """Returns ``W [d_out, d_in]`` from a kernel in ``layout`` ('flax' ``[d_in, d_out]`` or 'torch')."""
+  """``W [d_out, d_in]`` from a kernel in ``layout`` ('flax' ``[d_in, d_out]`` or 'torch')."""
   if layout not in _LAYOUTS:
     raise ValueError(f"layout={layout!r} is not valid; valid layouts are {_LAYOUTS} "
                      "('flax': kernel [d_in, d_out]; 'torch': W [d_out, d_in]).")
@@ -98,7 +98,8 @@ def update_energy_profile(w0: Array, w1: Array, *, layout: str = "flax") -> Arra
 def stable_rank(dw: Array) -> Array:
   """Effective rank of an update, PEFT-Arena's stable-rank definition.
 
-  .. math:: \\mathrm{erank}(ΔW) = \\sum_j s_j^2 / s_1^2 = \\lVert ΔW\\rVert_F^2 / \\lVert ΔW\\rVert_2^2
+  .. math::
+    \\mathrm{erank}(ΔW) = \\sum_j s_j^2 / s_1^2 = \\lVert ΔW\\rVert_F^2 / \\lVert ΔW\\rVert_2^2
 
   and 0 when ``s_1 = 0``. Invariant to transposition, so either layout may be passed.
 

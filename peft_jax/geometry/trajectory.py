@@ -52,7 +52,8 @@ def params_distance_trajectory(theta0: PyTree, stacked: PyTree) -> dict:
                            theta0, theta)
     return jnp.sqrt(sum(jax.tree.leaves(squares)))
 
-  base_norm = jnp.sqrt(sum(jnp.sum(leaf.astype(jnp.float32)**2) for leaf in jax.tree.leaves(theta0)))
+  base_norm = jnp.sqrt(sum(jnp.sum(leaf.astype(jnp.float32)**2)
+                          for leaf in jax.tree.leaves(theta0)))
   distances = jax.vmap(distance)(stacked)
   return {"distance_from_base": distances,
           "relative_distance_from_base": distances / (base_norm + activations.EPS)}
