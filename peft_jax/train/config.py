@@ -20,9 +20,12 @@ def default_config() -> ml_collections.ConfigDict:
       # Compute dtype; trainable params stay float32 either way.
       dtype='float32', remat=False))
 
-  # Adapter: 'full' trains every weight; otherwise `inject` with PEFT target semantics.
+  # Adapter: 'full' trains every weight; otherwise `inject` with PEFT target semantics:
+  # `targets` is a list (exact or '.'-suffix match of HF module names); a non-empty
+  # `target_regex` (full-match regex, or 'all-linear') replaces it.
   config.adapter = ml_collections.ConfigDict(dict(
-      method='lora', targets=('q_proj', 'v_proj'), kwargs=dict(rank=4, alpha=8.0)))
+      method='lora', targets=('q_proj', 'v_proj'), target_regex='',
+      kwargs=dict(rank=4, alpha=8.0)))
 
   # Data: a local JSONL/JSON/Parquet file or dataset directory of {"prompt","completion"} or
   # {"messages"} rows. tokenizer: 'byte' (ByteTokenizer over the model vocab), 'model' (the HF

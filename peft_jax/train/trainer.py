@@ -63,11 +63,13 @@ class TrainResult:
 def build_model(config: ml_collections.ConfigDict):
   """``(model, params, model_config, hf_tokenizer or None)`` from ``config.model``."""
   from peft_jax import models  # pylint: disable=g-import-not-at-top
-  overrides = dict(dtype=config.model.dtype, remat=config.model.remat)
   if config.model.path:
     from peft_jax import hub  # pylint: disable=g-import-not-at-top
-    model, params, tokenizer = hub.load_pretrained(config.model.path, **overrides)
-    return model, params, model.config, tokenizer
+    # Params load in float32; the compute dtype and remat are ModelConfig switches.
+    model, params, tokenizer = hub.load_pretrained(config.model.path)
+    model_config = dataclasses.replace(model.config, dtype=config.model.dtype,
+                                       remat=config.model.remat)
+    return models.Decoder(model_config), params, model_config, tokenizer
   fields = {k: v for k, v in config.model.items() if k != 'path'}
   model_config = models.ModelConfig(**fields)
   params = models.init_params(model_config, jax.random.PRNGKey(config.seed))
@@ -149,8 +151,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   if method is None:
     partition_fn, combine_fn = full_partition, full_combine
   else:
-    targets = config.adapter.targets
-    targets = targets if isinstance(targets, str) else list(targets)
+    targets = config.adapter.target_regex or list(config.adapter.targets)
     params = adapter_api.inject(params, method, targets, jax.random.PRNGKey(config.seed + 1))
     partition_fn, combine_fn = adapter_api.partition, adapter_api.combine
   from peft_jax.models import param_logical_axes  # pylint: disable=g-import-not-at-top

@@ -220,3 +220,31 @@ def test_remat_bf16_accumulation_and_disel_groups(data_path, tmp_path):
   assert len(gates) == 2 * 2 * 2  # 2 layers x (q, v) x (w, b)
   assert all(mults[n] == 5.0 and not decay[n] for n in gates)
   assert all(mults[n] == 1.0 for n in mults if n not in gates)
+
+
+def test_hf_directory_first_loss_matches_transformers(tmp_path):
+  """From an HF directory (Qwen2: qkv bias, tied embeddings): the step-0 SFT loss equals
+  transformers' loss with prompt and padding labels set to -100."""
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(REPO, 'tests'))
+  import helpers_hf  # pylint: disable=g-import-not-at-top
+  hf_dir = helpers_hf.save_tiny_hf_model('qwen2', tmp_path / 'qwen2')
+  data = tmp_path / 'train.jsonl'
+  with open(data, 'w') as f:
+    for i in range(16):
+      f.write(json.dumps({'prompt': f'q{i}: ', 'completion': f'a{i * 3}'}) + '\n')
+  config = _config(str(data), **{'model.path': str(hf_dir), 'total_steps': 2,
+                                  'data.packing': False, 'data.seq_len': 16,
+                                  'checkpoint.snapshot_every': 0,
+                                  'adapter.target_regex': 'all-linear'})
+  result = train(config, str(tmp_path / 'run'))
+  arrays = sft.build_sft_arrays(sft.load_rows(str(data)), sft.ByteTokenizer(helpers_hf.VOCAB_SIZE),
+                                16, packing=False)
+  batch = next(sft.SFTIterator(arrays, config.batch_size, seed=config.seed))
+  labels = np.where(batch['loss_mask'] == 1, batch['tokens'], -100)
+  hf_model = helpers_hf.tiny_hf_model('qwen2')
+  with torch.no_grad():
+    expected = hf_model(input_ids=torch.from_numpy(batch['tokens']).long(),
+                        attention_mask=torch.from_numpy(batch['segment_ids'] > 0).long(),
+                        labels=torch.from_numpy(labels).long()).loss.item()
+  assert result.losses[0][1] == pytest.approx(expected, rel=1e-5)
