@@ -8,6 +8,9 @@
 
 Writes ``<workdir>/<task>.jsonl``, ``<workdir>/summary.json`` (Target / General axes, and
 Forget / Target gain against the baseline when given) and ``<workdir>/eval_config.json``.
+A config with ``drift_adapters`` ({name: {adapter_dir, label, nominal_task, config_id}}) instead
+evaluates the base and each adapter (``<workdir>/<name>/``) and writes the capability-drift
+matrix: ``drift.json``, ``drift.csv``, ``drift_heatmap.png``.
 """
 
 import json
@@ -26,6 +29,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   from peft_jax.evals import runner  # pylint: disable=g-import-not-at-top
+  if _CONFIG.value.drift_adapters:
+    report = runner.run_drift(_CONFIG.value, _WORKDIR.value)
+    flagged = [row['name'] for row in report['adapters'] if row['flagged']]
+    logging.info('capability drift: flagged adapters %s', flagged)
+    print(json.dumps({'flagged': flagged, 'by_label': report['by_label']}))
+    return
   summary = runner.run_evaluation(_CONFIG.value, _WORKDIR.value)
   axes = {k: summary.get(k) for k in ('target', 'general', 'forget', 'target_gain') if k in summary}
   logging.info('evaluation axes: %s', json.dumps(axes))

@@ -13,6 +13,9 @@ Config fields (:func:`default_config`):
 * ``seed``, ``batch_size``.
 * ``baseline_summary``: a base model's ``summary.json``; when set, the summary also reports
   ``forget = General_base - General`` and ``target_gain = Target - Target_base`` (points).
+* ``drift_adapters``: ``{name: {adapter_dir, label, nominal_task, config_id}}``; when non-empty,
+  :func:`run_drift` evaluates the base and each adapter and writes the capability-drift matrix
+  (``drift.json``, ``drift.csv``, ``drift_heatmap.png``) instead (``adapter_dir`` unused).
 
 Outputs under ``workdir``: ``eval_config.json`` (the resolved config), and per task
 ``<task>.jsonl`` plus ``summary.json`` (written by the harness).
@@ -41,17 +44,25 @@ def default_config() -> ml_collections.ConfigDict:
   config.batch_size = 8
   config.baseline_summary = ""
   config.tasks = ml_collections.ConfigDict()
+  config.drift_adapters = ml_collections.ConfigDict()
   return config
 
 
-def _load_model(config):
+def _load_base(config):
   from peft_jax import hub  # pylint: disable=g-import-not-at-top
+  if not config.model_dir:
+    raise ValueError("config.model_dir is empty: give a Hugging Face checkpoint directory")
   model, params, tokenizer = hub.load_pretrained(config.model_dir)
   if config.tokenizer_dir:
     tokenizer = hub.load_tokenizer(config.tokenizer_dir)
   if tokenizer is None:
     raise FileNotFoundError(f"model_dir {config.model_dir!r} holds no tokenizer files; set "
                             f"config.tokenizer_dir to a directory with tokenizer.json")
+  return model, params, tokenizer
+
+
+def _load_model(config):
+  model, params, tokenizer = _load_base(config)
   if config.adapter_dir:
     from peft_jax.adapters.inject import merge  # pylint: disable=g-import-not-at-top
     from peft_jax.hub.peft_format import load_adapter  # pylint: disable=g-import-not-at-top
@@ -82,8 +93,6 @@ def add_baseline_deltas(summary: dict[str, Any], baseline: dict[str, Any]) -> di
 
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Loads the model (+ adapter) and tasks, evaluates, writes files; returns the summary."""
-  if not config.model_dir:
-    raise ValueError("config.model_dir is empty: give a Hugging Face checkpoint directory")
   task_list = load_tasks(config.tasks)
   baseline = None
   if config.baseline_summary:
@@ -101,3 +110,43 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     summary = add_baseline_deltas(summary, baseline)
     harness.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   return summary
+
+
+_DRIFT_ADAPTER_KEYS = ("adapter_dir", "label", "nominal_task", "config_id")
+
+
+def run_drift(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Evaluates the base and every ``config.drift_adapters`` entry; writes the drift outputs.
+
+  Returns:
+    the drift report (:func:`peft_jax.evals.drift.drift_report`).
+  """
+  from peft_jax.evals import drift  # pylint: disable=g-import-not-at-top
+  entries = config.drift_adapters.to_dict()
+  if not entries:
+    raise ValueError("config.drift_adapters is empty; give {name: {adapter_dir, label, "
+                     "nominal_task[, config_id]}}")
+  specs = []
+  for name, entry in entries.items():
+    unknown = sorted(set(entry) - set(_DRIFT_ADAPTER_KEYS))
+    missing = sorted(k for k in ("adapter_dir", "label", "nominal_task") if not entry.get(k))
+    if unknown or missing:
+      raise KeyError(f"config.drift_adapters.{name}: unknown keys {unknown}, missing {missing}; "
+                     f"valid keys: {list(_DRIFT_ADAPTER_KEYS)}")
+    specs.append(drift.AdapterSpec(name=name, label=entry["label"],
+                                   nominal_task=entry["nominal_task"],
+                                   adapter=entry["adapter_dir"],
+                                   config_id=entry.get("config_id") or None))
+  task_list = load_tasks(config.tasks)
+  task_names = [t.name for t in task_list]
+  for spec in specs:
+    if spec.nominal_task not in task_names:
+      raise KeyError(f"config.drift_adapters.{spec.name}.nominal_task {spec.nominal_task!r} is "
+                     f"not a configured task; tasks: {task_names}")
+  os.makedirs(workdir, exist_ok=True)
+  harness.write_json_atomic(os.path.join(workdir, "eval_config.json"), config.to_dict())
+  model, params, tokenizer = _load_base(config)
+  _, _, report = drift.evaluate_adapters(
+      model, params, tokenizer, task_list, specs, key=jax.random.key(config.seed),
+      batch_size=config.batch_size, out_dir=workdir, merge=config.merge_adapter)
+  return report

@@ -144,3 +144,32 @@ def test_launch_evaluate_cli(setup, tmp_path):
   assert summary["target"] is None and summary["general"] is not None
   saved_config = json.loads((workdir / "eval_config.json").read_text())
   assert saved_config["batch_size"] == 2 and saved_config["tasks"]["nq"]["limit"] == 1
+
+
+def test_runner_drift_matrix(setup, tmp_path):
+  root, specs = setup
+  config = runner.default_config()
+  config.model_dir = str(root / "model")
+  config.batch_size = 4
+  config.merge_adapter = True
+  for name, spec in specs.items():
+    config.tasks[name] = spec
+  config.drift_adapters.qa_lora = dict(adapter_dir=str(root / "adapter"), label="qa",
+                                       nominal_task="nq", config_id="seed0")
+  config.drift_adapters.math_lora = dict(adapter_dir=str(root / "adapter"), label="math",
+                                         nominal_task="gsm8k", config_id="seed0")
+  report = runner.run_drift(config, str(tmp_path))
+  assert [row["name"] for row in report["adapters"]] == ["math_lora", "qa_lora"]
+  base = json.loads((tmp_path / "base" / "summary.json").read_text())
+  for row in report["adapters"]:
+    adapter = json.loads((tmp_path / row["name"] / "summary.json").read_text())
+    for task in ("gsm8k", "nq"):
+      assert row["deltas"][task] == pytest.approx(
+          adapter["tasks"][task]["score"] - base["tasks"][task]["score"], abs=1e-12)
+    assert row["flagged"] == (row["nominal_gain"] <= 0 or any(
+        abs(d) > row["nominal_gain"] for t, d in row["deltas"].items() if t != row["nominal_task"]))
+  for file_name in ("drift.json", "drift.csv", "drift_heatmap.png"):
+    assert (tmp_path / file_name).stat().st_size > 0
+  config.drift_adapters.bad = dict(adapter_dir="x", label="x", nominal_task="mmlu")
+  with pytest.raises(KeyError, match="nominal_task 'mmlu' is not a configured task"):
+    runner.run_drift(config, str(tmp_path / "bad"))
