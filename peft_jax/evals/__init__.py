@@ -35,6 +35,8 @@ from peft_jax.evals.tasks import Example
 from peft_jax.evals.tasks import Scorer
 from peft_jax.evals.tasks import Task
 from peft_jax.evals.tasks import load_task
+from peft_jax.evals.runner import run_drift
+from peft_jax.evals.runner import run_evaluation
 
 __all__ = [
     "AdapterScores", "AdapterSpec", "delta_matrix", "drift_csv", "drift_report",
@@ -44,5 +46,5 @@ __all__ = [
     "ifeval_accuracies", "score_ifeval_example", "extract_bbh_answer", "extract_boxed",
     "extract_gsm8k_reference", "extract_last_number", "extract_numeric_answer", "mean_pass_at_k",
     "normalize_squad", "numeric_match", "pass_at_k", "score_bbh", "score_nq", "score_numeric",
-    "Example", "Scorer", "Task", "load_task",
+    "Example", "Scorer", "Task", "load_task", "run_drift", "run_evaluation",
 ]
