@@ -16,7 +16,7 @@ runs an evaluation function over every α as one compiled program (``jax.vmap`` 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -69,21 +69,26 @@ def alpha_grid_params(theta0: PyTree, theta1: PyTree, alphas: Array) -> PyTree:
 
 
 def method_path_grid(tree: PyTree, alphas: Array,
-                     path_fn: Callable[[PyTree, Array], PyTree]) -> PyTree:
+                     path_fn: Callable[[PyTree, Array], PyTree], *,
+                     schedule: Optional[Callable[[Array], Array]] = None) -> PyTree:
   """A method's own path at every α, stacked along a leading ``[num_alphas]`` axis.
 
   Args:
     tree: adapted params tree (``Adapted`` nodes from ``inject``).
     alphas: ``[num_alphas]``.
-    path_fn: ``(tree, α) -> params`` with plain kernels (e.g. ``peft_jax.adapters.api.path``);
-      must be traceable in ``α``.
+    path_fn: ``(tree, t) -> params`` with plain kernels (e.g. ``peft_jax.adapters.api.path``,
+      where OFT's generator is scaled by ``t``); must be traceable in ``t``.
+    schedule: optional map ``α -> t`` applied before ``path_fn``. PEFT-Arena's table caption
+      scales the Cayley generator as ``sqrt(α) Q`` (research/papers.md §1.5): pass
+      ``schedule=jnp.sqrt`` for that parameterisation; default ``t = α``.
   Returns:
     the stacked params pytree.
   """
   alphas = jnp.asarray(alphas)
   if alphas.ndim != 1:
     raise ValueError(f"alphas must be 1-D [num_alphas], got shape {alphas.shape}.")
-  return jax.vmap(lambda a: path_fn(tree, a))(alphas)
+  positions = alphas if schedule is None else jax.vmap(schedule)(alphas)
+  return jax.vmap(lambda t: path_fn(tree, t))(positions)
 
 
 @functools.partial(jax.jit, static_argnames=("eval_fn", "mode"))

@@ -137,6 +137,14 @@ def test_oft_cayley_path_vs_additive_path(tiny):
         gaps.append(np.linalg.norm(w_cayley - w_additive))
       assert gaps[0] < 1e-12 and gaps[-1] < 1e-9  # the two paths share both end points
       assert min(gaps[1:-1]) > 1e-3 * np.linalg.norm(w0)  # and differ strictly in between
+  # PEFT-Arena's sqrt(α) generator schedule: the kernel at α is the t = sqrt(α) Cayley kernel.
+  sqrt_grid = geometry.method_path_grid(tree, alphas, api.path, schedule=jnp.sqrt)
+  node = tree["layers_1"]["self_attn"]["q_proj"]["kernel"]
+  for i in (2, 5):
+    np.testing.assert_allclose(
+        sqrt_grid["layers_1"]["self_attn"]["q_proj"]["kernel"][i],
+        _np_cayley_kernel(np.asarray(node.base, np.float64), node.params["oft_r"],
+                          np.sqrt(np.float64(alphas[i])), BLOCK), rtol=1e-5, atol=1e-5)
   # Unadapted weights are the same on both paths.
   np.testing.assert_array_equal(cayley["layers_0"]["mlp"]["up_proj"]["kernel"],
                                 additive["layers_0"]["mlp"]["up_proj"]["kernel"])
