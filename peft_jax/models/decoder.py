@@ -155,7 +155,9 @@ class Dense(nn.Module):
     else:
       kernel = self.param('kernel', nn.initializers.lecun_normal(), (x.shape[-1], self.features),
                           jnp.float32)
-    dropout_rng = None if deterministic else self.make_rng('dropout')
+    # Only adapters use dropout (on their input); plain kernels need no rng.
+    dropout_rng = (None if deterministic or not adapters_core.is_adapted(kernel)
+                   else self.make_rng('dropout'))
     y = adapters_core.matmul(x, kernel, dropout_rng=dropout_rng, dtype=self.dtype)
     if self.use_bias:
       bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)

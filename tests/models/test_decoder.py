@@ -159,6 +159,9 @@ def test_adapted_kernels_pass_through_and_get_dropout_rng(tiny_pairs):
   first, again, other = run(jax.random.key(5)), run(jax.random.key(5)), run(jax.random.key(6))
   np.testing.assert_array_equal(first, again)
   assert np.abs(first - other)[real].max() > 1e-3
+  # Plain kernels take no dropout rng: training mode without adapters needs no 'dropout' key.
+  np.testing.assert_array_equal(
+      apply({'params': pair.params}, tokens, attention_mask=mask, deterministic=False), out_plain)
   # Gradients flow to the adapter factors only through the efficient forward.
   grads = jax.grad(lambda p: apply({'params': p}, tokens, attention_mask=mask).sum())(adapted)
   g = grads['layers_0']['self_attn']['q_proj']['kernel']
