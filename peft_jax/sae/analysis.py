@@ -6,9 +6,9 @@ Given base and adapted activations on the same tokens, :func:`delta_sae_study`
 2. normalises them (an isotropic map, so decoder directions and FVUs are unchanged): the base
    statistics map both ``h_b`` and ``h_a`` into the base SAE's space, ``Δh`` gets its own;
 3. trains the **base dictionary** (an SAE on ``h_b``) and the **delta SAE** (on ``Δh``);
-4. reports each SAE's reconstruction (FVU, MSE, L0, feature density, dead fraction), how well the
-   base dictionary explains the delta (``SAE_b(h_a) - SAE_b(h_b)`` against ``Δh``), the decoder
-   matching (MMCS, match fractions at thresholds, novelty fraction), principal angles between the
+4. reports each SAE's reconstruction (FVU, MSE, L0, feature density and its log10 histogram, dead
+   fraction), how well the base dictionary explains the delta (``SAE_b(h_a) - SAE_b(h_b)`` against
+   ``Δh``), the decoder matching (MMCS, match fractions at thresholds, novelty fraction), principal angles between the
    dominant decoder subspaces, the CKA between the delta SAE's codes and the base SAE's code
    change, and the most frequent delta features with their best base match and top tokens.
 """
@@ -116,6 +116,14 @@ def _total_variance(x: Array) -> Array:
   return jnp.sum((x - jnp.mean(x, axis=0)) ** 2)
 
 
+def _density_histogram(frequency: np.ndarray) -> dict[str, list]:
+  """Histogram of ``log10 ρ_i`` over the features that fire (Anthropic's feature-density plot)."""
+  alive = frequency[frequency > 0]
+  edges = np.linspace(-6.0, 0.0, 13)
+  counts, _ = np.histogram(np.clip(np.log10(alive), -6.0, 0.0), bins=edges)
+  return {"bin_edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
 def _sae_summary(params, x, config: sae_lib.SAEConfig, stats: compare.FeatureStats,
                  chunk_size: int, history: dict) -> dict[str, Any]:
   chunks, valid = _chunks(x, chunk_size)
@@ -130,6 +138,7 @@ def _sae_summary(params, x, config: sae_lib.SAEConfig, stats: compare.FeatureSta
       "l0": float(l0 / n),
       "mean_density": float(frequency.mean()),
       "dead_fraction": float(np.mean(frequency == 0)),
+      "log10_density_histogram": _density_histogram(frequency),
       "final_train_fvu": history["fvu"][-1],
       "history": history,
   }

@@ -159,6 +159,13 @@ def test_study_finds_planted_shared_and_novel_features(planted):
   assert matching["novel_fraction"] == pytest.approx(0.5, abs=0.15)
   assert s["delta_sae"]["fvu"] < 0.05
   assert s["delta_sae"]["l0"] == pytest.approx(2.0, abs=1e-4)
+  for name in ("base_sae", "delta_sae"):   # mean density ρ̄ = L0 / m; histogram over alive features
+    sae_summary = s[name]
+    assert sae_summary["mean_density"] == pytest.approx(
+        sae_summary["l0"] / sae_summary["num_features"], rel=1e-5)
+    hist = sae_summary["log10_density_histogram"]
+    alive = round(sae_summary["num_features"] * (1 - sae_summary["dead_fraction"]))
+    assert sum(hist["counts"]) == alive and len(hist["bin_edges"]) == len(hist["counts"]) + 1
   # The delta SAE explains Δh better than the base dictionary's reconstructions do.
   assert s["base_dictionary_delta_fvu"] > 5 * s["delta_sae"]["fvu"]
   # Summary numbers equal their definitions on the real tokens.
