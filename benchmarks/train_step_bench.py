@@ -65,7 +65,7 @@ def _torch_case(method, tokens, loss_mask):
       loss = model(input_ids=tokens_t, labels=labels).loss
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.detach().item()
 
   first_loss = step()
   step()
