@@ -146,6 +146,10 @@ def generate(model: Decoder, params: Any, tokens: Any, attention_mask: Any, *, k
   if tokens.shape != attention_mask.shape or tokens.ndim != 2:
     raise ValueError(f'tokens {tokens.shape} and attention_mask {attention_mask.shape} must both '
                      'be [batch, prompt_length]')
+  last_column = np.asarray(attention_mask[:, -1])
+  if not last_column.all():
+    raise ValueError('generate needs left-padded prompts: attention_mask[:, -1] must be 1 in every '
+                     f'row, but rows {np.flatnonzero(last_column == 0).tolist()} end in padding')
   return _generate(params, tokens, attention_mask, key, config=config,
                    max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                    top_k=int(top_k), top_p=float(top_p), eos_token_ids=eos_ids,
@@ -177,16 +181,16 @@ def generate_text(model: Decoder, params: Any, tokenizer: Any, prompts: Sequence
   from peft_jax.hub import tokenizer as hub_tokenizer  # pylint: disable=g-import-not-at-top
   tokens, mask = hub_tokenizer.encode_prompts(tokenizer, list(prompts), chat=chat,
                                               pad_to_multiple_of=length_bucket)
-  if 'eos_token_id' not in sampling and model.config.eos_token_id is None and (
-      tokenizer.eos_token_id is not None):
-    sampling['eos_token_id'] = tokenizer.eos_token_id
+  eos_token_id = sampling.pop('eos_token_id', None)
+  if eos_token_id is None:
+    eos_token_id = model.config.eos_token_ids or (
+        () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,))
+  eos_ids = set(np.atleast_1d(np.asarray(eos_token_id, np.int64)).tolist())
   if 'pad_token_id' not in sampling and tokenizer.pad_token_id is not None:
     sampling['pad_token_id'] = tokenizer.pad_token_id
   out = generate(model, params, tokens, mask, key=jax.random.key(0) if key is None else key,
-                 max_new_tokens=max_new_tokens, **sampling)
+                 max_new_tokens=max_new_tokens, eos_token_id=tuple(sorted(eos_ids)), **sampling)
   new_tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-  eos_ids = set(sampling.get('eos_token_id', None) and np.atleast_1d(
-      sampling['eos_token_id']).tolist() or model.config.eos_token_ids)
   texts = []
   for row, length in zip(new_tokens, lengths):
     ids = [int(t) for t in row[:length] if int(t) not in eos_ids]

@@ -204,3 +204,32 @@ def test_load_config_fields_and_legacy_rope_format(checkpoints, tmp_path):
   assert hub.load_config(tmp_path / 'legacy') == llama3
   assert llama3.rope_scaling_dict['rope_type'] == 'llama3' and llama3.rope_theta == 500000.0
   assert hub.load_config(checkpoints['llama'][1], dtype='bfloat16').dtype == 'bfloat16'
+
+
+def test_tokenizer_loading_and_left_padded_prompts(tmp_path):
+  path = helpers_hf.save_tiny_tokenizer(tmp_path / 'tok')
+  tokenizer = hub.load_tokenizer(path)
+  assert tokenizer.padding_side == 'left' and tokenizer.pad_token_id == 0
+  tokens, mask = hub.encode_prompts(tokenizer, ['the cat', 'what is two plus two ?'], chat=True)
+  # '<s> user : the cat </s> <s> assistant :' -> 9 ids; the longer prompt has 13.
+  vocab = tokenizer.get_vocab()
+  expected_short = [vocab[w] for w in '<s> user : the cat </s> <s> assistant :'.split()]
+  assert tokens.shape == (2, 13) and tokens.dtype == np.int32
+  np.testing.assert_array_equal(tokens[0], [0] * 4 + expected_short)
+  np.testing.assert_array_equal(mask[0], [0] * 4 + [1] * 9)
+  assert mask[1].all()
+  plain, plain_mask = hub.encode_prompts(tokenizer, ['the cat', 'the dog sat'], chat=False,
+                                         pad_to_multiple_of=8)
+  np.testing.assert_array_equal(plain[0], [0] * 6 + [vocab['the'], vocab['cat']])
+  assert plain.shape == (2, 8) and plain_mask.sum() == 5
+  messages = [[{'role': 'user', 'content': 'hello'}, {'role': 'assistant', 'content': 'world'},
+               {'role': 'user', 'content': 'the cat'}]]
+  chat_ids, _ = hub.encode_prompts(tokenizer, messages, chat=True)
+  assert tokenizer.decode(chat_ids[0]) == ('<s> user : hello </s> <s> assistant : world </s> '
+                                           '<s> user : the cat </s> <s> assistant :')
+  no_template = hub.load_tokenizer(helpers_hf.save_tiny_tokenizer(tmp_path / 'plain',
+                                                                  chat_template=False))
+  fallback, _ = hub.encode_prompts(no_template, ['the cat'], chat=True)
+  np.testing.assert_array_equal(fallback[0], [vocab['the'], vocab['cat']])
+  with pytest.raises(ValueError, match='message-list prompts need chat=True'):
+    hub.encode_prompts(no_template, messages, chat=True)

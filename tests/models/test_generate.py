@@ -157,6 +157,11 @@ def test_bad_generation_arguments_raise(tiny_pairs):
   with pytest.raises(ValueError, match='top_p=1.5'):
     generate(pair.model, pair.params, tokens, mask, key=jax.random.key(0), max_new_tokens=2,
              temperature=1.0, top_p=1.5)
+  right_padded = np.ones_like(mask)
+  right_padded[1, -2:] = 0
+  with pytest.raises(ValueError, match=r'left-padded.*rows \[1\]'):
+    generate(pair.model, pair.params, tokens, right_padded, key=jax.random.key(0),
+             max_new_tokens=2)
   with pytest.raises(ValueError, match='attention_mask'):
     generate(pair.model, pair.params, tokens, mask[:, :3], key=jax.random.key(0),
              max_new_tokens=2)
