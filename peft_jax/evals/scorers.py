@@ -202,6 +202,8 @@ def normalize_math_answer(answer: str) -> str:
   # \frac12 -> \frac{1}{2} so that both spellings compare equal.
   text = re.sub(r"\\frac(\w)(\w)", r"\\frac{\1}{\2}", text)
   text = re.sub(r"\\frac\{([^{}]*)\}(\w)", r"\\frac{\1}{\2}", text)
+  # \sqrt3 -> \sqrt{3}: the brace-less argument spelling.
+  text = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", text)
   # x^{2} -> x^2: braces around a one-character exponent or subscript are optional in LaTeX.
   text = re.sub(r"([\^_])\{(\w)\}", r"\1\2", text)
   return text.rstrip(".")

@@ -230,7 +230,10 @@ def load_ifeval(path: str, *, limit: Optional[int] = None) -> list[Example]:
     if len(ids) != len(kwargs_list):
       raise ValueError(f"{path}: IFEval key {row['key']}: {len(ids)} instruction ids but "
                        f"{len(kwargs_list)} kwargs entries")
-    cleaned = [ifeval.clean_kwargs(i, k) for i, k in zip(ids, kwargs_list)]
+    try:
+      cleaned = [ifeval.clean_kwargs(i, k) for i, k in zip(ids, kwargs_list)]
+    except KeyError as error:
+      raise KeyError(f"{path}: IFEval key {row['key']}: {error.args[0]}") from error
     examples.append(Example(prompt=row["prompt"], reference=ids,
                             meta={"key": row["key"], "kwargs": cleaned}))
   return examples

@@ -51,6 +51,9 @@ def test_extract_numeric_answer(text, expected):
     ("(1,2)", "(1, 2)", True),
     ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})", True),
     ("(1,3)", "(1,2)", False),
+    ("\\frac{\\sqrt3}{2}", "\\dfrac{\\sqrt{3}}{2}", True),
+    ("10,\\!000", "10000", True),
+    ("(-\\infty, 3]", "(-\\infty,3]", True),
 ])
 def test_numeric_match(prediction, reference, equal):
   assert scorers.numeric_match(prediction, reference) is equal

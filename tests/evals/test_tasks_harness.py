@@ -139,7 +139,7 @@ def test_loader_errors_name_the_problem(data_dir, tmp_path):
   bad_ifeval = tmp_path / "bad_ifeval.jsonl"
   _write_jsonl(bad_ifeval, [{"key": 1, "prompt": "p", "instruction_id_list": ["punctuation:no_comma"],
                              "kwargs": [{"num_words": 3}]}])
-  with pytest.raises(KeyError, match="unknown kwargs \\['num_words'\\]"):
+  with pytest.raises(KeyError, match="bad_ifeval.jsonl: IFEval key 1: .*unknown kwargs \\['num_words'\\]"):
     tasks.load_task({"type": "ifeval", "path": str(bad_ifeval)})
   assert harness.truncate_at_stop("a\nQ: b\nQuestion: c", ["\nQuestion:", "\nQ:"]) == "a"
   assert harness.truncate_at_stop("abc", []) == "abc"
