@@ -291,11 +291,15 @@ def normalize_squad(text: str) -> str:
 
 
 def extract_short_answer(generation: str) -> str:
-  """First non-empty line of a generation, with a leading "Answer:" label removed."""
+  """First non-empty line of a generation; the part after its last "answer is" if present, and
+  without a leading "Answer:" label."""
   for line in generation.strip().split("\n"):
     line = line.strip()
     if line:
-      return re.sub(r"^(?:the\s+)?answer\s*(?:is)?\s*:\s*", "", line, flags=re.IGNORECASE)
+      marker = line.lower().rfind("answer is")
+      if marker >= 0:
+        line = line[marker + len("answer is"):].strip().lstrip(":").strip()
+      return re.sub(r"^answer\s*:\s*", "", line, flags=re.IGNORECASE)
   return ""
 
 

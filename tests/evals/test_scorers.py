@@ -100,6 +100,8 @@ def test_score_bbh(generation, target, score):
     ("  \nGeorge   Washington.\nHe was the first.", ["george washington"], 1.0),
     ("Washington", ["George Washington"], 0.0),
     ("the U.S.A.", ["USA"], 1.0),
+    ("I think the answer is: Paris.", ["Paris"], 1.0),
+    ("ANSWER: Paris", ["paris"], 1.0),
 ])
 def test_score_nq(generation, golds, score):
   assert scorers.score_nq(generation, golds) == score
