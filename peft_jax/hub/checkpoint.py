@@ -394,7 +394,10 @@ def save_pretrained(config: ModelConfig, params: Any, path: str | os.PathLike,
   target.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{target.name}.tmp-', dir=target.parent))
   try:
-    (staging / 'config.json').write_text(json.dumps(config_to_hf_dict(config), indent=2))
+    hf_config = config_to_hf_dict(config)
+    # transformers loads into the dtype config.json names: record what the tensors hold.
+    hf_config['dtype'] = str(tensors['model.embed_tokens.weight'].dtype)
+    (staging / 'config.json').write_text(json.dumps(hf_config, indent=2))
     _write_safetensors(staging / 'model.safetensors', tensors)
     if tokenizer is not None:
       tokenizer.save_pretrained(str(staging))

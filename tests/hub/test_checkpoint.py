@@ -116,6 +116,13 @@ def test_bfloat16_checkpoint_and_dtype_cast(tmp_path):
   np.testing.assert_array_equal(
       np.asarray(params_bf16['embed_tokens']['embedding'], np.float32),
       hf_model.model.embed_tokens.weight.detach().float().numpy())
+  # Saving bf16 params writes bf16 tensors and tells transformers so.
+  model, _, _ = hub.load_pretrained(tmp_path / 'bf16')
+  out = hub.save_pretrained(model.config, params_bf16, tmp_path / 'bf16_again')
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+  weight = reloaded.model.layers[1].mlp.down_proj.weight
+  assert weight.dtype == torch.bfloat16
+  assert torch.equal(weight, hf_model.model.layers[1].mlp.down_proj.weight)
 
 
 def test_load_onto_sharding_tree(checkpoints):
