@@ -81,13 +81,20 @@ def param_logical_axes(params: Mapping[str, Any]) -> Any:
       possibly holding ``Adapted`` kernels (or abstract ``ShapeDtypeStruct`` leaves).
   Returns:
     The same nesting with a tuple of axis names per array (``('embed', 'heads')`` for q_proj's
-    kernel); an ``Adapted`` node whose base/params/frozen leaves are such tuples.
+    kernel); an ``Adapted`` node whose base/params/frozen leaves are such tuples. Adapter axes
+    come from ``node.method.param_axes(node, in_axis, out_axis)`` when the method defines it,
+    else from the arrays' shapes relative to the base kernel (see ``_adapter_array_axes``).
   """
 
   def visit(node: Any, path: tuple[str, ...]) -> Any:
     if isinstance(node, Adapted):
       base_shape = _shape(node.base)
       base = _base_axes(path, len(base_shape))
+      method_axes = getattr(node.method, 'param_axes', None)
+      if callable(method_axes) and len(base) == 2:
+        # The method knows its own layout (peft_jax.adapters methods define param_axes).
+        params_axes, frozen_axes = method_axes(node, base[0], base[1])
+        return Adapted(base, params_axes, frozen_axes, node.method)
       sub = lambda d: {k: _adapter_array_axes(_shape(v), base_shape, base)
                        for k, v in d.items()}
       return Adapted(base, sub(node.params), sub(node.frozen), node.method)

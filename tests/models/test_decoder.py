@@ -126,6 +126,14 @@ class _ToyLowRank:
     return node.base + node.params['a'] @ node.params['b']
 
 
+@dataclasses.dataclass(frozen=True)
+class _DeclaresAxes(_ToyLowRank):
+
+  def param_axes(self, node, in_axis, out_axis):
+    del node
+    return {'lora_a': (in_axis, out_axis, 'declared')}, {}
+
+
 def _adapt(params, key):
   """Replaces every q_proj/down_proj kernel by a _ToyLowRank node with random A, B."""
   params = jax.tree.map(lambda x: x, params)
@@ -245,6 +253,12 @@ def test_param_logical_axes_plain_and_adapted(tiny_pairs):
   assert got.params == {'lora_a': ('embed', 'rank'), 'lora_b': ('rank', 'mlp'),
                         'magnitude': ('mlp',), 'gate': ('rank',)}
   assert got.frozen == {'blocks': ('blocks', None, None)}
+  # A method that declares its own layout (param_axes) is asked instead of the shape rule.
+  declared = Adapted(w0, {'lora_a': jnp.zeros((d_in, 4))}, {}, _DeclaresAxes())
+  params_declared = jax.tree.map(lambda x: x, pair.params)
+  params_declared['layers_0']['mlp']['up_proj']['kernel'] = declared
+  got_declared = param_logical_axes(params_declared)['layers_0']['mlp']['up_proj']['kernel']
+  assert got_declared.params == {'lora_a': ('embed', 'mlp', 'declared')}
   # Abstract params (eval_shape) work too, so shardings can be planned before allocation.
   abstract = jax.eval_shape(lambda: params)
   assert param_logical_axes(abstract)['layers_0']['mlp']['up_proj']['kernel'] == got
