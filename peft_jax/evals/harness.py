@@ -88,18 +88,28 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
 
 def _generate_all(generate_fn: GenerateFn, task: Task, key: jax.Array,
                   batch_size: int) -> list[list[str]]:
-  """``[examples][num_samples]`` generations, in batches of ``batch_size`` prompts."""
+  """``[examples][num_samples]`` generations, in batches of ``batch_size`` prompts.
+
+  Prompts are batched in order of length (a stable sort, so the samples of one prompt stay
+  together) so that a batch pads little, and the last batch is filled up to ``batch_size`` by
+  repeating its last prompt (extra outputs dropped) so that every call has the same batch shape
+  and compiles once per length bucket.
+  """
   prompts = [example.prompt for example in task.examples for _ in range(task.num_samples)]
-  outputs: list[str] = []
-  for batch_index, start in enumerate(range(0, len(prompts), batch_size)):
-    batch = prompts[start:start + batch_size]
+  order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+  outputs: list[str] = [""] * len(prompts)
+  for batch_index, start in enumerate(range(0, len(order), batch_size)):
+    indices = order[start:start + batch_size]
+    batch = [prompts[i] for i in indices]
+    batch += [batch[-1]] * (batch_size - len(batch))
     generated = generate_fn(batch, max_new_tokens=task.max_new_tokens, chat=task.chat,
                             temperature=task.temperature,
                             key=jax.random.fold_in(key, batch_index))
     if len(generated) != len(batch):
       raise ValueError(f"task {task.name!r}: generate_fn returned {len(generated)} texts for a "
                        f"batch of {len(batch)} prompts")
-    outputs.extend(truncate_at_stop(str(text), task.stop) for text in generated)
+    for i, text in zip(indices, generated):
+      outputs[i] = truncate_at_stop(str(text), task.stop)
   n = task.num_samples
   return [outputs[i * n:(i + 1) * n] for i in range(len(task.examples))]
 

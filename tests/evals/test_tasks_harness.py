@@ -215,3 +215,20 @@ def test_harness_rejects_bad_generate_fn_and_duplicates(data_dir):
   with pytest.raises(ValueError, match="repeated: \\['nq_open'\\]"):
     harness.evaluate(None, None, None, [task, task], key=jax.random.key(0), batch_size=2,
                      generate_fn=fake_generate)
+
+
+def test_harness_batches_by_length_with_full_batches(data_dir):
+  task = tasks.load_task({"type": "gsm8k", "path": str(data_dir / "gsm8k.jsonl")})
+  batches = []
+
+  def recording_generate(prompts, **kwargs):
+    batches.append(list(prompts))
+    return fake_generate(prompts, **kwargs)
+
+  summary = harness.evaluate(None, None, None, [task], key=jax.random.key(0), batch_size=2,
+                             generate_fn=recording_generate)
+  assert summary["tasks"]["gsm8k"]["score"] == pytest.approx(2 / 3)
+  assert [len(b) for b in batches] == [2, 2]  # the last batch is filled up
+  lengths = [len(p) for b in batches for p in b]
+  assert lengths == sorted(lengths)
+  assert batches[1][0] == batches[1][1]  # filled with its own last prompt
