@@ -98,7 +98,7 @@ def drift_report(base_scores: Mapping[str, float],
     {label: {'adapters', 'nominal_gain': stats, 'drift': stats, 'num_nominal_gain_positive',
     'num_nominal_gain_nonpositive', 'sign_change', 'num_flagged'}}}``.
   """
-  names, task_names, deltas = delta_matrix(base_scores, adapters)
+  _, task_names, deltas = delta_matrix(base_scores, adapters)
   rows = []
   for adapter, row in zip(adapters, deltas):
     nominal_index = task_names.index(adapter.nominal_task)
@@ -136,7 +136,6 @@ def drift_report(base_scores: Mapping[str, float],
         "sign_change": bool(0 < positive < len(members)),
         "num_flagged": sum(r["flagged"] for r in members),
     }
-  del names
   return {"tasks": task_names, "base": {t: float(base_scores[t]) for t in task_names},
           "adapters": rows, "by_label": by_label}
 
