@@ -138,7 +138,8 @@ def _detect_heuristic(text: str) -> Optional[str]:
   if not counts:
     return None
   script = counts.most_common(1)[0][0]
-  words = re.findall(r"\w+", text.lower())
+  # Split on spaces and punctuation, not with \w: Indic vowel signs are not \w characters.
+  words = [w for w in re.split(r"[\s.,;:!?।॥\"'()\[\]{}«»“”‘’]+", text.lower()) if w]
   if script == "arabic":
     if re.search("[ےٹڈڑں]", text):
       return "ur"

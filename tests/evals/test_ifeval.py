@@ -197,3 +197,43 @@ def test_accuracies_prompt_and_instruction_level():
       "prompt_level_loose_acc": 1.0,
       "inst_level_loose_acc": 1.0,
   }
+
+
+# One sentence per language IFEval's language:response_language uses (its 30 codes).
+LANGUAGE_SAMPLES = {
+    "en": "The dog is in the house and does not want to go out with the children.",
+    "es": "El perro está en la casa y no quiere salir con los niños.",
+    "pt": "O cachorro não está em casa e os meninos são felizes com ele.",
+    "fr": "Le chien est dans la maison et il ne veut pas sortir avec les enfants.",
+    "it": "Il cane è nella casa e non vuole uscire con i bambini della famiglia.",
+    "de": "Der Hund ist im Haus und will nicht mit den Kindern nach draußen gehen.",
+    "fi": "Koira on talossa ja se ei halua mennä ulos, mutta lapset ovat iloisia.",
+    "sw": "Mbwa yuko ndani ya nyumba na hataki kutoka na watoto wa kijiji.",
+    "vi": "Con chó ở trong nhà và nó không muốn ra ngoài với những đứa trẻ.",
+    "pl": "Pies jest w domu i nie chce wyjść z dziećmi, ale to jest dobre.",
+    "ru": "Собака в доме и не хочет выходить с детьми, это очень хорошо.",
+    "uk": "Собака є в будинку і не хоче виходити з дітьми, її всі люблять.",
+    "bg": "Кучето е в къщата и не иска да излезе с децата, но всички го обичат.",
+    "ko": "개는 집 안에 있고 아이들과 함께 나가고 싶어하지 않습니다.",
+    "ja": "犬は家の中にいて、子供たちと一緒に出かけたくありません。",
+    "th": "สุนัขอยู่ในบ้านและไม่อยากออกไปกับเด็กๆ",
+    "he": "הכלב נמצא בבית ואינו רוצה לצאת עם הילדים.",
+    "ar": "الكلب في المنزل ولا يريد الخروج مع الأطفال.",
+    "fa": "سگ در خانه است و نمی‌خواهد با بچه‌ها بیرون برود.",
+    "ur": "کتا گھر میں ہے اور بچوں کے ساتھ باہر نہیں جانا چاہتا۔",
+    "hi": "कुत्ता घर में है और बच्चों के साथ बाहर नहीं जाना चाहता है।",
+    "mr": "कुत्रा घरात आहे आणि त्याला मुलांबरोबर बाहेर जायचे नाही.",
+    "ne": "कुकुर घरमा छ र केटाकेटीसँग बाहिर जान चाहँदैन।",
+    "bn": "কুকুরটি ঘরে আছে এবং বাচ্চাদের সাথে বাইরে যেতে চায় না।",
+    "ta": "நாய் வீட்டில் உள்ளது, குழந்தைகளுடன் வெளியே செல்ல விரும்பவில்லை.",
+    "te": "కుక్క ఇంట్లో ఉంది మరియు పిల్లలతో బయటకు వెళ్లాలని అనుకోవడం లేదు.",
+    "kn": "ನಾಯಿ ಮನೆಯಲ್ಲಿದೆ ಮತ್ತು ಮಕ್ಕಳೊಂದಿಗೆ ಹೊರಗೆ ಹೋಗಲು ಬಯಸುವುದಿಲ್ಲ.",
+    "gu": "કૂતરો ઘરમાં છે અને બાળકો સાથે બહાર જવા માંગતો નથી.",
+    "pa": "ਕੁੱਤਾ ਘਰ ਵਿੱਚ ਹੈ ਅਤੇ ਬੱਚਿਆਂ ਨਾਲ ਬਾਹਰ ਨਹੀਂ ਜਾਣਾ ਚਾਹੁੰਦਾ।",
+    "ml": "നായ വീട്ടിലുണ്ട്, കുട്ടികളോടൊപ്പം പുറത്തുപോകാൻ ആഗ്രഹിക്കുന്നില്ല.",
+}
+
+
+def test_offline_language_heuristic_covers_ifeval_languages():
+  detected = {code: ifeval._detect_heuristic(text) for code, text in LANGUAGE_SAMPLES.items()}  # pylint: disable=protected-access
+  assert detected == {code: code for code in LANGUAGE_SAMPLES}
