@@ -18,8 +18,9 @@ gate-free upper bound ``s a b`` (every ``g_i = 1``); ``expected_delta(node, xs)`
 ``s a diag(E_x[g(x)]) b`` averaged over the given inputs. Label analyses that use either as such.
 ``merge``/``path`` use the fully-open ``delta`` (documented approximation).
 
-``DISeL.gate_param_names`` lists the gate params so a trainer can give them their own learning
-rate (the reference uses 5x the base lr) and no weight decay.
+``DISeL.gate_param_names`` lists the gate params, and ``DISeL.gate_param_regex`` matches their
+'/'-joined tree paths, so a trainer can give them their own learning rate (the reference uses 5x
+the base lr) and no weight decay.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class DISeL:
   gate_normalize: bool = False
   name: str = "disel"
   gate_param_names: ClassVar[tuple[str, ...]] = ("gate_w", "gate_b")
+  # Full-path regex for '/'-joined param names (Adapted children are base/params/frozen), e.g.
+  # 'layers_0/mlp/gate_proj/kernel/params/gate_w'. A bare '.*gate.*' would also catch gate_proj.
+  gate_param_regex: ClassVar[str] = r"(.*/)?params/(gate_w|gate_b)$"
 
   @property
   def scale(self) -> float:

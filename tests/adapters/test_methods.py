@@ -181,6 +181,9 @@ def test_disel_against_float64_reference(w0, x):
   assert _rel(method.expected_delta(node, x), expected) < 1e-5
   assert _rel(method.delta(node), 2.0 * p["lora_a"] @ p["lora_b"]) < 1e-5
   assert api.DISeL.gate_param_names == ("gate_w", "gate_b")
+  import re
+  assert re.fullmatch(api.DISeL.gate_param_regex, "layers_0/mlp/gate_proj/kernel/params/gate_w")
+  assert not re.fullmatch(api.DISeL.gate_param_regex, "layers_0/mlp/gate_proj/kernel/params/lora_a")
   init = method.init(jax.random.key(4), w0)
   np.testing.assert_array_equal(init.params["gate_b"], np.full(4, -1.0, np.float32))
   normalized = api.DISeL(rank=4, alpha=8, gate_normalize=True)
