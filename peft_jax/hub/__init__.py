@@ -1,4 +1,4 @@
-"""Hugging Face I/O: config + safetensors load/save, tokenizers (PEFT adapter format: peft_format)."""
+"""Hugging Face I/O: config + safetensors load/save and tokenizers (adapters: peft_format)."""
 
 from peft_jax.hub.checkpoint import (config_from_hf_dict, config_to_hf_dict, load_config,
                                      load_params, load_pretrained, resolve_path, save_pretrained)

@@ -22,7 +22,7 @@ import pathlib
 import shutil
 import struct
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp

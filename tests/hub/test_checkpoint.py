@@ -1,4 +1,4 @@
-"""HF checkpoint I/O: config parsing, (sharded, bf16) safetensors loading, saving for transformers."""
+"""HF checkpoint I/O: config parsing, (sharded, bf16) safetensors loading, saving, tokenizers."""
 
 import json
 import os

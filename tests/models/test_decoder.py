@@ -50,14 +50,12 @@ def test_logits_match_transformers_on_left_padded_batch(tiny_pairs, model_type):
 
 def test_llama3_rope_scaling_changes_the_model(tiny_pairs):
   """The llama3 variant really uses its scaled frequencies (else the two parities prove less)."""
-  plain = tiny_pairs['llama']
   scaled = tiny_pairs['llama3']
   tokens, mask = _left_padded_batch(length=16, pad_lengths=(0, 0, 0))
   with_scaling = np.asarray(_forward(scaled.config)(scaled.params, tokens, mask))
   unscaled_config = dataclasses.replace(scaled.config, rope_scaling=None, rope_theta=500000.0)
   without = np.asarray(_forward(unscaled_config)(scaled.params, tokens, mask))
   assert np.abs(with_scaling - without).max() > 1e-3
-  del plain
 
 
 @pytest.mark.parametrize('model_type', ['mistral', 'gemma2'])
