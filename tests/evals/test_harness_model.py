@@ -14,7 +14,7 @@ from peft_jax.adapters.core import Adapted, is_adapted
 from peft_jax.adapters.inject import inject
 from peft_jax.adapters.lora import LoRA
 from peft_jax.data import tokenizer_train
-from peft_jax.evals import harness, runner, tasks
+from peft_jax.evals import harness, runner, scorers
 from peft_jax.hub import peft_format
 from peft_jax.models import ModelConfig, generate_text, init_params
 
@@ -85,7 +85,6 @@ def test_harness_on_tiny_model_is_deterministic_and_wired(setup, tmp_path):
   assert [row["generations"][0] for row in _rows(tmp_path / "a", "nq")] == direct
   # Scores are recomputed from the generations by the scorers.
   for row in _rows(tmp_path / "a", "gsm8k"):
-    from peft_jax.evals import scorers
     assert row["scores"]["accuracy"] == scorers.score_numeric(row["generations"][0],
                                                               row["reference"])
 
