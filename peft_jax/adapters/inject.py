@@ -17,10 +17,9 @@ PEFT's (``tuners_utils.check_target_module_exists``):
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
-import jax.numpy as jnp
 
 from peft_jax.adapters.core import Adapted, is_adapted
 
@@ -128,7 +127,8 @@ def inject(params: Mapping, method_or_rules, targets: Optional[Targets] = None,
   Args:
     params: the model's param tree (nested dicts, kernels ``[d_in, d_out]``).
     method_or_rules: a method object (with ``targets``), or a list of ``(method, targets)`` pairs.
-      A module selected by two rules is an error.
+      A module selected by several rules takes the first one, so per-module overrides go first:
+      ``[(LoRA(rank=16), ['q_proj']), (LoRA(rank=4), 'all-linear')]``.
     targets: PEFT ``target_modules`` semantics (list / regex string / ``'all-linear'``).
     key: PRNG key; module ``i`` (sorted by path) gets ``split(key, n)[i]``.
     layers_to_transform: int or list of layer indices (list targets only).
@@ -137,8 +137,8 @@ def inject(params: Mapping, method_or_rules, targets: Optional[Targets] = None,
   Returns:
     A new tree; untouched leaves are shared with ``params``.
   Raises:
-    ValueError: a rule matching nothing (listing available module names), overlapping rules,
-      or a method's own shape errors (rank too large, OFT block size not dividing d_in, ...).
+    ValueError: a rule matching nothing (listing available module names), or a method's own
+      shape errors (rank too large, OFT block size not dividing d_in, ...).
   """
   rules = _as_rules(method_or_rules, targets)
   if key is None:
@@ -156,8 +156,7 @@ def inject(params: Mapping, method_or_rules, targets: Optional[Targets] = None,
           f"matched no linear weight; available module names are: {', '.join(available)}")
     for name, path in chosen.items():
       if path in assignment:
-        raise ValueError(f"module {name!r} is selected by two rules "
-                         f"({assignment[path][0]!r} and {method!r}); each weight takes one method")
+        continue  # the first matching rule wins (per-module overrides go first)
       if is_adapted(flat[path]):
         raise ValueError(f"module {name!r} ({path}) is already adapted by "
                          f"{flat[path].method!r}; merge it first")

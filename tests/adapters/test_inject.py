@@ -75,16 +75,19 @@ def test_regex_all_linear_layers_and_exclude(params):
   assert _targets(tree) == ["layers_1/self_attn/o_proj/kernel"]
 
 
-def test_multi_rule_and_overlap(params):
+def test_multi_rule_first_match_wins(params):
   rules = [(api.LoRA(rank=2), ["q_proj", "v_proj"]), (api.OFT(block_size=8), ["down_proj"]),
            (api.VeRA(rank=4), ["up_proj"])]
   tree = api.inject(params, rules, key=jax.random.key(3))
   nodes = api.adapted_nodes(tree)
   assert {type(n.method).__name__ for n in nodes.values()} == {"LoRA", "OFT", "VeRA"}
   assert isinstance(nodes["layers_1/mlp/down_proj/kernel"].method, api.OFT)
-  with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj' is selected by two"):
-    api.inject(params, [(api.LoRA(rank=2), ["q_proj"]), (api.DoRA(rank=2), "all-linear")],
-               key=jax.random.key(3))
+  tree = api.inject(params, [(api.LoRA(rank=4), ["q_proj"]), (api.DoRA(rank=2), "all-linear")],
+                    key=jax.random.key(3))
+  nodes = api.adapted_nodes(tree)
+  assert len(nodes) == 21
+  assert nodes["layers_2/self_attn/q_proj/kernel"].method == api.LoRA(rank=4)
+  assert nodes["layers_2/self_attn/k_proj/kernel"].method == api.DoRA(rank=2)
   with pytest.raises(ValueError, match=r"block_size=5 does not divide d_in=16"):
     api.inject(params, api.OFT(block_size=5), ["q_proj"], jax.random.key(3))
   with pytest.raises(ValueError, match=r"rank=9 is invalid for a kernel of shape \(16, 8\)"):
@@ -206,3 +209,13 @@ def test_count_params_and_logical_axes(params):
       assert set(group) == set(group_axes)
       for k, v in group.items():
         assert len(group_axes[k]) == v.ndim, (method, k)
+
+
+def test_make_method_by_name():
+  assert api.make_method("lora", rank=8, alpha=16) == api.LoRA(rank=8, alpha=16)
+  assert api.make_method("oft", block_size=4, use_cayley_neumann=False) == api.OFT(
+      block_size=4, use_cayley_neumann=False)
+  with pytest.raises(ValueError, match=r"unknown adapter method 'lorra'; valid: \['disel'"):
+    api.make_method("lorra")
+  with pytest.raises(ValueError, match=r"lora: unknown hyper-parameters \['r'\]; valid: \['alpha'"):
+    api.make_method("lora", r=8)
