@@ -273,3 +273,20 @@ def test_config_validation_names_the_field():
     ModelConfig(**dict(base, layer_types=('full_attention',)))
   with pytest.raises(ValueError, match="rope_type='yarn'"):
     ModelConfig(**dict(base, rope_scaling=(('rope_type', 'yarn'), ('factor', 2.0))))
+
+
+def test_qwen2_sliding_window_layers_match_transformers(tmp_path):
+  """Qwen2's use_sliding_window + max_window_layers: layers >= max_window_layers slide."""
+  from peft_jax import hub  # pylint: disable=g-import-not-at-top
+  hf_model = helpers_hf.tiny_hf_model('qwen2', seed=4, use_sliding_window=True, sliding_window=3,
+                                      max_window_layers=1)
+  hf_model.save_pretrained(tmp_path / 'qwen2_sliding')
+  model, params, _ = hub.load_pretrained(tmp_path / 'qwen2_sliding')
+  assert model.config.layer_types == ('full_attention', 'sliding_attention')
+  tokens, mask = _left_padded_batch(seed=5)
+  positions = np.maximum(mask.cumsum(1) - 1, 0)
+  with torch.no_grad():
+    ref = hf_model(torch.tensor(tokens), attention_mask=torch.tensor(mask),
+                   position_ids=torch.tensor(positions)).logits.numpy()
+  ours = np.asarray(_forward(model.config)(params, tokens, mask))
+  assert np.abs(ours - ref)[mask == 1].max() < 1e-4
