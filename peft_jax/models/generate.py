@@ -146,8 +146,10 @@ def generate(model: Decoder, params: Any, tokens: Any, attention_mask: Any, *, k
   if tokens.shape != attention_mask.shape or tokens.ndim != 2:
     raise ValueError(f'tokens {tokens.shape} and attention_mask {attention_mask.shape} must both '
                      'be [batch, prompt_length]')
-  last_column = np.asarray(attention_mask[:, -1])
-  if not last_column.all():
+  # Checked only on concrete masks (generate may also run under an outer jit/vmap).
+  last_column = (None if isinstance(attention_mask, jax.core.Tracer)
+                 else np.asarray(attention_mask[:, -1]))
+  if last_column is not None and not last_column.all():
     raise ValueError('generate needs left-padded prompts: attention_mask[:, -1] must be 1 in every '
                      f'row, but rows {np.flatnonzero(last_column == 0).tolist()} end in padding')
   return _generate(params, tokens, attention_mask, key, config=config,
