@@ -13,7 +13,7 @@ Array = jax.Array
 
 def kaiming_uniform_a_sqrt5(key: Array, shape: tuple[int, int], fan_in: int,
                             dtype: Any = jnp.float32) -> Array:
-  """PyTorch's ``nn.Linear`` default / ``kaiming_uniform_(a=sqrt(5))``: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+  """PyTorch's ``nn.Linear`` default, ``kaiming_uniform_(a=sqrt(5))``: ``U(±1/sqrt(fan_in))``.
 
   With gain ``sqrt(2 / (1 + a^2)) = sqrt(1/3)`` the bound ``gain * sqrt(3 / fan_in)`` is
   ``1 / sqrt(fan_in)``.

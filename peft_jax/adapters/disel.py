@@ -7,9 +7,11 @@ per token, with ``x_d = drop(x)`` feeding both the gate and ``a`` (as the refere
 .. math::
 
   g(x_d) = \\sigma\\big(c\\,(x_d W_g) + b_g\\big) \\in (0,1)^r, \\qquad
-  y = x W_0 + s\\, \\big(g(x_d) \\odot (x_d a)\\big)\\, b = x W_0 + s \\sum_i g_i(x_d)\\, (x_d a_i) b_i
+  y = x W_0 + s\\, \\big(g(x_d) \\odot (x_d a)\\big)\\, b
+    = x W_0 + s \\sum_i g_i(x_d)\\, (x_d a_i) b_i
 
-with ``c = 1/sqrt(d_in)`` when ``gate_normalize`` else 1, ``s = alpha/r`` (rsLoRA ``alpha/sqrt(r)``).
+with ``c = 1/sqrt(d_in)`` when ``gate_normalize`` else 1, ``s = alpha/r`` (rsLoRA
+``alpha/sqrt(r)``).
 Init: LoRA's (kaiming-uniform ``a``, ``b = 0``, so the layer is the identity at init), ``W_g``
 kaiming-uniform(a=sqrt(5)) = ``U(±1/sqrt(d_in))``, ``b_g = gate_bias_init`` (-3: σ ≈ 0.047).
 
@@ -91,7 +93,7 @@ class DISeL:
     return y.reshape(*lead, node.base.shape[-1])
 
   def delta(self, node: Adapted) -> Array:
-    """Fully-open ΔW ``s a b: [d_in, d_out]`` (all gates = 1; an upper bound, not the real update)."""
+    """Fully-open ``ΔW = s a b: [d_in, d_out]`` (all gates 1; a bound, not the real update)."""
     return self.scale * (node.params["lora_a"] @ node.params["lora_b"])
 
   def expected_delta(self, node: Adapted, xs: Array) -> Array:

@@ -5,7 +5,8 @@ weight is our per-column norm (over ``d_in``):
 
 .. math::
 
-  V = W_0 + s\\, a b, \\quad n = \\mathrm{sg}(\\lVert V \\rVert_{\\text{col}}) \\in \\mathbb{R}^{d_{out}},
+  V = W_0 + s\\, a b, \\quad
+  n = \\mathrm{sg}(\\lVert V \\rVert_{\\text{col}}) \\in \\mathbb{R}^{d_{out}},
   \\quad W' = (m / n) \\odot V
 
 with ``sg`` = stop-gradient (DoRA §4.3; PEFT ``.detach()``) and ``m: [d_out]`` initialised to
@@ -35,7 +36,7 @@ Array = jax.Array
 
 
 def column_norm(w: Array) -> Array:
-  """``||w[:, j]||_2`` for ``w: [d_in, d_out]`` -> ``[d_out]`` (PEFT's ``norm(dim=1)`` on ``w^T``)."""
+  """``||w[:, j]||_2`` for ``w: [d_in, d_out]`` -> ``[d_out]`` (PEFT: ``norm(dim=1)`` of w^T)."""
   return jnp.linalg.norm(w, axis=0)
 
 
@@ -100,8 +101,8 @@ class DoRA:
   def path(self, node: Adapted, t: Array) -> Array:
     """Magnitude and direction interpolated separately (DoRA's own decomposition).
 
-    ``V(t) = W0 + t s a b``, ``m(t) = (1-t) ||W0||_col + t m``, ``W(t) = m(t) ⊙ V(t)/||V(t)||_col``:
-    ``W(0) = W0``, ``W(1) = merge``.
+    ``V(t) = W0 + t s a b``, ``m(t) = (1-t) ||W0||_col + t m``,
+    ``W(t) = m(t) ⊙ V(t) / ||V(t)||_col``: ``W(0) = W0``, ``W(1) = merge``.
     """
     w0 = node.base.astype(jnp.float32)
     direction = w0 + t * self.scale * (node.params["lora_a"] @ node.params["lora_b"])

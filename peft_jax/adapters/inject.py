@@ -31,7 +31,7 @@ _LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
 
 
 def default_module_name(path: str) -> str:
-  """``'layers_3/self_attn/q_proj'`` -> ``'model.layers.3.self_attn.q_proj'``; ``'lm_head'`` stays."""
+  """``'layers_3/self_attn/q_proj'`` -> ``'model.layers.3.self_attn.q_proj'``; ``lm_head`` stays."""
   parts = [re.sub(r"^layers_(\d+)$", r"layers.\1", p) for p in path.split("/")]
   name = ".".join(parts)
   return name if parts[0] == "lm_head" else "model." + name

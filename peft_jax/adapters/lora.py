@@ -1,7 +1,8 @@
 """LoRA (Hu et al., 2021) and rsLoRA (Kalajdzievski, 2023), as PEFT implements them.
 
 In PyTorch layout PEFT computes ``y = x W^T + s * (drop(x) A^T) B^T`` with ``A: [r, d_in]``,
-``B: [d_out, r]``. We keep Flax layout: ``lora_a = A^T: [d_in, r]``, ``lora_b = B^T: [r, d_out]``, so
+``B: [d_out, r]``. We keep Flax layout, ``lora_a = A^T: [d_in, r]`` and
+``lora_b = B^T: [r, d_out]``, so
 
 .. math::
 

@@ -10,8 +10,8 @@ a *strided* aggregation, PEFT's layout):
   (requires ``d_out % mini_r == 0``).
 * ``'bat'``: ``miss_block = B: [d_out/r, r, r]``, block-affine on the weight itself (requires
   ``r | d_in`` and ``r | d_out``). In torch layout ``W^T: [d_out, d_in]``, for each ``r × r``
-  block ``(i_out, i_in)``: ``ΔW^T_blk = W^T_blk B[i_out] + B[i_out]``. The forward multiplies by the
-  dense ``W0 + ΔW`` as PEFT does (dropout is not used in this mode, as in PEFT).
+  block ``(i_out, i_in)``: ``ΔW^T_blk = W^T_blk B[i_out] + B[i_out]``. The forward multiplies by
+  the dense ``W0 + ΔW`` as PEFT does (dropout is not used in this mode, as in PEFT).
 
 No ``alpha`` scaling in any mode.
 """
@@ -33,7 +33,7 @@ _MODES = ("balance", "bat", "mini")
 
 
 def strided_sum(x: Array, rank: int) -> Array:
-  """``x: [T, d_in] -> [T, r]``, ``S_k = Σ_j x_{j r + k}`` after zero-padding ``d_in`` to a multiple of r."""
+  """``x: [T, d_in] -> [T, r]``: ``S_k = Σ_j x_{j r + k}`` (d_in padded to a multiple of r)."""
   pad = (-x.shape[-1]) % rank
   if pad:
     x = jnp.pad(x, ((0, 0), (0, pad)))
@@ -45,7 +45,7 @@ class MiSS:
   """MiSS hyper-parameters (PEFT ``MissConfig``: ``r``, ``mini_r``, ``miss_dropout``,
   ``init_weights`` in {True -> 'balance', 'bat', 'mini'}).
 
-  Node layout: ``params = {'miss_block': ...}`` (shape by mode, see module docstring), ``frozen = {}``.
+  Node layout: ``params = {'miss_block': ...}`` (shape by mode, module docstring), ``frozen = {}``.
   """
 
   rank: int = 64
@@ -115,7 +115,7 @@ class MiSS:
     return (node.base + self.delta(node)).astype(node.base.dtype)
 
   def path(self, node: Adapted, t: Array) -> Array:
-    """``W0 + t ΔW`` (for 'bat' this equals scaling the block parameters by t, ΔW being linear in B)."""
+    """``W0 + t ΔW`` (for 'bat' the same as scaling the blocks B by t: ΔW is linear in B)."""
     return (node.base + t * self.delta(node)).astype(node.base.dtype)
 
   def num_trainable(self, node: Adapted) -> int:

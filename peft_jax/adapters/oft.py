@@ -1,4 +1,4 @@
-"""OFT (v2, input-centric) with exact Cayley or the Cayley–Neumann series, as PEFT 0.21 implements it.
+"""OFT (v2, input-centric) with exact Cayley or the Cayley–Neumann series, as in PEFT 0.21.
 
 Parameters are PEFT's ``oft_R.weight``: ``oft_r: [n_blocks, b(b-1)/2]`` (``[1, ...]`` with
 ``block_share``), the strict upper triangles (``triu_indices(b, 1)``, row-major) of skew-symmetric
@@ -14,7 +14,8 @@ R multiplies the **input** side: with ``R_bd = blockdiag(R_1..R_n): [d_in, d_in]
 
 .. math::
 
-  y = (x R_{bd}) W_0, \\qquad W' = R_{bd} W_0 \\;(\\text{Flax layout}), \\qquad \\Delta W = (R_{bd} - I) W_0 .
+  y = (x R_{bd}) W_0, \\qquad W' = R_{bd} W_0 \\;(\\text{Flax layout}), \\qquad
+  \\Delta W = (R_{bd} - I) W_0 .
 
 ``path(t)`` scales the generator: ``W(t) = R(tQ)_{bd} W_0``, so with exact Cayley every point is an
 exact rotation of ``W0``; ``dense_path(t) = W0 + t ΔW`` is the straight line for comparison.
@@ -76,7 +77,7 @@ def cayley_neumann(q: Array, num_terms: int) -> Array:
 
 
 def cayley_exact(q: Array) -> Array:
-  """PEFT's exact branch ``R = (I - Q)(I + Q)^{-1}`` for ``q: [n, b, b]`` (solves ``R (I+Q) = I-Q``)."""
+  """PEFT's exact branch ``R = (I - Q)(I + Q)^{-1}`` for ``q: [n, b, b]`` (``R (I+Q) = I-Q``)."""
   eye = jnp.broadcast_to(jnp.eye(q.shape[-1], dtype=q.dtype), q.shape)
   # R (I+Q) = (I-Q)  <=>  (I+Q)^T R^T = (I-Q)^T.
   rt = jnp.linalg.solve(jnp.swapaxes(eye + q, -1, -2), jnp.swapaxes(eye - q, -1, -2))
@@ -147,7 +148,7 @@ class OFT:
 
   def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
             dtype: Any = None) -> Array:
-    """``x: [..., d_in] -> (x R_bd) W0``: blocks of ``x`` rotated (``x_j R_j``), then the base matmul.
+    """``x: [..., d_in] -> (x R_bd) W0``: blocks of ``x`` rotated (``x_j R_j``), then ``W0``.
 
     ``module_dropout`` is not modelled: PEFT 0.21 constructs it but never calls it.
     """

@@ -1,4 +1,4 @@
-"""PiSSA, principal singular values and vectors adaptation (Meng et al., 2024), PEFT's ``pissa_init``.
+"""PiSSA, principal singular values and vectors adaptation (Meng et al., 2024), as PEFT inits it.
 
 With the thin SVD ``W0 = U S V^T`` of the Flax kernel ``W0: [d_in, d_out]`` (float32), and LoRA
 scale ``s``, the top-``r`` triplets initialise the factors and the rest stays frozen:
@@ -12,9 +12,9 @@ scale ``s``, the top-``r`` triplets initialise the factors and the rest stays fr
 ``A: [r, d_in]`` and ``B: [d_out, r]`` are ``a_0^T`` and ``b_0^T``.) The forward is LoRA's
 on ``W_res``: ``y = x W_res + s (drop(x) a) b``, equal to ``x W0`` at init.
 
-Node layout: ``base = W_res``; ``params = {'lora_a', 'lora_b'}``; ``frozen = {'lora_a0', 'lora_b0'}``
-(the initial factors, so ``W0 = W_res + s a0 b0`` and ``ΔW = s (a b - a0 b0)`` is relative to
-the original ``W0``).
+Node layout: ``base = W_res``; ``params = {'lora_a', 'lora_b'}``;
+``frozen = {'lora_a0', 'lora_b0'}`` (the initial factors, so ``W0 = W_res + s a0 b0`` and
+``ΔW = s (a b - a0 b0)`` is relative to the original ``W0``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ and trains two vectors, ``lambda_d: [r]`` and ``lambda_b: [d_out]``:
   y = x W_0 + \\lambda_b \\odot \\big((\\lambda_d \\odot (\\mathrm{drop}(x)\\, A_s))\\, B_s\\big),
   \\quad A_s = \\text{vera\\_a}[:d_{in}],\\; B_s = \\text{vera\\_b}[:, :d_{out}],
 
-  \\Delta W = (A_s \\odot \\lambda_d) (B_s \\odot \\lambda_b), \\text{ no } \\alpha/r \\text{ scaling}.
+  \\Delta W = (A_s \\odot \\lambda_d) (B_s \\odot \\lambda_b)
+  \\quad (\\text{no } \\alpha/r \\text{ scaling}).
 
 **How the projections are stored once.** ``inject`` draws them once (``VeRA.init_shared``) and
 every VeRA node's ``frozen`` dict holds *the same two array objects*. Passing one array object
@@ -64,7 +65,8 @@ class VeRA:
     key_a, key_b = jax.random.split(key)
     bound_a = math.sqrt(6.0 / max_in)
     bound_b = math.sqrt(6.0 / self.rank)
-    return {"vera_a": jax.random.uniform(key_a, (max_in, self.rank), jnp.float32, -bound_a, bound_a),
+    return {"vera_a": jax.random.uniform(key_a, (max_in, self.rank), jnp.float32, -bound_a,
+                                         bound_a),
             "vera_b": jax.random.uniform(key_b, (self.rank, max_out), jnp.float32, -bound_b,
                                          bound_b)}
 

@@ -9,8 +9,8 @@ Key mapping (PEFT 0.21, default adapter): ``base_model.model.<module>.lora_A.wei
 ``lora_magnitude_vector [d_out]`` -> ``magnitude``; ``vera_lambda_b [d_out]``/``vera_lambda_d [r]``
 as is; ``base_model.vera_A [r, max_in]`` / ``vera_B [max_out, r]`` -> shared ``vera_a``/``vera_b``
 (transposed); ``oft_R.weight [n, b(b-1)/2]`` -> ``oft_r``; ``miss_block`` as is. Module names map to
-our param paths by ``peft_jax.adapters.inject.default_module_name`` (``model.layers.3.self_attn.q_proj``
-<-> ``layers_3/self_attn/q_proj/kernel``).
+our param paths by ``peft_jax.adapters.inject.default_module_name``
+(``model.layers.3.self_attn.q_proj`` <-> ``layers_3/self_attn/q_proj/kernel``).
 """
 
 from __future__ import annotations
@@ -312,7 +312,8 @@ def save_adapter(tree: Mapping, path: str, base_model_name_or_path: Optional[str
         alpha_pattern={re.escape(n): a for n, _, a in entries if a != base_alpha},
         lora_dropout=single(lambda m: m.dropout, "dropout"),
         use_rslora=single(lambda m: m.use_rslora, "use_rslora"),
-        use_dora="DoRA" in kinds, exclude_modules=None, fan_in_fan_out=False, init_lora_weights=True, lora_bias=False,
+        use_dora="DoRA" in kinds, exclude_modules=None, fan_in_fan_out=False,
+        init_lora_weights=True, lora_bias=False,
         layer_replication=None, loftq_config={}, megatron_config=None,
         megatron_core="megatron.core", target_parameters=None, trainable_token_indices=None)
   elif peft_type == "VERA":

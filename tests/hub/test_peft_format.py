@@ -156,7 +156,8 @@ CONFIGS = {
 
 EXPECTED_METHOD = {"lora": api.LoRA, "rslora": api.LoRA, "dora": api.DoRA, "pissa": api.PiSSA,
                    "vera": api.VeRA, "oft_neumann": api.OFT, "oft_exact": api.OFT,
-                   "oft_share": api.OFT, "oft_coft": api.OFT, "miss": api.MiSS, "miss_bat": api.MiSS,
+                   "oft_share": api.OFT, "oft_coft": api.OFT, "miss": api.MiSS,
+                   "miss_bat": api.MiSS,
                    "miss_mini": api.MiSS}
 
 
