@@ -305,3 +305,23 @@ def test_init_distributions_match_peft():
   m_peft = dora_peft.base_model.model.v_proj.lora_magnitude_vector["default"].weight
   m_ours = api.DoRA(rank=4).init(jax.random.key(0), w["v_proj.weight"]).params["magnitude"]
   assert _max_rel(np.asarray(m_ours), m_peft.detach().numpy()) < 1e-6
+
+
+def test_vera_projections_saved_once_even_as_host_copies(base_params, tmp_path):
+  from safetensors.numpy import load_file
+  tree = api.inject(base_params, api.VeRA(rank=4), ["q_proj", "up_proj"], jax.random.key(0))
+  host = jax.tree.map(np.array, tree)  # separate numpy copies per node, as after device_get
+  save_adapter(host, str(tmp_path / "a"), task_type=None)
+  tensors = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+  assert sorted(k for k in tensors if "vera_A" in k or "vera_B" in k) == [
+      "base_model.vera_A", "base_model.vera_B"]
+  assert tensors["base_model.vera_A"].shape == (4, 16)
+  assert tensors["base_model.vera_B"].shape == (24, 4)  # max d_out over the targets
+  nodes = api.adapted_nodes(host)
+  path = sorted(nodes)[0]
+  node = nodes[path]
+  bad = dict(node.frozen, vera_a=node.frozen["vera_a"] + 1.0)
+  parts = path.split("/")
+  host[parts[0]][parts[1]][parts[2]]["kernel"] = Adapted(node.base, node.params, bad, node.method)
+  with pytest.raises(ValueError, match="different shared projections 'vera_a'"):
+    save_adapter(host, str(tmp_path / "b"), task_type=None)
