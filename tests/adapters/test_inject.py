@@ -137,8 +137,10 @@ def test_partition_combine_and_train_step(name, params):
     updates, opt_state = opt.update(grads, opt_state)
     return optax.apply_updates(trainable, updates), opt_state
 
-  new_trainable, _ = step(trainable, opt.init(trainable))
+  new_trainable, opt_state = step(trainable, opt.init(trainable))
   assert jax.tree.structure(new_trainable) == jax.tree.structure(trainable)
+  step(new_trainable, opt_state)
+  assert step._cache_size() == 1  # pylint: disable=protected-access  # the second step reuses it
 
 
 def test_merge_delta_path_over_tree(params):
