@@ -10,6 +10,7 @@ Rerunning the same command resumes the run in ``--workdir``. Multi-process runs 
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from peft_jax.parallel import initialize_distributed
@@ -26,9 +27,16 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from peft_jax.train import trainer  # after distributed start-up: nothing touches JAX before
-  trainer.train(_CONFIG.value, _WORKDIR.value)
+  import jax  # pylint: disable=g-import-not-at-top
+  from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  result = trainer.train(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    last = f'final loss {result.losses[-1][1]:.4f}' if result.losses else 'nothing left to run'
+    print(f'train: steps {result.start_step}..{_CONFIG.value.total_steps} done, {last}; '
+          f'workdir {_WORKDIR.value}')
 
 
 if __name__ == '__main__':
