@@ -1,0 +1,94 @@
+"""The arena presets.
+
+  python -m launch.arena --config=configs/arena/quick.py --workdir=runs/arena          # quick
+  python -m launch.arena --config=configs/arena/quick.py:full --workdir=runs/full       # full
+  python -m launch.arena --config=configs/arena/quick.py:custom --workdir=runs/custom \
+      --config.base=/path/to/hf_dir --config.target_train_path=train.jsonl \
+      --config.tasks='[...]'                                                              # any model
+  python -m launch.arena --config=configs/arena/quick.py:smoke --config.base=DIR ...     # tests
+
+quick (default): the bundled tiny base and the offline capability suite, every method, a small
+budget (within 15 minutes on 2 CPU cores). full: larger budgets and eval sets, for a real machine.
+custom: any Hugging Face checkpoint directory with local SFT data and task files.
+"""
+
+import ml_collections
+
+METHODS = ('full', 'lora', 'dora', 'pissa', 'vera', 'oft', 'miss', 'disel')
+
+
+def _methods(scale: float = 1.0) -> ml_collections.ConfigDict:
+  # Per method: adapter kwargs and peak learning rate (PEFT-Arena's shapes, small-model budgets).
+  return ml_collections.ConfigDict(dict(
+      full=dict(kwargs={}, lr=1e-3),
+      lora=dict(kwargs=dict(rank=8, alpha=16.0), lr=4e-3),
+      dora=dict(kwargs=dict(rank=8, alpha=16.0), lr=4e-3),
+      pissa=dict(kwargs=dict(rank=8, alpha=16.0), lr=1e-3),
+      vera=dict(kwargs=dict(rank=64), lr=2e-2),
+      oft=dict(kwargs=dict(block_size=16), lr=4e-3),
+      miss=dict(kwargs=dict(rank=16), lr=4e-3),
+      disel=dict(kwargs=dict(rank=8, alpha=16.0, gate_bias_init=-3.0), lr=4e-3, gate_lr_mult=5.0),
+  ))
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.title = 'PEFT-Arena in miniature: the bundled tiny base on the offline suite'
+  config.seed = 0
+  config.world = 'bundled'  # 'bundled': suite regenerated from the base's suite.json; 'custom'
+  config.base = 'bundled:tiny'
+  config.target = 'gsm'  # the target domain fine-tuned on (a task name)
+  config.target_train_path = ''  # custom world: the SFT JSONL of the target
+  config.tasks = []  # custom world: task specs (peft_jax.evals.load_task)
+  config.method_order = METHODS
+  config.methods = _methods()
+  config.adapter_targets = 'all-linear'
+  config.train = ml_collections.ConfigDict(dict(
+      steps=120, batch_size=16, seq_len=128, warmup_steps=10, weight_decay=0.0,
+      checkpoint_every=60, snapshot_every=0))
+  config.eval = ml_collections.ConfigDict(dict(
+      batch_size=64,
+      limits=dict(ifeval=48, nq=48, bbh=8, gsm=64, cipher=32),  # bbh: per subtask
+      max_new_tokens=dict(ifeval=72, nq=12, bbh=64, gsm=40, cipher=40)))
+  config.paths = ml_collections.ConfigDict(dict(
+      alphas=(0.0, 0.25, 0.5, 0.75, 1.0), tradeoff_weight=0.5,
+      oft_generator_schedule='sqrt',  # 'sqrt' (PEFT-Arena: Cayley(sqrt(α) Q)) or 'linear'
+      limits=dict(ifeval=16, nq=16, bbh=3, gsm=32, cipher=8)))
+  config.geometry = ml_collections.ConfigDict(dict(
+      num_prompts=24, module='layers_1/self_attn/q_proj', gram_max_tokens=512))
+  config.mesh_shape = (1, 1, 1)
+  config.progress_bar = True
+
+  if arg in ('', 'quick'):
+    pass
+  elif arg == 'full':
+    config.title = 'PEFT-Arena: full preset'
+    config.train.steps = 600
+    config.eval.limits = dict(ifeval=200, nq=108, bbh=50, gsm=200, cipher=200)
+    config.paths.alphas = tuple(i / 10 for i in range(11))
+    config.paths.limits = dict(ifeval=64, nq=64, bbh=10, gsm=64, cipher=64)
+    config.geometry.num_prompts = 64
+  elif arg == 'custom':
+    config.title = 'PEFT-Arena on a custom checkpoint'
+    config.world = 'custom'
+    config.base = ''
+    config.target = 'target'
+    config.paths.limit = 32
+  elif arg == 'smoke':
+    config.title = 'PEFT-Arena smoke run'
+    config.train.update(dict(steps=4, batch_size=4, seq_len=64, warmup_steps=1,
+                             checkpoint_every=2))
+    config.methods.vera.kwargs = dict(rank=8)
+    config.methods.oft.kwargs = dict(block_size=8)
+    config.methods.miss.kwargs = dict(rank=4)
+    config.eval.batch_size = 16
+    config.eval.limits = dict(ifeval=4, nq=4, bbh=1, gsm=4, cipher=4)
+    config.eval.max_new_tokens = dict(ifeval=8, nq=4, bbh=8, gsm=8, cipher=8)
+    config.paths.alphas = (0.0, 0.5, 1.0)
+    config.paths.limits = dict(ifeval=2, nq=2, bbh=1, gsm=2, cipher=2)
+    config.geometry.update(dict(num_prompts=4, module='layers_0/self_attn/q_proj',
+                                gram_max_tokens=64))
+    config.progress_bar = False
+  else:
+    raise ValueError(f"unknown preset {arg!r}; valid: quick (default), full, custom, smoke")
+  return config

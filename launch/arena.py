@@ -1,0 +1,31 @@
+"""The main job: the PEFT-Arena study end to end, with a report.
+
+  python -m launch.arena --config=configs/arena/quick.py --workdir=runs/arena
+
+Rerunning the same command skips every finished stage. The report is <workdir>/report/index.html.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/arena/quick.py',
+                                          'Arena preset (configs/arena/quick.py[:full|custom]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/arena', 'Output directory (resumable).')
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from peft_jax.arena import pipeline  # pylint: disable=g-import-not-at-top
+  from peft_jax.report import print_summary_table  # pylint: disable=g-import-not-at-top
+  results = pipeline.run_arena(_CONFIG.value, _WORKDIR.value)
+  print(print_summary_table(results))
+  print(f'report: {_WORKDIR.value}/report/index.html '
+        f'({results["timing"]["total_s"]:.0f} s in all)')
+
+
+if __name__ == '__main__':
+  app.run(main)

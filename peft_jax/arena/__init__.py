@@ -1,0 +1,1 @@
+"""The PEFT-Arena study: offline world, stages, pipeline."""
