@@ -8,6 +8,7 @@ tokenizer and chat template.
 disel; default lora) and ``rank`` (default 16). ``runlocal`` shrinks the run for a CPU smoke test.
 """
 
+from peft_jax.adapters.api import DISeL
 from peft_jax.train.config import ADAPTER_METHODS, default_config
 
 
@@ -54,8 +55,9 @@ def get_config(arg=None):
   }[method]
   config.adapter.kwargs = kwargs
   if method == 'disel':
-    config.optimizer.lr_groups = ((r'.*/gate_[wb]', 5.0),)
-    config.optimizer.no_decay_patterns = (r'.*bias.*', r'.*norm.*', r'.*scale', r'.*/gate_[wb]')
+    config.optimizer.lr_groups = ((DISeL.gate_param_regex, 5.0),)
+    config.optimizer.no_decay_patterns = (r'.*bias.*', r'.*norm.*', r'.*scale',
+                                        DISeL.gate_param_regex)
   if options['runlocal']:
     config.model.dtype = 'float32'
     config.data.seq_len = 64

@@ -7,6 +7,7 @@ seconds on CPU.
 ``arg`` is the method: full, lora, dora, pissa, vera, oft, miss or disel (default lora).
 """
 
+from peft_jax.adapters.api import DISeL
 from peft_jax.train.config import ADAPTER_METHODS, default_config
 
 # Method hyper-parameters sized for the tiny model (q_proj [32, 32], v_proj [32, 16]).
@@ -34,6 +35,7 @@ def get_config(arg=None):
   if method == 'disel':
     # DISeL reference: gates learn at 5x the base lr and get no weight decay
     # (research/papers.md §2).
-    config.optimizer.lr_groups = ((r'.*/gate_[wb]', 5.0),)
-    config.optimizer.no_decay_patterns = (r'.*bias.*', r'.*norm.*', r'.*scale', r'.*/gate_[wb]')
+    config.optimizer.lr_groups = ((DISeL.gate_param_regex, 5.0),)
+    config.optimizer.no_decay_patterns = (r'.*bias.*', r'.*norm.*', r'.*scale',
+                                        DISeL.gate_param_regex)
   return config

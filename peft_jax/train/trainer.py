@@ -38,9 +38,6 @@ from peft_jax.train.metrics import MetricWriter
 from peft_jax.train.setup import ShardedTraining, setup_training
 
 PyTree = Any
-METHODS = {'lora': adapter_api.LoRA, 'dora': adapter_api.DoRA, 'pissa': adapter_api.PiSSA,
-           'vera': adapter_api.VeRA, 'oft': adapter_api.OFT, 'miss': adapter_api.MiSS,
-           'disel': adapter_api.DISeL}
 
 
 @dataclasses.dataclass
@@ -77,16 +74,15 @@ def build_model(config: ml_collections.ConfigDict):
 
 
 def make_method(config: ml_collections.ConfigDict):
-  """The adapter method object of ``config.adapter`` (``None`` for full fine-tuning)."""
+  """The adapter method object of ``config.adapter`` (``None`` for full fine-tuning, which trains
+  every weight directly rather than through the ``Full`` delta adapter)."""
   if config.adapter.method == 'full':
     return None
-  kwargs = dict(config.adapter.kwargs)
   try:
-    return METHODS[config.adapter.method](**kwargs)
-  except TypeError as error:
-    fields = [f.name for f in dataclasses.fields(METHODS[config.adapter.method])]
-    raise ValueError(f'config.adapter.kwargs {sorted(kwargs)} do not fit method '
-                     f'{config.adapter.method!r}; its fields are {fields}') from error
+    return adapter_api.make_method(config.adapter.method, **dict(config.adapter.kwargs))
+  except ValueError as error:
+    raise ValueError(f'config.adapter.kwargs {sorted(config.adapter.kwargs)} do not fit '
+                     f'config.adapter.method={config.adapter.method!r}: {error}') from error
 
 
 def full_partition(tree: PyTree) -> tuple[PyTree, PyTree]:

@@ -201,8 +201,8 @@ def test_hf_directory_first_loss_matches_transformers(tmp_path):
 def test_bad_config_errors_name_the_key(data_path, tmp_path):
   with pytest.raises(ValueError, match=r"config.adapter.method='lorax'; valid: \('full', 'lora'"):
     train(_config(data_path, **{'adapter.method': 'lorax'}), str(tmp_path / 'a'))
-  with pytest.raises(ValueError, match=r"kwargs \['alpha', 'block_size'\] do not fit method "
-                                       r"'lora'; its fields are \['rank', 'alpha'"):
+  with pytest.raises(ValueError, match=r"kwargs \['alpha', 'block_size'\] do not fit "
+                                       r"config.adapter.method='lora'.*block_size"):
     make_method(_config(data_path, **{'adapter.kwargs': {'alpha': 1.0, 'block_size': 4}}))
   with pytest.raises(ValueError, match='grad_accum_steps=3'):
     train(_config(data_path, grad_accum_steps=3), str(tmp_path / 'b'))
