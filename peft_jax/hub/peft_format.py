@@ -27,7 +27,12 @@ import numpy as np
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
-from peft_jax.adapters import inject as inject_lib
+# By name: `peft_jax.adapters.inject` is also the re-exported inject function.
+from peft_jax.adapters.inject import _flatten as flatten_params  # pylint: disable=protected-access
+from peft_jax.adapters.inject import _set_path as set_path  # pylint: disable=protected-access
+from peft_jax.adapters.inject import adapted_nodes
+from peft_jax.adapters.inject import default_module_name
+from peft_jax.adapters.inject import linear_modules
 from peft_jax.adapters.core import Adapted
 from peft_jax.adapters.dora import DoRA
 from peft_jax.adapters.lora import LoRA
@@ -112,7 +117,7 @@ def _lora_node(config, module, tensors, w0, key):
 
 
 def load_adapter(params: Mapping, path: str, *, key: Optional[jax.Array] = None,
-                 module_name_fn: Callable[[str], str] = inject_lib.default_module_name) -> dict:
+                 module_name_fn: Callable[[str], str] = default_module_name) -> dict:
   """Loads a PEFT adapter directory onto base ``params``; returns the adapted tree.
 
   Args:
@@ -140,8 +145,8 @@ def load_adapter(params: Mapping, path: str, *, key: Optional[jax.Array] = None,
                      f"valid: {sorted(_SUFFIXES)}")
   tensors = load_file(weights_path)
   modules = _group_by_module(tensors, peft_type)
-  available = inject_lib.linear_modules(params, module_name_fn)
-  flat = inject_lib._flatten(params)  # pylint: disable=protected-access
+  available = linear_modules(params, module_name_fn)
+  flat = flatten_params(params)
   shared = None
   if peft_type == "VERA":
     shared = _vera_shared(config, tensors, [flat[available[m]].shape for m in modules
@@ -162,7 +167,7 @@ def load_adapter(params: Mapping, path: str, *, key: Optional[jax.Array] = None,
       node = _oft_node(config, module, module_tensors, w0)
     else:
       node = _miss_node(config, module, module_tensors, w0)
-    out = inject_lib._set_path(out, kernel_path, node)  # pylint: disable=protected-access
+    out = set_path(out, kernel_path, node)
   return out
 
 
@@ -253,7 +258,7 @@ def _np(x) -> np.ndarray:
 
 def save_adapter(tree: Mapping, path: str, base_model_name_or_path: Optional[str] = None, *,
                  task_type: Optional[str] = "CAUSAL_LM",
-                 module_name_fn: Callable[[str], str] = inject_lib.default_module_name) -> None:
+                 module_name_fn: Callable[[str], str] = default_module_name) -> None:
   """Writes the adapted nodes of ``tree`` in PEFT's format (so ``PeftModel.from_pretrained`` loads
   them on the original base model).
 
@@ -262,7 +267,7 @@ def save_adapter(tree: Mapping, path: str, base_model_name_or_path: Optional[str
   original base, alpha doubled, or times sqrt(2) with rsLoRA, as PEFT's conversion), VeRA, OFT or
   MiSS. DISeL and Full have no PEFT format.
   """
-  nodes = inject_lib.adapted_nodes(tree)
+  nodes = adapted_nodes(tree)
   if not nodes:
     raise ValueError("save_adapter: the tree holds no adapted weights (run inject first)")
   names = {p: module_name_fn(p[: -len("/kernel")]) for p in nodes}

@@ -24,6 +24,15 @@ def load_tokenizer(path: str | os.PathLike):
   return tokenizer
 
 
+def _added_bos(tokenizer: Any):
+  """The bos id the tokenizer puts before plain text (``None`` if it adds none)."""
+  bos = getattr(tokenizer, 'bos_token_id', None)
+  if bos is None:
+    return None
+  ids = tokenizer('a', add_special_tokens=True)['input_ids']
+  return bos if ids and ids[0] == bos else None
+
+
 def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[dict[str, str]]], *,
                    chat: bool = True, pad_to_multiple_of: int = 1,
                    add_generation_prompt: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +59,11 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[dict[str, st
                                           tokenize=True, return_dict=False)
       if isinstance(ids, dict) or hasattr(ids, 'keys'):
         ids = ids['input_ids']
+      # A template that leaves bos out (ours does, so SFT rendering and tokenize_row agree) still
+      # gets the bos the tokenizer adds to plain text: the model saw bos first in training.
+      bos = _added_bos(tokenizer)
+      if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
     else:
       if not isinstance(prompt, str):
         raise ValueError('message-list prompts need chat=True and a tokenizer with a chat '

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import peft_jax.sae as S
-from peft_jax.adapters import inject
+from peft_jax.adapters import api as inject
 from peft_jax.adapters.core import Adapted
 from peft_jax.adapters.lora import LoRA
 from peft_jax.models import Decoder
