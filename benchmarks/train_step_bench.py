@@ -33,6 +33,9 @@ _SEQ = flags.DEFINE_integer('seq', 128, 'Sequence length.')
 _BATCH = flags.DEFINE_integer('batch', 16, 'Batch size.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per case.')
 _BF16 = flags.DEFINE_bool('bf16', False, 'bfloat16 compute in both stacks.')
+_TORCH_THREADS = flags.DEFINE_integer(
+    'torch_threads', 0, 'torch intra-op threads (0: torch default). On a shared, oversubscribed '
+    'CPU, OpenMP spin-waiting can slow torch by 10x; compare with 1.')
 
 
 def _hf_model(torch, transformers):
@@ -49,6 +52,8 @@ def _torch_case(method, tokens, loss_mask):
   import peft  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
+  if _TORCH_THREADS.value:
+    torch.set_num_threads(_TORCH_THREADS.value)
   model = _hf_model(torch, transformers)
   if method == 'lora_qv':
     model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16,
