@@ -56,7 +56,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       limits=dict(ifeval=16, nq=16, bbh=3, gsm=32, cipher=8)))
   config.geometry = ml_collections.ConfigDict(dict(
       num_prompts=24, module='layers_1/self_attn/q_proj', gram_max_tokens=512))
-  config.mesh_shape = (1, 1, 1)
+  config.mesh_shape = (-1, 1, 1)  # data parallel over every device
   config.progress_bar = True
 
   if arg in ('', 'quick'):
@@ -76,7 +76,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.paths.limit = 32
   elif arg == 'smoke':
     config.title = 'PEFT-Arena smoke run'
-    config.train.update(dict(steps=4, batch_size=4, seq_len=64, warmup_steps=1,
+    config.train.update(dict(steps=4, batch_size=8, seq_len=64, warmup_steps=1,
                              checkpoint_every=2))
     config.methods.vera.kwargs = dict(rank=8)
     config.methods.oft.kwargs = dict(block_size=8)

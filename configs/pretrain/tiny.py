@@ -27,7 +27,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.checkpoint_every = 250
   config.log_every = 10
   config.progress_bar = True
-  config.mesh_shape = (1, 1, 1)
+  config.mesh_shape = (-1, 1, 1)  # data parallel over every device
   if arg == 'smoke':
     config.suite_sizes = ml_collections.ConfigDict(dict(
         people=10, cities=4, animals=4, ifeval_train=40, ifeval_test=8, bbh_train=8, bbh_test=4,
@@ -36,7 +36,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.model.update(dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                              num_kv_heads=2, head_dim=16))
     config.seq_len = 64
-    config.batch_size = 4
+    config.batch_size = 8
     config.total_steps = 4
     config.optimizer.warmup_steps = 1
     config.checkpoint_every = 2

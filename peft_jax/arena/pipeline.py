@@ -343,11 +343,12 @@ def stage_base_eval(ctx: ArenaContext, out_dir: str) -> dict:
 
 
 def _train_step_memory_mb(result) -> float:
-  """Peak memory of the compiled train step (arguments + outputs + temporaries - aliased), MB."""
-  compiled = getattr(result, 'compiled_step', None)
-  if compiled is None:
-    return float('nan')
-  stats = compiled.memory_analysis()
+  """Device memory of the compiled train step (arguments + outputs + temporaries − aliased), MB.
+
+  This is XLA's own accounting of the step program (``memory_analysis``), the same on CPU and
+  accelerators, rather than a noisy process RSS.
+  """
+  stats = result.lower_step().compile().memory_analysis()
   if stats is None:
     return float('nan')
   total = (stats.argument_size_in_bytes + stats.output_size_in_bytes +

@@ -51,6 +51,9 @@ class TrainResult:
   losses: list  # (step, loss) of the steps run by this call
   num_compiles: int  # compilations of the jitted step during this call (1 expected)
   start_step: int  # step the call resumed from (0: fresh)
+  # () -> the step's jax ``Lowered`` on abstract arguments (``.compile().memory_analysis()``
+  # gives its device memory; costs one compilation, so it is only done on request).
+  lower_step: Optional[Callable[[], Any]] = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,5 +262,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         hub.save_pretrained(model_config, merged, os.path.join(workdir, 'export', 'merged'),
                             tokenizer=hf_tokenizer)
   compiles = training.train_step._cache_size() - compiles_before  # pylint: disable=protected-access
+
+  def lower_step():
+    abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    batch_spec = {key: jax.ShapeDtypeStruct(
+        (config.batch_size, config.data.seq_len),
+        np.float32 if key == 'loss_mask' else np.int32, sharding=sharding_)
+                  for key, sharding_ in training.batch_shardings.items()}
+    return training.train_step.lower(jax.tree.map(abstract, state),
+                                     jax.tree.map(abstract, training.frozen), batch_spec)
+
   return TrainResult(state=state, frozen=training.frozen, model=model, tree=tree, losses=losses,
-                     num_compiles=compiles, start_step=start_step)
+                     num_compiles=compiles, start_step=start_step, lower_step=lower_step)

@@ -1,0 +1,140 @@
+"""The arena end to end on a reduced preset: report sections, figures, resumability.
+
+One session-scoped run builds a seconds-long world (suite, tokenizer, 4 pretraining steps,
+HF export) and runs the smoke preset on it; the tests read what it wrote.
+"""
+
+import json
+import os
+
+import pytest
+
+from configs.arena import quick as arena_presets
+from configs.pretrain import tiny as pretrain_presets
+from peft_jax.arena import pipeline
+from peft_jax.arena import stages as stages_lib
+from peft_jax.arena import world
+from peft_jax.report import SECTIONS
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(scope='module')
+def arena_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp('arena')
+  built = world.build_world(pretrain_presets.get_config('smoke'), str(root / 'world'))
+  config = arena_presets.get_config('smoke')
+  config.base = built['hf_dir']
+  workdir = str(root / 'run')
+  results = pipeline.run_arena(config, workdir)
+  return config, workdir, results
+
+
+def test_world_is_a_transformers_checkpoint(arena_run):
+  config, _, _ = arena_run
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from peft_jax import hub  # pylint: disable=g-import-not-at-top
+  model, params, tokenizer = hub.load_pretrained(config.base)
+  tokens, mask = hub.encode_prompts(tokenizer, ['Tell me about a city.', 'Hi'], chat=True)
+  ours = np.asarray(model.apply({'params': params}, tokens, attention_mask=mask))
+  reference = transformers.AutoModelForCausalLM.from_pretrained(config.base,
+                                                                attn_implementation='eager')
+  with torch.no_grad():
+    theirs = reference(input_ids=torch.tensor(tokens, dtype=torch.long),
+                       attention_mask=torch.tensor(mask)).logits.numpy()
+  real = mask.astype(bool)
+  np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4)
+
+
+def test_every_section_and_method_in_the_report(arena_run):
+  config, workdir, results = arena_run
+  report_dir = os.path.join(workdir, 'report')
+  html = open(os.path.join(report_dir, 'index.html')).read()
+  markdown = open(os.path.join(report_dir, 'index.md')).read()
+  for section in SECTIONS:
+    title = section[1] if isinstance(section, tuple) else section
+    assert title.replace('&', '&amp;') in html or title in html, title
+    assert title in markdown, title
+  assert set(results['methods']) == set(config.method_order)
+  for method, entry in results['methods'].items():
+    for key in ('interpolation', 'rewind', 'spectral', 'activation', 'csd'):
+      assert key in entry, (method, key)
+    assert len(entry['interpolation']['target']) == len(config.paths.alphas)
+    assert len(entry['activation']['cka']) == 2  # layers of the smoke model
+  assert 'Not run' not in html
+
+
+def test_figures_are_valid_pngs(arena_run):
+  _, workdir, _ = arena_run
+  report_dir = os.path.join(workdir, 'report')
+  html = open(os.path.join(report_dir, 'index.html')).read()
+  images = [f for f in os.listdir(report_dir) if f.endswith('.png')]
+  assert len(images) >= 8
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  for name in images:
+    with open(os.path.join(report_dir, name), 'rb') as f:
+      assert f.read(8) == PNG_SIGNATURE, name
+    pixels = matplotlib.image.imread(os.path.join(report_dir, name))
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100, name
+    assert f'src="{name}"' in html, name
+
+
+def test_numbers_come_from_stage_outputs(arena_run):
+  _, workdir, results = arena_run
+  runner = stages_lib.StageRunner(workdir)
+  base = runner.result('base_eval')
+  assert results['base']['general'] == base['general']
+  for method, entry in results['methods'].items():
+    evaluation = runner.result(f'eval_{method}')
+    assert entry['tasks'] == evaluation['tasks']
+    assert entry['forget'] == pytest.approx((base['general'] - evaluation['general']) * 100)
+    paths = runner.result(f'paths_{method}')
+    assert entry['interpolation']['general'] == paths['interpolation']['general']
+    train = runner.result(f'train_{method}')
+    assert entry['train_loss'] == train['train_loss']
+    assert len(train['train_loss']) == 4 and train['num_compiles'] == 1
+  # α = 0 of every path, of every method, is the base model itself.
+  at_zero = {(entry[path]['general'][0], entry[path]['target'][0])
+             for entry in results['methods'].values() for path in ('interpolation', 'rewind')}
+  assert len(at_zero) == 1
+
+
+def test_rerun_skips_completed_stages_and_redoes_interrupted_ones(arena_run):
+  config, workdir, _ = arena_run
+  root = os.path.join(workdir, 'stages')
+  # An interrupted run leaves a stage's temporary folder and no completed folder.
+  stages_lib.shutil.rmtree(os.path.join(root, 'paths_lora'))
+  os.makedirs(os.path.join(root, '.paths_lora.tmp-12345', 'partial'))
+  stages_lib.shutil.rmtree(os.path.join(root, 'drift'))
+  before = {name: os.path.getmtime(os.path.join(root, name, 'result.json'))
+            for name in os.listdir(root) if not name.startswith('.')}
+  results = pipeline.run_arena(config, workdir)
+  ran = json.load(open(os.path.join(root, 'report', 'result.json')))
+  assert ran['paths']['html'].endswith('index.html')
+  after = {name: os.path.getmtime(os.path.join(root, name, 'result.json'))
+           for name in os.listdir(root) if not name.startswith('.') and name != 'report'}
+  redone = sorted(n for n in after if before.get(n) != after[n])
+  assert redone == ['drift', 'paths_lora']
+  assert results['methods']['lora']['interpolation']['alpha'] == list(config.paths.alphas)
+
+
+def test_stage_runner_is_atomic(tmp_path):
+  runner = stages_lib.StageRunner(str(tmp_path))
+
+  def failing(out_dir):
+    with open(os.path.join(out_dir, 'half.txt'), 'w') as f:
+      f.write('partial')
+    raise RuntimeError('killed mid-stage')
+
+  with pytest.raises(RuntimeError):
+    runner.run('stage', failing)
+  assert not runner.done('stage') and not os.path.exists(runner.path('stage'))
+  result = runner.run('stage', lambda out_dir: {'value': 3})
+  assert result['value'] == 3 and runner.done('stage')
+  calls = []
+  again = runner.run('stage', lambda out_dir: calls.append(1) or {'value': 4})
+  assert again['value'] == 3 and not calls and runner.skipped == ['stage']
+  with pytest.raises(ValueError, match='invalid stage name'):
+    runner.run('a/b', lambda out_dir: {})
