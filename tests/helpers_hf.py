@@ -120,3 +120,22 @@ def save_tiny_tokenizer(path: str | pathlib.Path, chat_template: bool = True) ->
     tokenizer.chat_template = CHAT_TEMPLATE
   tokenizer.save_pretrained(path)
   return path
+
+
+def assert_logits_match_transformers(hf_dir, prompts=('Tell me about the city of Retan.', 'Hi'),
+                                     atol=1e-4):
+  """peft_jax's logits on chat-encoded ``prompts`` equal transformers' for ``hf_dir``."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from peft_jax import hub  # pylint: disable=g-import-not-at-top
+  model, params, tokenizer = hub.load_pretrained(hf_dir)
+  tokens, mask = hub.encode_prompts(tokenizer, list(prompts), chat=True)
+  ours = np.asarray(model.apply({'params': params}, tokens, attention_mask=mask))
+  reference = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir),
+                                                                attn_implementation='eager')
+  with torch.no_grad():
+    theirs = reference(input_ids=torch.tensor(tokens, dtype=torch.long),
+                       attention_mask=torch.tensor(mask)).logits.numpy()
+  real = mask.astype(bool)
+  np.testing.assert_allclose(ours[real], theirs[real], atol=atol)

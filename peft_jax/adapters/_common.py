@@ -63,3 +63,21 @@ def check_rank(rank: int, w0: Array, name: str) -> None:
 
 def num_params(tree) -> int:
   return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+class AdditiveUpdate:
+  """Mixin of methods whose update adds to the frozen kernel: ``node.base + ΔW``.
+
+  A subclass defines ``delta(node)`` (relative to ``node.base``); merging, the method's own path
+  ``W0 + t ΔW`` and the trainable count follow from it.
+  """
+
+  def merge(self, node) -> jax.Array:
+    return (node.base + self.delta(node)).astype(node.base.dtype)
+
+  def path(self, node, t: jax.Array) -> jax.Array:
+    """Linear path ``W0 + t ΔW`` (t=0 base, t=1 merged)."""
+    return (node.base + t * self.delta(node)).astype(node.base.dtype)
+
+  def num_trainable(self, node) -> int:
+    return num_params(node.params)

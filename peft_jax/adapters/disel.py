@@ -42,7 +42,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class DISeL:
+class DISeL(_common.AdditiveUpdate):
   """DISeL hyper-parameters (LoRA's plus ``gate_bias_init`` and ``gate_normalize``)."""
 
   rank: int = 8
@@ -100,15 +100,6 @@ class DISeL:
     """``s a diag(mean_x g(x)) b: [d_in, d_out]`` over inputs ``xs: [..., d_in]``."""
     mean_gate = self.gate_values(node, xs).reshape(-1, self.rank).mean(axis=0)
     return self.scale * ((node.params["lora_a"] * mean_gate[None, :]) @ node.params["lora_b"])
-
-  def merge(self, node: Adapted) -> Array:
-    return (node.base + self.delta(node)).astype(node.base.dtype)
-
-  def path(self, node: Adapted, t: Array) -> Array:
-    return (node.base + t * self.delta(node)).astype(node.base.dtype)
-
-  def num_trainable(self, node: Adapted) -> int:
-    return _common.num_params(node.params)
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     del node

@@ -19,7 +19,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class Full:
+class Full(_common.AdditiveUpdate):
   """Full fine-tuning. Node layout: ``params = {'delta': [d_in, d_out]}``, ``frozen = {}``."""
 
   name: str = "full"
@@ -41,15 +41,6 @@ class Full:
 
   def delta(self, node: Adapted) -> Array:
     return node.params["delta"]
-
-  def merge(self, node: Adapted) -> Array:
-    return (node.base + node.params["delta"]).astype(node.base.dtype)
-
-  def path(self, node: Adapted, t: Array) -> Array:
-    return (node.base + t * node.params["delta"]).astype(node.base.dtype)
-
-  def num_trainable(self, node: Adapted) -> int:
-    return _common.num_params(node.params)
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     del node

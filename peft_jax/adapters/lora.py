@@ -63,7 +63,7 @@ def low_rank_update(x: Array, lora_a: Array, lora_b: Array, scale: float, dtype:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoRA:
+class LoRA(_common.AdditiveUpdate):
   """LoRA hyper-parameters (PEFT ``LoraConfig``: ``r``, ``lora_alpha``, ``lora_dropout``,
   ``use_rslora``, ``init_lora_weights`` in {True -> 'default', 'gaussian'}).
 
@@ -98,16 +98,6 @@ class LoRA:
   def delta(self, node: Adapted) -> Array:
     """``ΔW = s a b: [d_in, d_out]``."""
     return self.scale * (node.params["lora_a"] @ node.params["lora_b"])
-
-  def merge(self, node: Adapted) -> Array:
-    return (node.base + self.delta(node)).astype(node.base.dtype)
-
-  def path(self, node: Adapted, t: Array) -> Array:
-    """Linear path ``W0 + t ΔW``."""
-    return (node.base + t * self.delta(node)).astype(node.base.dtype)
-
-  def num_trainable(self, node: Adapted) -> int:
-    return _common.num_params(node.params)
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     """Logical axes of ``(params, frozen)``: ``a`` (in, 'rank'), ``b`` ('rank', out)."""

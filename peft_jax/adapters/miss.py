@@ -41,7 +41,7 @@ def strided_sum(x: Array, rank: int) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class MiSS:
+class MiSS(_common.AdditiveUpdate):
   """MiSS hyper-parameters (PEFT ``MissConfig``: ``r``, ``mini_r``, ``miss_dropout``,
   ``init_weights`` in {True -> 'balance', 'bat', 'mini'}).
 
@@ -110,16 +110,6 @@ class MiSS:
     shard = self._shard_matrix(node).astype(jnp.float32)               # [r, d_out]
     reps = -(-d_in // r)
     return jnp.tile(shard, (reps, 1))[:d_in]
-
-  def merge(self, node: Adapted) -> Array:
-    return (node.base + self.delta(node)).astype(node.base.dtype)
-
-  def path(self, node: Adapted, t: Array) -> Array:
-    """``W0 + t ΔW`` (for 'bat' the same as scaling the blocks B by t: ΔW is linear in B)."""
-    return (node.base + t * self.delta(node)).astype(node.base.dtype)
-
-  def num_trainable(self, node: Adapted) -> int:
-    return _common.num_params(node.params)
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     del node, in_axis

@@ -42,7 +42,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class VeRA:
+class VeRA(_common.AdditiveUpdate):
   """VeRA hyper-parameters (PEFT ``VeraConfig``: ``r``, ``vera_dropout``, ``d_initial``,
   ``projection_prng_key``)."""
 
@@ -111,15 +111,6 @@ class VeRA:
     """``ΔW = (A_s ⊙ λ_d)(B_s ⊙ λ_b): [d_in, d_out]``."""
     proj_a, proj_b = self._sliced(node)
     return (proj_a * node.params["lambda_d"][None, :]) @ (proj_b * node.params["lambda_b"][None, :])
-
-  def merge(self, node: Adapted) -> Array:
-    return (node.base + self.delta(node)).astype(node.base.dtype)
-
-  def path(self, node: Adapted, t: Array) -> Array:
-    return (node.base + t * self.delta(node)).astype(node.base.dtype)
-
-  def num_trainable(self, node: Adapted) -> int:
-    return _common.num_params(node.params)
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     del node, in_axis

@@ -15,6 +15,7 @@ from peft_jax.arena import pipeline
 from peft_jax.arena import stages as stages_lib
 from peft_jax.arena import world
 from peft_jax.report import SECTIONS
+import helpers_hf
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -32,20 +33,7 @@ def arena_run(tmp_path_factory):
 
 def test_world_is_a_transformers_checkpoint(arena_run):
   config, _, _ = arena_run
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from peft_jax import hub  # pylint: disable=g-import-not-at-top
-  model, params, tokenizer = hub.load_pretrained(config.base)
-  tokens, mask = hub.encode_prompts(tokenizer, ['Tell me about a city.', 'Hi'], chat=True)
-  ours = np.asarray(model.apply({'params': params}, tokens, attention_mask=mask))
-  reference = transformers.AutoModelForCausalLM.from_pretrained(config.base,
-                                                                attn_implementation='eager')
-  with torch.no_grad():
-    theirs = reference(input_ids=torch.tensor(tokens, dtype=torch.long),
-                       attention_mask=torch.tensor(mask)).logits.numpy()
-  real = mask.astype(bool)
-  np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4)
+  helpers_hf.assert_logits_match_transformers(config.base)
 
 
 def test_every_section_and_method_in_the_report(arena_run):

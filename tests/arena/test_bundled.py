@@ -1,0 +1,47 @@
+"""The bundled tiny base: loads through the HF path, matches transformers, scores as recorded.
+
+The subset sizes and thresholds here are the ones recorded in peft_jax/bundled/tiny/README.md.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs.arena import quick as arena_presets
+from peft_jax import hub
+from peft_jax.arena import pipeline
+from peft_jax.arena import world
+import helpers_hf
+
+BUNDLED = 'bundled:tiny'
+# A small fixed subset: the first examples of each test split (bbh: per subtask).
+SUBSET = dict(ifeval=24, nq=24, bbh=4, gsm=24, cipher=16)
+
+
+@pytest.fixture(scope='module')
+def bundled(tmp_path_factory):
+  model, params, tokenizer = hub.load_pretrained(BUNDLED)
+  base_dir = str(hub.resolve_path(BUNDLED))
+  with open(os.path.join(base_dir, 'suite.json')) as f:
+    meta = json.load(f)
+  suite_dir = str(tmp_path_factory.mktemp('suite') / 'suite')
+  world.ensure_suite(suite_dir, meta['seed'], meta['sizes'])
+  config = arena_presets.get_config()
+  specs = pipeline.suite_task_specs(suite_dir, SUBSET, config.eval.max_new_tokens)
+  tasks = pipeline.load_tasks(specs)
+  return model, params, tokenizer, base_dir, suite_dir, tasks
+
+
+def test_bundled_matches_transformers(bundled):
+  helpers_hf.assert_logits_match_transformers(bundled[3])
+
+
+def test_bundled_scores_general_high_and_targets_low(bundled):
+  model, params, tokenizer, _, _, tasks = bundled
+  generator = pipeline.Generator(model, params, tokenizer)
+  scores = pipeline.evaluate_scores(generator.fn(), tasks, batch_size=64)
+  assert scores['general'] >= 0.6, scores
+  for target in ('gsm', 'cipher'):
+    assert scores['tasks'][target] <= 0.25, scores
