@@ -17,17 +17,17 @@ import ml_collections
 METHODS = ('full', 'lora', 'dora', 'pissa', 'vera', 'oft', 'miss', 'disel')
 
 
-def _methods(scale: float = 1.0) -> ml_collections.ConfigDict:
+def _methods() -> ml_collections.ConfigDict:
   # Per method: adapter kwargs and peak learning rate (PEFT-Arena's shapes, small-model budgets).
   return ml_collections.ConfigDict(dict(
       full=dict(kwargs={}, lr=1e-3),
-      lora=dict(kwargs=dict(rank=8, alpha=16.0), lr=4e-3),
-      dora=dict(kwargs=dict(rank=8, alpha=16.0), lr=4e-3),
-      pissa=dict(kwargs=dict(rank=8, alpha=16.0), lr=1e-3),
-      vera=dict(kwargs=dict(rank=64), lr=2e-2),
-      oft=dict(kwargs=dict(block_size=16), lr=4e-3),
-      miss=dict(kwargs=dict(rank=16), lr=4e-3),
-      disel=dict(kwargs=dict(rank=8, alpha=16.0, gate_bias_init=-3.0), lr=4e-3, gate_lr_mult=5.0),
+      lora=dict(kwargs=dict(rank=8, alpha=16.0), lr=1e-2),
+      dora=dict(kwargs=dict(rank=8, alpha=16.0), lr=1e-2),
+      pissa=dict(kwargs=dict(rank=8, alpha=16.0), lr=2e-3),
+      vera=dict(kwargs=dict(rank=64), lr=5e-2),
+      oft=dict(kwargs=dict(block_size=16), lr=1e-2),
+      miss=dict(kwargs=dict(rank=16), lr=1e-2),
+      disel=dict(kwargs=dict(rank=8, alpha=16.0, gate_bias_init=-3.0), lr=1e-2, gate_lr_mult=5.0),
   ))
 
 
@@ -44,8 +44,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.methods = _methods()
   config.adapter_targets = 'all-linear'
   config.train = ml_collections.ConfigDict(dict(
-      steps=120, batch_size=16, seq_len=128, warmup_steps=10, weight_decay=0.0,
-      checkpoint_every=60, snapshot_every=0))
+      steps=200, batch_size=16, seq_len=128, warmup_steps=10, weight_decay=0.0,
+      checkpoint_every=100, snapshot_every=0))
   config.eval = ml_collections.ConfigDict(dict(
       batch_size=64,
       limits=dict(ifeval=48, nq=48, bbh=8, gsm=64, cipher=32),  # bbh: per subtask

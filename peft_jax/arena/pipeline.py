@@ -407,8 +407,6 @@ def _get(tree, path: str):
 
 def stage_geometry(ctx: ArenaContext, method: str, tree, out_dir: str) -> dict:
   """Spectra + CSD for every adapted kernel, activation metrics per layer."""
-  from peft_jax import geometry  # pylint: disable=g-import-not-at-top
-  from peft_jax.adapters import api  # pylint: disable=g-import-not-at-top
   cfg = ctx.config.geometry
   modules = _adapted_kernel_paths(tree, method)
   # ΔW of DISeL is input-dependent; its spectra use the expected update over general inputs.
@@ -425,34 +423,29 @@ def stage_geometry(ctx: ArenaContext, method: str, tree, out_dir: str) -> dict:
       xs = jnp.asarray(_flat_tokens(gen_caps[f'{m}/in'], gen_mask))
       disel_expected[m] = np.asarray(node.base + node.method.expected_delta(node, xs))
   spectral, csd_rows, arrays = {}, [], {}
+  weight_metrics, csd_metrics = _weight_programs()
   for m in modules:
     w0 = jnp.asarray(_get(base, m)['kernel'])
     w1 = jnp.asarray(disel_expected[m] if merged is None else _get(merged, m)['kernel'])
-    summary = geometry.spectral_summary(w0, w1)
+    summary, retention, energy = weight_metrics(w0, w1)
     spectral[m] = {k: float(v) for k, v in summary._asdict().items() if np.ndim(v) == 0}
-    arrays[f'retention/{m}'] = np.asarray(geometry.retention_profile(w0, w1))
-    arrays[f'energy/{m}'] = np.asarray(geometry.update_energy_profile(w0, w1))
-    comparison = geometry.csd_general_vs_target(
-        jnp.asarray(gen_caps[f'{m}/in']), jnp.asarray(tgt_caps[f'{m}/in']), w0, w1,
-        general_mask=jnp.asarray(gen_mask), target_mask=jnp.asarray(tgt_mask))
+    arrays[f'retention/{m}'] = np.asarray(retention)
+    arrays[f'energy/{m}'] = np.asarray(energy)
+    comparison = csd_metrics(jnp.asarray(gen_caps[f'{m}/in']), jnp.asarray(tgt_caps[f'{m}/in']),
+                             w0, w1, jnp.asarray(gen_mask), jnp.asarray(tgt_mask))
     csd_rows.append({'module': m, **{k: float(v) for k, v in _flatten_named(comparison).items()}})
-  # Activation geometry on the residual stream, per layer, base vs fine-tuned, general prompts.
+  # Activation geometry on the residual stream, base vs fine-tuned on general prompts: all layers
+  # in one vmapped program.
   ft_params = merged if merged is not None else tree
   ft_caps, _ = capture_activations(ctx.model, ft_params, ctx.tokenizer, ctx.general_prompts,
                                    ['residual'])
-  layers, cka, procrustes, gram, raw = [], [], [], [], []
-  key = jax.random.key(ctx.config.seed)
-  for i in range(ctx.model.config.num_layers):
-    name = f'layers_{i}/residual'
-    x0 = jnp.asarray(gen_caps[name])
-    x1 = jnp.asarray(ft_caps[name])
-    mask = jnp.asarray(gen_mask)
-    layers.append(i)
-    cka.append(float(geometry.linear_cka(x0, x1, mask=mask)))
-    procrustes.append(float(geometry.procrustes_residual(x0, x1, mask=mask)))
-    raw.append(float(geometry.raw_residual(x0, x1, mask=mask)))
-    gram.append(float(geometry.gram_distortion(x0, x1, mask=mask, key=key,
-                                               max_tokens=int(cfg.gram_max_tokens))))
+  layers = list(range(ctx.model.config.num_layers))
+  x0 = jnp.stack([gen_caps[f'layers_{i}/residual'] for i in layers])
+  x1 = jnp.stack([ft_caps[f'layers_{i}/residual'] for i in layers])
+  per_layer = _activation_program(int(cfg.gram_max_tokens))(
+      x0, x1, jnp.asarray(gen_mask), jax.random.key(ctx.config.seed))
+  per_layer = {k: np.asarray(v).tolist() for k, v in per_layer.items()}
+  cka, procrustes, gram, raw = (per_layer[k] for k in ('cka', 'procrustes', 'gram', 'raw'))
   np.savez(os.path.join(out_dir, 'profiles.npz'), **arrays)
   chosen = cfg.module if cfg.module in modules else modules[0]
   return {'modules': modules, 'spectral': spectral,
@@ -463,6 +456,39 @@ def stage_geometry(ctx: ArenaContext, method: str, tree, out_dir: str) -> dict:
                          'raw_residual': raw},
           'csd': csd_rows,
           'delta_kind': 'expected_over_general_inputs' if merged is None else 'merged'}
+
+
+@functools.lru_cache(maxsize=None)
+def _weight_programs():
+  """Jitted per-kernel programs (compiled once per shape, reused across modules and methods)."""
+  from peft_jax import geometry  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def weight_metrics(w0, w1):
+    return (geometry.spectral_summary(w0, w1), geometry.retention_profile(w0, w1),
+            geometry.update_energy_profile(w0, w1))
+
+  @jax.jit
+  def csd_metrics(h_general, h_target, w0, w1, general_mask, target_mask):
+    return geometry.csd_general_vs_target(h_general, h_target, w0, w1,
+                                          general_mask=general_mask, target_mask=target_mask)
+
+  return weight_metrics, csd_metrics
+
+
+@functools.lru_cache(maxsize=None)
+def _activation_program(gram_max_tokens: int):
+  """``(x0 [L, B, T, d], x1, mask [B, T], key) -> {metric: [L]}``, vmapped over layers."""
+  from peft_jax import geometry  # pylint: disable=g-import-not-at-top
+
+  def one_layer(x0, x1, mask, key):
+    return {'cka': geometry.linear_cka(x0, x1, mask=mask),
+            'procrustes': geometry.procrustes_residual(x0, x1, mask=mask),
+            'raw': geometry.raw_residual(x0, x1, mask=mask),
+            'gram': geometry.gram_distortion(x0, x1, mask=mask, key=key,
+                                             max_tokens=gram_max_tokens)}
+
+  return jax.jit(jax.vmap(one_layer, in_axes=(0, 0, None, None)))
 
 
 def _flatten_named(value, prefix: str = '') -> dict[str, Any]:
@@ -476,6 +502,14 @@ def _flatten_named(value, prefix: str = '') -> dict[str, Any]:
     elif np.ndim(v) == 0:
       out[name] = float(v)
   return out
+
+
+def _same_stack(a, b, tol: float = 1e-6) -> bool:
+  """Whether two stacked params trees hold the same kernels (relative max-abs ``tol``)."""
+  if jax.tree.structure(a) != jax.tree.structure(b):
+    return False
+  return all(float(jnp.max(jnp.abs(x - y))) <= tol * (1.0 + float(jnp.max(jnp.abs(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def stage_paths(ctx: ArenaContext, method: str, tree, out_dir: str) -> dict:
@@ -500,8 +534,9 @@ def stage_paths(ctx: ArenaContext, method: str, tree, out_dir: str) -> dict:
     interp = _stack([_scaled_disel(tree, float(a)) for a in alphas])
     rewind, kind = None, 'additive'
   for name, stacked in (('interpolation', interp), ('rewind', rewind)):
-    if stacked is None:
-      results[name] = dict(results['interpolation'], kind=kind)
+    if stacked is None or (name == 'rewind' and _same_stack(stacked, interp)):
+      # The method's own path is linear interpolation itself (additive methods: W0 + αΔW).
+      results[name] = dict(results['interpolation'], kind=kind, same_as_interpolation=True)
       continue
     generator = Generator(ctx.model, stacked, ctx.tokenizer, stacked=True)
     curve = {'target': [], 'general': [], 'tasks': []}

@@ -143,5 +143,22 @@ def build_world(config: ml_collections.ConfigDict, workdir: str) -> dict:
     json.dump({'seed': int(config.seed), 'sizes': dict(config.get('suite_sizes') or {})}, f,
               indent=1)
   final_loss = result.losses[-1][1] if result.losses else None
-  return {'suite_dir': suite_dir, 'tokenizer_dir': tokenizer_dir, 'hf_dir': hf_dir,
-          'final_loss': final_loss}
+  out = {'suite_dir': suite_dir, 'tokenizer_dir': tokenizer_dir, 'hf_dir': hf_dir,
+         'final_loss': final_loss}
+  if config.get('eval_limits'):
+    out['eval'] = evaluate_base(hf_dir, suite_dir, dict(config.eval_limits),
+                                dict(config.eval_max_new_tokens))
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(out['eval'], f, indent=1)
+  return out
+
+
+def evaluate_base(hf_dir: str, suite_dir: str, limits: Mapping[str, int],
+                  max_new_tokens: Mapping[str, int]) -> dict:
+  """Harness scores of the exported model on the suite's test splits (first `limits` examples)."""
+  from peft_jax import hub  # pylint: disable=g-import-not-at-top
+  from peft_jax.arena import pipeline  # pylint: disable=g-import-not-at-top
+  model, params, tokenizer = hub.load_pretrained(hf_dir)
+  tasks = pipeline.load_tasks(pipeline.suite_task_specs(suite_dir, limits, max_new_tokens))
+  generator = pipeline.Generator(model, params, tokenizer)
+  return pipeline.evaluate_scores(generator.fn(), tasks, batch_size=64)

@@ -126,3 +126,26 @@ def test_stage_runner_is_atomic(tmp_path):
   assert again['value'] == 3 and not calls and runner.skipped == ['stage']
   with pytest.raises(ValueError, match='invalid stage name'):
     runner.run('a/b', lambda out_dir: {})
+
+
+def test_custom_preset_reads_any_checkpoint_and_task_files(arena_run):
+  smoke_config, workdir, _ = arena_run
+  suite_dir = os.path.join(workdir, 'suite')
+  config = arena_presets.get_config('custom')
+  config.base = smoke_config.base
+  config.target = 'word_problems'
+  config.target_train_path = os.path.join(suite_dir, 'sft', 'gsm.jsonl')
+  config.tasks = [
+      dict(type='gsm8k', name='word_problems', kind='target', limit=3,
+           path=os.path.join(suite_dir, 'targets', 'gsm_test.jsonl')),
+      dict(type='nq_open', name='facts', limit=3,
+           path=os.path.join(suite_dir, 'general', 'nq_test.jsonl')),
+  ]
+  ctx = pipeline.build_context(config, str(os.path.join(workdir, 'custom')))
+  assert [t.name for t in ctx.tasks] == ['word_problems', 'facts']
+  assert [t.kind for t in ctx.tasks] == ['target', 'general']
+  assert len(ctx.tasks[0].examples) == 3 and ctx.target_prompts
+  assert ctx.suite_dir is None and ctx.target_train_path == config.target_train_path
+  config.target = 'missing'
+  with pytest.raises(ValueError, match="config.target='missing' is not an evaluated task"):
+    pipeline.build_context(config, str(os.path.join(workdir, 'custom')))
