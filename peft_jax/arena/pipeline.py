@@ -204,7 +204,7 @@ def _host(tree):
   return jax.device_get(tree)
 
 
-def _plain(tree, method: str):
+def plain_params(tree, method: str):
   """The plain (merged) params of a trained tree; ``None`` when the method can't merge exactly."""
   from peft_jax.adapters import api  # pylint: disable=g-import-not-at-top
   if method == 'full':
@@ -384,7 +384,7 @@ def stage_train(ctx: ArenaContext, method: str, out_dir: str) -> dict:
 
 
 def stage_eval(ctx: ArenaContext, method: str, tree, out_dir: str) -> dict:
-  plain = _plain(tree, method)
+  plain = plain_params(tree, method)
   generator = Generator(ctx.model, plain if plain is not None else tree, ctx.tokenizer)
   return evaluate_scores(generator.fn(), ctx.tasks, ctx.config.eval.batch_size, out_dir)
 
@@ -398,7 +398,7 @@ def _adapted_kernel_paths(tree, method: str) -> list[str]:
   return [p[:-len('/kernel')] if p.endswith('/kernel') else p for p in api.adapted_nodes(tree)]
 
 
-def _get(tree, path: str):
+def module_params(tree, path: str):
   node = tree
   for part in path.split('/'):
     node = node[part]
@@ -410,7 +410,7 @@ def stage_geometry(ctx: ArenaContext, method: str, tree, out_dir: str) -> dict:
   cfg = ctx.config.geometry
   modules = _adapted_kernel_paths(tree, method)
   # ΔW of DISeL is input-dependent; its spectra use the expected update over general inputs.
-  merged = _plain(tree, method)
+  merged = plain_params(tree, method)
   base = ctx.base_params
   disel_expected = {}
   gen_caps, gen_mask = capture_activations(ctx.model, base, ctx.tokenizer, ctx.general_prompts,
@@ -419,14 +419,14 @@ def stage_geometry(ctx: ArenaContext, method: str, tree, out_dir: str) -> dict:
                                            modules)
   if merged is None:
     for m in modules:
-      node = _get(tree, m)['kernel']
+      node = module_params(tree, m)['kernel']
       xs = jnp.asarray(_flat_tokens(gen_caps[f'{m}/in'], gen_mask))
       disel_expected[m] = np.asarray(node.base + node.method.expected_delta(node, xs))
   spectral, csd_rows, arrays = {}, [], {}
   weight_metrics, csd_metrics = _weight_programs()
   for m in modules:
-    w0 = jnp.asarray(_get(base, m)['kernel'])
-    w1 = jnp.asarray(disel_expected[m] if merged is None else _get(merged, m)['kernel'])
+    w0 = jnp.asarray(module_params(base, m)['kernel'])
+    w1 = jnp.asarray(disel_expected[m] if merged is None else module_params(merged, m)['kernel'])
     summary, retention, energy = weight_metrics(w0, w1)
     spectral[m] = {k: float(v) for k, v in summary._asdict().items() if np.ndim(v) == 0}
     arrays[f'retention/{m}'] = np.asarray(retention)
@@ -442,7 +442,7 @@ def stage_geometry(ctx: ArenaContext, method: str, tree, out_dir: str) -> dict:
   layers = list(range(ctx.model.config.num_layers))
   x0 = jnp.stack([gen_caps[f'layers_{i}/residual'] for i in layers])
   x1 = jnp.stack([ft_caps[f'layers_{i}/residual'] for i in layers])
-  per_layer = _activation_program(int(cfg.gram_max_tokens))(
+  per_layer = activation_program(int(cfg.gram_max_tokens))(
       x0, x1, jnp.asarray(gen_mask), jax.random.key(ctx.config.seed))
   per_layer = {k: np.asarray(v).tolist() for k, v in per_layer.items()}
   cka, procrustes, gram, raw = (per_layer[k] for k in ('cka', 'procrustes', 'gram', 'raw'))
@@ -477,7 +477,7 @@ def _weight_programs():
 
 
 @functools.lru_cache(maxsize=None)
-def _activation_program(gram_max_tokens: int):
+def activation_program(gram_max_tokens: int):
   """``(x0 [L, B, T, d], x1, mask [B, T], key) -> {metric: [L]}``, vmapped over layers."""
   from peft_jax import geometry  # pylint: disable=g-import-not-at-top
 
@@ -519,7 +519,7 @@ def stage_paths(ctx: ArenaContext, method: str, tree, out_dir: str) -> dict:
   alphas = np.asarray(ctx.config.paths.alphas, np.float32)
   batch = ctx.config.eval.batch_size
   results = {'alpha': alphas.tolist()}
-  merged = _plain(tree, method)
+  merged = plain_params(tree, method)
   if merged is not None:
     interp = geometry.alpha_grid_params(ctx.base_params, merged, jnp.asarray(alphas))
     if method == 'full':
@@ -562,7 +562,7 @@ def stage_disel_gates(ctx: ArenaContext, tree, out_dir: str) -> dict:
   for kind, prompts in (('general', ctx.general_prompts), ('target', ctx.target_prompts)):
     caps, mask = capture_activations(ctx.model, tree, ctx.tokenizer, prompts, modules)
     for m in modules:
-      node = _get(tree, m)['kernel']
+      node = module_params(tree, m)['kernel']
       xs = jnp.asarray(_flat_tokens(caps[f'{m}/in'], mask))
       out[kind].append(np.asarray(node.method.gate_values(node, xs)).mean(axis=0).tolist())
   del api

@@ -10,10 +10,8 @@ import os
 import pytest
 
 from configs.arena import quick as arena_presets
-from configs.pretrain import tiny as pretrain_presets
 from peft_jax.arena import pipeline
 from peft_jax.arena import stages as stages_lib
-from peft_jax.arena import world
 from peft_jax.report import SECTIONS
 import helpers_hf
 
@@ -21,11 +19,10 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 @pytest.fixture(scope='module')
-def arena_run(tmp_path_factory):
+def arena_run(tmp_path_factory, smoke_world):
   root = tmp_path_factory.mktemp('arena')
-  built = world.build_world(pretrain_presets.get_config('smoke'), str(root / 'world'))
   config = arena_presets.get_config('smoke')
-  config.base = built['hf_dir']
+  config.base = smoke_world['hf_dir']
   workdir = str(root / 'run')
   results = pipeline.run_arena(config, workdir)
   return config, workdir, results

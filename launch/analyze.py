@@ -1,0 +1,29 @@
+"""Geometry of a finished training run (weights, activations, CSD, paths, trajectory).
+
+  python -m launch.analyze --workdir=RUN [--config=configs/analyze/default.py \
+      --config.general_data=suite/sft/general.jsonl]
+
+Writes RUN/analysis/analysis.json and RUN/analysis/arrays.npz (atomically).
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/analyze/default.py',
+                                          'Analysis config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The launch.train run directory.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from peft_jax.arena import analyze  # pylint: disable=g-import-not-at-top
+  analysis = analyze.analyze_run(_CONFIG.value, _WORKDIR.value)
+  print(f'analysis of {analysis["method"]}: {_WORKDIR.value}/analysis/analysis.json')
+
+
+if __name__ == '__main__':
+  app.run(main)
