@@ -45,3 +45,20 @@ def test_bundled_scores_general_high_and_targets_low(bundled):
   assert scores['general'] >= 0.6, scores
   for target in ('gsm', 'cipher'):
     assert scores['tasks'][target] <= 0.25, scores
+
+
+def test_full_finetuning_trades_general_for_target(bundled, tmp_path):
+  """Reduced budget of the arena's Full FT: the target rises and the general average falls."""
+  model, params, tokenizer, base_dir, suite_dir, tasks = bundled
+  config = arena_presets.get_config()
+  config.train.steps = 80
+  config.train.checkpoint_every = 80
+  config.progress_bar = False
+  train_config = pipeline.method_train_config(
+      config, 'full', base_dir, os.path.join(suite_dir, 'sft', 'gsm.jsonl'))
+  from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  tuned = trainer.train(train_config, str(tmp_path / 'full')).tree
+  before = pipeline.evaluate_scores(pipeline.Generator(model, params, tokenizer).fn(), tasks, 64)
+  after = pipeline.evaluate_scores(pipeline.Generator(model, tuned, tokenizer).fn(), tasks, 64)
+  assert after['tasks']['gsm'] > before['tasks']['gsm'], (before, after)
+  assert after['general'] < before['general'], (before, after)
