@@ -54,6 +54,16 @@ def init_lora_factors(key: Array, w0: Array, rank: int, init: str) -> dict[str, 
   return {"lora_a": a, "lora_b": jnp.zeros((rank, d_out), jnp.float32)}
 
 
+def lora_forward(node: Adapted, x: Array, scale: float, dropout: float,
+                 dropout_rng: Optional[Array], dtype: Any) -> Array:
+  """``x: [..., d_in] -> x base + s (drop(x) a) b``: the frozen product plus the low-rank update."""
+  dtype = _common.compute_dtype(x, dtype)
+  x2, lead = _common.flat2d(x)
+  y = _common.dot(x2, node.base, dtype).reshape(*lead, node.base.shape[-1])
+  xd = _common.dropout(x, dropout, dropout_rng)
+  return y + low_rank_update(xd, node.params["lora_a"], node.params["lora_b"], scale, dtype)
+
+
 def low_rank_update(x: Array, lora_a: Array, lora_b: Array, scale: float, dtype: Any) -> Array:
   """``s * (x a) b`` for ``x: [..., d_in]``, ``a: [d_in, r]``, ``b: [r, d_out]`` (2-D matmuls)."""
   x2, lead = _common.flat2d(x)
@@ -89,11 +99,7 @@ class LoRA(_common.AdditiveUpdate):
   def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
             dtype: Any = None) -> Array:
     """``x: [..., d_in] -> x W0 + s (drop(x) a) b: [..., d_out]``."""
-    dtype = _common.compute_dtype(x, dtype)
-    x2, lead = _common.flat2d(x)
-    y = _common.dot(x2, node.base, dtype).reshape(*lead, node.base.shape[-1])
-    xd = _common.dropout(x, self.dropout, dropout_rng)
-    return y + low_rank_update(xd, node.params["lora_a"], node.params["lora_b"], self.scale, dtype)
+    return lora_forward(node, x, self.scale, self.dropout, dropout_rng, dtype)
 
   def delta(self, node: Adapted) -> Array:
     """``ΔW = s a b: [d_in, d_out]``."""

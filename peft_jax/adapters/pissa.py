@@ -67,12 +67,7 @@ class PiSSA:
   def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
             dtype: Any = None) -> Array:
     """``x: [..., d_in] -> x W_res + s (drop(x) a) b``."""
-    dtype = _common.compute_dtype(x, dtype)
-    x2, lead = _common.flat2d(x)
-    y = _common.dot(x2, node.base, dtype).reshape(*lead, node.base.shape[-1])
-    xd = _common.dropout(x, self.dropout, dropout_rng)
-    return y + lora.low_rank_update(xd, node.params["lora_a"], node.params["lora_b"], self.scale,
-                                    dtype)
+    return lora.lora_forward(node, x, self.scale, self.dropout, dropout_rng, dtype)
 
   def original_weight(self, node: Adapted) -> Array:
     """``W0 = W_res + s a0 b0``."""

@@ -6,12 +6,13 @@ import os
 import tempfile
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> str:
-  """Writes `text` (UTF-8) to `path` so that readers see the old or the new file, never half.
+def atomic_write(path: str | os.PathLike, write, *, binary: bool = False) -> str:
+  """Writes `path` so that readers see the old or the new file, never half.
 
   Args:
     path: destination file; its directory is created when missing.
-    text: the full contents.
+    write: ``write(stream)`` fills the open temporary file.
+    binary: open the temporary file in binary mode (else UTF-8 text, ``\n`` newlines).
 
   Returns:
     `path` as a string.
@@ -22,8 +23,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
   handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-",
                                        suffix=os.path.splitext(path)[1])
   try:
-    with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-      stream.write(text)
+    mode = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8", "newline": "\n"}
+    with os.fdopen(handle, **mode) as stream:
+      write(stream)
       stream.flush()
       os.fsync(stream.fileno())
     # mkstemp creates 0600 files; a report is meant to be read by others.
@@ -34,3 +36,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
       os.remove(temporary)
     raise
   return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> str:
+  """Writes `text` (UTF-8) to `path` atomically (see :func:`atomic_write`)."""
+  return atomic_write(path, lambda stream: stream.write(text))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +30,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import Bbox
+
+from peft_jax.report._io import atomic_write
 
 DPI = 110
 METHOD_ORDER = ("full", "lora", "dora", "pissa", "vera", "oft", "miss", "disel")
@@ -102,22 +103,8 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> str:
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-  try:
-    with os.fdopen(handle, "wb") as stream:
-      figure.savefig(stream, format="png", dpi=DPI)
-      stream.flush()
-      os.fsync(stream.fileno())
-    os.chmod(temporary, 0o644)  # mkstemp creates 0600 files; figures are meant to be shared.
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-  return path
+  return atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=DPI),
+                      binary=True)
 
 
 def _with_key(methods: Mapping[str, Any], key: str) -> dict[str, Any]:
