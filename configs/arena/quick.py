@@ -21,13 +21,13 @@ def _methods() -> ml_collections.ConfigDict:
   # Per method: adapter kwargs and peak learning rate (PEFT-Arena's shapes, small-model budgets).
   return ml_collections.ConfigDict(dict(
       full=dict(kwargs={}, lr=1e-3),
-      lora=dict(kwargs=dict(rank=8, alpha=16.0), lr=1e-2),
-      dora=dict(kwargs=dict(rank=8, alpha=16.0), lr=1e-2),
-      pissa=dict(kwargs=dict(rank=8, alpha=16.0), lr=2e-3),
-      vera=dict(kwargs=dict(rank=64), lr=5e-2),
-      oft=dict(kwargs=dict(block_size=16), lr=1e-2),
-      miss=dict(kwargs=dict(rank=16), lr=1e-2),
-      disel=dict(kwargs=dict(rank=8, alpha=16.0, gate_bias_init=-3.0), lr=1e-2, gate_lr_mult=5.0),
+      lora=dict(kwargs=dict(rank=8, alpha=16.0), lr=3e-3),
+      dora=dict(kwargs=dict(rank=8, alpha=16.0), lr=3e-3),
+      pissa=dict(kwargs=dict(rank=8, alpha=16.0), lr=1e-3),
+      vera=dict(kwargs=dict(rank=64), lr=1e-2),
+      oft=dict(kwargs=dict(block_size=16), lr=3e-3),
+      miss=dict(kwargs=dict(rank=16), lr=3e-3),
+      disel=dict(kwargs=dict(rank=8, alpha=16.0, gate_bias_init=-3.0), lr=3e-3, gate_lr_mult=5.0),
   ))
 
 
