@@ -18,16 +18,6 @@ from peft_jax.train import read_metrics
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope='module')
-def data_path(tmp_path_factory):
-  path = tmp_path_factory.mktemp('data') / 'train.jsonl'
-  with open(path, 'w') as f:
-    for i in range(64):
-      f.write(json.dumps({'prompt': f'What is {i} plus {i % 7}? ',
-                          'completion': f'{i + i % 7}.'}) + '\n')
-  return str(path)
-
-
 def _restore_checkpoint(workdir, step):
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
   restored = manager.restore(step, args=ocp.args.Composite(
