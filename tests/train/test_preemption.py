@@ -2,7 +2,6 @@
 (params, optimizer state, step, rng, iterator position, every logged loss) to an uninterrupted
 run."""
 
-import json
 import os
 import signal
 import subprocess
