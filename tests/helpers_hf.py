@@ -139,3 +139,15 @@ def assert_logits_match_transformers(hf_dir, prompts=('Tell me about the city of
                        attention_mask=torch.tensor(mask)).logits.numpy()
   real = mask.astype(bool)
   np.testing.assert_allclose(ours[real], theirs[real], atol=atol)
+
+
+def left_padded_tokens(seed=0, batch=3, length=12, pad_lengths=(0, 4, 9)):
+  """Random ids ``[batch, length]`` and a mask with ``pad_lengths[i]`` left-padding slots (id 0)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, VOCAB_SIZE, (batch, length))
+  mask = np.ones((batch, length), np.int64)
+  for row, pad in enumerate(pad_lengths):
+    mask[row, :pad] = 0
+  tokens[mask == 0] = 0
+  return tokens, mask

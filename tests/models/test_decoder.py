@@ -17,13 +17,7 @@ MODEL_TYPES = helpers_hf.MODEL_TYPES
 
 
 def _left_padded_batch(seed=0, batch=3, length=12, pad_lengths=(0, 4, 9)):
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(3, helpers_hf.VOCAB_SIZE, (batch, length))
-  mask = np.ones((batch, length), np.int64)
-  for row, pad in enumerate(pad_lengths):
-    mask[row, :pad] = 0
-  tokens[mask == 0] = 0
-  return tokens, mask
+  return helpers_hf.left_padded_tokens(seed, batch, length, pad_lengths)
 
 
 @functools.lru_cache(maxsize=None)

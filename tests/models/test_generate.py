@@ -20,13 +20,7 @@ EOS_IDS = (2, 5, 9)  # several ids so that some rows stop early in 20 steps
 
 
 def _prompts(seed=1, batch=3, length=7, pad_lengths=(0, 2, 5)):
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(3, helpers_hf.VOCAB_SIZE, (batch, length))
-  mask = np.ones((batch, length), np.int64)
-  for row, pad in enumerate(pad_lengths):
-    mask[row, :pad] = 0
-  tokens[mask == 0] = 0
-  return tokens, mask
+  return helpers_hf.left_padded_tokens(seed, batch, length, pad_lengths)
 
 
 @pytest.mark.parametrize('model_type', helpers_hf.MODEL_TYPES)
