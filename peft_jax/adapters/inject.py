@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import jax
 
 from peft_jax.adapters.core import Adapted, is_adapted
+from peft_jax.common import trees
 
 Array = jax.Array
 PyTree = Any
@@ -37,31 +38,11 @@ def default_module_name(path: str) -> str:
   return name if parts[0] == "lm_head" else "model." + name
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-  """Nested dicts -> ``{'a/b/c': leaf}`` (Adapted nodes are leaves)."""
-  flat = {}
-  for k, v in tree.items():
-    path = f"{prefix}/{k}" if prefix else str(k)
-    if isinstance(v, Mapping):
-      flat.update(_flatten(v, path))
-    else:
-      flat[path] = v
-  return flat
-
-
-def _set_path(tree: Mapping, path: str, value: Any) -> dict:
-  """Functional update of a nested dict at ``'a/b/c'``."""
-  head, _, rest = path.partition("/")
-  out = dict(tree)
-  out[head] = _set_path(tree[head], rest, value) if rest else value
-  return out
-
-
 def linear_modules(params: Mapping,
                    module_name_fn: Callable[[str], str] = default_module_name) -> dict[str, str]:
   """``{module_name: kernel_path}`` for every 2-D ``kernel`` leaf (plain or already adapted)."""
   out = {}
-  for path, leaf in _flatten(params).items():
+  for path, leaf in trees.flatten_names(params).items():
     if path.endswith("/kernel") and (is_adapted(leaf) or getattr(leaf, "ndim", 0) == 2):
       out[module_name_fn(path[: -len("/kernel")])] = path
   return out
@@ -143,7 +124,7 @@ def inject(params: Mapping, method_or_rules, targets: Optional[Targets] = None,
   rules = _as_rules(method_or_rules, targets)
   if key is None:
     key = jax.random.key(0)
-  flat = _flatten(params)
+  flat = trees.flatten_names(params)
   assignment: dict[str, tuple[Any, str]] = {}
   for method, rule_targets in rules:
     chosen = select_modules(params, rule_targets, layers_to_transform=layers_to_transform,
@@ -175,13 +156,13 @@ def inject(params: Mapping, method_or_rules, targets: Optional[Targets] = None,
       node = method.init(k, flat[path], shared=shared_by_method[method])
     else:
       node = method.init(k, flat[path])
-    out = _set_path(out, path, node)
+    out = trees.set_path(out, path, node)
   return out
 
 
 def adapted_nodes(tree: Mapping) -> dict[str, Adapted]:
   """``{kernel path: node}`` for every adapted leaf."""
-  return {p: v for p, v in _flatten(tree).items() if is_adapted(v)}
+  return {p: v for p, v in trees.flatten_names(tree).items() if is_adapted(v)}
 
 
 def _map_tree(tree: Mapping, fn: Callable[[str, Any], Any], prefix: str = "") -> dict:

@@ -31,6 +31,7 @@ import numpy as np
 from peft_jax.adapters import api as adapters_api
 from peft_jax.arena import pipeline
 from peft_jax.arena import stages as stages_lib
+from peft_jax.common import files
 
 
 def sft_prompts(path: str, limit: int) -> list[str]:
@@ -108,7 +109,7 @@ def analyze_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
     arrays.update(trajectory_arrays)
   np.savez(os.path.join(tmp, 'arrays.npz'), **arrays)
   os.remove(os.path.join(tmp, 'profiles.npz'))
-  stages_lib.write_json_atomic(os.path.join(tmp, 'analysis.json'), analysis)
+  files.write_json(os.path.join(tmp, 'analysis.json'), analysis)
   stages_lib.shutil.rmtree(out_dir, ignore_errors=True)
   os.replace(tmp, out_dir)
   return analysis

@@ -584,7 +584,7 @@ def run_arena(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  stages_lib.write_json_atomic(os.path.join(workdir, 'config.json'), config.to_dict())
+  files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   started = time.perf_counter()
   ctx = build_context(config, workdir)
   methods = list(config.method_order)
@@ -630,7 +630,7 @@ def run_arena(config: ml_collections.ConfigDict, workdir: str) -> dict:
     shutil.rmtree(report_dir)
   runner.run('report', write)
   progress.close()
-  stages_lib.write_json_atomic(os.path.join(workdir, 'results.json'), results)
+  files.write_json(os.path.join(workdir, 'results.json'), results)
   return results
 
 

@@ -16,27 +16,9 @@ import shutil
 import time
 from typing import Any, Callable, Mapping, Optional
 
+from peft_jax.common import files
+
 RESULT_FILE = 'result.json'
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to ``path`` through a temporary file and ``os.replace``."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, sort_keys=False, default=_json_default)
-  os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  if isinstance(value, np.generic):
-    return value.item()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  if hasattr(value, '__array__'):
-    return np.asarray(value).tolist()
-  raise TypeError(f'{type(value).__name__} is not JSON serialisable')
 
 
 class StageRunner:
@@ -96,7 +78,7 @@ class StageRunner:
     start = time.perf_counter()
     result = dict(fn(work))
     result['seconds'] = time.perf_counter() - start
-    write_json_atomic(os.path.join(work, RESULT_FILE), result)
+    files.write_json(os.path.join(work, RESULT_FILE), result)
     if not in_place:
       shutil.rmtree(final, ignore_errors=True)
       os.replace(work, final)

@@ -24,19 +24,12 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from peft_jax.common import files
 from peft_jax.data import suite as suite_lib
 from peft_jax.data.tokenizer_train import EOS_TOKEN
 
 PRETRAIN_FILE = 'pretrain.jsonl'
 SUITE_META = 'suite.json'
-
-
-def _write_jsonl_atomic(path: str, rows) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    for row in rows:
-      f.write(json.dumps(row) + '\n')
-  os.replace(tmp, path)
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -132,7 +125,7 @@ def build_world(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tokenizer = ensure_tokenizer(suite_dir, tokenizer_dir, config.vocab_size)
   data_path = os.path.join(workdir, PRETRAIN_FILE)
   if not os.path.exists(data_path):
-    _write_jsonl_atomic(data_path, pretraining_rows(suite_dir))
+    files.write_jsonl(data_path, pretraining_rows(suite_dir))
   train_cfg = train_config(config, tokenizer, data_path, tokenizer_dir)
   result = trainer.train(train_cfg, os.path.join(workdir, 'train'))
   params = trainer._host(result.tree)  # pylint: disable=protected-access

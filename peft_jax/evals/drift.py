@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from peft_jax.common import files
 from peft_jax.evals import harness
 from peft_jax.evals.tasks import Task
 
@@ -198,8 +199,8 @@ def write_drift_outputs(report: Mapping[str, Any], out_dir: str) -> dict[str, st
   """Writes ``drift.json``, ``drift.csv`` and ``drift_heatmap.png``; returns their paths."""
   paths = {"json": os.path.join(out_dir, "drift.json"), "csv": os.path.join(out_dir, "drift.csv"),
            "png": os.path.join(out_dir, "drift_heatmap.png")}
-  harness.write_json_atomic(paths["json"], report)
-  harness.write_text_atomic(paths["csv"], drift_csv(report))
+  files.write_json(paths["json"], report, indent=2, sort_keys=True)
+  files.write_text(paths["csv"], drift_csv(report))
   plot_drift_heatmap(report, paths["png"])
   return paths
 

@@ -21,42 +21,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
+from peft_jax.common import files
 from peft_jax.evals import scorers
 from peft_jax.evals.tasks import Task
 
 GenerateFn = Callable[..., list[str]]
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes ``obj`` as JSON to ``path`` via a temp file in the same directory + ``os.replace``."""
-  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_jsonl_atomic(path: str, rows: Sequence[Any]) -> None:
-  """Writes one JSON object per line, atomically (a reader never sees a partial file)."""
-  write_text_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-
-
-def write_text_atomic(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` via a temp file in the same directory + ``os.replace``."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
 
 
 def model_generate_fn(model: Any, params: Any, tokenizer: Any, **sampling: Any) -> GenerateFn:
@@ -188,8 +163,8 @@ def evaluate(model: Any, params: Any, tokenizer: Any, tasks: Sequence[Task], *, 
                                  batch_size=batch_size)
     task_results[task.name] = result
     if out_dir is not None:
-      write_jsonl_atomic(os.path.join(out_dir, f"{task.name}.jsonl"), rows)
+      files.write_jsonl(os.path.join(out_dir, f"{task.name}.jsonl"), rows, sort_keys=True)
   summary = summarize(task_results)
   if out_dir is not None:
-    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+    files.write_json(os.path.join(out_dir, "summary.json"), summary, indent=2, sort_keys=True)
   return summary

@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from peft_jax.common import files
 from peft_jax.evals import harness
 from peft_jax.evals import tasks as tasks_lib
 
@@ -101,14 +102,14 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     with open(config.baseline_summary, encoding="utf-8") as f:
       baseline = json.load(f)
   os.makedirs(workdir, exist_ok=True)
-  harness.write_json_atomic(os.path.join(workdir, "eval_config.json"), config.to_dict())
+  files.write_json(os.path.join(workdir, "eval_config.json"), config.to_dict(), indent=2, sort_keys=True)
   model, params, tokenizer = _load_model(config)
   summary = harness.evaluate(model, params, tokenizer, task_list,
                              key=jax.random.key(config.seed), batch_size=config.batch_size,
                              out_dir=workdir)
   if baseline is not None:
     summary = add_baseline_deltas(summary, baseline)
-    harness.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    files.write_json(os.path.join(workdir, "summary.json"), summary, indent=2, sort_keys=True)
   return summary
 
 
@@ -144,7 +145,7 @@ def run_drift(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
       raise KeyError(f"config.drift_adapters.{spec.name}.nominal_task {spec.nominal_task!r} is "
                      f"not a configured task; tasks: {task_names}")
   os.makedirs(workdir, exist_ok=True)
-  harness.write_json_atomic(os.path.join(workdir, "eval_config.json"), config.to_dict())
+  files.write_json(os.path.join(workdir, "eval_config.json"), config.to_dict(), indent=2, sort_keys=True)
   model, params, tokenizer = _load_base(config)
   _, _, report = drift.evaluate_adapters(
       model, params, tokenizer, task_list, specs, key=jax.random.key(config.seed),

@@ -18,27 +18,17 @@ import jax.numpy as jnp
 from peft_jax.geometry import activations
 from peft_jax.geometry import spectral
 
+from peft_jax.common.trees import path_name
+
 Array = jax.Array
 PyTree = Any
-
-
-def _path_name(key_path) -> str:
-  parts = []
-  for key in key_path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
 
 
 def flat_kernels(params: PyTree) -> dict[str, Array]:
   """``{'/'-joined path: leaf}`` for every 2-D leaf named ``kernel`` (Flax ``[d_in, d_out]``)."""
   out = {}
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    name = _path_name(key_path)
+    name = path_name(key_path)
     if name.split("/")[-1] == "kernel" and jnp.ndim(leaf) == 2:
       out[name] = leaf
   return out

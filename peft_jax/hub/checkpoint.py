@@ -21,7 +21,6 @@ import os
 import pathlib
 import shutil
 import struct
-import tempfile
 from typing import Any
 
 import jax
@@ -30,6 +29,8 @@ import ml_dtypes
 import numpy as np
 
 from peft_jax.adapters.core import is_adapted
+from peft_jax.common.files import replace_directory, temporary_directory_for
+from peft_jax.common.trees import flatten_dict, unflatten_dict
 from peft_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from peft_jax.models.decoder import Decoder, init_params
 
@@ -274,26 +275,6 @@ def _hf_name(path: tuple[str, ...]) -> tuple[str, bool]:
   return '.'.join(['model'] + hf_modules + [hf_leaf]), leaf == 'kernel'
 
 
-def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, prefix + (key,)))
-    else:
-      out[prefix + (key,)] = value
-  return out
-
-
-def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree
-
-
 def load_params(path: str | os.PathLike, config: ModelConfig, dtype: Any = jnp.float32,
                 shardings: Any = None) -> dict[str, Any]:
   """Reads the safetensors of ``path`` into a params tree for ``Decoder(config)``.
@@ -304,8 +285,8 @@ def load_params(path: str | os.PathLike, config: ModelConfig, dtype: Any = jnp.f
   """
   directory = resolve_path(path)
   index = _SafetensorsIndex(directory)
-  expected = _flatten(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
-  sharding_flat = _flatten(shardings) if shardings is not None else {}
+  expected = flatten_dict(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
+  sharding_flat = flatten_dict(shardings) if shardings is not None else {}
   used = set()
   flat = {}
   for param_path, spec in expected.items():
@@ -334,7 +315,7 @@ def load_params(path: str | os.PathLike, config: ModelConfig, dtype: Any = jnp.f
   if unexpected:
     raise ValueError(f'checkpoint {directory} has tensors the {config.model_type} decoder does '
                      f'not use: {sorted(unexpected)[:10]}')
-  return _unflatten(flat)
+  return unflatten_dict(flat)
 
 
 def _load_tokenizer_if_present(directory: pathlib.Path):
@@ -375,8 +356,8 @@ def save_pretrained(config: ModelConfig, params: Any, path: str | os.PathLike,
   if any(is_adapted(leaf) for leaf in leaves):
     raise ValueError('params still hold Adapted nodes; merge them first (peft_jax.merge(tree)) '
                      'or save the adapter with peft_jax.hub.save_adapter')
-  expected = _flatten(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
-  flat = _flatten(params)
+  expected = flatten_dict(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
+  flat = flatten_dict(params)
   missing = sorted('/'.join(p) for p in expected if p not in flat)
   extra = sorted('/'.join(p) for p in flat if p not in expected)
   if missing or extra:
@@ -391,8 +372,7 @@ def save_pretrained(config: ModelConfig, params: Any, path: str | os.PathLike,
     hf_name, transposed = _hf_name(param_path)
     tensors[hf_name] = np.ascontiguousarray(array.T if transposed else array)
   target = pathlib.Path(path)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{target.name}.tmp-', dir=target.parent))
+  staging = pathlib.Path(temporary_directory_for(target))
   try:
     hf_config = config_to_hf_dict(config)
     # transformers loads into the dtype config.json names: record what the tensors hold.
@@ -401,13 +381,7 @@ def save_pretrained(config: ModelConfig, params: Any, path: str | os.PathLike,
     _write_safetensors(staging / 'model.safetensors', tensors)
     if tokenizer is not None:
       tokenizer.save_pretrained(str(staging))
-    if target.exists():
-      old = target.with_name(f'.{target.name}.old-{os.getpid()}')
-      target.rename(old)
-      staging.rename(target)
-      shutil.rmtree(old)
-    else:
-      staging.rename(target)
+    replace_directory(staging, target)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise

@@ -28,8 +28,8 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
 # By name: `peft_jax.adapters.inject` is also the re-exported inject function.
-from peft_jax.adapters.inject import _flatten as flatten_params  # pylint: disable=protected-access
-from peft_jax.adapters.inject import _set_path as set_path  # pylint: disable=protected-access
+from peft_jax.common.trees import flatten_names as flatten_params
+from peft_jax.common.trees import set_path
 from peft_jax.adapters.inject import adapted_nodes
 from peft_jax.adapters.inject import default_module_name
 from peft_jax.adapters.inject import linear_modules

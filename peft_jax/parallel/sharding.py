@@ -23,6 +23,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from peft_jax.common.trees import named_leaves, path_name
+
 PyTree = Any
 MESH_AXES = ('data', 'fsdp', 'tensor')
 # The batch dimension of every input is split over both data-parallel axes.
@@ -169,29 +171,6 @@ def logical_to_sharding(axes_tree: PyTree, mesh: Mesh,
     return NamedSharding(mesh, logical_to_spec(axes_by_path[path], leaf.shape, mesh, rules))
 
   return jax.tree_util.tree_map_with_path(one, shapes)
-
-
-def path_name(path: Sequence[Any]) -> str:
-  """'/'-joined name of a pytree key path; ``Adapted`` children are ``base``/``params``/``frozen``."""
-  parts = []
-  for key in path:
-    if isinstance(key, jax.tree_util.DictKey):
-      parts.append(str(key.key))
-    elif isinstance(key, jax.tree_util.GetAttrKey):
-      parts.append(key.name)
-    elif isinstance(key, jax.tree_util.FlattenedIndexKey):
-      # Adapted flattens to (base, params, frozen); nothing else of ours uses flattened indices.
-      parts.append(('base', 'params', 'frozen')[key.key] if key.key < 3 else str(key.key))
-    elif isinstance(key, jax.tree_util.SequenceKey):
-      parts.append(str(key.idx))
-    else:
-      parts.append(str(key))
-  return '/'.join(parts)
-
-
-def named_leaves(tree: PyTree) -> dict[str, Any]:
-  """``{'/'-joined path: leaf}`` for every leaf (``None`` subtrees have no leaves)."""
-  return {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def shardings_like(tree: PyTree, full_shardings: PyTree) -> PyTree:

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import Bbox
 
-from peft_jax.report._io import atomic_write
+from peft_jax.common.files import atomic_write
 
 DPI = 110
 METHOD_ORDER = ("full", "lora", "dora", "pissa", "vera", "oft", "miss", "disel")

@@ -16,7 +16,7 @@ from typing import Any
 from peft_jax.report import document as doc
 from peft_jax.report import figures as figs
 from peft_jax.report import markdown as md
-from peft_jax.report._io import atomic_write_text
+from peft_jax.common.files import write_text as atomic_write_text
 from peft_jax.report.schema import validate_results
 
 _CSS = """

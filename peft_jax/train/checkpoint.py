@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from peft_jax.parallel.sharding import path_name
+from peft_jax.common.trees import path_name
 
 PyTree = Any
 CONFIG_FILE = 'config.json'

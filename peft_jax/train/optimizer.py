@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from peft_jax.parallel.sharding import path_name
+from peft_jax.common.trees import path_name
 
 PyTree = Any
 # Parameters never decayed: biases, norm scales and any tensor of rank < 2.

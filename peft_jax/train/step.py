@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from peft_jax.parallel.sharding import path_name, replicated
+from peft_jax.common.trees import path_name
+from peft_jax.parallel.sharding import replicated
 
 Array = jax.Array
 PyTree = Any
