@@ -89,7 +89,6 @@ def _jax_case(method, tokens, loss_mask):
   from peft_jax.adapters import api as adapters  # pylint: disable=g-import-not-at-top
   from peft_jax.train import make_sft_loss  # pylint: disable=g-import-not-at-top
   from peft_jax.train.setup import setup_training  # pylint: disable=g-import-not-at-top
-  from peft_jax.train.trainer import full_combine, full_partition  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as directory:
     _hf_model(torch, transformers).save_pretrained(directory)
     model, params, _ = hub.load_pretrained(directory)
@@ -98,9 +97,9 @@ def _jax_case(method, tokens, loss_mask):
   if method == 'lora_qv':
     params = adapters.inject(params, adapters.LoRA(rank=8, alpha=16.0), ['q_proj', 'v_proj'],
                              jax.random.PRNGKey(0))
-    partition, combine = adapters.partition, adapters.combine
   else:
-    partition, combine = full_partition, full_combine
+    params = adapters.inject(params, adapters.Full(), None)
+  partition, combine = adapters.partition, adapters.combine
 
   def apply_fn(tree, tokens_, positions, segment_ids, rng):
     del rng

@@ -14,20 +14,28 @@ custom: any Hugging Face checkpoint directory with local SFT data and task files
 
 import ml_collections
 
-METHODS = ('full', 'lora', 'dora', 'pissa', 'vera', 'oft', 'miss', 'disel')
+from peft_jax.adapters.api import method_names
+
+
+def _lr(peak_lr: float) -> dict:
+  return dict(optimizer=dict(peak_lr=peak_lr))
 
 
 def _methods() -> ml_collections.ConfigDict:
-  # Per method: adapter kwargs and peak learning rate (PEFT-Arena's shapes, small-model budgets).
+  # Per method: overrides of the train config (peft_jax.train.config.default_config), applied
+  # after the arena's shared `train` overrides: adapter kwargs and peak learning rate
+  # (PEFT-Arena's shapes, small-model budgets).
+  def adapter(**kwargs):
+    return dict(adapter=dict(kwargs=kwargs))
   return ml_collections.ConfigDict(dict(
-      full=dict(kwargs={}, lr=1e-3),
-      lora=dict(kwargs=dict(rank=8, alpha=16.0), lr=3e-3),
-      dora=dict(kwargs=dict(rank=8, alpha=16.0), lr=3e-3),
-      pissa=dict(kwargs=dict(rank=8, alpha=16.0), lr=1e-3),
-      vera=dict(kwargs=dict(rank=64), lr=1e-2),
-      oft=dict(kwargs=dict(block_size=16), lr=3e-3),
-      miss=dict(kwargs=dict(rank=16), lr=3e-3),
-      disel=dict(kwargs=dict(rank=8, alpha=16.0, gate_bias_init=-3.0), lr=3e-3, gate_lr_mult=5.0),
+      full=_lr(1e-3),
+      lora=adapter(rank=8, alpha=16.0) | _lr(3e-3),
+      dora=adapter(rank=8, alpha=16.0) | _lr(3e-3),
+      pissa=adapter(rank=8, alpha=16.0) | _lr(1e-3),
+      vera=adapter(rank=64) | _lr(1e-2),
+      oft=adapter(block_size=16) | _lr(3e-3),
+      miss=adapter(rank=16) | _lr(3e-3),
+      disel=adapter(rank=8, alpha=16.0, gate_bias_init=-3.0, gate_lr_mult=5.0) | _lr(3e-3),
   ))
 
 
@@ -40,12 +48,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.target = 'gsm'  # the target domain fine-tuned on (a task name)
   config.target_train_path = ''  # custom world: the SFT JSONL of the target
   config.tasks = []  # custom world: task specs (peft_jax.evals.load_task)
-  config.method_order = METHODS
+  config.method_order = method_names()  # the registry's methods (peft_jax.adapters.METHODS)
   config.methods = _methods()
-  config.adapter_targets = 'all-linear'
+  # Overrides of the train config shared by every method (big_vision style); the arena sets the
+  # model path, data path, method name, seed, mesh and progress bar itself.
   config.train = ml_collections.ConfigDict(dict(
-      steps=200, batch_size=16, seq_len=128, warmup_steps=10, weight_decay=0.0,
-      checkpoint_every=100, snapshot_every=0))
+      total_steps=200, batch_size=16, log_every=1,
+      adapter=dict(target_regex='all-linear'),
+      data=dict(seq_len=128),
+      optimizer=dict(warmup_steps=10, weight_decay=0.0),
+      checkpoint=dict(every_steps=100, keep=1, snapshot_every=0)))
   config.eval = ml_collections.ConfigDict(dict(
       batch_size=64,
       limits=dict(ifeval=48, nq=48, bbh=8, gsm=64, cipher=32),  # bbh: per subtask
@@ -63,7 +75,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     pass
   elif arg == 'full':
     config.title = 'PEFT-Arena: full preset'
-    config.train.steps = 600
+    config.train.total_steps = 600
     config.eval.limits = dict(ifeval=200, nq=108, bbh=50, gsm=200, cipher=200)
     config.paths.alphas = tuple(i / 10 for i in range(11))
     config.paths.limits = dict(ifeval=64, nq=64, bbh=10, gsm=64, cipher=64)
@@ -76,11 +88,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.paths.limit = 32
   elif arg == 'smoke':
     config.title = 'PEFT-Arena smoke run'
-    config.train.update(dict(steps=4, batch_size=8, seq_len=64, warmup_steps=1,
-                             checkpoint_every=2))
-    config.methods.vera.kwargs = dict(rank=8)
-    config.methods.oft.kwargs = dict(block_size=8)
-    config.methods.miss.kwargs = dict(rank=4)
+    config.train.total_steps = 4
+    config.train.batch_size = 8
+    config.train.data.seq_len = 64
+    config.train.optimizer.warmup_steps = 1
+    config.train.checkpoint.every_steps = 2
+    config.methods.vera.adapter.kwargs = dict(rank=8)
+    config.methods.oft.adapter.kwargs = dict(block_size=8)
+    config.methods.miss.adapter.kwargs = dict(rank=4)
     config.eval.batch_size = 16
     config.eval.limits = dict(ifeval=4, nq=4, bbh=1, gsm=4, cipher=4)
     config.eval.max_new_tokens = dict(ifeval=8, nq=4, bbh=8, gsm=8, cipher=8)

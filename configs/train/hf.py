@@ -8,8 +8,8 @@ tokenizer and chat template.
 disel; default lora) and ``rank`` (default 16). ``runlocal`` shrinks the run for a CPU smoke test.
 """
 
-from peft_jax.adapters.api import DISeL
-from peft_jax.train.config import ADAPTER_METHODS, default_config
+from peft_jax.adapters.api import method_names
+from peft_jax.train.config import default_config
 
 
 def _parse(arg):
@@ -25,8 +25,8 @@ def _parse(arg):
 def get_config(arg=None):
   options = _parse(arg)
   method, rank = options['method'], int(options['rank'])
-  if method not in ADAPTER_METHODS:
-    raise ValueError(f'configs/train/hf.py: method {method!r} must be one of {ADAPTER_METHODS}')
+  if method not in method_names():
+    raise ValueError(f'configs/train/hf.py: method {method!r} must be one of {method_names()}')
   config = default_config()
   config.model.path = ''  # required: --config.model.path=/path/to/hf_dir
   config.model.dtype = 'bfloat16'  # bf16 compute, float32 trainable params
@@ -51,18 +51,15 @@ def get_config(arg=None):
       'vera': dict(rank=256),
       'oft': dict(block_size=32),
       'miss': dict(rank=64),
-      'disel': dict(rank=rank, alpha=2.0 * rank, gate_bias_init=-3.0),
+      'disel': dict(rank=rank, alpha=2.0 * rank, gate_bias_init=-3.0, gate_lr_mult=5.0),
   }[method]
   config.adapter.kwargs = kwargs
-  if method == 'disel':
-    config.optimizer.lr_groups = ((DISeL.gate_param_regex, 5.0),)
-    config.optimizer.no_decay_patterns = (r'.*bias.*', r'.*norm.*', r'.*scale',
-                                        DISeL.gate_param_regex)
   if options['runlocal']:
     config.model.dtype = 'float32'
     config.data.seq_len = 64
     config.batch_size = 8
     config.total_steps = 10
+    config.optimizer.warmup_steps = 2  # the full run's 20 would exceed the 10 steps
     config.checkpoint.every_steps = 5
     config.checkpoint.snapshot_every = 5
     config.log_every = 1

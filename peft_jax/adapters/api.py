@@ -14,8 +14,12 @@ from peft_jax.adapters.inject import delta
 from peft_jax.adapters.inject import inject
 from peft_jax.adapters.inject import linear_modules
 from peft_jax.adapters.inject import merge
+from peft_jax.adapters.inject import merge_exact
+from peft_jax.adapters.inject import methods_of
 from peft_jax.adapters.inject import partition
+from peft_jax.adapters.inject import param_groups
 from peft_jax.adapters.inject import path
+from peft_jax.adapters.inject import scale_updates
 from peft_jax.adapters.inject import select_modules
 from peft_jax.adapters.lora import LoRA
 from peft_jax.adapters.miss import MiSS
@@ -23,9 +27,35 @@ from peft_jax.adapters.oft import OFT
 from peft_jax.adapters.pissa import PiSSA
 from peft_jax.adapters.vera import VeRA
 
-# Methods by config name (``config.adapter.method = 'lora'``).
-METHODS = {"lora": LoRA, "dora": DoRA, "pissa": PiSSA, "vera": VeRA, "oft": OFT, "miss": MiSS,
-           "disel": DISeL, "full": Full}
+# The one list of methods, by config name (``config.adapter.method = 'lora'``), in the order
+# reports show them. A new method is a file in adapters/ and one line here (or a
+# ``register_method`` call from user code); the trainer, the arena, the report and PEFT export
+# take it from the registry and the method object's protocol (core.AdapterMethod).
+METHODS = {"full": Full, "lora": LoRA, "dora": DoRA, "pissa": PiSSA, "vera": VeRA, "oft": OFT,
+           "miss": MiSS, "disel": DISeL}
+
+
+def method_names() -> tuple[str, ...]:
+  """Registered method names, in registry order."""
+  return tuple(METHODS)
+
+
+def register_method(name: str, cls: type, *, replace: bool = False) -> type:
+  """Adds a method class to the registry under ``name`` (``make_method(name, ...)`` builds it).
+
+  Raises:
+    ValueError: ``name`` taken (unless ``replace``) or ``cls`` not a dataclass with a ``name``
+      field defaulting to ``name``.
+  """
+  if name in METHODS and not replace:
+    raise ValueError(f"adapter method {name!r} is already registered ({METHODS[name].__name__})")
+  if not dataclasses.is_dataclass(cls):
+    raise ValueError(f"register_method({name!r}): {cls!r} must be a frozen dataclass")
+  default = {f.name: f.default for f in dataclasses.fields(cls)}.get("name")
+  if default != name:
+    raise ValueError(f"register_method({name!r}): {cls.__name__}.name defaults to {default!r}")
+  METHODS[name] = cls
+  return cls
 
 
 def make_method(name: str, **hyper_parameters):
@@ -45,7 +75,8 @@ def make_method(name: str, **hyper_parameters):
 
 
 __all__ = [
-    "METHODS", "make_method", "DISeL", "DoRA", "Full", "LoRA", "MiSS", "OFT", "PiSSA", "VeRA",
+    "METHODS", "make_method", "method_names", "register_method", "param_groups", "merge_exact",
+    "methods_of", "scale_updates", "DISeL", "DoRA", "Full", "LoRA", "MiSS", "OFT", "PiSSA", "VeRA",
     "adapted_nodes", "adapter_logical_axes", "combine", "count_params", "default_module_name",
     "delta", "inject", "linear_modules", "merge", "partition", "path", "select_modules",
 ]

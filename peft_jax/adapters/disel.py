@@ -20,9 +20,9 @@ gate-free upper bound ``s a b`` (every ``g_i = 1``); ``expected_delta(node, xs)`
 ``s a diag(E_x[g(x)]) b`` averaged over the given inputs. Label analyses that use either as such.
 ``merge``/``path`` use the fully-open ``delta`` (documented approximation).
 
-``DISeL.gate_param_names`` lists the gate params, and ``DISeL.gate_param_regex`` matches their
-'/'-joined tree paths, so a trainer can give them their own learning rate (the reference uses 5x
-the base lr) and no weight decay.
+``DISeL.param_groups()`` gives the gate params (``gate_param_names``) their own learning-rate
+multiplier ``gate_lr_mult`` (the reference uses 5x the base lr) and no weight decay; every trainer
+reads it from the method object. ``gate_param_regex`` matches their '/'-joined tree paths.
 """
 
 from __future__ import annotations
@@ -36,33 +36,35 @@ import jax.numpy as jnp
 
 from peft_jax.adapters import _common
 from peft_jax.adapters import lora
-from peft_jax.adapters.core import Adapted
+from peft_jax.adapters.core import Adapted, ParamGroup
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class DISeL(_common.AdditiveUpdate):
-  """DISeL hyper-parameters (LoRA's plus ``gate_bias_init`` and ``gate_normalize``)."""
+class DISeL(lora.LoraFamily):
+  """DISeL hyper-parameters (LoRA's plus ``gate_bias_init``, ``gate_normalize`` and the gates'
+  learning-rate multiplier ``gate_lr_mult``; the gates get no weight decay)."""
 
-  rank: int = 8
-  alpha: float = 8.0
-  dropout: float = 0.0
-  use_rslora: bool = False
   gate_bias_init: float = -3.0
   gate_normalize: bool = False
+  gate_lr_mult: float = 5.0
   name: str = "disel"
+  exact_merge: ClassVar[bool] = False  # input-dependent gates: no static merged weight
+  path_kind: ClassVar[str] = "gated"
+  has_gates: ClassVar[bool] = True
+  peft_type: ClassVar[Optional[str]] = None
   gate_param_names: ClassVar[tuple[str, ...]] = ("gate_w", "gate_b")
   # Full-path regex for '/'-joined param names (Adapted children are base/params/frozen), e.g.
   # 'layers_0/mlp/gate_proj/kernel/params/gate_w'. A bare '.*gate.*' would also catch gate_proj.
   gate_param_regex: ClassVar[str] = r"(.*/)?params/(gate_w|gate_b)$"
 
-  @property
-  def scale(self) -> float:
-    return lora.lora_scaling(self.rank, self.alpha, self.use_rslora)
+  def param_groups(self):
+    group = ParamGroup(lr_multiplier=float(self.gate_lr_mult), weight_decay=False)
+    return {name: group for name in self.gate_param_names}
 
   def init(self, key: Array, w0: Array) -> Adapted:
-    _common.check_rank(self.rank, w0, "DISeL")
+    self.check(w0)
     key_lora, key_gate = jax.random.split(key)
     params = lora.init_lora_factors(key_lora, w0, self.rank, "default")
     d_in = w0.shape[0]
@@ -94,7 +96,7 @@ class DISeL(_common.AdditiveUpdate):
 
   def delta(self, node: Adapted) -> Array:
     """Fully-open ``ΔW = s a b: [d_in, d_out]`` (all gates 1; a bound, not the real update)."""
-    return self.scale * (node.params["lora_a"] @ node.params["lora_b"])
+    return super().delta(node)
 
   def expected_delta(self, node: Adapted, xs: Array) -> Array:
     """``s a diag(mean_x g(x)) b: [d_in, d_out]`` over inputs ``xs: [..., d_in]``."""
@@ -102,6 +104,5 @@ class DISeL(_common.AdditiveUpdate):
     return self.scale * ((node.params["lora_a"] * mean_gate[None, :]) @ node.params["lora_b"])
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
-    del node
-    return {"lora_a": (in_axis, "rank"), "lora_b": ("rank", out_axis),
-            "gate_w": (in_axis, "rank"), "gate_b": ("rank",)}, {}
+    params_axes, frozen_axes = super().param_axes(node, in_axis, out_axis)
+    return {**params_axes, "gate_w": (in_axis, "rank"), "gate_b": ("rank",)}, frozen_axes

@@ -23,7 +23,7 @@ with ``sg`` = stop-gradient (DoRA §4.3; PEFT ``.detach()``) and ``m: [d_out]`` 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,26 +41,20 @@ def column_norm(w: Array) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class DoRA:
+class DoRA(lora.LoraFamily):
   """DoRA hyper-parameters (PEFT ``LoraConfig(use_dora=True, ...)``).
 
   Node layout: ``params = {'lora_a': [d_in, r], 'lora_b': [r, d_out], 'magnitude': [d_out]}``,
   ``frozen = {}``, ``base = W0``.
   """
 
-  rank: int = 8
-  alpha: float = 8.0
-  dropout: float = 0.0
-  use_rslora: bool = False
   init_weights: str = "default"
   name: str = "dora"
-
-  @property
-  def scale(self) -> float:
-    return lora.lora_scaling(self.rank, self.alpha, self.use_rslora)
+  path_kind: ClassVar[str] = "magnitude_direction"
+  use_dora: ClassVar[bool] = True
 
   def init(self, key: Array, w0: Array) -> Adapted:
-    _common.check_rank(self.rank, w0, "DoRA")
+    self.check(w0)
     params = lora.init_lora_factors(key, w0, self.rank, self.init_weights)
     direction = w0.astype(jnp.float32) + self.scale * (params["lora_a"] @ params["lora_b"])
     params["magnitude"] = column_norm(direction)
@@ -109,10 +103,9 @@ class DoRA:
     magnitude = (1 - t) * column_norm(w0) + t * node.params["magnitude"]
     return (magnitude / column_norm(direction) * direction).astype(node.base.dtype)
 
-  def num_trainable(self, node: Adapted) -> int:
-    return _common.num_params(node.params)
-
   def param_axes(self, node: Adapted, in_axis, out_axis):
-    del node
-    return {"lora_a": (in_axis, "rank"), "lora_b": ("rank", out_axis),
-            "magnitude": (out_axis,)}, {}
+    params_axes, frozen_axes = super().param_axes(node, in_axis, out_axis)
+    return {**params_axes, "magnitude": (out_axis,)}, frozen_axes
+
+  def scale_update(self, node: Adapted, t: Array) -> Adapted:
+    raise TypeError("DoRA has an exact merge; use path(node, t)")

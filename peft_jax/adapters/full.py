@@ -1,47 +1,73 @@
-"""Full fine-tuning as an adapter: a trainable dense ``ΔW`` on top of the frozen ``W0``.
+"""Full fine-tuning as a method: the weight itself is trainable, the pretrained copy kept frozen.
 
-``y = x (W0 + ΔW)``, ``ΔW: [d_in, d_out]`` initialised to zero, so the arena can treat full
-fine-tuning like every other method (same partition / delta / path machinery).
+``Full(scope='everything')`` (the default, as PEFT-Arena's full FT) adapts every parameter of the
+model, kernels, biases, norm scales and embeddings alike, whatever the targets;
+``Full(scope='linear')`` adapts only the linear kernels the target rules select (PEFT target
+semantics), leaving embeddings and norms frozen.
+
+Node layout: ``base = W0`` (frozen), ``params = {'weight': W}`` with ``W`` initialised to a copy of
+``W0``. The forward multiplies by ``W`` exactly as an unadapted layer multiplies by its kernel,
+and AdamW updates ``W`` exactly as it would update the plain parameter (the same array name
+rules decide its weight decay), so training through ``Full`` is training the weights directly;
+the frozen copy gives ``ΔW = W − W0``, the linear path ``W0 + t ΔW`` and the reference policy
+for free, at the cost of one extra copy of the adapted weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 
-from peft_jax.adapters import _common
-from peft_jax.adapters.core import Adapted
+from peft_jax.adapters.core import Adapted, MethodBase, dense_matmul
 
 Array = jax.Array
+SCOPES = ("everything", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
-class Full(_common.AdditiveUpdate):
-  """Full fine-tuning. Node layout: ``params = {'delta': [d_in, d_out]}``, ``frozen = {}``."""
+class Full(MethodBase):
+  """Full fine-tuning (``scope``: ``'everything'`` or ``'linear'``; see the module docstring)."""
 
+  scope: str = "everything"
   name: str = "full"
+  peft_type: ClassVar[Optional[str]] = None
+
+  def __post_init__(self):
+    if self.scope not in SCOPES:
+      raise ValueError(f"Full: scope={self.scope!r}; valid: {SCOPES}")
+
+  @property
+  def adapts(self) -> str:  # type: ignore[override]
+    return "all" if self.scope == "everything" else "targets"
 
   def init(self, key: Array, w0: Array) -> Adapted:
     del key
-    if w0.ndim != 2:
-      raise ValueError(f"Full: expected a 2-D kernel [d_in, d_out], got shape {w0.shape}")
-    return Adapted(w0, {"delta": jnp.zeros(w0.shape, jnp.float32)}, {}, self)
+    # An explicit copy: the trainable weight is donated by the train step, the base is not.
+    weight = jnp.array(w0, dtype=jnp.float32, copy=True)
+    return Adapted(w0, {"weight": weight}, {}, self)
 
   def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
             dtype: Any = None) -> Array:
-    """``x: [..., d_in] -> x (W0 + ΔW)`` (one dense matmul)."""
+    """``x: [..., d_in] -> x W`` (the plain layer's matmul on the trained weight)."""
     del dropout_rng
-    dtype = _common.compute_dtype(x, dtype)
-    x2, lead = _common.flat2d(x)
-    w = node.base.astype(jnp.float32) + node.params["delta"]
-    return _common.dot(x2, w, dtype).reshape(*lead, node.base.shape[-1])
+    return dense_matmul(x, node.params["weight"], dtype)
+
+  def merge(self, node: Adapted) -> Array:
+    return node.params["weight"].astype(node.base.dtype)
 
   def delta(self, node: Adapted) -> Array:
-    return node.params["delta"]
+    return node.params["weight"].astype(jnp.float32) - node.base.astype(jnp.float32)
 
-  def param_axes(self, node: Adapted, in_axis, out_axis):
+  def path(self, node: Adapted, t: Array) -> Array:
+    """``W0 + t (W − W0)``."""
+    return (node.base + t * self.delta(node)).astype(node.base.dtype)
+
+  def num_stored(self, node: Adapted) -> int:
+    return int(node.params["weight"].size)  # the trained weight replaces the base
+
+  def param_axes(self, node: Adapted, *base_axes):
     del node
-    return {"delta": (in_axis, out_axis)}, {}
+    return {"weight": tuple(base_axes)}, {}

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 
-from peft_jax.adapters.core import Adapted, is_adapted
+from peft_jax.adapters.core import Adapted, ParamGroup, is_adapted
 from peft_jax.common import trees
 
 Array = jax.Array
@@ -93,6 +93,8 @@ def _as_rules(method_or_rules, targets) -> list[tuple[Any, Targets]]:
       if not (isinstance(rule, (list, tuple)) and len(rule) == 2):
         raise ValueError(f"rule {i} must be a (method, targets) pair, got {rule!r}")
     return [tuple(r) for r in rules]
+  if targets is None and getattr(method_or_rules, "adapts", "targets") == "all":
+    return [(method_or_rules, None)]  # adapts every parameter: no targets needed
   if targets is None:
     raise ValueError("inject: give `targets` with a single method, or a list of "
                      "(method, targets) pairs")
@@ -127,8 +129,12 @@ def inject(params: Mapping, method_or_rules, targets: Optional[Targets] = None,
   flat = trees.flatten_names(params)
   assignment: dict[str, tuple[Any, str]] = {}
   for method, rule_targets in rules:
-    chosen = select_modules(params, rule_targets, layers_to_transform=layers_to_transform,
-                            exclude_modules=exclude_modules, module_name_fn=module_name_fn)
+    if getattr(method, "adapts", "targets") == "all":
+      # Every parameter (full fine-tuning of everything): targets do not restrict it.
+      chosen = {path: path for path in flat}
+    else:
+      chosen = select_modules(params, rule_targets, layers_to_transform=layers_to_transform,
+                              exclude_modules=exclude_modules, module_name_fn=module_name_fn)
     if not chosen:
       available = sorted(linear_modules(params, module_name_fn))
       raise ValueError(
@@ -146,9 +152,10 @@ def inject(params: Mapping, method_or_rules, targets: Optional[Targets] = None,
   keys = jax.random.split(key, len(paths))
   shared_by_method: dict[Any, dict] = {}
   for method in {m for m, _ in assignment.values()}:
-    if hasattr(method, "init_shared"):
-      shapes = [flat[p].shape for p in paths if assignment[p][0] == method]
-      shared_by_method[method] = method.init_shared(jax.random.fold_in(key, 0x5EA), shapes)
+    shapes = [flat[p].shape for p in paths if assignment[p][0] == method]
+    shared = method.init_shared(jax.random.fold_in(key, 0x5EA), shapes)
+    if shared is not None:
+      shared_by_method[method] = shared
   out = dict(params)
   for path, k in zip(paths, keys):
     method = assignment[path][0]
@@ -254,8 +261,10 @@ def path(tree: Mapping, t: Array, *, layer_scales: Optional[Mapping[str, Array]]
 def count_params(tree: Mapping) -> dict[str, int]:
   """``{'trainable': adapter params, 'total': every distinct array}``.
 
-  Arrays shared across nodes (VeRA's projections, methods with ``init_shared``) are counted once
-  per (method, name), even when a transformation (jit, device_put) returned separate copies.
+  Arrays shared across nodes (a method's ``shared_frozen``, e.g. VeRA's projections) are counted
+  once per (method, name), even when a transformation (jit, device_put) returned separate copies.
+  A node's base and trainable arrays count as ``method.num_stored(node)`` (full fine-tuning's
+  trained weight replaces its base, so the model is counted once).
   """
   total = 0
   trainable = 0
@@ -264,10 +273,10 @@ def count_params(tree: Mapping) -> dict[str, int]:
     if not is_adapted(leaf):
       total += int(leaf.size)
       continue
-    total += int(leaf.base.size) + sum(int(v.size) for v in jax.tree.leaves(leaf.params))
+    total += int(leaf.method.num_stored(leaf))
     trainable += int(leaf.method.num_trainable(leaf))
     for name, value in leaf.frozen.items():
-      if hasattr(leaf.method, "init_shared"):
+      if name in leaf.method.shared_frozen:
         if (leaf.method, name) in shared_seen:
           continue
         shared_seen.add((leaf.method, name))
@@ -282,7 +291,50 @@ def adapter_logical_axes(node: Adapted, base_axes: tuple) -> Adapted:
   axis-name tuple per array (A-like: ``(in, 'rank')``, B-like: ``('rank', out)``, DoRA magnitude:
   ``(out,)``, OFT: ``('blocks', None)``, VeRA: ``('rank',)``/``(out,)``).
   """
-  if len(base_axes) != 2:
-    raise ValueError(f"base_axes must be (input_axis, output_axis), got {base_axes!r}")
-  params_axes, frozen_axes = node.method.param_axes(node, base_axes[0], base_axes[1])
+  if len(base_axes) != node.base.ndim:
+    raise ValueError(f"base_axes {base_axes!r} must name each of the base's {node.base.ndim} "
+                     "dimensions ((input_axis, output_axis) for a kernel)")
+  params_axes, frozen_axes = node.method.param_axes(node, *base_axes)
   return Adapted(tuple(base_axes), params_axes, frozen_axes, node.method)
+
+
+def param_groups(tree: Any) -> Any:
+  """Tree of :class:`~peft_jax.adapters.core.ParamGroup` (or ``None``: default group) for every
+  array of ``tree`` (a params tree or its trainable partition), from each node's
+  ``method.param_groups()``; plain leaves are ``None``. Same structure as ``tree``."""
+
+  def visit(leaf):
+    if not is_adapted(leaf):
+      return None if leaf is None else _NO_GROUP
+    groups = leaf.method.param_groups()
+    params = {k: (None if v is None else groups.get(k, _NO_GROUP)) for k, v in leaf.params.items()}
+    frozen = {k: (None if v is None else _NO_GROUP) for k, v in leaf.frozen.items()}
+    base = None if leaf.base is None else _NO_GROUP
+    return Adapted(base, params, frozen, leaf.method)
+
+  return jax.tree.map(visit, tree, is_leaf=lambda x: is_adapted(x) or x is None)
+
+
+_NO_GROUP = ParamGroup()
+
+
+def methods_of(tree: Mapping) -> tuple:
+  """The distinct method objects of a tree's adapted nodes, in path order."""
+  seen: dict = {}
+  for node in adapted_nodes(tree).values():
+    seen.setdefault(node.method, None)
+  return tuple(seen)
+
+
+def merge_exact(tree: Mapping) -> Optional[dict]:
+  """:func:`merge` when every node's method merges exactly, else ``None`` (an input-dependent
+  update, such as DISeL's gates, must be evaluated unmerged)."""
+  if all(m.exact_merge for m in methods_of(tree)):
+    return merge(tree)
+  return None
+
+
+def scale_updates(tree: Mapping, t: Array) -> dict:
+  """Every node replaced by ``method.scale_update(node, t)``: the update scaled by ``t``,
+  still unmerged (the path of methods without an exact merge)."""
+  return _map_tree(tree, lambda p, v: v.method.scale_update(v, t) if is_adapted(v) else v)

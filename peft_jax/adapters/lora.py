@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 
 from peft_jax.adapters import _common
-from peft_jax.adapters.core import Adapted
+from peft_jax.adapters.core import Adapted, MethodBase
 
 Array = jax.Array
 
@@ -73,32 +73,34 @@ def low_rank_update(x: Array, lora_a: Array, lora_b: Array, scale: float, dtype:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoRA(_common.AdditiveUpdate):
-  """LoRA hyper-parameters (PEFT ``LoraConfig``: ``r``, ``lora_alpha``, ``lora_dropout``,
-  ``use_rslora``, ``init_lora_weights`` in {True -> 'default', 'gaussian'}).
+class LoraFamily(_common.AdditiveUpdate, MethodBase):
+  """What LoRA, DoRA, PiSSA and DISeL share (the shape of PEFT's ``LoraVariant``).
 
-  Node layout: ``params = {'lora_a': [d_in, r], 'lora_b': [r, d_out]}``, ``frozen = {}``,
-  ``base = W0``.
+  Hyper-parameters ``rank``, ``alpha``, ``dropout``, ``use_rslora`` and the scale ``s``; factors
+  ``lora_a: [d_in, r]`` and ``lora_b: [r, d_out]`` with their logical axes; the low-rank forward
+  ``x base + s (drop(x) a) b``; ``ΔW = s a b``; the factors PEFT saves; and the scaled update
+  ``b -> t b``. A variant overrides only what differs (DoRA's magnitude, PiSSA's residual base,
+  DISeL's gates).
   """
 
   rank: int = 8
   alpha: float = 8.0
   dropout: float = 0.0
   use_rslora: bool = False
-  init_weights: str = "default"
-  name: str = "lora"
+  peft_type: ClassVar[Optional[str]] = "LORA"
+  # PEFT's ``use_dora``: the variant saves a ``lora_magnitude_vector`` beside the factors.
+  use_dora: ClassVar[bool] = False
 
   @property
   def scale(self) -> float:
     return lora_scaling(self.rank, self.alpha, self.use_rslora)
 
-  def init(self, key: Array, w0: Array) -> Adapted:
-    _common.check_rank(self.rank, w0, "LoRA")
-    return Adapted(w0, init_lora_factors(key, w0, self.rank, self.init_weights), {}, self)
+  def check(self, w0: Array) -> None:
+    _common.check_rank(self.rank, w0, type(self).__name__)
 
   def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
             dtype: Any = None) -> Array:
-    """``x: [..., d_in] -> x W0 + s (drop(x) a) b: [..., d_out]``."""
+    """``x: [..., d_in] -> x base + s (drop(x) a) b: [..., d_out]``."""
     return lora_forward(node, x, self.scale, self.dropout, dropout_rng, dtype)
 
   def delta(self, node: Adapted) -> Array:
@@ -109,3 +111,29 @@ class LoRA(_common.AdditiveUpdate):
     """Logical axes of ``(params, frozen)``: ``a`` (in, 'rank'), ``b`` ('rank', out)."""
     del node
     return {"lora_a": (in_axis, "rank"), "lora_b": ("rank", out_axis)}, {}
+
+  def lora_factors(self, node: Adapted) -> tuple[Array, Array, int, float]:
+    """``(a [d_in, r'], b [r', d_out], r', alpha')`` of the plain LoRA PEFT saves for the node."""
+    return node.params["lora_a"], node.params["lora_b"], self.rank, self.alpha
+
+  def scale_update(self, node: Adapted, t: Array) -> Adapted:
+    """The node with ``b -> t b``: its update is ``t`` times this one's (gates untouched)."""
+    params = dict(node.params, lora_b=node.params["lora_b"] * t)
+    return Adapted(node.base, params, node.frozen, node.method)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRA(LoraFamily):
+  """LoRA hyper-parameters (PEFT ``LoraConfig``: ``r``, ``lora_alpha``, ``lora_dropout``,
+  ``use_rslora``, ``init_lora_weights`` in {True -> 'default', 'gaussian'}).
+
+  Node layout: ``params = {'lora_a': [d_in, r], 'lora_b': [r, d_out]}``, ``frozen = {}``,
+  ``base = W0``.
+  """
+
+  init_weights: str = "default"
+  name: str = "lora"
+
+  def init(self, key: Array, w0: Array) -> Adapted:
+    self.check(w0)
+    return Adapted(w0, init_lora_factors(key, w0, self.rank, self.init_weights), {}, self)

@@ -19,13 +19,13 @@ No ``alpha`` scaling in any mode.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 
 from peft_jax.adapters import _common
-from peft_jax.adapters.core import Adapted
+from peft_jax.adapters.core import Adapted, MethodBase
 
 Array = jax.Array
 
@@ -41,7 +41,7 @@ def strided_sum(x: Array, rank: int) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class MiSS(_common.AdditiveUpdate):
+class MiSS(_common.AdditiveUpdate, MethodBase):
   """MiSS hyper-parameters (PEFT ``MissConfig``: ``r``, ``mini_r``, ``miss_dropout``,
   ``init_weights`` in {True -> 'balance', 'bat', 'mini'}).
 
@@ -53,6 +53,7 @@ class MiSS(_common.AdditiveUpdate):
   mini_r: int = 1
   dropout: float = 0.0
   name: str = "miss"
+  peft_type: ClassVar[Optional[str]] = "MISS"
 
   def _check(self, w0: Array) -> None:
     if w0.ndim != 2:

@@ -29,14 +29,14 @@ so ``apply`` uses ``v + sg(project(v) - v)`` (same value, identity gradient, as 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from peft_jax.adapters import _common
-from peft_jax.adapters.core import Adapted
+from peft_jax.adapters.core import Adapted, MethodBase
 
 Array = jax.Array
 
@@ -92,7 +92,7 @@ def coft_project(packed: Array, block_size: int, eps: float) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class OFT:
+class OFT(MethodBase):
   """OFT hyper-parameters (PEFT ``OFTConfig``: ``oft_block_size``, ``use_cayley_neumann``,
   ``num_cayley_neumann_terms``, ``block_share``, ``coft``, ``eps``; ``init_weights=True`` -> zeros).
 
@@ -106,6 +106,8 @@ class OFT:
   coft: bool = False
   eps: float = 6e-5
   name: str = "oft"
+  peft_type: ClassVar[Optional[str]] = "OFT"
+  path_kind: ClassVar[str] = "cayley"
 
   def num_blocks(self, d_in: int) -> int:
     if self.block_size < 1 or d_in % self.block_size:
@@ -183,9 +185,6 @@ class OFT:
     if not self.coft:
       return params
     return {**params, "oft_r": coft_project(params["oft_r"], self.block_size, self.eps)}
-
-  def num_trainable(self, node: Adapted) -> int:
-    return _common.num_params(node.params)
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     del node, in_axis, out_axis

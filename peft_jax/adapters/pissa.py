@@ -20,6 +20,7 @@ Node layout: ``base = W_res``; ``params = {'lora_a', 'lora_b'}``;
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
 
 import jax
@@ -44,30 +45,17 @@ def pissa_factors(w0: Array, rank: int, scale: float) -> tuple[Array, Array, Arr
 
 
 @dataclasses.dataclass(frozen=True)
-class PiSSA:
+class PiSSA(lora.LoraFamily):
   """PiSSA hyper-parameters (PEFT ``LoraConfig(init_lora_weights='pissa', r, lora_alpha, ...)``)."""
 
-  rank: int = 8
-  alpha: float = 8.0
-  dropout: float = 0.0
-  use_rslora: bool = False
   name: str = "pissa"
-
-  @property
-  def scale(self) -> float:
-    return lora.lora_scaling(self.rank, self.alpha, self.use_rslora)
 
   def init(self, key: Array, w0: Array) -> Adapted:
     del key  # exact SVD: deterministic
-    _common.check_rank(self.rank, w0, "PiSSA")
+    self.check(w0)
     a0, b0, w_res = pissa_factors(w0, self.rank, self.scale)
     return Adapted(w_res.astype(w0.dtype), {"lora_a": a0, "lora_b": b0},
                    {"lora_a0": a0, "lora_b0": b0}, self)
-
-  def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
-            dtype: Any = None) -> Array:
-    """``x: [..., d_in] -> x W_res + s (drop(x) a) b``."""
-    return lora.lora_forward(node, x, self.scale, self.dropout, dropout_rng, dtype)
 
   def original_weight(self, node: Adapted) -> Array:
     """``W0 = W_res + s a0 b0``."""
@@ -97,10 +85,12 @@ class PiSSA:
     return (jnp.concatenate([p["lora_a"], f["lora_a0"]], axis=1),
             jnp.concatenate([p["lora_b"], -f["lora_b0"]], axis=0))
 
-  def num_trainable(self, node: Adapted) -> int:
-    return _common.num_params(node.params)
+  def lora_factors(self, node: Adapted) -> tuple[Array, Array, int, float]:
+    """PEFT saves PiSSA converted (:meth:`to_lora_factors`): rank ``2r``, alpha ``2 alpha``
+    (``sqrt(2) alpha`` with rsLoRA), so the scale is unchanged."""
+    a, b = self.to_lora_factors(node)
+    return a, b, 2 * self.rank, self.alpha * (math.sqrt(2) if self.use_rslora else 2)
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
-    del node
-    return ({"lora_a": (in_axis, "rank"), "lora_b": ("rank", out_axis)},
-            {"lora_a0": (in_axis, "rank"), "lora_b0": ("rank", out_axis)})
+    params_axes, _ = super().param_axes(node, in_axis, out_axis)
+    return params_axes, {"lora_a0": (in_axis, "rank"), "lora_b0": ("rank", out_axis)}

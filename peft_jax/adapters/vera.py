@@ -30,19 +30,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from peft_jax.adapters import _common
-from peft_jax.adapters.core import Adapted
+from peft_jax.adapters.core import Adapted, MethodBase
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class VeRA(_common.AdditiveUpdate):
+class VeRA(_common.AdditiveUpdate, MethodBase):
   """VeRA hyper-parameters (PEFT ``VeraConfig``: ``r``, ``vera_dropout``, ``d_initial``,
   ``projection_prng_key``)."""
 
@@ -51,6 +51,8 @@ class VeRA(_common.AdditiveUpdate):
   d_initial: float = 0.1
   projection_prng_key: int = 0
   name: str = "vera"
+  peft_type: ClassVar[Optional[str]] = "VERA"
+  shared_frozen: ClassVar[tuple[str, ...]] = ("vera_a", "vera_b")
 
   def init_shared(self, key: Array, shapes: Sequence[tuple[int, int]]) -> dict[str, Array]:
     """Draws the shared projections for kernels of the given ``[d_in, d_out]`` shapes.

@@ -13,7 +13,7 @@ kept them, trajectory snapshots) and writes ``RUN/analysis/analysis.json`` plus
 * trajectory (when snapshots exist): distance from base, CKA to base per layer and the chosen
   kernel's spectral summary at every snapshot step.
 
-The metric code is the arena's (``peft_jax.arena.pipeline``), so a run analysed here and the
+The metric code is the arena's (``peft_jax.arena.study``), so a run analysed here and the
 same method in the arena report the same numbers.
 """
 
@@ -28,15 +28,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from peft_jax import geometry
+from peft_jax import hub
 from peft_jax.adapters import api as adapters_api
-from peft_jax.arena import pipeline
-from peft_jax.arena import stages as stages_lib
+from peft_jax.arena import study
+from peft_jax.arena.context import ArenaContext
 from peft_jax.common import files
+from peft_jax.common import trees
+from peft_jax.data import sft
+from peft_jax.evals import tasks as tasks_lib
+from peft_jax.evals.generation import prompt_activations
+from peft_jax.geometry import programs
+from peft_jax.train import checkpoint as ckpt_lib
+from peft_jax.train import trainer
 
 
 def sft_prompts(path: str, limit: int) -> list[str]:
   """Prompt texts of the first ``limit`` rows of an SFT file ({prompt} or {messages})."""
-  from peft_jax.data import sft  # pylint: disable=g-import-not-at-top
   rows = sft.load_rows(path)
   out = []
   for row in rows[:limit]:
@@ -51,7 +59,6 @@ def sft_prompts(path: str, limit: int) -> list[str]:
 
 def load_run(run_dir: str):
   """``(train_config, TrainResult, base_params)`` of a finished run (restored, not retrained)."""
-  from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(run_dir, 'config.json')
   if not os.path.exists(config_path):
     raise FileNotFoundError(f'{run_dir} holds no config.json: not a launch.train run directory')
@@ -68,9 +75,6 @@ def load_run(run_dir: str):
 
 def analyze_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   """Writes ``<run_dir>/analysis/{analysis.json, arrays.npz}``; returns the JSON dict."""
-  from peft_jax import hub  # pylint: disable=g-import-not-at-top
-  from peft_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
   run_dir = os.path.abspath(run_dir)
   train_config, result, base_params = load_run(run_dir)
   method = train_config.adapter.method
@@ -81,72 +85,66 @@ def analyze_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   tokenizer = hub.load_tokenizer(train_config.model.path)
   general_path = config.general_data or train_config.data.path
   target_path = config.target_data or train_config.data.path
-  tasks = pipeline.load_tasks([dict(t) for t in config.tasks]) if config.tasks else []
+  tasks = [tasks_lib.load_task(dict(t)) for t in config.tasks]
   target_name = config.target or (next((t.name for t in tasks if t.kind == 'target'), ''))
-  ctx = pipeline.ArenaContext(
+  ctx = ArenaContext(
       config=config, workdir=run_dir, base_dir=train_config.model.path, suite_dir=None,
       model=result.model, base_params=base_params, tokenizer=tokenizer, tasks=tasks,
       path_tasks=tasks, target_train_path=train_config.data.path,
       general_prompts=sft_prompts(general_path, int(config.geometry.num_prompts)),
       target_prompts=sft_prompts(target_path, int(config.geometry.num_prompts)))
   out_dir = os.path.join(run_dir, 'analysis')
-  tmp = f'{out_dir}.tmp-{os.getpid()}'
-  stages_lib.shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  tmp = files.temporary_directory_for(out_dir)
   analysis: dict[str, Any] = {'run': run_dir, 'method': method,
-                              'geometry': pipeline.stage_geometry(ctx, method, tree, tmp)}
+                              'geometry': study.stage_geometry(ctx, tree, tmp)}
   arrays = dict(np.load(os.path.join(tmp, 'profiles.npz')))
   if tasks:
     if not target_name:
       raise ValueError('config.tasks has no task of kind "target"; set config.target')
     ctx.config.target = target_name
-    analysis['paths'] = pipeline.stage_paths(ctx, method, tree, tmp)
+    analysis['paths'] = study.stage_paths(ctx, tree, tmp)
   snapshots_dir = os.path.join(run_dir, 'trajectory')
   if os.path.isdir(snapshots_dir):
     snapshots = ckpt_lib.load_trajectory(snapshots_dir, result.state.params)
     analysis['trajectory'], trajectory_arrays = trajectory_metrics(
-        ctx, method, result, base_params, snapshots, trainer)
+        ctx, result, base_params, snapshots)
     arrays.update(trajectory_arrays)
   np.savez(os.path.join(tmp, 'arrays.npz'), **arrays)
   os.remove(os.path.join(tmp, 'profiles.npz'))
   files.write_json(os.path.join(tmp, 'analysis.json'), analysis)
-  stages_lib.shutil.rmtree(out_dir, ignore_errors=True)
-  os.replace(tmp, out_dir)
+  files.replace_directory(tmp, out_dir)
   return analysis
 
 
-def trajectory_metrics(ctx, method, result, base_params, snapshots, trainer):
+def trajectory_metrics(ctx, result, base_params, snapshots):
   """Distance from base, per-layer CKA to base and the chosen kernel's spectra at every step."""
-  from peft_jax import geometry  # pylint: disable=g-import-not-at-top
   steps = sorted(snapshots)
-  combine = trainer.full_combine if method == 'full' else adapters_api.combine
-  merged = [pipeline.plain_params(jax.device_get(combine(snapshots[s], result.frozen)), method)
-            for s in steps]
-  if any(m is None for m in merged):  # DISeL: the gated update is evaluated unmerged
-    merged = [jax.device_get(combine(snapshots[s], result.frozen)) for s in steps]
-  stacked = geometry.stack_snapshots(merged)
+  trees_at = [jax.device_get(adapters_api.combine(snapshots[s], result.frozen)) for s in steps]
+  merged = [adapters_api.merge_exact(t) for t in trees_at]
+  exact = all(m is not None for m in merged)
+  if not exact:  # an input-dependent update (DISeL's gates) is evaluated unmerged
+    merged = trees_at
   out = {'steps': steps}
-  if method != 'disel':
-    distance = geometry.params_distance_trajectory(base_params, stacked)
+  if exact:
+    distance = geometry.params_distance_trajectory(base_params, geometry.stack_snapshots(merged))
     out.update({k: np.asarray(v).tolist() for k, v in distance.items()})
   names = ['residual']
-  caps0, mask = pipeline.capture_activations(ctx.model, base_params, ctx.tokenizer,
-                                             ctx.general_prompts, names)
+  caps0, mask = prompt_activations(ctx.model, base_params, ctx.tokenizer, ctx.general_prompts,
+                                   names)
   layers = range(ctx.model.config.num_layers)
   cka = []
   for params in merged:
-    caps1, _ = pipeline.capture_activations(ctx.model, params, ctx.tokenizer, ctx.general_prompts,
-                                            names)
+    caps1, _ = prompt_activations(ctx.model, params, ctx.tokenizer, ctx.general_prompts, names)
     x0 = jnp.stack([caps0[f'layers_{i}/residual'] for i in layers])
     x1 = jnp.stack([caps1[f'layers_{i}/residual'] for i in layers])
-    metrics = pipeline.activation_program(int(ctx.config.geometry.gram_max_tokens))(
+    metrics = programs.activation_program(int(ctx.config.geometry.gram_max_tokens))(
         x0, x1, jnp.asarray(mask), jax.random.key(ctx.config.seed))
     cka.append(np.asarray(metrics['cka']).tolist())
   out['cka_to_base_per_layer'] = cka
   arrays = {}
   module = ctx.config.geometry.module
-  if method != 'disel' and module:
-    kernel = lambda p: pipeline.module_params(p, module)['kernel']
+  if exact and module:
+    kernel = lambda p: trees.get_path(p, module)['kernel']
     w0 = jnp.asarray(kernel(base_params))
     weights = jnp.stack([jnp.asarray(kernel(p)) for p in merged])
     spectra = geometry.weight_trajectory(w0, weights)

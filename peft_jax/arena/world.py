@@ -24,9 +24,18 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from peft_jax import hub
+from peft_jax.adapters import api as adapters
 from peft_jax.common import files
 from peft_jax.data import suite as suite_lib
+from peft_jax.data import tokenizer_train
+from peft_jax.data.suite import layout
 from peft_jax.data.tokenizer_train import EOS_TOKEN
+from peft_jax.evals import axes
+from peft_jax.evals import generation
+from peft_jax.evals import tasks as tasks_lib
+from peft_jax.train import trainer
+from peft_jax.train.config import default_config
 
 PRETRAIN_FILE = 'pretrain.jsonl'
 SUITE_META = 'suite.json'
@@ -63,7 +72,6 @@ def pretraining_rows(suite_dir: str) -> list[dict]:
 
 def tokenizer_texts(suite_dir: str) -> list[str]:
   """Corpus text plus the target domains' training text (tokenizer training only)."""
-  from peft_jax.data import tokenizer_train  # pylint: disable=g-import-not-at-top
   with open(os.path.join(suite_dir, 'manifest.json')) as f:
     files = json.load(f)['files']
   paths = {name: os.path.join(suite_dir, rel) if not os.path.isabs(rel) else rel
@@ -73,7 +81,6 @@ def tokenizer_texts(suite_dir: str) -> list[str]:
 
 def ensure_tokenizer(suite_dir: str, tokenizer_dir: str, vocab_size: int):
   """Trains the byte-level BPE unless ``tokenizer_dir`` holds one; returns the HF tokenizer."""
-  from peft_jax import hub  # pylint: disable=g-import-not-at-top
   if not os.path.exists(os.path.join(tokenizer_dir, 'tokenizer.json')):
     tmp = f'{tokenizer_dir}.tmp-{os.getpid()}'
     shutil.rmtree(tmp, ignore_errors=True)
@@ -86,7 +93,6 @@ def ensure_tokenizer(suite_dir: str, tokenizer_dir: str, vocab_size: int):
 def train_config(config: ml_collections.ConfigDict, tokenizer, data_path: str,
                  tokenizer_dir: str) -> ml_collections.ConfigDict:
   """The :func:`peft_jax.train.trainer.train` config of the pretraining run."""
-  from peft_jax.train.config import default_config  # pylint: disable=g-import-not-at-top
   train = default_config()
   train.seed = config.seed
   model = dict(config.model)
@@ -115,8 +121,6 @@ def build_world(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns:
     ``{'suite_dir', 'tokenizer_dir', 'hf_dir', 'final_loss'}``.
   """
-  from peft_jax import hub  # pylint: disable=g-import-not-at-top
-  from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   suite_dir = os.path.join(workdir, 'suite')
   tokenizer_dir = os.path.join(workdir, 'tokenizer')
@@ -128,7 +132,7 @@ def build_world(config: ml_collections.ConfigDict, workdir: str) -> dict:
     files.write_jsonl(data_path, pretraining_rows(suite_dir))
   train_cfg = train_config(config, tokenizer, data_path, tokenizer_dir)
   result = trainer.train(train_cfg, os.path.join(workdir, 'train'))
-  params = trainer._host(result.tree)  # pylint: disable=protected-access
+  params = adapters.merge(trainer.host_copy(result.tree))
   hub.save_pretrained(result.model.config, params, hf_dir, tokenizer=tokenizer)
   # The suite's seed and sizes travel with the model: the arena regenerates the same suite
   # (deterministic for a seed), so NQ questions ask about facts this model was pretrained on.
@@ -149,9 +153,8 @@ def build_world(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate_base(hf_dir: str, suite_dir: str, limits: Mapping[str, int],
                   max_new_tokens: Mapping[str, int]) -> dict:
   """Harness scores of the exported model on the suite's test splits (first `limits` examples)."""
-  from peft_jax import hub  # pylint: disable=g-import-not-at-top
-  from peft_jax.arena import pipeline  # pylint: disable=g-import-not-at-top
   model, params, tokenizer = hub.load_pretrained(hf_dir)
-  tasks = pipeline.load_tasks(pipeline.suite_task_specs(suite_dir, limits, max_new_tokens))
-  generator = pipeline.Generator(model, params, tokenizer)
-  return pipeline.evaluate_scores(generator.fn(), tasks, batch_size=64)
+  tasks = [tasks_lib.load_task(spec)
+           for spec in layout.eval_task_specs(suite_dir, limits, max_new_tokens)]
+  generator = generation.Generator(model, params, tokenizer)
+  return axes.evaluate_scores(generator.fn(), tasks, batch_size=64)

@@ -14,7 +14,7 @@ reported for each requested k.
 
 Generation goes through a ``generate_fn(prompts, *, max_new_tokens, chat, temperature, key) ->
 list[str]``; :func:`model_generate_fn` builds one from a model with
-:func:`peft_jax.models.generate_text`, and tests pass a deterministic fake.
+:func:`peft_jax.evals.generation.generate_text`, and tests pass a deterministic fake.
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ import numpy as np
 
 from peft_jax.common import files
 from peft_jax.evals import scorers
+from peft_jax.evals.generation import generate_text
 from peft_jax.evals.tasks import Task
 
 GenerateFn = Callable[..., list[str]]
 
 
 def model_generate_fn(model: Any, params: Any, tokenizer: Any, **sampling: Any) -> GenerateFn:
-  """A ``generate_fn`` over :func:`peft_jax.models.generate_text` (greedy when temperature 0)."""
-  from peft_jax.models import generate_text  # pylint: disable=g-import-not-at-top
+  """A ``generate_fn`` over :func:`peft_jax.evals.generation.generate_text` (greedy when
+  temperature 0)."""
 
   def generate_fn(prompts, *, max_new_tokens, chat, temperature, key):
     return generate_text(model, params, tokenizer, list(prompts), chat=chat, key=key,

@@ -91,9 +91,9 @@ def param_logical_axes(params: Mapping[str, Any]) -> Any:
       base_shape = _shape(node.base)
       base = _base_axes(path, len(base_shape))
       method_axes = getattr(node.method, 'param_axes', None)
-      if callable(method_axes) and len(base) == 2:
+      if callable(method_axes) and (len(base) == 2 or getattr(node.method, 'adapts', '') == 'all'):
         # The method knows its own layout (peft_jax.adapters methods define param_axes).
-        params_axes, frozen_axes = method_axes(node, base[0], base[1])
+        params_axes, frozen_axes = method_axes(node, *base)
         return Adapted(base, params_axes, frozen_axes, node.method)
       sub = lambda d: {k: _adapter_array_axes(_shape(v), base_shape, base)
                        for k, v in d.items()}

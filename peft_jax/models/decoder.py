@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -137,6 +137,18 @@ class _Captures:
       self.store[path + '/out'] = y
 
 
+def _weight(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...]) -> Any:
+  """Param ``name`` of ``module`` as the plain weight to compute with.
+
+  The stored leaf is read with ``get_variable`` when it exists, so an ``Adapted`` node (full
+  fine-tuning wraps every parameter) passes through linen untouched and is resolved by
+  ``adapters.weight_of``; it is created (float32) only at init.
+  """
+  if module.has_variable('params', name):
+    return adapters_core.weight_of(module.get_variable('params', name))
+  return module.param(name, init, shape, jnp.float32)
+
+
 class Dense(nn.Module):
   """Linear layer ``y = matmul(x, kernel) (+ bias)``; ``kernel: [d_in, features]``.
 
@@ -160,7 +172,7 @@ class Dense(nn.Module):
                    else self.make_rng('dropout'))
     y = adapters_core.matmul(x, kernel, dropout_rng=dropout_rng, dtype=self.dtype)
     if self.use_bias:
-      bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+      bias = _weight(self, 'bias', nn.initializers.zeros, (self.features,))
       y = y + bias.astype(y.dtype)
     return y
 
@@ -178,12 +190,24 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
-    scale = self.param('scale', init, (x.shape[-1],), jnp.float32)
+    scale = _weight(self, 'scale', init, (x.shape[-1],))
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     if self.plus_one:
       return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
     return scale.astype(x.dtype) * normed.astype(x.dtype)
+
+
+class Embedding(nn.Module):
+  """The token embedding table ``[vocab, d]`` (float32), read like every other parameter."""
+
+  vocab_size: int
+  features: int
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return _weight(self, 'embedding', nn.initializers.normal(0.02),
+                   (self.vocab_size, self.features))
 
 
 class Attention(nn.Module):
@@ -336,9 +360,8 @@ class Decoder(nn.Module):
 
     mask_info, new_cache = _mask_info(tokens, positions, segment_ids, attention_mask, cache)
 
-    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=jnp.float32,
-                     embedding_init=nn.initializers.normal(0.02), name='embed_tokens')
-    x = embed(tokens).astype(dtype)
+    table = Embedding(cfg.vocab_size, cfg.hidden_size, name='embed_tokens')()
+    x = jnp.take(table, tokens, axis=0).astype(dtype)
     if cfg.scale_embeddings:
       # HF casts sqrt(d) to the compute dtype first (bf16 rounds sqrt(3072) to 55.5).
       x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
@@ -358,7 +381,7 @@ class Decoder(nn.Module):
 
     h = RMSNorm(cfg.rms_norm_eps, cfg.norm_plus_one, name='norm')(x)
     if cfg.tie_word_embeddings:
-      logits = adapters_core.dense_matmul(h, embed.embedding.T, dtype)
+      logits = adapters_core.dense_matmul(h, table.T, dtype)
     else:
       logits = Dense(cfg.vocab_size, dtype=dtype, name='lm_head')(h, deterministic)
       if any(c in ('all', 'lm_head') for c in capture):

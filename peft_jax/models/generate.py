@@ -63,7 +63,7 @@ def sample_logits(logits: Array, key: Array, *, temperature: float, top_k: int,
 
 @functools.partial(jax.jit, static_argnames=('config', 'max_new_tokens', 'temperature', 'top_k',
                                              'top_p', 'eos_token_ids', 'pad_token_id'))
-def _generate(params, tokens, attention_mask, key, *, config: ModelConfig, max_new_tokens: int,
+def decode(params, tokens, attention_mask, key, *, config: ModelConfig, max_new_tokens: int,
               temperature: float, top_k: int, top_p: float, eos_token_ids: tuple[int, ...],
               pad_token_id: int) -> GenerationOutput:
   model = Decoder(config)
@@ -152,49 +152,7 @@ def generate(model: Decoder, params: Any, tokens: Any, attention_mask: Any, *, k
   if last_column is not None and not last_column.all():
     raise ValueError('generate needs left-padded prompts: attention_mask[:, -1] must be 1 in every '
                      f'row, but rows {np.flatnonzero(last_column == 0).tolist()} end in padding')
-  return _generate(params, tokens, attention_mask, key, config=config,
+  return decode(params, tokens, attention_mask, key, config=config,
                    max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                    top_k=int(top_k), top_p=float(top_p), eos_token_ids=eos_ids,
                    pad_token_id=int(pad_token_id))
-
-
-def generate_text(model: Decoder, params: Any, tokenizer: Any, prompts: Sequence[str], *,
-                  chat: bool = False, length_bucket: int = 32, key: Optional[Array] = None,
-                  max_new_tokens: int = 64, **sampling: Any) -> list[str]:
-  """Generates a completion string per prompt.
-
-  Prompts are tokenised (chat template when ``chat`` and the tokenizer has one), left-padded to a
-  length rounded up to a multiple of ``length_bucket`` so that few shapes compile, decoded with
-  :func:`generate` and detokenised up to (not including) EOS.
-
-  Args:
-    model, params: the decoder and its params.
-    tokenizer: a transformers tokenizer.
-    prompts: the prompt strings.
-    chat: apply the chat template.
-    length_bucket: prompt-length rounding.
-    key: PRNG key (default ``jax.random.key(0)``).
-    max_new_tokens: decoding steps.
-    **sampling: ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``, ``pad_token_id``.
-  Returns:
-    One string per prompt.
-  """
-  # Imported here: peft_jax.hub imports peft_jax.models at module level.
-  from peft_jax.hub import tokenizer as hub_tokenizer  # pylint: disable=g-import-not-at-top
-  tokens, mask = hub_tokenizer.encode_prompts(tokenizer, list(prompts), chat=chat,
-                                              pad_to_multiple_of=length_bucket)
-  eos_token_id = sampling.pop('eos_token_id', None)
-  if eos_token_id is None:
-    eos_token_id = model.config.eos_token_ids or (
-        () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,))
-  eos_ids = set(np.atleast_1d(np.asarray(eos_token_id, np.int64)).tolist())
-  if 'pad_token_id' not in sampling and tokenizer.pad_token_id is not None:
-    sampling['pad_token_id'] = tokenizer.pad_token_id
-  out = generate(model, params, tokens, mask, key=jax.random.key(0) if key is None else key,
-                 max_new_tokens=max_new_tokens, eos_token_id=tuple(sorted(eos_ids)), **sampling)
-  new_tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-  texts = []
-  for row, length in zip(new_tokens, lengths):
-    ids = [int(t) for t in row[:length] if int(t) not in eos_ids]
-    texts.append(tokenizer.decode(ids, skip_special_tokens=True))
-  return texts

@@ -34,7 +34,7 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
         "train_loss": [float per step],                                    # optional
         "interpolation": {"alpha": [...], "target": [...], "general": [...]},  # optional
         "rewind": {"alpha": [...], "target": [...], "general": [...],     # optional
-                   "kind": "cayley" | "additive"},
+                   "kind": "cayley" | "additive" | "magnitude_direction" | "gated"},
         "spectral": {"module": str, "retention": [float per singular index],  # optional
                      "energy": [same length], "summary": {name: float}},
         "activation": {"layers": [int], "cka": [...], "procrustes": [...],    # optional

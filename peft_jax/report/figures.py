@@ -31,10 +31,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import Bbox
 
+from peft_jax.adapters.api import method_names
 from peft_jax.common.files import atomic_write
 
 DPI = 110
-METHOD_ORDER = ("full", "lora", "dora", "pissa", "vera", "oft", "miss", "disel")
 FLAG_MARK = "⚑"
 
 _MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h", "<", ">", "p", "*")
@@ -69,15 +69,16 @@ def method_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
     names: method names, e.g. ``["full", "lora", "my_method"]``.
 
   Returns:
-    ``{name: (hex colour, matplotlib marker)}``. Canonical methods (`METHOD_ORDER`) take the first
-    eight tab10 colours in that order; other names take the remaining colours in the order given.
+    ``{name: (hex colour, matplotlib marker)}``. Registered methods (``peft_jax.adapters.METHODS``)
+    take the palette in registry order; other names take the remaining colours in the order given.
   """
   palette = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
   palette += [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["Dark2"].colors]
-  styles, extra = {}, len(METHOD_ORDER)
+  order = method_names()
+  styles, extra = {}, len(order)
   for name in names:
-    if name in METHOD_ORDER:
-      index = METHOD_ORDER.index(name)
+    if name in order:
+      index = order.index(name)
     else:
       index, extra = extra, extra + 1
     styles[name] = (palette[index % len(palette)], _MARKERS[index % len(_MARKERS)])

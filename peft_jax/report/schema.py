@@ -22,7 +22,7 @@ from typing import Any
 OPTIONAL_METHOD_KEYS = ("train_loss", "interpolation", "rewind", "spectral", "activation", "csd")
 # Optional top-level entries.
 OPTIONAL_TOP_KEYS = ("disel_gates", "drift", "config", "versions", "timing")
-REWIND_KINDS = ("cayley", "additive")
+REWIND_KINDS = ("cayley", "additive", "magnitude_direction", "gated")
 
 
 class ResultsSchemaError(KeyError):

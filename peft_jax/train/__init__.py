@@ -1,7 +1,7 @@
 """Training: state, SFT loss, optimizer, the jitted sharded step, checkpoints and the loop."""
 from peft_jax.train.checkpoint import (RESUME_SAFE_KEYS, StateCheckpointer, TrajectoryWriter,
                                        check_or_write_config, load_trajectory)
-from peft_jax.train.config import ADAPTER_METHODS, default_config, validate_config
+from peft_jax.train.config import default_config, validate_config
 from peft_jax.train.loss import make_sft_loss, masked_cross_entropy_sum, next_token_targets
 from peft_jax.train.metrics import MetricWriter, read_metrics
 from peft_jax.train.optimizer import (decay_mask, lr_multipliers, lr_schedule, make_optimizer,

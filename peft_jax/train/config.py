@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
-ADAPTER_METHODS = ('full', 'lora', 'dora', 'pissa', 'vera', 'oft', 'miss', 'disel')
+from peft_jax.adapters import api as adapter_api
+from peft_jax.train.optimizer import DEFAULT_NO_DECAY_PATTERNS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -20,9 +21,12 @@ def default_config() -> ml_collections.ConfigDict:
       # Compute dtype; trainable params stay float32 either way.
       dtype='float32', remat=False))
 
-  # Adapter: 'full' trains every weight; otherwise `inject` with PEFT target semantics:
-  # `targets` is a list (exact or '.'-suffix match of HF module names); a non-empty
-  # `target_regex` (full-match regex, or 'all-linear') replaces it.
+  # Adapter: a registered method (peft_jax.adapters.METHODS) injected with PEFT target
+  # semantics: `targets` is a list (exact or '.'-suffix match of HF module names); a non-empty
+  # `target_regex` (full-match regex, or 'all-linear') replaces it. 'full' (Full(scope=
+  # 'everything')) trains every parameter whatever the targets; kwargs=dict(scope='linear')
+  # restricts it to the targeted kernels. A method's own parameter groups (DISeL's gates: lr x
+  # gate_lr_mult, no decay) come from the method object.
   config.adapter = ml_collections.ConfigDict(dict(
       method='lora', targets=('q_proj', 'v_proj'), target_regex='',
       kwargs=dict(rank=4, alpha=8.0)))
@@ -40,7 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=3e-3, warmup_steps=2, decay='cosine', final_lr_fraction=0.0, b1=0.9, b2=0.999,
       eps=1e-8, weight_decay=0.0, clip_norm=1.0,
-      no_decay_patterns=(r'.*bias.*', r'.*norm.*', r'.*scale'),
+      no_decay_patterns=DEFAULT_NO_DECAY_PATTERNS,
       # (regex on '/'-joined param names, lr multiplier); first match wins.
       lr_groups=()))
 
@@ -65,8 +69,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails early with the bad key and the valid values."""
-  if config.adapter.method not in ADAPTER_METHODS:
-    raise ValueError(f'config.adapter.method={config.adapter.method!r}; valid: {ADAPTER_METHODS}')
+  if config.adapter.method not in adapter_api.METHODS:
+    raise ValueError(f'config.adapter.method={config.adapter.method!r}; valid: '
+                     f'{adapter_api.method_names()}')
   if not config.data.path:
     raise ValueError('config.data.path is empty; give a JSONL/JSON/Parquet file or dataset dir')
   if config.total_steps <= 0:
@@ -76,3 +81,39 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f'config.grad_accum_steps={config.grad_accum_steps}')
   if config.checkpoint.every_steps <= 0:
     raise ValueError(f'config.checkpoint.every_steps={config.checkpoint.every_steps} must be > 0')
+
+
+# Overrides replace these values whole instead of merging into them (a method's kwargs are its
+# own: LoRA's rank must not leak into OFT's).
+REPLACED_WHOLE = ('adapter.kwargs',)
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides, where: str = 'overrides'
+                   ) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the nested ``overrides`` (dict or ConfigDict) applied.
+
+  Sub-configs merge key by key; a key the config does not have is an error naming it, with the
+  valid keys at that level (``where`` prefixes the names in messages).
+  """
+  out = ml_collections.ConfigDict(config.to_dict())
+
+  def apply(target, values, prefix):
+    for key, value in dict(values).items():
+      name = f'{prefix}{key}'
+      if key not in target:
+        raise KeyError(f'{where}: {name!r} is not a train config key; valid at this level: '
+                       f'{sorted(target.keys())}')
+      current = target[key]
+      if (isinstance(current, ml_collections.ConfigDict) and name not in REPLACED_WHOLE
+          and isinstance(value, (dict, ml_collections.ConfigDict))):
+        apply(current, value, name + '.')
+      else:
+        if isinstance(value, ml_collections.ConfigDict):
+          value = value.to_dict()
+        if isinstance(current, ml_collections.ConfigDict):
+          target[key] = ml_collections.ConfigDict(value)
+        else:
+          target[key] = value
+
+  apply(out, overrides, '')
+  return out

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from peft_jax.adapters.core import ParamGroup
 from peft_jax.common.trees import path_name
 
 PyTree = Any
@@ -54,20 +55,40 @@ def _first_match(name: str, patterns: Sequence[tuple[str, Any]], default: Any) -
   return default
 
 
-def decay_mask(params: PyTree, no_decay_patterns: Iterable[str] = DEFAULT_NO_DECAY_PATTERNS
-               ) -> PyTree:
-  """True for leaves that get weight decay: rank >= 2 and no name in ``no_decay_patterns``."""
+def _groups_like(params: PyTree, groups: Optional[PyTree]) -> PyTree:
+  """The method parameter groups for each leaf of ``params`` (default groups when not given)."""
+  if groups is None:
+    return jax.tree.map(lambda _: ParamGroup(), params)
+  return groups
+
+
+def decay_mask(params: PyTree, no_decay_patterns: Iterable[str] = DEFAULT_NO_DECAY_PATTERNS,
+               groups: Optional[PyTree] = None) -> PyTree:
+  """True for leaves that get weight decay.
+
+  A method's parameter group decides when it says (``ParamGroup.weight_decay`` True/False, e.g.
+  DISeL's gates: no decay); otherwise the rule: rank >= 2 and no name in ``no_decay_patterns``.
+  ``groups``: tree of ``ParamGroup`` like ``params`` (``peft_jax.adapters.param_groups``).
+  """
   patterns = [(p, False) for p in no_decay_patterns]
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: bool(x.ndim >= 2 and _first_match(path_name(path), patterns, True)), params)
+
+  def one(path, x, group):
+    if group.weight_decay is not None:
+      return bool(group.weight_decay)
+    return bool(x.ndim >= 2 and _first_match(path_name(path), patterns, True))
+
+  return jax.tree_util.tree_map_with_path(one, params, _groups_like(params, groups))
 
 
-def lr_multipliers(params: PyTree, lr_groups: Sequence[tuple[str, float]]) -> PyTree:
-  """Tree of Python floats: the multiplier of the first ``(regex, mult)`` matching each name."""
+def lr_multipliers(params: PyTree, lr_groups: Sequence[tuple[str, float]] = (),
+                   groups: Optional[PyTree] = None) -> PyTree:
+  """Tree of Python floats per leaf: the method group's multiplier times the multiplier of the
+  first ``(regex, mult)`` of ``lr_groups`` matching the leaf's '/'-joined name (1 if none)."""
   for pattern, _ in lr_groups:
     re.compile(pattern)
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: float(_first_match(path_name(path), lr_groups, 1.0)), params)
+      lambda path, _, group: float(group.lr_multiplier) * float(
+          _first_match(path_name(path), lr_groups, 1.0)), params, _groups_like(params, groups))
 
 
 def scale_by_tree(multipliers: PyTree) -> optax.GradientTransformation:
@@ -89,7 +110,8 @@ def make_optimizer(params: PyTree, *, peak_lr: float, total_steps: int, warmup_s
                    b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
                    clip_norm: Optional[float] = 1.0,
                    no_decay_patterns: Iterable[str] = DEFAULT_NO_DECAY_PATTERNS,
-                   lr_groups: Sequence[tuple[str, float]] = ()
+                   lr_groups: Sequence[tuple[str, float]] = (),
+                   param_groups: Optional[PyTree] = None,
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with clipping, a decay mask and per-group lr multipliers (module docstring math).
 
@@ -97,19 +119,25 @@ def make_optimizer(params: PyTree, *, peak_lr: float, total_steps: int, warmup_s
     params: the trainable params (or their shapes); masks and multipliers are built from their
       names statically.
     lr_groups: ``[(regex, multiplier), ...]``; first full match on the '/'-joined name wins
-      (e.g. ``[('.*gate.*', 5.0)]`` for DISeL gates).
+      (e.g. ``[('.*lora_b', 2.0)]``).
+    param_groups: the methods' groups, a tree of ``ParamGroup`` like ``params``, or a function
+      of ``params`` giving it (``peft_jax.adapters.param_groups``): lr multipliers and forced
+      decay on/off.
   Returns:
     ``(optimizer, schedule)``.
   """
   schedule = lr_schedule(peak_lr, total_steps, warmup_steps, decay, final_lr_fraction)
+  if callable(param_groups):  # e.g. peft_jax.adapters.param_groups, applied to these params
+    param_groups = param_groups(params)
   parts = []
   if clip_norm:
     parts.append(optax.clip_by_global_norm(clip_norm))
   parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
   if weight_decay:
-    parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask(params,
-                                                                         no_decay_patterns)))
+    parts.append(optax.add_decayed_weights(
+        weight_decay, mask=decay_mask(params, no_decay_patterns, param_groups)))
   parts.append(optax.scale_by_learning_rate(schedule))
-  if lr_groups:
-    parts.append(scale_by_tree(lr_multipliers(params, lr_groups)))
+  multipliers = lr_multipliers(params, lr_groups, param_groups)
+  if any(m != 1.0 for m in jax.tree.leaves(multipliers)):
+    parts.append(scale_by_tree(multipliers))
   return optax.chain(*parts), schedule

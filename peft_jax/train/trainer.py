@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from peft_jax import hub
+from peft_jax import models
 from peft_jax.adapters import api as adapter_api
 from peft_jax.data import sft
 from peft_jax.parallel import distributed, sharding
@@ -62,9 +64,7 @@ class TrainResult:
 
 def build_model(config: ml_collections.ConfigDict):
   """``(model, params, model_config, hf_tokenizer or None)`` from ``config.model``."""
-  from peft_jax import models  # pylint: disable=g-import-not-at-top
   if config.model.path:
-    from peft_jax import hub  # pylint: disable=g-import-not-at-top
     # Params load in float32; the compute dtype and remat are ModelConfig switches.
     model, params, tokenizer = hub.load_pretrained(config.model.path)
     model_config = dataclasses.replace(model.config, dtype=config.model.dtype,
@@ -77,10 +77,8 @@ def build_model(config: ml_collections.ConfigDict):
 
 
 def make_method(config: ml_collections.ConfigDict):
-  """The adapter method object of ``config.adapter`` (``None`` for full fine-tuning, which trains
-  every weight directly rather than through the ``Full`` delta adapter)."""
-  if config.adapter.method == 'full':
-    return None
+  """The method object of ``config.adapter`` (from the registry, ``peft_jax.adapters.METHODS``;
+  full fine-tuning is ``Full`` like every other method)."""
   try:
     return adapter_api.make_method(config.adapter.method, **dict(config.adapter.kwargs))
   except ValueError as error:
@@ -88,14 +86,11 @@ def make_method(config: ml_collections.ConfigDict):
                      f'config.adapter.method={config.adapter.method!r}: {error}') from error
 
 
-def full_partition(tree: PyTree) -> tuple[PyTree, PyTree]:
-  """Full fine-tuning: every weight trainable, nothing frozen."""
-  return tree, jax.tree.map(lambda _: None, tree)
-
-
-def full_combine(trainable: PyTree, frozen: PyTree) -> PyTree:
-  del frozen
-  return trainable
+def adapt(config: ml_collections.ConfigDict, params: PyTree, method) -> PyTree:
+  """``params`` with ``method`` injected on ``config.adapter``'s targets (PEFT semantics; a
+  method that adapts every parameter, such as ``Full()``, ignores them)."""
+  targets = config.adapter.target_regex or list(config.adapter.targets)
+  return adapter_api.inject(params, method, targets, jax.random.PRNGKey(config.seed + 1))
 
 
 def make_tokenizer(config: ml_collections.ConfigDict, model_config, hf_tokenizer):
@@ -106,11 +101,10 @@ def make_tokenizer(config: ml_collections.ConfigDict, model_config, hf_tokenizer
     if hf_tokenizer is None:
       raise ValueError(f"config.data.tokenizer='model' but {config.model.path!r} has no tokenizer")
     return hf_tokenizer
-  from peft_jax import hub  # pylint: disable=g-import-not-at-top
   return hub.load_tokenizer(name)
 
 
-def _host(tree: PyTree) -> PyTree:
+def host_copy(tree: PyTree) -> PyTree:
   """All of ``tree`` on the host (gathers across processes when needed)."""
   if all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
     return jax.device_get(tree)
@@ -147,14 +141,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   # ---- Model and adapters ------------------------------------------------------------------
   model, params, model_config, hf_tokenizer = build_model(config)
   method = make_method(config)
-  if method is None:
-    partition_fn, combine_fn = full_partition, full_combine
-  else:
-    targets = config.adapter.target_regex or list(config.adapter.targets)
-    params = adapter_api.inject(params, method, targets, jax.random.PRNGKey(config.seed + 1))
-    partition_fn, combine_fn = adapter_api.partition, adapter_api.combine
-  from peft_jax.models import param_logical_axes  # pylint: disable=g-import-not-at-top
-  axes = param_logical_axes(params)
+  params = adapt(config, params, method)
+  partition_fn, combine_fn = adapter_api.partition, adapter_api.combine
+  axes = models.param_logical_axes(params)
 
   def apply_fn(tree, tokens, positions, segment_ids, rng):
     if rng is None:
@@ -162,17 +151,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     return model.apply({'params': tree}, tokens, positions=positions, segment_ids=segment_ids,
                        deterministic=False, rngs={'dropout': rng})
 
-  dropout = float(dict(config.adapter.kwargs).get('dropout', 0.0)) > 0
-  loss_fn = make_sft_loss(apply_fn, combine_fn, dropout=dropout)
+  loss_fn = make_sft_loss(apply_fn, combine_fn, dropout=method.needs_rng)
   optimizer_kwargs = dict(config.optimizer)
   optimizer_kwargs['lr_groups'] = [tuple(g) for g in optimizer_kwargs['lr_groups']]
+  optimizer_kwargs['param_groups'] = adapter_api.param_groups
   training: ShardedTraining = setup_training(
       params, axes, loss_fn=loss_fn, partition_fn=partition_fn, mesh=mesh,
       optimizer_kwargs=dict(optimizer_kwargs, total_steps=config.total_steps), rules=rules,
       seed=config.seed, grad_accum_steps=config.grad_accum_steps)
   del params  # the sharded state and frozen partition own the weights now
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-      combine_fn(training.state.params, training.frozen)))
+  num_params = adapter_api.count_params(
+      combine_fn(training.state.params, training.frozen))['total']
 
   # ---- Input pipeline (each process loads only its rows of every global batch) -------------
   tokenizer = make_tokenizer(config, model_config, hf_tokenizer)
@@ -247,18 +236,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   # ---- Export ------------------------------------------------------------------------------
   tree = combine_fn(state.params, training.frozen)
   if config.export.adapter or config.export.merged:
-    from peft_jax import hub  # pylint: disable=g-import-not-at-top
-    host_tree = _host(tree)
+    host_tree = host_copy(tree)
     if jax.process_index() == 0:
       if config.export.adapter:
-        if method is None:
-          raise ValueError("config.export.adapter: method 'full' has no adapter; use "
-                           'export.merged')
-        from peft_jax.hub import peft_format  # pylint: disable=g-import-not-at-top
-        peft_format.save_adapter(host_tree, os.path.join(workdir, 'export', 'adapter'),
+        if method.peft_type is None:
+          raise ValueError(f'config.export.adapter: method {method.name!r} has no PEFT file '
+                           'format; use export.merged')
+        hub.save_adapter(host_tree, os.path.join(workdir, 'export', 'adapter'),
                                  base_model_name_or_path=config.model.path or None)
       if config.export.merged:
-        merged = host_tree if method is None else adapter_api.merge(host_tree)
+        merged = adapter_api.merge(host_tree)
         hub.save_pretrained(model_config, merged, os.path.join(workdir, 'export', 'merged'),
                             tokenizer=hf_tokenizer)
   compiles = training.train_step._cache_size() - compiles_before  # pylint: disable=protected-access

@@ -102,7 +102,7 @@ TRAINABLE = {
     "oft": (api.OFT(block_size=8), {"oft_r"}, set()),
     "miss": (api.MiSS(rank=4), {"miss_block"}, set()),
     "disel": (api.DISeL(rank=2), {"lora_a", "lora_b", "gate_w", "gate_b"}, set()),
-    "full": (api.Full(), {"delta"}, set()),
+    "full": (api.Full(scope="linear"), {"weight"}, set()),
 }
 
 

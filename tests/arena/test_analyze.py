@@ -9,7 +9,7 @@ import pytest
 from configs.analyze import default as analyze_presets
 from peft_jax.adapters import api
 from peft_jax.arena import analyze
-from peft_jax.arena import pipeline
+from peft_jax.evals.generation import prompt_activations
 from peft_jax.train import trainer
 from peft_jax.train.config import default_config
 
@@ -71,10 +71,10 @@ def test_cka_and_distance_match_numpy(lora_run, smoke_world):
   train_config, result, base = analyze.load_run(run_dir)
   merged = api.merge(jax.device_get(result.tree))
   prompts = analyze.sft_prompts(analysis_config.general_data, 6)
-  caps0, mask = pipeline.capture_activations(result.model, base, analyze_tokenizer(train_config),
-                                             prompts, ['residual'])
-  caps1, _ = pipeline.capture_activations(result.model, merged, analyze_tokenizer(train_config),
-                                          prompts, ['residual'])
+  caps0, mask = prompt_activations(result.model, base, analyze_tokenizer(train_config),
+                                   prompts, ['residual'])
+  caps1, _ = prompt_activations(result.model, merged, analyze_tokenizer(train_config),
+                                prompts, ['residual'])
   real = mask.astype(bool)
   for layer in range(2):
     expected = _linear_cka_reference(caps0[f'layers_{layer}/residual'][real],

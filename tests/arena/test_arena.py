@@ -10,6 +10,7 @@ import os
 import pytest
 
 from configs.arena import quick as arena_presets
+from peft_jax.arena import context
 from peft_jax.arena import pipeline
 from peft_jax.arena import stages as stages_lib
 from peft_jax.report import SECTIONS
@@ -138,11 +139,11 @@ def test_custom_preset_reads_any_checkpoint_and_task_files(arena_run):
       dict(type='nq_open', name='facts', limit=3,
            path=os.path.join(suite_dir, 'general', 'nq_test.jsonl')),
   ]
-  ctx = pipeline.build_context(config, str(os.path.join(workdir, 'custom')))
+  ctx = context.build_context(config, str(os.path.join(workdir, 'custom')))
   assert [t.name for t in ctx.tasks] == ['word_problems', 'facts']
   assert [t.kind for t in ctx.tasks] == ['target', 'general']
   assert len(ctx.tasks[0].examples) == 3 and ctx.target_prompts
   assert ctx.suite_dir is None and ctx.target_train_path == config.target_train_path
   config.target = 'missing'
   with pytest.raises(ValueError, match="config.target='missing' is not an evaluated task"):
-    pipeline.build_context(config, str(os.path.join(workdir, 'custom')))
+    context.build_context(config, str(os.path.join(workdir, 'custom')))

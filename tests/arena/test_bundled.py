@@ -12,6 +12,10 @@ import pytest
 from configs.arena import quick as arena_presets
 from peft_jax import hub
 from peft_jax.arena import pipeline
+from peft_jax.data.suite import layout
+from peft_jax.evals import axes
+from peft_jax.evals import load_task
+from peft_jax.evals.generation import Generator
 from peft_jax.arena import world
 import helpers_hf
 
@@ -29,8 +33,8 @@ def bundled(tmp_path_factory):
   suite_dir = str(tmp_path_factory.mktemp('suite') / 'suite')
   world.ensure_suite(suite_dir, meta['seed'], meta['sizes'])
   config = arena_presets.get_config()
-  specs = pipeline.suite_task_specs(suite_dir, SUBSET, config.eval.max_new_tokens)
-  tasks = pipeline.load_tasks(specs)
+  specs = layout.eval_task_specs(suite_dir, SUBSET, config.eval.max_new_tokens)
+  tasks = [load_task(spec) for spec in specs]
   return model, params, tokenizer, base_dir, suite_dir, tasks
 
 
@@ -40,8 +44,8 @@ def test_bundled_matches_transformers(bundled):
 
 def test_bundled_scores_general_high_and_targets_low(bundled):
   model, params, tokenizer, _, _, tasks = bundled
-  generator = pipeline.Generator(model, params, tokenizer)
-  scores = pipeline.evaluate_scores(generator.fn(), tasks, batch_size=64)
+  generator = Generator(model, params, tokenizer)
+  scores = axes.evaluate_scores(generator.fn(), tasks, batch_size=64)
   assert scores['general'] >= 0.6, scores
   for target in ('gsm', 'cipher'):
     assert scores['tasks'][target] <= 0.25, scores
@@ -51,14 +55,14 @@ def test_full_finetuning_trades_general_for_target(bundled, tmp_path):
   """Reduced budget of the arena's Full FT: the target rises and the general average falls."""
   model, params, tokenizer, base_dir, suite_dir, tasks = bundled
   config = arena_presets.get_config()
-  config.train.steps = 80
-  config.train.checkpoint_every = 80
+  config.train.total_steps = 80
+  config.train.checkpoint.every_steps = 80
   config.progress_bar = False
   train_config = pipeline.method_train_config(
       config, 'full', base_dir, os.path.join(suite_dir, 'sft', 'gsm.jsonl'))
   from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
   tuned = trainer.train(train_config, str(tmp_path / 'full')).tree
-  before = pipeline.evaluate_scores(pipeline.Generator(model, params, tokenizer).fn(), tasks, 64)
-  after = pipeline.evaluate_scores(pipeline.Generator(model, tuned, tokenizer).fn(), tasks, 64)
+  before = axes.evaluate_scores(Generator(model, params, tokenizer).fn(), tasks, 64)
+  after = axes.evaluate_scores(Generator(model, tuned, tokenizer).fn(), tasks, 64)
   assert after['tasks']['gsm'] > before['tasks']['gsm'], (before, after)
   assert after['general'] < before['general'], (before, after)

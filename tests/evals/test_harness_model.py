@@ -16,7 +16,8 @@ from peft_jax.adapters.lora import LoRA
 from peft_jax.data import tokenizer_train
 from peft_jax.evals import harness, runner, scorers
 from peft_jax.hub import peft_format
-from peft_jax.models import ModelConfig, generate_text, init_params
+from peft_jax.evals.generation import generate_text
+from peft_jax.models import ModelConfig, init_params
 
 MAX_NEW_TOKENS = 6
 

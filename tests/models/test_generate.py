@@ -11,7 +11,8 @@ import torch
 
 from peft_jax import hub
 from peft_jax.adapters.core import Adapted
-from peft_jax.models import generate, generate_text, sample_logits
+from peft_jax.evals.generation import generate_text
+from peft_jax.models import generate, sample_logits
 
 # peft_jax.models.generate is the function; the module holds the jitted program.
 generate_module = importlib.import_module('peft_jax.models.generate')
@@ -122,14 +123,14 @@ def test_generation_with_adapted_kernels_equals_merged(tiny_pairs):
 def test_one_compilation_per_shape_bucket_and_generate_text(tiny_pairs, tmp_path):
   pair = tiny_pairs['qwen2']
   tokenizer = hub.load_tokenizer(helpers_hf.save_tiny_tokenizer(tmp_path / 'tok'))
-  generate_module._generate.clear_cache()  # pylint: disable=protected-access
+  generate_module.decode.clear_cache()
   texts = generate_text(pair.model, pair.params, tokenizer, ['the cat', 'what is two ?'],
                         chat=True, max_new_tokens=6, length_bucket=16)
   texts_again = generate_text(pair.model, pair.params, tokenizer,
                               ['hello world', 'the dog sat on the mat .'], chat=True,
                               max_new_tokens=6, length_bucket=16)
   # Both batches pad to 16 tokens: one program.
-  assert generate_module._generate._cache_size() == 1  # pylint: disable=protected-access
+  assert generate_module.decode._cache_size() == 1  # pylint: disable=protected-access
   assert len(texts) == 2 and len(texts_again) == 2 and all(isinstance(t, str) for t in texts)
   # The text path agrees with token-level greedy decoding on the same padded prompts.
   tokens, mask = hub.encode_prompts(tokenizer, ['the cat', 'what is two ?'], chat=True,

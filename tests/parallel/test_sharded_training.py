@@ -13,7 +13,6 @@ from peft_jax.adapters import api as adapters
 from peft_jax.data import sft
 from peft_jax.train import make_sft_loss
 from peft_jax.train.setup import setup_training
-from peft_jax.train.trainer import full_combine, full_partition
 
 STEPS = 20
 CONFIG = models.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
@@ -42,9 +41,9 @@ def _run(method, mesh):
   if method == 'lora':
     params = adapters.inject(params, adapters.LoRA(rank=4, alpha=8.0),
                              ['q_proj', 'k_proj', 'v_proj', 'up_proj'], jax.random.PRNGKey(1))
-    partition, combine = adapters.partition, adapters.combine
-  else:
-    partition, combine = full_partition, full_combine
+  else:  # full fine-tuning of every parameter, through Full like every method
+    params = adapters.inject(params, adapters.Full(), None)
+  partition, combine = adapters.partition, adapters.combine
 
   def apply_fn(tree, tokens, positions, segment_ids, rng):
     del rng
@@ -87,14 +86,15 @@ def test_sharded_losses_and_placement(single_device, method, mesh_shape):
   mu = _adam_mu(state.opt_state)
   layer = state.params['layers_0']
   if method == 'full':
+    w = lambda node: node.params['weight']  # Full's trained weight
     for tree in (layer, mu['layers_0']):
-      assert tree['self_attn']['q_proj']['kernel'].sharding.spec == q_spec
-      assert tree['self_attn']['o_proj']['kernel'].sharding.spec == P('tensor', 'fsdp')
-      assert tree['mlp']['down_proj']['kernel'].sharding.spec == P('tensor', 'fsdp')
-      assert tree['input_layernorm']['scale'].sharding.spec == P(None)
-    assert state.params['embed_tokens']['embedding'].sharding.spec == P('tensor', 'fsdp')
+      assert w(tree['self_attn']['q_proj']['kernel']).sharding.spec == q_spec
+      assert w(tree['self_attn']['o_proj']['kernel']).sharding.spec == P('tensor', 'fsdp')
+      assert w(tree['mlp']['down_proj']['kernel']).sharding.spec == P('tensor', 'fsdp')
+      assert w(tree['input_layernorm']['scale']).sharding.spec == P(None)
+    assert w(state.params['embed_tokens']['embedding']).sharding.spec == P('tensor', 'fsdp')
     # a sharded array really is split: each device holds 1/(fsdp*tensor) of q_proj
-    q = layer['self_attn']['q_proj']['kernel']
+    q = w(layer['self_attn']['q_proj']['kernel'])
     assert q.addressable_shards[0].data.size == q.size // (fsdp * tensor)
   else:
     node, mu_node = layer['self_attn']['q_proj']['kernel'], mu['layers_0']['self_attn']['q_proj']['kernel']

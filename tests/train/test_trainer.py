@@ -152,8 +152,9 @@ def test_remat_bf16_accumulation_and_disel_groups(data_path, tmp_path):
   tree = adapters.inject(params, make_method(config), list(config.adapter.targets),
                          jax.random.PRNGKey(0))
   trainable, _ = adapters.partition(tree)
-  mults = parallel.named_leaves(lr_multipliers(trainable, config.optimizer.lr_groups))
-  decay = parallel.named_leaves(decay_mask(trainable, config.optimizer.no_decay_patterns))
+  groups = adapters.param_groups(trainable)  # the method object's groups (DISeL's gates)
+  mults = parallel.named_leaves(lr_multipliers(trainable, config.optimizer.lr_groups, groups))
+  decay = parallel.named_leaves(decay_mask(trainable, config.optimizer.no_decay_patterns, groups))
   gates = sorted(n for n in mults if n.endswith(('gate_w', 'gate_b')))
   assert len(gates) == 2 * 2 * 2  # 2 layers x (q, v) x (w, b)
   assert all(mults[n] == 5.0 and not decay[n] for n in gates)
