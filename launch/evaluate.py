@@ -14,6 +14,7 @@ matrix: ``drift.json``, ``drift.csv``, ``drift_heatmap.png``.
 """
 
 import json
+import os
 
 from absl import app
 from absl import flags
@@ -28,9 +29,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  # Imported after absl parsed the flags: importing JAX is slow and reads XLA_FLAGS.
   from peft_jax.evals import runner  # pylint: disable=g-import-not-at-top
+  from peft_jax.report import results  # pylint: disable=g-import-not-at-top
   if _CONFIG.value.drift_adapters:
     report = runner.run_drift(_CONFIG.value, _WORKDIR.value)
+    results.write_drift_heatmap(report, os.path.join(_WORKDIR.value, 'drift_heatmap.png'))
     flagged = [row['name'] for row in report['adapters'] if row['flagged']]
     logging.info('capability drift: flagged adapters %s', flagged)
     print(json.dumps({'flagged': flagged, 'by_label': report['by_label']}))

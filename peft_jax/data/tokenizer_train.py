@@ -14,6 +14,8 @@ the response (what ``add_generation_prompt=True`` gives for one user message).
 
 from __future__ import annotations
 
+import json
+
 import os
 from typing import Dict, Iterable, Sequence
 
@@ -108,8 +110,6 @@ def _non_empty(texts: Iterable[str]) -> Iterable[str]:
 def corpus_texts(paths: Sequence[str]) -> Iterable[str]:
   """Yields the 'text' (corpus JSONL), 'question'/'answer' (GSM-style JSONL) or
   'prompt'/'completion' (SFT JSONL) strings of the given JSONL files, for tokenizer training."""
-  import json
-
   fields = ('text', 'question', 'answer', 'prompt', 'completion')
   for path in paths:
     with open(path) as f:

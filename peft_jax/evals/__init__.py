@@ -7,7 +7,6 @@ from peft_jax.evals.drift import delta_matrix
 from peft_jax.evals.drift import drift_csv
 from peft_jax.evals.drift import drift_report
 from peft_jax.evals.drift import evaluate_adapters
-from peft_jax.evals.drift import plot_drift_heatmap
 from peft_jax.evals.drift import write_drift_outputs
 from peft_jax.evals.harness import evaluate
 from peft_jax.evals.harness import evaluate_task
@@ -40,7 +39,7 @@ from peft_jax.evals.runner import run_evaluation
 
 __all__ = [
     "AdapterScores", "AdapterSpec", "delta_matrix", "drift_csv", "drift_report",
-    "evaluate_adapters", "plot_drift_heatmap", "write_drift_outputs", "evaluate", "evaluate_task",
+    "evaluate_adapters", "write_drift_outputs", "evaluate", "evaluate_task",
     "forget", "model_generate_fn", "summarize", "target_gain", "truncate_at_stop",
     "IFEVAL_INSTRUCTIONS",
     "ifeval_accuracies", "score_ifeval_example", "extract_bbh_answer", "extract_boxed",

@@ -31,7 +31,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from peft_jax.adapters.inject import merge as merge_tree
 from peft_jax.common import files
+from peft_jax.hub.peft_format import load_adapter
 from peft_jax.evals import harness
 from peft_jax.evals.tasks import Task
 
@@ -156,52 +158,12 @@ def drift_csv(report: Mapping[str, Any]) -> str:
   return buffer.getvalue()
 
 
-def plot_drift_heatmap(report: Mapping[str, Any], path: str) -> None:
-  """Adapter x task heatmap of Δ (diverging, centred at 0), nominal cells boxed, flagged adapters
-  marked ``(!)`` in red; saved as PNG to ``path`` (atomically)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from matplotlib import patches  # pylint: disable=g-import-not-at-top
-
-  tasks = list(report["tasks"])
-  rows = report["adapters"]
-  deltas = np.array([[row["deltas"][t] for t in tasks] for row in rows])
-  limit = max(float(np.max(np.abs(deltas))), 1e-9)
-  figure, axes = plt.subplots(figsize=(1.6 + 1.1 * len(tasks), 1.2 + 0.5 * len(rows)))
-  image = axes.imshow(deltas, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-  for i, row in enumerate(rows):
-    for j, task in enumerate(tasks):
-      axes.text(j, i, f"{deltas[i, j]:+.3f}", ha="center", va="center", fontsize=8)
-    j = tasks.index(row["nominal_task"])
-    axes.add_patch(patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black",
-                                     linewidth=2))
-  axes.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
-  labels = [f"{'(!) ' if r['flagged'] else ''}{r['name']} [{r['label']}]" for r in rows]
-  axes.set_yticks(range(len(rows)), labels)
-  for tick, row in zip(axes.get_yticklabels(), rows):
-    if row["flagged"]:
-      tick.set_color("red")
-  axes.set_xlabel("task")
-  axes.set_ylabel("adapter [nominal label]")
-  axes.set_title("Capability drift: Δ score vs base (box = nominal target, (!) = flagged)")
-  figure.colorbar(image, ax=axes, label="Δ score (adapter − base)")
-  figure.tight_layout()
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp_path = os.path.join(directory, f".tmp-{os.path.basename(path)}")
-  figure.savefig(tmp_path, format="png", dpi=100)
-  plt.close(figure)
-  os.replace(tmp_path, path)
-
-
 def write_drift_outputs(report: Mapping[str, Any], out_dir: str) -> dict[str, str]:
-  """Writes ``drift.json``, ``drift.csv`` and ``drift_heatmap.png``; returns their paths."""
-  paths = {"json": os.path.join(out_dir, "drift.json"), "csv": os.path.join(out_dir, "drift.csv"),
-           "png": os.path.join(out_dir, "drift_heatmap.png")}
+  """Writes ``drift.json`` and ``drift.csv``; returns their paths. The heatmap is the report's
+  (``peft_jax.report.write_drift_heatmap``), drawn by the launcher or the arena report."""
+  paths = {"json": os.path.join(out_dir, "drift.json"), "csv": os.path.join(out_dir, "drift.csv")}
   files.write_json(paths["json"], report, indent=2, sort_keys=True)
   files.write_text(paths["csv"], drift_csv(report))
-  plot_drift_heatmap(report, paths["png"])
   return paths
 
 
@@ -257,10 +219,8 @@ def evaluate_adapters(model: Any, base_params: Any, tokenizer: Any, tasks: Seque
   for spec in adapters:
     tree = spec.adapter
     if isinstance(tree, (str, os.PathLike)):
-      from peft_jax.hub.peft_format import load_adapter  # pylint: disable=g-import-not-at-top
       tree = load_adapter(base_params, os.fspath(tree))
     if merge:
-      from peft_jax.adapters.inject import merge as merge_tree  # pylint: disable=g-import-not-at-top
       tree = merge_tree(tree)
     adapter_scores.append(AdapterScores(name=spec.name, label=spec.label,
                                         nominal_task=spec.nominal_task,

@@ -15,7 +15,8 @@ Config fields (:func:`default_config`):
   ``forget = General_base - General`` and ``target_gain = Target - Target_base`` (points).
 * ``drift_adapters``: ``{name: {adapter_dir, label, nominal_task, config_id}}``; when non-empty,
   :func:`run_drift` evaluates the base and each adapter and writes the capability-drift matrix
-  (``drift.json``, ``drift.csv``, ``drift_heatmap.png``) instead (``adapter_dir`` unused).
+  (``drift.json``, ``drift.csv``; ``launch.evaluate`` adds the report's ``drift_heatmap.png``)
+  instead (``adapter_dir`` unused).
 
 Outputs under ``workdir``: ``eval_config.json`` (the resolved config), and per task
 ``<task>.jsonl`` plus ``summary.json`` (written by the harness).
@@ -30,7 +31,11 @@ from typing import Any
 import jax
 import ml_collections
 
+from peft_jax import hub
+from peft_jax.adapters.inject import merge
 from peft_jax.common import files
+from peft_jax.hub.peft_format import load_adapter
+from peft_jax.evals import drift
 from peft_jax.evals import harness
 from peft_jax.evals import tasks as tasks_lib
 
@@ -50,7 +55,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _load_base(config):
-  from peft_jax import hub  # pylint: disable=g-import-not-at-top
   if not config.model_dir:
     raise ValueError("config.model_dir is empty: give a Hugging Face checkpoint directory")
   model, params, tokenizer = hub.load_pretrained(config.model_dir)
@@ -65,8 +69,6 @@ def _load_base(config):
 def _load_model(config):
   model, params, tokenizer = _load_base(config)
   if config.adapter_dir:
-    from peft_jax.adapters.inject import merge  # pylint: disable=g-import-not-at-top
-    from peft_jax.hub.peft_format import load_adapter  # pylint: disable=g-import-not-at-top
     params = load_adapter(params, config.adapter_dir)
     if config.merge_adapter:
       params = merge(params)
@@ -122,7 +124,6 @@ def run_drift(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   Returns:
     the drift report (:func:`peft_jax.evals.drift.drift_report`).
   """
-  from peft_jax.evals import drift  # pylint: disable=g-import-not-at-top
   entries = config.drift_adapters.to_dict()
   if not entries:
     raise ValueError("config.drift_adapters is empty; give {name: {adapter_dir, label, "

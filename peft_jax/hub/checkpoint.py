@@ -31,6 +31,8 @@ import numpy as np
 from peft_jax.adapters.core import is_adapted
 from peft_jax.common.files import replace_directory, temporary_directory_for
 from peft_jax.common.trees import flatten_dict, unflatten_dict
+from peft_jax.hub.paths import resolve_path
+from peft_jax.hub.tokenizer import load_tokenizer
 from peft_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from peft_jax.models.decoder import Decoder, init_params
 
@@ -46,24 +48,6 @@ _ARCHITECTURES = {'llama': 'LlamaForCausalLM', 'mistral': 'MistralForCausalLM',
 _DEFAULT_TIED = {'llama': False, 'mistral': False, 'qwen2': False, 'gemma2': True}
 # Checkpoint tensors that carry no parameter of ours.
 _IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)
-_BUNDLED_DIR = pathlib.Path(__file__).resolve().parent.parent / 'bundled'
-
-
-def resolve_path(path: str | os.PathLike) -> pathlib.Path:
-  """A local directory; ``'bundled:NAME'`` -> ``peft_jax/bundled/NAME/``."""
-  text = str(path)
-  if text.startswith('bundled:'):
-    name = text[len('bundled:'):]
-    resolved = _BUNDLED_DIR / name
-    if not resolved.is_dir():
-      available = sorted(p.name for p in _BUNDLED_DIR.iterdir()) if _BUNDLED_DIR.is_dir() else []
-      raise FileNotFoundError(f'bundled model {name!r} not found at {resolved}; bundled models: '
-                              f'{available or "none"}')
-    return resolved
-  resolved = pathlib.Path(text)
-  if not resolved.is_dir():
-    raise FileNotFoundError(f'checkpoint directory {resolved} does not exist')
-  return resolved
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,7 +306,6 @@ def _load_tokenizer_if_present(directory: pathlib.Path):
   if not any((directory / f).is_file() for f in ('tokenizer.json', 'tokenizer_config.json',
                                                  'tokenizer.model')):
     return None
-  from peft_jax.hub.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
   return load_tokenizer(directory)
 
 

@@ -44,6 +44,8 @@ from peft_jax.adapters.vera import VeRA
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
+# PEFT types this module writes (a method object names its own in ``peft_type``).
+PEFT_TYPES = ("LORA", "VERA", "OFT", "MISS")
 PEFT_VERSION = "0.21.2"
 
 # Per-module tensor suffixes of each PEFT type (after the module name).
@@ -271,15 +273,17 @@ def save_adapter(tree: Mapping, path: str, base_model_name_or_path: Optional[str
   if not nodes:
     raise ValueError("save_adapter: the tree holds no adapted weights (run inject first)")
   names = {p: module_name_fn(p[: -len("/kernel")]) for p in nodes}
+  # The method object says which PEFT type it saves as (``peft_type``; the LoRA family adds its
+  # factors through ``lora_factors`` and DoRA its magnitude through ``use_dora``).
   kinds = {type(n.method).__name__ for n in nodes.values()}
-  family = {"LoRA": "LORA", "DoRA": "LORA", "PiSSA": "LORA", "VeRA": "VERA", "OFT": "OFT",
-            "MiSS": "MISS"}
-  unsupported = sorted(k for k in kinds if k not in family)
+  unsupported = sorted({type(n.method).__name__ for n in nodes.values()
+                        if getattr(n.method, "peft_type", None) not in PEFT_TYPES})
   if unsupported:
-    raise ValueError(f"save_adapter: methods {unsupported} have no PEFT file format; supported: "
-                     f"{sorted(family)}")
-  peft_types = {family[k] for k in kinds}
-  if len(peft_types) != 1 or (kinds & {"DoRA"} and len(kinds) > 1):
+    raise ValueError(f"save_adapter: methods {unsupported} have no PEFT file format (their "
+                     f"peft_type is not one of {PEFT_TYPES})")
+  peft_types = {n.method.peft_type for n in nodes.values()}
+  use_dora = {bool(getattr(n.method, "use_dora", False)) for n in nodes.values()}
+  if len(peft_types) != 1 or len(use_dora) != 1:
     raise ValueError(f"save_adapter: one PEFT adapter holds one method, got {sorted(kinds)}")
   peft_type = peft_types.pop()
   targets = sorted(names.values())
@@ -298,16 +302,11 @@ def save_adapter(tree: Mapping, path: str, base_model_name_or_path: Optional[str
     entries = []
     for p, node in ordered:
       m = node.method
-      if isinstance(m, PiSSA):
-        a, b = m.to_lora_factors(node)
-        rank = 2 * m.rank
-        alpha = m.alpha * (math.sqrt(2) if m.use_rslora else 2)
-      else:
-        a, b, rank, alpha = node.params["lora_a"], node.params["lora_b"], m.rank, m.alpha
+      a, b, rank, alpha = m.lora_factors(node)
       key = _PREFIX + names[p]
       tensors[key + ".lora_A.weight"] = _np(a).T
       tensors[key + ".lora_B.weight"] = _np(b).T
-      if isinstance(m, DoRA):
+      if m.use_dora:
         tensors[key + ".lora_magnitude_vector"] = _np(node.params["magnitude"])
       entries.append((names[p], rank, alpha))
     base_rank, base_alpha = entries[0][1], entries[0][2]
@@ -317,7 +316,7 @@ def save_adapter(tree: Mapping, path: str, base_model_name_or_path: Optional[str
         alpha_pattern={re.escape(n): a for n, _, a in entries if a != base_alpha},
         lora_dropout=single(lambda m: m.dropout, "dropout"),
         use_rslora=single(lambda m: m.use_rslora, "use_rslora"),
-        use_dora="DoRA" in kinds, exclude_modules=None, fan_in_fan_out=False,
+        use_dora=use_dora.pop(), exclude_modules=None, fan_in_fan_out=False,
         init_lora_weights=True, lora_bias=False,
         layer_replication=None, loftq_config={}, megatron_config=None,
         megatron_core="megatron.core", target_parameters=None, trainable_token_indices=None)

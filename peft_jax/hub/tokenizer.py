@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from peft_jax.hub.paths import resolve_path
+
 
 def load_tokenizer(path: str | os.PathLike):
   """``transformers.AutoTokenizer`` from a local dir (or ``'bundled:NAME'``), offline.
@@ -15,7 +17,6 @@ def load_tokenizer(path: str | os.PathLike):
   padding side is set to left, which generation needs.
   """
   import transformers  # pylint: disable=g-import-not-at-top  (slow import, only when used)
-  from peft_jax.hub.checkpoint import resolve_path  # pylint: disable=g-import-not-at-top
   directory = resolve_path(path)
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
   if tokenizer.pad_token is None and tokenizer.eos_token is not None:

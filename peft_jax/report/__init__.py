@@ -65,9 +65,11 @@ from peft_jax.report.console import print_summary_table
 from peft_jax.report.document import FIGURE_FILES, SECTIONS, build_document
 from peft_jax.report.html import render_html, write_report
 from peft_jax.report.markdown import render_markdown
+from peft_jax.report.results import assemble_results, write_drift_heatmap
 from peft_jax.report.schema import ResultsSchemaError, validate_results
 
 __all__ = [
+    "assemble_results", "write_drift_heatmap",
     "FIGURE_FILES",
     "ResultsSchemaError",
     "SECTIONS",

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional
 import jax
 
 from peft_jax.evals import axes
+from peft_jax.report import figures
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'transformers', 'numpy')
 
@@ -54,12 +55,18 @@ def method_entry(base: Mapping[str, Any], stage: Mapping[str, Any], target: str)
 
 
 def drift_entry(drift_result: Mapping[str, Any]) -> dict:
+  """The report's ``drift`` entry from a ``peft_jax.evals.drift.drift_report``."""
   adapters = drift_result['adapters']
   return {'adapters': [a['name'] for a in adapters],
           'labels': {a['name']: a['label'] for a in adapters},
           'tasks': drift_result['tasks'],
           'delta': [[a['deltas'][t] for t in drift_result['tasks']] for a in adapters],
           'flagged': {a['name']: a['flags'] for a in adapters if a['flags']}}
+
+
+def write_drift_heatmap(drift_result: Mapping[str, Any], path: str) -> str:
+  """The capability-drift heatmap (the report's figure) of a drift report, as a PNG."""
+  return figures.plot_capability_drift(drift_entry(drift_result), path)
 
 
 def assemble_results(*, title: str, target: str, tasks, base: Mapping[str, Any],

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from peft_jax import hub
 from peft_jax import models
@@ -108,7 +110,6 @@ def host_copy(tree: PyTree) -> PyTree:
   """All of ``tree`` on the host (gathers across processes when needed)."""
   if all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
     return jax.device_get(tree)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
@@ -194,7 +195,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   losses = []
   progress = range(start_step, config.total_steps)
   if config.progress_bar and jax.process_index() == 0:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     progress = tqdm(progress, initial=start_step, total=config.total_steps, desc='train')
   try:
     for step in progress:

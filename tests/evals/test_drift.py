@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from peft_jax.evals import drift, tasks
+from peft_jax.report import write_drift_heatmap
 
 BASE = {"ifeval": 0.313, "numeric": 0.133, "nq": 0.40}
 ADAPTERS = [
@@ -77,9 +78,11 @@ def test_drift_outputs_json_csv_png(tmp_path):
   assert [r["adapter"] for r in rows] == ["base", "instr_s0", "instr_s1", "instr_s2", "math_s0"]
   assert float(rows[1]["delta/numeric"]) == pytest.approx(0.499)
   assert rows[1]["flags"] == "nominal_not_improved;off_target_exceeds_nominal"
-  with open(paths["png"], "rb") as f:
+  # The heatmap is the report's one figure (peft_jax.report.write_drift_heatmap).
+  png = write_drift_heatmap(report, str(tmp_path / "drift_heatmap.png"))
+  with open(png, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  image = matplotlib.image.imread(paths["png"])
+  image = matplotlib.image.imread(png)
   assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
   assert sorted(p.name for p in tmp_path.iterdir()) == ["drift.csv", "drift.json",
                                                        "drift_heatmap.png"]
@@ -131,4 +134,4 @@ def test_evaluate_adapters_driver(tmp_path):
   # No nq gain (0.5 -> 0.5) while gsm8k moved +0.25.
   assert rows["chat"]["flags"] == ["nominal_not_improved", "off_target_exceeds_nominal"]
   assert (tmp_path / "out" / "math" / "summary.json").exists()
-  assert (tmp_path / "out" / "drift_heatmap.png").exists()
+  assert (tmp_path / "out" / "drift.json").exists()
