@@ -1,6 +1,6 @@
 """peft_jax: parameter-efficient fine-tuning in JAX/Flax, and what fine-tuning costs a model.
 
-The public face (DESIGN.md §6)::
+The public face (README.md, "Usage"; docs/ARCHITECTURE.md)::
 
   import jax, peft_jax as pj
   model, params, tokenizer = pj.hub.load_pretrained("path/to/hf_dir")    # or "bundled:tiny"

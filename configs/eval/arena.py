@@ -1,4 +1,4 @@
-"""PEFT-Arena-style evaluation on local copies of the real benchmarks (research/papers.md §1.1).
+"""PEFT-Arena-style evaluation on local copies of the real benchmarks (docs/METRICS.md, "Target, General, Forget").
 
   python -m launch.evaluate --config=configs/eval/arena.py:/data/benchmarks --workdir=/tmp/eval \
       --config.model_dir=/models/qwen2.5-1.5b-instruct [--config.adapter_dir=/runs/lora/adapter]

@@ -10,10 +10,10 @@ from peft_jax.evals.drift import evaluate_adapters
 from peft_jax.evals.drift import write_drift_outputs
 from peft_jax.evals.harness import evaluate
 from peft_jax.evals.harness import evaluate_task
-from peft_jax.evals.harness import forget
+from peft_jax.evals.axes import forget
+from peft_jax.evals.axes import target_gain
 from peft_jax.evals.harness import model_generate_fn
 from peft_jax.evals.harness import summarize
-from peft_jax.evals.harness import target_gain
 from peft_jax.evals.harness import truncate_at_stop
 from peft_jax.evals.ifeval import INSTRUCTIONS as IFEVAL_INSTRUCTIONS
 from peft_jax.evals.ifeval import ifeval_accuracies

@@ -1,6 +1,7 @@
 """Capability drift: does an adapter's nominal label predict where it actually gains?
 
-Definitions (research/papers.md §3; RECONSTRUCTED there from arXiv:2603.22379, labelled so):
+Definitions (docs/METRICS.md, "Capability drift"; reconstructed from the abstract of
+arXiv:2603.22379, labelled so):
 
 * Cross-task matrix ``M[a, t]``: score of model ``a`` (base or an adapter) on task ``t``, in the
   metric's native units (0-1).

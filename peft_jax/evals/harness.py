@@ -1,12 +1,9 @@
 """The evaluation harness: generate on every task, score, aggregate, write files.
 
-PEFT-Arena's axes (research/papers.md §1.1), on a 0-100 scale:
-
-* ``Target`` = mean of the main scores of the ``'target'`` tasks (x100).
-* ``General`` = mean of the main scores of the ``'general'`` tasks (x100): IFEval
-  instruction-level strict accuracy, BBH's unweighted subtask mean, NQ-open exact match.
-* ``Forget = General_base - General_ft`` in percentage points (:func:`forget`), and
-  ``Target gain = Target_ft - Target_base`` (:func:`target_gain`).
+PEFT-Arena's axes (docs/METRICS.md, "Target, General, Forget"; defined once in
+``peft_jax.evals.axes``), on the 0-1 scale of the task scores: ``target`` / ``general`` are the
+mean main scores of the ``'target'`` / ``'general'`` tasks; ``Forget`` and ``Target gain`` are
+``axes.forget`` and ``axes.target_gain``.
 
 With ``num_samples = n > 1`` a task's per-example score is the mean over its n samples (avg@n,
 as PEFT-Arena's math evaluation), and ``pass@k`` (:func:`peft_jax.evals.scorers.pass_at_k`) is
@@ -44,16 +41,6 @@ def model_generate_fn(model: Any, params: Any, tokenizer: Any, **sampling: Any) 
                          max_new_tokens=max_new_tokens, temperature=temperature, **sampling)
 
   return generate_fn
-
-
-def forget(general_base: float, general_ft: float) -> float:
-  """PEFT-Arena forgetting in points: ``General_base - General_ft`` (both on the 0-100 scale)."""
-  return float(general_base) - float(general_ft)
-
-
-def target_gain(target_base: float, target_ft: float) -> float:
-  """``Target_ft - Target_base`` in points (both on the 0-100 scale)."""
-  return float(target_ft) - float(target_base)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -121,11 +108,11 @@ def evaluate_task(generate_fn: GenerateFn, task: Task, *, key: jax.Array,
 
 
 def summarize(task_results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-  """PEFT-Arena axes from per-task results: ``target``/``general`` means x100 (None if no task)."""
+  """PEFT-Arena axes from per-task results: ``target``/``general`` means, 0-1 (None if no task)."""
   axes: dict[str, Any] = {}
   for kind in ("target", "general"):
     scores = [r["score"] for r in task_results.values() if r["kind"] == kind]
-    axes[kind] = 100.0 * float(np.mean(scores)) if scores else None
+    axes[kind] = float(np.mean(scores)) if scores else None
   return {"tasks": {name: dict(result) for name, result in task_results.items()}, **axes}
 
 

@@ -1,6 +1,6 @@
 """IFEval: the 25 verifiable-instruction checkers, strict/loose following, and the accuracies.
 
-Definitions follow google-research ``instruction_following_eval`` (research/papers.md §5.4):
+Definitions follow google-research ``instruction_following_eval`` (docs/METRICS.md, "IFEval"):
 
 * Each prompt ``p`` carries instructions ``I_p`` (official ids such as ``punctuation:no_comma``)
   with keyword arguments. A checker ``check(response, **kwargs) -> bool`` decides whether the

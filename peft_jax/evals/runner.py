@@ -12,7 +12,7 @@ Config fields (:func:`default_config`):
 * ``tasks``: ``{name: task spec}`` as :func:`peft_jax.evals.tasks.load_task` reads them.
 * ``seed``, ``batch_size``.
 * ``baseline_summary``: a base model's ``summary.json``; when set, the summary also reports
-  ``forget = General_base - General`` and ``target_gain = Target - Target_base`` (points).
+  ``forget = General_base - General`` and ``target_gain = Target - Target_base`` (0-1).
 * ``drift_adapters``: ``{name: {adapter_dir, label, nominal_task, config_id}}``; when non-empty,
   :func:`run_drift` evaluates the base and each adapter and writes the capability-drift matrix
   (``drift.json``, ``drift.csv``; ``launch.evaluate`` adds the report's ``drift_heatmap.png``)
@@ -35,6 +35,7 @@ from peft_jax import hub
 from peft_jax.adapters.inject import merge
 from peft_jax.common import files
 from peft_jax.hub.peft_format import load_adapter
+from peft_jax.evals import axes
 from peft_jax.evals import drift
 from peft_jax.evals import harness
 from peft_jax.evals import tasks as tasks_lib
@@ -84,12 +85,12 @@ def load_tasks(task_specs: Any) -> list[tasks_lib.Task]:
 
 
 def add_baseline_deltas(summary: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-  """Adds ``forget`` and ``target_gain`` (points) where both summaries have the axis."""
+  """Adds ``forget`` and ``target_gain`` (0-1) where both summaries have the axis."""
   summary = dict(summary)
   if summary.get("general") is not None and baseline.get("general") is not None:
-    summary["forget"] = harness.forget(baseline["general"], summary["general"])
+    summary["forget"] = axes.forget(baseline["general"], summary["general"])
   if summary.get("target") is not None and baseline.get("target") is not None:
-    summary["target_gain"] = harness.target_gain(baseline["target"], summary["target"])
+    summary["target_gain"] = axes.target_gain(baseline["target"], summary["target"])
   summary["baseline"] = {"general": baseline.get("general"), "target": baseline.get("target")}
   return summary
 

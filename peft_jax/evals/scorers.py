@@ -1,7 +1,7 @@
 """Answer extraction and scoring for generated text: numeric match, BBH, NQ-open, pass@k.
 
 Every scorer here is a pure function of strings (and, for pass@k, of counts). The conventions
-follow the evaluation code the PEFT-Arena numbers come from (research/papers.md §1.1):
+follow the evaluation code the PEFT-Arena numbers come from (docs/METRICS.md, "Task scoring"):
 
 * **Numeric match (GSM8K, MATH-500, "NM").** The model's final answer is taken from, in order of
   preference, a ``\\boxed{...}`` (nested braces allowed; the last one wins), a GSM8K-style

@@ -2,7 +2,7 @@
 
 A :class:`Task` is what the harness needs: the final prompt text of each example, the reference,
 a :class:`Scorer` (per-sample metrics, their aggregation and the main metric) and generation
-settings. ``kind`` places the task on PEFT-Arena's axes (research/papers.md §1.1): ``'target'``
+settings. ``kind`` places the task on PEFT-Arena's axes (docs/METRICS.md, "Tasks and main metrics"): ``'target'``
 (GSM8K, MATH-500: the domain fine-tuned for) or ``'general'`` (IFEval, BBH, NQ-open: what
 fine-tuning may make the model forget).
 

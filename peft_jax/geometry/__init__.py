@@ -1,6 +1,6 @@
 """Geometry of fine-tuning: weight spectra, CSD, activation similarity, paths and trajectories.
 
-Definitions follow research/papers.md §1.2-1.6 (PEFT-Arena) and §5 (CKA, Procrustes, principal
+Definitions: docs/METRICS.md (PEFT-Arena's spectra, CSD, activation geometry, paths; CKA, Procrustes, principal
 angles). Kernels are Flax ``[d_in, d_out]`` by default (``layout='torch'`` for ``[d_out, d_in]``);
 activations are token rows ``[..., d]``.
 """

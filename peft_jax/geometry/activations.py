@@ -1,6 +1,7 @@
 """Activation-space geometry between a base and a fine-tuned model on the same prompts.
 
-PEFT-Arena's metrics (research/papers.md §1.4) plus Kornblith's CKA and principal angles (§5).
+PEFT-Arena's metrics (docs/METRICS.md, "Activation geometry") plus Kornblith's CKA and principal angles
+(docs/METRICS.md, "CKA").
 Inputs are token activations stacked as rows, ``x0: [n, d0]`` (base model) and ``x1: [n, d1]``
 (fine-tuned model), aligned by token position; any leading token dims (``[batch, seq, d]``) are
 flattened. An optional ``mask`` with the token shape (1 = real token, 0 = padding) removes padding
@@ -362,7 +363,7 @@ def _pointwise_terms(a: Array, b: Array):
 
 
 def pointwise_stats(x0: Array, x1: Array, *, mask: Optional[Array] = None) -> PointwiseStats:
-  """Pointwise cosine and norm-ratio statistics (PEFT-Arena §1.4 item 7), no centering.
+  """Pointwise cosine and norm-ratio statistics (docs/METRICS.md, "Pointwise statistics"), no centering.
 
   Args:
     x0: ``[..., d]``.

@@ -1,6 +1,6 @@
 """Capability-Conditioned Drift (CSD): how far an update moves a module on a capability's inputs.
 
-PEFT-Arena (research/papers.md §1.3). ``h`` are the *input* activations of the analysed linear
+PEFT-Arena (docs/METRICS.md, "Capability-Conditioned Drift (CSD)"). ``h`` are the *input* activations of the analysed linear
 module, captured from the **base** model on the prompts of one capability distribution ``D``
 (general or target), every non-padding token pooled. With ``ΔW = W1 - W0`` of the same module
 (papers' layout ``y = W h``; ours ``y = h @ kernel``, so ``ΔW h`` is ``h @ Δkernel``) and

@@ -1,6 +1,6 @@
 """Paths from the base model to the fine-tuned model, evaluated on an α-grid as one program.
 
-PEFT-Arena's interpolation / rewinding study (research/papers.md §1.5):
+PEFT-Arena's interpolation / rewinding study (docs/METRICS.md, "Paths: interpolation and rewinding"):
 
 * the additive path ``θ(α) = θ0 + α (θ1 - θ0)`` on any params pytree (for a merged weight,
   ``W0 + α ΔW``);
@@ -79,7 +79,7 @@ def method_path_grid(tree: PyTree, alphas: Array,
     path_fn: ``(tree, t) -> params`` with plain kernels (e.g. ``peft_jax.adapters.api.path``,
       where OFT's generator is scaled by ``t``); must be traceable in ``t``.
     schedule: optional map ``α -> t`` applied before ``path_fn``. PEFT-Arena's table caption
-      scales the Cayley generator as ``sqrt(α) Q`` (research/papers.md §1.5): pass
+      scales the Cayley generator as ``sqrt(α) Q`` (docs/METHODS.md, "Paths"): pass
       ``schedule=jnp.sqrt`` for that parameterisation; default ``t = α``.
   Returns:
     the stacked params pytree.

@@ -1,6 +1,6 @@
 """Weight-space spectral analysis of a fine-tuned weight against its pretrained weight.
 
-PEFT-Arena's "dual-view spectral analysis" (research/papers.md §1.2). Everything is stated in the
+PEFT-Arena's "dual-view spectral analysis" (docs/METRICS.md, "Weight spectra"). Everything is stated in the
 papers' layout ``W [d_out, d_in]`` with ``y = W x``; our kernels are Flax ``[d_in, d_out]``
 (``y = x @ kernel``). Every function here takes ``layout='flax'`` (default: the argument is a
 kernel ``[d_in, d_out]`` and is transposed internally) or ``layout='torch'`` (the argument
@@ -183,7 +183,7 @@ def spectral_summary(w0: Array, w1: Array, *, layout: str = "flax",
                      window: int = 5) -> SpectralSummary:
   """All PEFT-Arena summary scalars of one weight from one SVD of ``W0`` and one of ``ΔW``.
 
-  .. note:: research/papers.md lists the saved key ``delta_sv_top5`` without its formula; we define
+  .. note:: PEFT-Arena lists the saved key (docs/METRICS.md, "Summary scalars") ``delta_sv_top5`` without its formula; we define
      it as the five largest singular values of ``ΔW`` (the ``s_j`` the effective rank uses).
 
   Args:

@@ -1,6 +1,6 @@
 """Mesh, logical-axis rules and the shardings of params, adapters, optimizer state and batches.
 
-This module is the one place that decides placement (DESIGN.md §1.5). Model code names the axes
+This module is the one place that decides placement (docs/ARCHITECTURE.md, "Sharding"). Model code names the axes
 of every parameter with logical names (``'embed'``, ``'mlp'``, ``'heads'``, ``'kv'``, ``'vocab'``,
 ``'rank'``, ``'norm'``, ``'blocks'``); a rules table maps each logical name to mesh axes of the
 3-D mesh ``('data', 'fsdp', 'tensor')``.

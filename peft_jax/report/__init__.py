@@ -27,7 +27,7 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
     "methods": {                        # report order = dict order; at least one method
       name: {
         "target": float, "general": float,
-        "forget": float,                # points: (general_base - general) * 100
+        "forget": float,                # 0-1: general_base - general (shown in points)
         "tasks": {task: float},
         "trainable_params": int, "total_params": int (> 0),
         "train_time_s": float, "peak_memory_mb": float,
@@ -57,7 +57,7 @@ Report sections (headings, in order): Summary, Stability–plasticity, Methods t
 Weight spectra, Activation geometry, CSD, DISeL gates, Capability drift, Training,
 Configuration, Versions & timing.
 
-Formats: scores 3 decimals, Forget and gains in points with 1 decimal, parameter counts with
+Formats: scores 3 decimals, Forget and gains (0-1 values) shown in points with 1 decimal, parameter counts with
 thousands separators, NaN/inf as ``n/a``.
 """
 

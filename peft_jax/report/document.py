@@ -216,7 +216,7 @@ def _methods_tables(results: Mapping[str, Any]) -> list[Block]:
     rows.append((
         name,
         fmt.fmt_score(m["target"]),
-        fmt.fmt_signed_points((float(m["target"]) - float(base["target"])) * 100.0),
+        fmt.fmt_signed_points(float(m["target"]) - float(base["target"])),
         fmt.fmt_score(m["general"]),
         fmt.fmt_points(m["forget"]),
         fmt.fmt_params(m["trainable_params"]),

@@ -1,7 +1,8 @@
 """Number formats shared by the HTML page, its Markdown twin and the console table.
 
 One function per kind of quantity, so that a score reads the same everywhere:
-scores with 3 decimals (``0.412``), forgetting and gains in percentage points with 1 decimal
+scores with 3 decimals (``0.412``), forgetting and gains (0-1 differences, like every number in
+the results) shown in percentage points with 1 decimal
 (``7.8``, ``+3.1``), parameter counts with thousands separators (``1,234,567``). Non-finite
 values (NaN, inf) print as ``n/a``.
 """
@@ -35,15 +36,15 @@ def fmt_signed_score(value: Any) -> str:
 
 
 def fmt_points(value: Any) -> str:
-  """Percentage points with 1 decimal (forgetting): ``7.8``."""
+  """A 0-1 difference (forgetting) shown as percentage points, 1 decimal: ``0.078`` -> ``7.8``."""
   number = _finite(value)
-  return NOT_AVAILABLE if number is None else f"{number:.1f}"
+  return NOT_AVAILABLE if number is None else f"{100.0 * number:.1f}"
 
 
 def fmt_signed_points(value: Any) -> str:
-  """Signed percentage points with 1 decimal (target gain): ``+3.1``."""
+  """A signed 0-1 difference (target gain) as percentage points, 1 decimal: ``+3.1``."""
   number = _finite(value)
-  return NOT_AVAILABLE if number is None else f"{number:+.1f}"
+  return NOT_AVAILABLE if number is None else f"{100.0 * number:+.1f}"
 
 
 def fmt_params(value: Any) -> str:

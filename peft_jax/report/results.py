@@ -35,7 +35,7 @@ def method_entry(base: Mapping[str, Any], stage: Mapping[str, Any], target: str)
   csd_rows = geo['csd']
   return {
       'target': ev['tasks'][target], 'general': ev[axes.GENERAL_KIND],
-      'forget': axes.forget(base[axes.GENERAL_KIND], ev[axes.GENERAL_KIND]) * 100.0,
+      'forget': axes.forget(base[axes.GENERAL_KIND], ev[axes.GENERAL_KIND]),
       'tasks': ev['tasks'],
       'trainable_params': tr['trainable_params'], 'total_params': tr['total_params'],
       'train_time_s': tr['train_time_s'], 'peak_memory_mb': tr['peak_memory_mb'],

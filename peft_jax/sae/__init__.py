@@ -1,4 +1,4 @@
-"""Sparse autoencoders and delta-activation analysis (research/papers.md §4).
+"""Sparse autoencoders and delta-activation analysis (docs/METRICS.md, "Sparse autoencoders (SAE)").
 
 * :mod:`peft_jax.sae.sae`: pure-functional SAEs (ReLU, TopK, JumpReLU), loss, training.
 * :mod:`peft_jax.sae.delta`: delta activations ``Δh = h_adapted - h_base`` from model captures.

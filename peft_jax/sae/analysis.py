@@ -1,4 +1,4 @@
-"""The delta-SAE study (research/papers.md §4) as one function with a JSON-ready summary.
+"""The delta-SAE study (docs/METRICS.md, "The delta-SAE study") as one function with a JSON-ready summary.
 
 Given base and adapted activations on the same tokens, :func:`delta_sae_study`
 

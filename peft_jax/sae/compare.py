@@ -1,6 +1,6 @@
 """Comparing an SAE trained on delta activations with the base model's feature dictionary.
 
-research/papers.md §4: adapter ("delta") SAEs are compared with the base dictionary through
+docs/METRICS.md, "Dictionary comparison": adapter ("delta") SAEs are compared with the base dictionary through
 
 * **decoder cosine similarity**: with unit decoder directions ``d̂_i`` (delta SAE, ``[m_Δ, d]``)
   and ``p̂_j`` (base SAE, ``[m_b, d]``), ``C_ij = <d̂_i, p̂_j>``; per delta feature the best match

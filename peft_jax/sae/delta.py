@@ -1,6 +1,6 @@
 """Delta activations: what an adapter adds to the activations on the same tokens.
 
-research/papers.md §4 gives two quantities, both provided here:
+docs/METRICS.md ("Delta activations") gives two quantities, both provided here:
 
 * the **residual delta** ``Δh = h_adapted - h_base`` (:func:`collect_delta`), the difference of
   the residual streams of the adapted and the base model on identical tokens. Beyond the first

@@ -1,6 +1,6 @@
 """Sparse autoencoders (SAEs) as pure functions over a params dict.
 
-An SAE with ``d`` input dims and ``m`` features (research/papers.md §4) maps a token activation
+An SAE with ``d`` input dims and ``m`` features (docs/METRICS.md, "SAE architectures and loss") maps a token activation
 ``x: [..., d]`` to a sparse code ``f: [..., m]`` and back:
 
 .. math::

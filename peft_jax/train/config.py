@@ -61,7 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Seconds to sleep after each step (0: none): lets preemption tests kill a run mid-training.
   config.throttle_s = 0.0
   # Assumed peak FLOP/s per device for MFU: ~200 GFLOP/s float32 matmul on this 2-core CPU
-  # (research/env_probe.md §5). Set to the accelerator's peak (e.g. 989e12 for H100 bf16).
+  # (docs/CPU_SPEED.md, "Matmul ceiling and MFU"). Set to the accelerator's peak (e.g. 989e12 for H100 bf16).
   config.peak_flops_per_device = 200e9
   config.export = ml_collections.ConfigDict(dict(adapter=False, merged=False))
   return config

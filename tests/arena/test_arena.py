@@ -75,7 +75,7 @@ def test_numbers_come_from_stage_outputs(arena_run):
   for method, entry in results['methods'].items():
     evaluation = runner.result(f'eval_{method}')
     assert entry['tasks'] == evaluation['tasks']
-    assert entry['forget'] == pytest.approx((base['general'] - evaluation['general']) * 100)
+    assert entry['forget'] == pytest.approx(base['general'] - evaluation['general'])
     paths = runner.result(f'paths_{method}')
     assert entry['interpolation']['general'] == paths['interpolation']['general']
     train = runner.result(f'train_{method}')

@@ -3,7 +3,7 @@
 Every answer is recomputed here from the example text alone (Python eval for expressions, a
 stack for brackets, a walk for navigation, parsing for counting/tracking/word problems), and every
 IFEval training completion is checked both by small checkers written here from the IFEval rules
-(research/papers.md §5.4) and by the project's official checkers (peft_jax/evals/ifeval.py).
+(docs/METRICS.md, "IFEval") and by the project's official checkers (peft_jax/evals/ifeval.py).
 """
 
 import filecmp
@@ -206,7 +206,7 @@ def _compare(count, relation, limit):
 
 
 def _own_check(instruction_id, response, kwargs, prompt):
-  """Independent checkers from the IFEval rules (research/papers.md §5.4), strict mode."""
+  """Independent checkers from the IFEval rules (docs/METRICS.md, "IFEval checkers"), strict mode."""
   lowered = response.lower()
   if instruction_id == 'punctuation:no_comma':
     return ',' not in response

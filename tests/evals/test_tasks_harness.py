@@ -7,7 +7,7 @@ import os
 import jax
 import pytest
 
-from peft_jax.evals import harness, tasks
+from peft_jax.evals import axes, harness, tasks
 
 
 def _write_jsonl(path, rows):
@@ -164,11 +164,11 @@ def test_harness_scores_files_and_axes(data_dir, tmp_path):
   assert results["bbh"]["metrics"] == pytest.approx({
       "accuracy/boolean_expressions": 0.5, "accuracy/date_understanding": 1.0, "accuracy": 0.75})
   assert results["nq_open"]["score"] == 0.5
-  assert summary["target"] == pytest.approx(100 * (2 / 3 + 1.0) / 2)
-  general = 100 * (2 / 3 + 0.75 + 0.5) / 3
+  assert summary["target"] == pytest.approx((2 / 3 + 1.0) / 2)
+  general = (2 / 3 + 0.75 + 0.5) / 3
   assert summary["general"] == pytest.approx(general)
-  assert harness.forget(summary["general"], 40.0) == pytest.approx(general - 40.0)
-  assert harness.target_gain(50.0, summary["target"]) == pytest.approx(summary["target"] - 50.0)
+  assert axes.forget(summary["general"], 0.4) == pytest.approx(general - 0.4)
+  assert axes.target_gain(0.5, summary["target"]) == pytest.approx(summary["target"] - 0.5)
 
   files = sorted(os.listdir(out_dir))
   assert files == ["bbh.jsonl", "gsm8k.jsonl", "ifeval.jsonl", "math500.jsonl", "nq_open.jsonl",

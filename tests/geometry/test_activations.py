@@ -1,5 +1,5 @@
 """Activation-geometry metrics against float64 NumPy/SciPy references written from
-research/papers.md §1.4 and §5 (Kornblith's Gram-form CKA, U-centering, scipy's Procrustes and
+docs/METRICS.md, "Activation geometry" and "CKA" (Kornblith's Gram-form CKA, U-centering, scipy's Procrustes and
 subspace angles), plus invariances, streaming == one-shot and vmap == per layer.
 
 Exact-match tests run the JAX side in float64 (``jax.enable_x64``); the float32 tests use
@@ -139,7 +139,7 @@ def test_metrics_match_float64_references(pairs, case):
 
 
 def test_paper_test_vectors():
-  """Kornblith's notebook data: CKA 0.55761, debiased 0.51346; papers.md §5.2 PEFT-Arena values."""
+  """Kornblith's notebook data: CKA 0.55761, debiased 0.51346; docs/METRICS.md "Reference values"."""
   np.random.seed(1337)
   x = np.random.randn(100, 10)
   y = np.random.randn(100, 10) + x

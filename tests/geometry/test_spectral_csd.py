@@ -1,5 +1,5 @@
 """Spectral (weight-space) metrics and CSD against float64 NumPy references written from
-research/papers.md §1.2-1.3.
+docs/METRICS.md ("Weight spectra", "Capability-Conditioned Drift (CSD)").
 
 The exact-match tests run the JAX side in float64 (``jax.enable_x64``) so they check the formulas,
 not float32 rounding; separate float32 tests check the library's default precision at a tolerance

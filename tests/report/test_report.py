@@ -47,7 +47,7 @@ def make_results(seed: int = 0) -> dict:
     k = 32
     sigma_decay = np.exp(-np.arange(k) / 6.0)
     method = {
-        "target": target, "general": general, "forget": (base["general"] - general) * 100.0,
+        "target": target, "general": general, "forget": base["general"] - general,
         "tasks": tasks, "trainable_params": trainable[name], "total_params": total,
         "train_time_s": float(rng.uniform(20, 400)),
         "peak_memory_mb": float(rng.uniform(300, 3000)),
@@ -263,7 +263,7 @@ def test_methods_table_numbers_equal_input(full_report):
     m = results["methods"][name]
     assert row == [
         name, f"{m['target']:.3f}", f"{(m['target'] - base['target']) * 100:+.1f}",
-        f"{m['general']:.3f}", f"{m['forget']:.1f}", f"{m['trainable_params']:,}",
+        f"{m['general']:.3f}", f"{100 * m['forget']:.1f}", f"{m['trainable_params']:,}",
         f"{m['total_params']:,}", f"{100 * m['trainable_params'] / m['total_params']:.3f}%",
         f"{m['train_time_s']:.1f} s", f"{m['peak_memory_mb']:,.1f} MB"], name
   assert method_rows[0][5] == "2,345,678"
@@ -426,7 +426,7 @@ def test_print_summary_table(full_report, capsys):
   assert all(len(line) <= width for line in lines)
   oft = results["methods"]["oft"]
   assert lines[2 + METHODS.index("oft") + 1].split() == [
-      "oft", f"{oft['target']:.3f}", f"{oft['general']:.3f}", f"{oft['forget']:.1f}",
+      "oft", f"{oft['target']:.3f}", f"{oft['general']:.3f}", f"{100 * oft['forget']:.1f}",
       f"{oft['trainable_params']:,}", f"{oft['train_time_s']:.1f}", "s"]
   # Right-aligned numbers: every time column ends at the same place.
   assert len({len(line) for line in lines[2:]}) == 1
