@@ -107,7 +107,7 @@ def _jax_case(method, tokens, loss_mask):
 
   mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   training = setup_training(
-      params, models.param_logical_axes(params), loss_fn=make_sft_loss(apply_fn, combine),
+      params, models.param_logical_axes(params, model.config), loss_fn=make_sft_loss(apply_fn, combine),
       partition_fn=partition, mesh=mesh,
       optimizer_kwargs=dict(peak_lr=1e-3, total_steps=1000, decay='constant', clip_norm=None),
       batch_keys=('tokens', 'loss_mask'))

@@ -1,6 +1,6 @@
 """Logical axis names of decoder params (docs/CONVENTIONS.md), adapters included.
 
-``param_logical_axes(params)`` mirrors the params tree; each array leaf becomes a tuple of
+``param_logical_axes(params, config)`` mirrors the params tree; each array leaf becomes a tuple of
 logical axis names (one per dimension, ``None`` = replicated). An ``Adapted`` kernel becomes an
 ``Adapted`` node of tuples, so ``peft_jax.parallel`` can map either tree to shardings with
 ``jax.tree.map(..., is_leaf=lambda x: isinstance(x, tuple))``.
@@ -13,38 +13,13 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from peft_jax.adapters.core import Adapted
+from peft_jax.models.config import ModelConfig
+from peft_jax.models.decoder import declared_axes
 
 Axes = tuple[Optional[str], ...]
 
-# (module name, param name) -> axes of the plain param.
-_BASE_AXES: dict[tuple[str, str], Axes] = {
-    ('embed_tokens', 'embedding'): ('vocab', 'embed'),
-    ('q_proj', 'kernel'): ('embed', 'heads'),
-    ('q_proj', 'bias'): ('heads',),
-    ('k_proj', 'kernel'): ('embed', 'kv'),
-    ('k_proj', 'bias'): ('kv',),
-    ('v_proj', 'kernel'): ('embed', 'kv'),
-    ('v_proj', 'bias'): ('kv',),
-    ('o_proj', 'kernel'): ('heads', 'embed'),
-    ('gate_proj', 'kernel'): ('embed', 'mlp'),
-    ('up_proj', 'kernel'): ('embed', 'mlp'),
-    ('down_proj', 'kernel'): ('mlp', 'embed'),
-    ('lm_head', 'kernel'): ('embed', 'vocab'),
-}
-
-
 def _shape(x: Any) -> tuple[int, ...]:
   return tuple(x.shape) if hasattr(x, 'shape') else tuple(np.shape(x))
-
-
-def _base_axes(path: tuple[str, ...], ndim: int) -> Axes:
-  module, leaf = (path[-2], path[-1]) if len(path) >= 2 else ('', path[-1])
-  if leaf == 'scale':
-    return ('norm',)
-  axes = _BASE_AXES.get((module, leaf))
-  if axes is None or len(axes) != ndim:
-    return (None,) * ndim
-  return axes
 
 
 def _adapter_array_axes(shape: tuple[int, ...], base_shape: tuple[int, ...],
@@ -73,23 +48,41 @@ def _adapter_array_axes(shape: tuple[int, ...], base_shape: tuple[int, ...],
   return (None,) * len(shape)
 
 
-def param_logical_axes(params: Mapping[str, Any]) -> Any:
+def param_logical_axes(params: Mapping[str, Any], config: ModelConfig) -> Any:
   """Tree of logical-axis tuples matching ``params`` (plain arrays and ``Adapted`` nodes).
+
+  The axis names of each decoder parameter are the ones its module declares where it creates
+  the parameter (``peft_jax.models.decoder``, ``nn.with_logical_partitioning``), read back from an
+  abstract init of ``Decoder(config)``; a parameter the decoder does not create is an error.
 
   Args:
     params: decoder params (``{'embed_tokens': {'embedding': [V, d]}, 'layers_0': ...}``),
-      possibly holding ``Adapted`` kernels (or abstract ``ShapeDtypeStruct`` leaves).
+      possibly holding ``Adapted`` nodes (or abstract ``ShapeDtypeStruct`` leaves).
+    config: the decoder's config.
   Returns:
     The same nesting with a tuple of axis names per array (``('embed', 'heads')`` for q_proj's
     kernel); an ``Adapted`` node whose base/params/frozen leaves are such tuples. Adapter axes
-    come from ``node.method.param_axes(node, in_axis, out_axis)`` when the method defines it,
-    else from the arrays' shapes relative to the base kernel (see ``_adapter_array_axes``).
+    come from ``node.method.param_axes(node, *base_axes)`` when the method defines it, else from
+    the arrays' shapes relative to the base kernel (see ``_adapter_array_axes``).
+  Raises:
+    KeyError: a parameter the decoder does not declare (naming it and the declared ones).
   """
+  declared = declared_axes(config)
+
+  def base_axes(path: tuple[str, ...], ndim: int) -> Axes:
+    name = '/'.join(path)
+    if name not in declared:
+      raise KeyError(f'param {name!r} is not a parameter of the {config.model_type} decoder; '
+                     f'declared: {sorted(declared)[:12]} ...')
+    axes = declared[name]
+    if len(axes) != ndim:
+      raise ValueError(f'param {name!r} has {ndim} dims but its declared axes are {axes}')
+    return axes
 
   def visit(node: Any, path: tuple[str, ...]) -> Any:
     if isinstance(node, Adapted):
       base_shape = _shape(node.base)
-      base = _base_axes(path, len(base_shape))
+      base = base_axes(path, len(base_shape))
       method_axes = getattr(node.method, 'param_axes', None)
       if callable(method_axes) and (len(base) == 2 or getattr(node.method, 'adapts', '') == 'all'):
         # The method knows its own layout (peft_jax.adapters methods define param_axes).
@@ -100,6 +93,6 @@ def param_logical_axes(params: Mapping[str, Any]) -> Any:
       return Adapted(base, sub(node.params), sub(node.frozen), node.method)
     if isinstance(node, Mapping):
       return {k: visit(v, path + (k,)) for k, v in node.items()}
-    return _base_axes(path, len(_shape(node)))
+    return base_axes(path, len(_shape(node)))
 
   return visit(params, ())

@@ -137,16 +137,21 @@ class _Captures:
       self.store[path + '/out'] = y
 
 
-def _weight(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...]) -> Any:
+Axes = tuple[Optional[str], ...]
+
+
+def _weight(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...],
+            axes: Axes) -> Any:
   """Param ``name`` of ``module`` as the plain weight to compute with.
 
   The stored leaf is read with ``get_variable`` when it exists, so an ``Adapted`` node (full
   fine-tuning wraps every parameter) passes through linen untouched and is resolved by
-  ``adapters.weight_of``; it is created (float32) only at init.
+  ``adapters.weight_of``. It is created (float32) only at init, with its logical axis names
+  declared here (``nn.with_logical_partitioning``); ``param_logical_axes`` reads them back.
   """
   if module.has_variable('params', name):
     return adapters_core.weight_of(module.get_variable('params', name))
-  return module.param(name, init, shape, jnp.float32)
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
 class Dense(nn.Module):
@@ -157,6 +162,7 @@ class Dense(nn.Module):
   """
 
   features: int
+  kernel_axes: Axes  # logical names of (input, output), e.g. ('embed', 'heads')
   use_bias: bool = False
   dtype: Any = jnp.float32
 
@@ -165,14 +171,16 @@ class Dense(nn.Module):
     if self.has_variable('params', 'kernel'):
       kernel = self.get_variable('params', 'kernel')
     else:
-      kernel = self.param('kernel', nn.initializers.lecun_normal(), (x.shape[-1], self.features),
-                          jnp.float32)
+      kernel = self.param('kernel', nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                                 self.kernel_axes),
+                          (x.shape[-1], self.features), jnp.float32)
     # Only adapters use dropout (on their input); plain kernels need no rng.
     dropout_rng = (None if deterministic or not adapters_core.is_adapted(kernel)
                    else self.make_rng('dropout'))
     y = adapters_core.matmul(x, kernel, dropout_rng=dropout_rng, dtype=self.dtype)
     if self.use_bias:
-      bias = _weight(self, 'bias', nn.initializers.zeros, (self.features,))
+      bias = _weight(self, 'bias', nn.initializers.zeros, (self.features,),
+                     self.kernel_axes[1:])
       y = y + bias.astype(y.dtype)
     return y
 
@@ -190,7 +198,7 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
-    scale = _weight(self, 'scale', init, (x.shape[-1],))
+    scale = _weight(self, 'scale', init, (x.shape[-1],), ('norm',))
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     if self.plus_one:
@@ -207,7 +215,7 @@ class Embedding(nn.Module):
   @nn.compact
   def __call__(self) -> Array:
     return _weight(self, 'embedding', nn.initializers.normal(0.02),
-                   (self.vocab_size, self.features))
+                   (self.vocab_size, self.features), ('vocab', 'embed'))
 
 
 class Attention(nn.Module):
@@ -226,16 +234,17 @@ class Attention(nn.Module):
     heads, kv_heads, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     prefix = f'layers_{self.layer_index}/self_attn/'
 
-    def linear(name, inp, features, bias):
-      out = Dense(features, use_bias=bias, dtype=dtype, name=name)(inp, deterministic)
+    def linear(name, inp, features, bias, axes):
+      out = Dense(features, axes, use_bias=bias, dtype=dtype, name=name)(inp, deterministic)
       captures.record(prefix + name, inp, out)
       return out
 
-    q = linear('q_proj', x, heads * hd, cfg.attention_bias).reshape(batch, length, heads, hd)
-    k = linear('k_proj', x, kv_heads * hd, cfg.attention_bias).reshape(batch, length, kv_heads,
-                                                                        hd)
-    v = linear('v_proj', x, kv_heads * hd, cfg.attention_bias).reshape(batch, length, kv_heads,
-                                                                        hd)
+    q = linear('q_proj', x, heads * hd, cfg.attention_bias, ('embed', 'heads'))
+    k = linear('k_proj', x, kv_heads * hd, cfg.attention_bias, ('embed', 'kv'))
+    v = linear('v_proj', x, kv_heads * hd, cfg.attention_bias, ('embed', 'kv'))
+    q = q.reshape(batch, length, heads, hd)
+    k = k.reshape(batch, length, kv_heads, hd)
+    v = v.reshape(batch, length, kv_heads, hd)
     inv_freq = rope_inverse_frequencies(cfg)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
@@ -270,7 +279,7 @@ class Attention(nn.Module):
     out = jnp.einsum('bkgts,bskd->btkgd', probs.astype(dtype), values.astype(dtype),
                      preferred_element_type=jnp.float32).astype(dtype)
     out = out.reshape(batch, length, heads * hd)
-    return linear('o_proj', out, cfg.hidden_size, False), layer_cache
+    return linear('o_proj', out, cfg.hidden_size, False, ('heads', 'embed')), layer_cache
 
 
 class MLP(nn.Module):
@@ -285,15 +294,15 @@ class MLP(nn.Module):
     dtype = _compute_dtype(cfg)
     prefix = f'layers_{self.layer_index}/mlp/'
 
-    def linear(name, inp, features):
-      out = Dense(features, dtype=dtype, name=name)(inp, deterministic)
+    def linear(name, inp, features, axes):
+      out = Dense(features, axes, dtype=dtype, name=name)(inp, deterministic)
       captures.record(prefix + name, inp, out)
       return out
 
-    gate = linear('gate_proj', x, cfg.intermediate_size)
-    up = linear('up_proj', x, cfg.intermediate_size)
+    gate = linear('gate_proj', x, cfg.intermediate_size, ('embed', 'mlp'))
+    up = linear('up_proj', x, cfg.intermediate_size, ('embed', 'mlp'))
     hidden = (_activation(cfg.hidden_act, gate.astype(jnp.float32)).astype(dtype) * up)
-    return linear('down_proj', hidden, cfg.hidden_size)
+    return linear('down_proj', hidden, cfg.hidden_size, ('mlp', 'embed'))
 
 
 class DecoderLayer(nn.Module):
@@ -383,7 +392,8 @@ class Decoder(nn.Module):
     if cfg.tie_word_embeddings:
       logits = adapters_core.dense_matmul(h, table.T, dtype)
     else:
-      logits = Dense(cfg.vocab_size, dtype=dtype, name='lm_head')(h, deterministic)
+      logits = Dense(cfg.vocab_size, ('embed', 'vocab'), dtype=dtype, name='lm_head')(
+          h, deterministic)
       if any(c in ('all', 'lm_head') for c in capture):
         captured['lm_head/in'], captured['lm_head/out'] = h, logits
     logits = _softcap(logits.astype(jnp.float32), cfg.final_logit_softcapping)
@@ -460,4 +470,20 @@ def init_params(config: ModelConfig, key: Array, batch: int = 1, length: int = 8
 def _jitted_init(config: ModelConfig, batch: int, length: int):
   # Jitted (and cached per config): op-by-op initialisation of every layer is slow on CPU.
   tokens = jnp.zeros((batch, length), jnp.int32)
-  return jax.jit(lambda key: Decoder(config).init(key, tokens)['params'])
+  return jax.jit(lambda key: nn.meta.unbox(Decoder(config).init(key, tokens)['params']))
+
+
+@functools.lru_cache(maxsize=32)
+def declared_axes(config: ModelConfig) -> dict:
+  """``{'/'-joined param path: logical axis names}`` as the modules declare them at creation."""
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  boxed = jax.eval_shape(lambda: Decoder(config).init(jax.random.key(0), tokens)['params'])
+  flat = jax.tree_util.tree_flatten_with_path(
+      boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+  out = {}
+  for path, leaf in flat:
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    if not isinstance(leaf, nn.LogicallyPartitioned):
+      raise TypeError(f'decoder param {name} was created without logical axis names')
+    out[name] = tuple(leaf.names)
+  return out

@@ -150,7 +150,7 @@ def logical_to_sharding(axes_tree: PyTree, mesh: Mesh,
 
   Args:
     axes_tree: tree whose leaves are tuples of logical names, one per dimension (e.g. the output
-      of ``peft_jax.models.param_logical_axes(params)``; ``Adapted`` nodes are traversed).
+      of ``peft_jax.models.param_logical_axes(params, config)``; ``Adapted`` nodes are traversed).
     mesh: the device mesh.
     rules: logical-axis rules (default :data:`DEFAULT_LOGICAL_AXIS_RULES`).
     shapes: optional tree of arrays / ``ShapeDtypeStruct`` with the same structure; with it a

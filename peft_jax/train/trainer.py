@@ -144,7 +144,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   method = make_method(config)
   params = adapt(config, params, method)
   partition_fn, combine_fn = adapter_api.partition, adapter_api.combine
-  axes = models.param_logical_axes(params)
+  axes = models.param_logical_axes(params, model_config)
 
   def apply_fn(tree, tokens, positions, segment_ids, rng):
     if rng is None:

@@ -223,7 +223,7 @@ def test_init_params_names_and_shapes():
 
 def test_param_logical_axes_plain_and_adapted(tiny_pairs):
   pair = tiny_pairs['qwen2']
-  axes = param_logical_axes(pair.params)
+  axes = param_logical_axes(pair.params, pair.model.config)
   assert axes['embed_tokens']['embedding'] == ('vocab', 'embed')
   attn = axes['layers_0']['self_attn']
   assert attn['q_proj'] == {'kernel': ('embed', 'heads'), 'bias': ('heads',)}
@@ -239,7 +239,7 @@ def test_param_logical_axes_plain_and_adapted(tiny_pairs):
                  {'blocks': jnp.zeros((8, 12, 12))}, _ToyLowRank())
   params = jax.tree.map(lambda x: x, pair.params)
   params['layers_0']['mlp']['up_proj']['kernel'] = node
-  got = param_logical_axes(params)['layers_0']['mlp']['up_proj']['kernel']
+  got = param_logical_axes(params, pair.model.config)['layers_0']['mlp']['up_proj']['kernel']
   assert isinstance(got, Adapted) and got.method == node.method
   assert got.base == ('embed', 'mlp')
   assert got.params == {'lora_a': ('embed', 'rank'), 'lora_b': ('rank', 'mlp'),
@@ -249,11 +249,24 @@ def test_param_logical_axes_plain_and_adapted(tiny_pairs):
   declared = Adapted(w0, {'lora_a': jnp.zeros((d_in, 4))}, {}, _DeclaresAxes())
   params_declared = jax.tree.map(lambda x: x, pair.params)
   params_declared['layers_0']['mlp']['up_proj']['kernel'] = declared
-  got_declared = param_logical_axes(params_declared)['layers_0']['mlp']['up_proj']['kernel']
+  got_declared = param_logical_axes(params_declared, pair.model.config)['layers_0']['mlp']['up_proj']['kernel']
   assert got_declared.params == {'lora_a': ('embed', 'mlp', 'declared')}
   # Abstract params (eval_shape) work too, so shardings can be planned before allocation.
   abstract = jax.eval_shape(lambda: params)
-  assert param_logical_axes(abstract)['layers_0']['mlp']['up_proj']['kernel'] == got
+  assert param_logical_axes(abstract, pair.model.config)['layers_0']['mlp']['up_proj']['kernel'] == got
+
+
+def test_logical_axes_are_declared_at_creation(tiny_pairs):
+  """Axes come from the modules' declarations; a parameter the decoder lacks is an error."""
+  pair = tiny_pairs['llama']
+  boxed = jax.eval_shape(lambda: Decoder(pair.model.config).init(
+      jax.random.key(0), jnp.zeros((1, 4), jnp.int32))['params'])
+  assert boxed['layers_0']['self_attn']['q_proj']['kernel'].names == ('embed', 'heads')
+  assert boxed['layers_0']['mlp']['down_proj']['kernel'].names == ('mlp', 'embed')
+  params = jax.tree.map(lambda x: x, pair.params)
+  params['layers_0']['mlp']['extra'] = {'kernel': jnp.zeros((4, 4))}
+  with pytest.raises(KeyError, match="'layers_0/mlp/extra/kernel' is not a parameter"):
+    param_logical_axes(params, pair.model.config)
 
 
 def test_config_validation_names_the_field():

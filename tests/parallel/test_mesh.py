@@ -28,7 +28,7 @@ def test_rules_on_decoder_with_dora_and_overrides():
   params = jax.eval_shape(lambda: models.init_params(config, jax.random.PRNGKey(0)))
   params = adapters.inject(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params),
                            adapters.DoRA(rank=4, alpha=8.0), ['v_proj'], jax.random.PRNGKey(1))
-  axes = models.param_logical_axes(params)
+  axes = models.param_logical_axes(params, config)
   mesh = parallel.make_mesh((1, 2, 4))
   shardings = parallel.logical_to_sharding(axes, mesh, shapes=params)
   v = shardings['layers_0']['self_attn']['v_proj']['kernel']

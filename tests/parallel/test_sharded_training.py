@@ -49,7 +49,7 @@ def _run(method, mesh):
     del rng
     return model.apply({'params': tree}, tokens, positions=positions, segment_ids=segment_ids)
 
-  training = setup_training(params, models.param_logical_axes(params),
+  training = setup_training(params, models.param_logical_axes(params, CONFIG),
                             loss_fn=make_sft_loss(apply_fn, combine), partition_fn=partition,
                             mesh=mesh, optimizer_kwargs=OPT)
   state, losses = training.state, []
