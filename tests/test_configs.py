@@ -1,0 +1,58 @@
+"""Every preset of every shipped config file builds, and the training configs it implies are
+valid: a key typo in an override or a schedule that cannot run fails here, not in a user's run."""
+
+import pytest
+
+from configs.analyze import default as analyze_default
+from configs.arena import quick as arena_quick
+from configs.eval import arena as eval_arena
+from configs.eval import suite as eval_suite
+from configs.pretrain import tiny as pretrain_tiny
+from configs.train import hf as train_hf
+from configs.train import tiny as train_tiny
+from peft_jax.adapters import api as adapters
+from peft_jax.arena import pipeline
+from peft_jax.train import optimizer as optimizer_lib
+from peft_jax.train import trainer
+from peft_jax.train.config import validate_config, with_overrides, default_config
+
+
+def _check_train_config(config):
+  config.data.path = config.data.path or 'train.jsonl'
+  validate_config(config)
+  trainer.make_method(config)  # the kwargs fit the method
+  optimizer_lib.lr_schedule(config.optimizer.peak_lr, config.total_steps,
+                            config.optimizer.warmup_steps, config.optimizer.decay)
+
+
+@pytest.mark.parametrize('method', adapters.method_names())
+def test_train_presets(method):
+  _check_train_config(train_tiny.get_config(method))
+  _check_train_config(train_hf.get_config(f'method={method}'))
+  _check_train_config(train_hf.get_config(f'method={method},runlocal'))
+
+
+@pytest.mark.parametrize('preset', ['quick', 'full', 'custom', 'smoke'])
+def test_arena_presets_imply_valid_train_configs(preset):
+  config = arena_quick.get_config(preset)
+  assert tuple(config.method_order) == adapters.method_names()
+  for method in config.method_order:
+    _check_train_config(pipeline.method_train_config(config, method, 'base_dir', 'train.jsonl'))
+
+
+def test_other_presets_build():
+  analyze_default.get_config()
+  eval_arena.get_config()
+  eval_suite.get_config('/tmp/suite')
+  pretrain_tiny.get_config()
+  pretrain_tiny.get_config('smoke')
+  with pytest.raises(ValueError, match='unknown preset'):
+    arena_quick.get_config('quik')
+
+
+def test_overrides_name_an_unknown_key():
+  with pytest.raises(KeyError, match=r"config.methods.lora: 'optimizer.peak_lrr' is not a train "
+                                     r"config key"):
+    with_overrides(default_config(), {'optimizer': {'peak_lrr': 1.0}}, where='config.methods.lora')
+  replaced = with_overrides(default_config(), {'adapter': {'kwargs': {'block_size': 4}}})
+  assert dict(replaced.adapter.kwargs) == {'block_size': 4}  # kwargs are replaced whole
