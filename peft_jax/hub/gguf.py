@@ -3,8 +3,8 @@
 ``load_pretrained('model.gguf')`` (or a directory holding one .gguf and no safetensors, or a
 named base such as ``'smollm2-135m-instruct'``) ends up in :func:`load_gguf`. The file is read with
 the ``gguf`` package (``gguf.GGUFReader`` memory-maps it; ``gguf.quants.dequantize`` unpacks a
-tensor to float32), one tensor at a time, so the host holds the params plus one tensor's
-float32 copy at most.
+tensor to float32), one tensor at a time, so besides the params (one copy, in the requested
+dtype) the host only holds transient copies of the tensor being converted.
 
 What llama.cpp's converter does to a Hugging Face checkpoint, and what is undone here:
 
@@ -291,6 +291,11 @@ def load_gguf_params(reader: Any, config: ModelConfig, dtype: Any = jnp.float32,
   expected = _flatten(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
   sharding_flat = _flatten(shardings) if shardings is not None else {}
   tensors = {t.name: t for t in reader.tensors}
+  bad_types = sorted({t.tensor_type.name for t in tensors.values()}
+                     - set(SUPPORTED_TENSOR_TYPES))
+  if bad_types:
+    raise ValueError(f'GGUF file holds GGML types {bad_types}, which are not supported; '
+                     f'supported: {SUPPORTED_TENSOR_TYPES}')
   missing = sorted(n for n in mapping if n not in tensors)
   if missing:
     raise KeyError(f'GGUF file lacks tensors {missing[:10]} that a {arch} model with '
@@ -298,11 +303,6 @@ def load_gguf_params(reader: Any, config: ModelConfig, dtype: Any = jnp.float32,
   unexpected = sorted(n for n in tensors if n not in mapping)
   if unexpected:
     raise ValueError(f'GGUF file has tensors the {arch} decoder does not use: {unexpected[:10]}')
-  bad_types = sorted({t.tensor_type.name for t in tensors.values()}
-                     - set(SUPPORTED_TENSOR_TYPES))
-  if bad_types:
-    raise ValueError(f'GGUF file holds GGML types {bad_types}, which are not supported; '
-                     f'supported: {SUPPORTED_TENSOR_TYPES}')
   flat = {}
   for name, (param_path, kind) in mapping.items():
     tensor = tensors[name]
