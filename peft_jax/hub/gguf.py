@@ -203,9 +203,10 @@ def _hf_config_dict(meta: _Metadata, tensor_names: set[str],
                      '3.1 scaling); that rope variant is not supported')
   if arch == 'gemma2':
     scalar = hidden // heads if num_layers == 46 else head_dim  # llama.cpp's rule (27B: d/H)
+    # Without the keys llama.cpp (and transformers' Gemma2Config) soft-cap at 50 and 30.
     hf.update(query_pre_attn_scalar=scalar,
-              attn_logit_softcapping=meta.arch_get('attn_logit_softcapping'),
-              final_logit_softcapping=meta.arch_get('final_logit_softcapping'),
+              attn_logit_softcapping=float(meta.arch_get('attn_logit_softcapping', 50.0)),
+              final_logit_softcapping=float(meta.arch_get('final_logit_softcapping', 30.0)),
               sliding_window=int(meta.arch_get('attention.sliding_window', 4096)),
               hidden_activation='gelu_pytorch_tanh')
   if arch == 'qwen2':

@@ -190,7 +190,8 @@ def add_tensor(writer, name, array, type_name, rng):
     writer.add_tensor(name, gguf.quants.quantize(array, QT[type_name]), raw_dtype=QT[type_name])
 
 
-def write_gguf(path, arch, hf_model, type_for, tokenizer=None, pre='default', seed=0):
+def write_gguf(path, arch, hf_model, type_for, tokenizer=None, pre='default', seed=0,
+               softcap_keys=True):
   """Writes ``hf_model`` (a transformers llama / qwen2 / gemma2) as llama.cpp would.
 
   ``type_for(gguf_name) -> type name`` picks each 2D tensor's GGML type (1D ones are F32).
@@ -215,8 +216,9 @@ def write_gguf(path, arch, hf_model, type_for, tokenizer=None, pre='default', se
     writer.add_key_length(cfg.head_dim)
     writer.add_value_length(cfg.head_dim)
     writer.add_sliding_window(cfg.sliding_window)
-    writer.add_attn_logit_softcapping(float(cfg.attn_logit_softcapping))
-    writer.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
+    if softcap_keys:
+      writer.add_attn_logit_softcapping(float(cfg.attn_logit_softcapping))
+      writer.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
   if tokenizer is not None:
     tokens, merges, types = tokenizer
     writer.add_tokenizer_model('gpt2')
@@ -427,6 +429,16 @@ def test_unsupported_architecture_type_and_sources(tiny, tmp_path):
   (both / 'b.gguf').write_bytes(b'')
   with pytest.raises(ValueError, match='several GGUF files'):
     hub.load_pretrained(both)
+
+
+def test_gemma2_config_defaults_and_attention_scale(tiny):
+  """Without soft-capping keys llama.cpp caps at 50 / 30; the scale is head_dim^-1/2."""
+  path = _write_tiny(tiny, 'gemma2', 'gemma2_nocap', lambda name: 'F32', softcap_keys=False)
+  config = gguf_io.config_from_gguf(gguf.GGUFReader(str(path)))
+  assert (config.attn_logit_softcapping, config.final_logit_softcapping) == (50.0, 30.0)
+  assert config.query_pre_attn_scalar == config.head_dim == 256
+  assert config.layer_types == ('sliding_attention', 'full_attention')
+  assert config.sliding_window == 4 and config.norm_plus_one and config.scale_embeddings
 
 
 def test_named_base_missing_package_says_how_to_install(monkeypatch):
