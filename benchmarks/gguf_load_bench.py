@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -107,8 +108,7 @@ def main(argv):
       runs.append(json.loads(line[len('RESULT '):]))
 
   def median(side, key):
-    values = sorted(r[key] for r in runs if r['side'] == side)
-    return values[len(values) // 2]
+    return statistics.median(r[key] for r in runs if r['side'] == side)
 
   keys = ('import_s', 'load_s', 'rss_after_import_mib', 'peak_rss_mib', 'load_added_peak_mib')
   summary = {side: {k: median(side, k) for k in keys}
