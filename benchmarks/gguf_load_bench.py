@@ -60,7 +60,7 @@ def _measure(side: str, gguf_file: pathlib.Path) -> dict:
   else:
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
-  import gguf  # pylint: disable=g-import-not-at-top,unused-import
+  import gguf  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import_s = time.perf_counter() - start
   rss_before = _rss_mib()
   start = time.perf_counter()

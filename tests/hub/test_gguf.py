@@ -19,7 +19,6 @@ matmul-like steps on a logit's path adds a relative rounding error of about
 far from trivially equal (e.g. skipping the rotary un-permutation misses by >> tol).
 """
 
-import copy
 import functools
 import json
 import os
