@@ -357,7 +357,8 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32, shardings
     shardings: optional tree of shardings matching the params.
     **config_overrides: ModelConfig fields to replace (``dtype='bfloat16'``, ``remat=True``).
   Returns:
-    ``(model, params, tokenizer)``; tokenizer is ``None`` when the dir has no tokenizer files.
+    ``(model, params, tokenizer)``; tokenizer is ``None`` when the dir has no tokenizer files
+    (a GGUF: no tokenizer metadata, or a kind other than byte-level BPE).
   """
   from peft_jax.hub import gguf as gguf_io  # pylint: disable=g-import-not-at-top  (imports us)
   if gguf_io.find_gguf_file(path) is not None:
