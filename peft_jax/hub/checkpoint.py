@@ -314,13 +314,19 @@ def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32, shardings
   """Loads an HF checkpoint directory (or ``'bundled:NAME'``).
 
   Args:
-    path: directory with config.json and model.safetensors (or a sharded index).
+    path: directory with config.json and model.safetensors (or a sharded index); or a GGUF
+      source: a ``.gguf`` file, a directory holding one, or a named base such as
+      ``'smollm2-135m-instruct'`` (see ``peft_jax.hub.gguf``).
     dtype: param dtype (compute dtype is ``config.dtype``, overridable via config_overrides).
     shardings: optional tree of shardings matching the params.
     **config_overrides: ModelConfig fields to replace (``dtype='bfloat16'``, ``remat=True``).
   Returns:
-    ``(model, params, tokenizer)``; tokenizer is ``None`` when the dir has no tokenizer files.
+    ``(model, params, tokenizer)``; tokenizer is ``None`` when the dir has no tokenizer files
+    (a GGUF: no tokenizer metadata, or a kind other than byte-level BPE).
   """
+  from peft_jax.hub import gguf as gguf_io  # pylint: disable=g-import-not-at-top  (imports us)
+  if gguf_io.find_gguf_file(path) is not None:
+    return gguf_io.load_gguf(path, dtype=dtype, shardings=shardings, **config_overrides)
   directory = resolve_path(path)
   config = load_config(directory, **config_overrides)
   params = load_params(directory, config, dtype=dtype, shardings=shardings)
