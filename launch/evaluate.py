@@ -15,10 +15,12 @@ matrix: ``drift.json``, ``drift.csv``, ``drift_heatmap.png``.
 
 import json
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from peft_jax.common import cli
+from peft_jax.common import lock
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Evaluation config file.',
                                           lock_config=True)
@@ -28,6 +30,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  with lock.workdir_lock(_WORKDIR.value):
+    _evaluate()
+
+
+def _evaluate():
   from peft_jax.evals import runner  # pylint: disable=g-import-not-at-top
   if _CONFIG.value.drift_adapters:
     report = runner.run_drift(_CONFIG.value, _WORKDIR.value)
@@ -42,4 +49,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
