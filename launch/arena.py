@@ -2,13 +2,15 @@
 
   python -m launch.arena --config=configs/arena/quick.py --workdir=runs/arena
 
-Rerunning the same command skips every finished stage. The report is <workdir>/report/index.html.
+Rerunning the same command skips every finished stage; the workdir is locked while it runs. The report is <workdir>/report/index.html.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from peft_jax.common import cli
+from peft_jax.common import lock
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/arena/quick.py',
                                           'Arena preset (configs/arena/quick.py[:full|custom]).',
@@ -21,11 +23,12 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   from peft_jax.arena import pipeline  # pylint: disable=g-import-not-at-top
   from peft_jax.report import print_summary_table  # pylint: disable=g-import-not-at-top
-  results = pipeline.run_arena(_CONFIG.value, _WORKDIR.value)
+  with lock.workdir_lock(_WORKDIR.value):
+    results = pipeline.run_arena(_CONFIG.value, _WORKDIR.value)
   print(print_summary_table(results))
   print(f'report: {_WORKDIR.value}/report/index.html '
         f'({results["timing"]["total_s"]:.0f} s in all)')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -16,10 +16,12 @@ matrix: ``drift.json``, ``drift.csv``, ``drift_heatmap.png``.
 import json
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from peft_jax.common import cli
+from peft_jax.common import lock
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Evaluation config file.',
                                           lock_config=True)
@@ -29,6 +31,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  with lock.workdir_lock(_WORKDIR.value):
+    _evaluate()
+
+
+def _evaluate():
   # Imported after absl parsed the flags: importing JAX is slow and reads XLA_FLAGS.
   from peft_jax.evals import runner  # pylint: disable=g-import-not-at-top
   from peft_jax.report import results  # pylint: disable=g-import-not-at-top
@@ -46,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

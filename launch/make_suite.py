@@ -10,10 +10,11 @@ tokenizer in ``<out_dir>/tokenizer`` trained on the corpus plus the target train
 import json
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from peft_jax.common import cli
+from peft_jax.common import lock
 from peft_jax.data import suite
 from peft_jax.data import tokenizer_train
 
@@ -30,14 +31,15 @@ _VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 2048, 'Tokenizer vocabulary siz
 def main(argv):
   del argv
   sizes = json.loads(_SIZES.value) if _SIZES.value else None
-  paths = suite.generate_suite(_OUT_DIR.value, seed=_SEED.value, sizes=sizes)
-  logging.info('wrote %d suite files under %s', len(paths), _OUT_DIR.value)
-  if _TRAIN_TOKENIZER.value:
-    texts = tokenizer_train.corpus_texts(suite.tokenizer_training_files(paths))
-    written = suite.train_tokenizer(texts, os.path.join(_OUT_DIR.value, 'tokenizer'),
-                                    vocab_size=_VOCAB_SIZE.value)
-    logging.info('wrote tokenizer to %s', written['tokenizer_dir'])
+  with lock.workdir_lock(_OUT_DIR.value):
+    paths = suite.generate_suite(_OUT_DIR.value, seed=_SEED.value, sizes=sizes)
+    logging.info('wrote %d suite files under %s', len(paths), _OUT_DIR.value)
+    if _TRAIN_TOKENIZER.value:
+      texts = tokenizer_train.corpus_texts(suite.tokenizer_training_files(paths))
+      written = suite.train_tokenizer(texts, os.path.join(_OUT_DIR.value, 'tokenizer'),
+                                      vocab_size=_VOCAB_SIZE.value)
+      logging.info('wrote tokenizer to %s', written['tokenizer_dir'])
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

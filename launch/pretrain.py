@@ -8,9 +8,11 @@ peft_jax/bundled/tiny to replace the bundled base.
 
 import json
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from peft_jax.common import cli
+from peft_jax.common import lock
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Pretraining config file.',
                                           lock_config=True)
@@ -21,8 +23,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   from peft_jax.arena import world  # pylint: disable=g-import-not-at-top
-  print(json.dumps(world.build_world(_CONFIG.value, _WORKDIR.value), indent=1))
+  with lock.workdir_lock(_WORKDIR.value):
+    print(json.dumps(world.build_world(_CONFIG.value, _WORKDIR.value), indent=1))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

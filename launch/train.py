@@ -3,16 +3,19 @@
   python -m launch.train --config=configs/train/tiny.py:lora --workdir=/tmp/run \
       --config.data.path=data/train.jsonl --config.total_steps=50
 
-Rerunning the same command resumes the run in ``--workdir``. Multi-process runs add
+Rerunning the same command resumes the run in ``--workdir``, which is locked while it runs (a
+second run on it is refused, naming the first one's pid and host). SIGTERM/SIGINT save a
+checkpoint at the current step and exit with 128 + the signal number. Multi-process runs add
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or the
 ``PEFT_JAX_*`` environment variables) on every process.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from peft_jax.common import cli
+from peft_jax.common import lock
 from peft_jax.parallel import initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
@@ -32,7 +35,9 @@ def main(argv):
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   import jax  # pylint: disable=g-import-not-at-top
   from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
-  result = trainer.train(_CONFIG.value, _WORKDIR.value)
+  # Process 0 holds the lock for all processes of a multi-process run.
+  with lock.workdir_lock(_WORKDIR.value, enabled=jax.process_index() == 0):
+    result = trainer.train(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
     last = f'final loss {result.losses[-1][1]:.4f}' if result.losses else 'nothing left to run'
     print(f'train: steps {result.start_step}..{_CONFIG.value.total_steps} done, {last}; '
@@ -40,4 +45,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -1,12 +1,21 @@
 """PiSSA, principal singular values and vectors adaptation (Meng et al., 2024), as PEFT inits it.
 
-With the thin SVD ``W0 = U S V^T`` of the Flax kernel ``W0: [d_in, d_out]`` (float32), and LoRA
-scale ``s``, the top-``r`` triplets initialise the factors and the rest stays frozen:
+With the thin SVD ``W0 = U S V^T`` of the Flax kernel ``W0: [d_in, d_out]`` and LoRA scale
+``s``, the top-``r`` triplets initialise the factors and the rest stays frozen:
 
 .. math::
 
   a_0 = U_r \\sqrt{S_r / s}\\;[d_{in}, r], \\quad b_0 = \\sqrt{S_r / s}\\, V_r^T\\;[r, d_{out}],
   \\quad W_{res} = W_0 - s\\, a_0 b_0 .
+
+The SVD runs once, at init, in float64 on the host (NumPy/LAPACK), and the factors are then
+rounded to float32. A float32 SVD's singular vectors are only accurate to about
+``eps32 * ||W|| / gap`` (``gap``: the distance to the nearest other singular value), which
+differs between CPUs' LAPACK builds; in float64 it is ``eps64 * ||W|| / gap`` (eps64 = 2.2e-16),
+far below float32 rounding unless two singular values nearly coincide, so the stored factors are
+float32 roundings of the exact ones (PEFT itself uses a float32 torch SVD, so it
+agrees with this to its own float32 accuracy). Under ``jit``/``eval_shape`` the same host
+computation runs through ``jax.pure_callback``.
 
 (PEFT factors the torch weight ``W0^T``, whose left singular vectors are our ``V``, so its
 ``A: [r, d_in]`` and ``B: [d_out, r]`` are ``a_0^T`` and ``b_0^T``.) The forward is LoRA's
@@ -25,6 +34,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from peft_jax.adapters import _common
 from peft_jax.adapters import lora
@@ -33,15 +43,27 @@ from peft_jax.adapters.core import Adapted
 Array = jax.Array
 
 
-def pissa_factors(w0: Array, rank: int, scale: float) -> tuple[Array, Array, Array]:
-  """Returns ``(a0 [d_in, r], b0 [r, d_out], w_res [d_in, d_out])`` by exact float32 SVD."""
-  w = w0.astype(jnp.float32)
-  u, s, vt = jnp.linalg.svd(w, full_matrices=False)
-  root = jnp.sqrt(s[:rank] / scale)
+def _pissa_factors_host(w0: np.ndarray, rank: int, scale: float):
+  w = np.asarray(w0, np.float64)
+  u, sv, vt = np.linalg.svd(w, full_matrices=False)
+  root = np.sqrt(sv[:rank] / scale)
   a0 = u[:, :rank] * root[None, :]
   b0 = root[:, None] * vt[:rank]
   w_res = w - scale * (a0 @ b0)
-  return a0, b0, w_res
+  return a0.astype(np.float32), b0.astype(np.float32), w_res.astype(np.float32)
+
+
+def pissa_factors(w0: Array, rank: int, scale: float) -> tuple[Array, Array, Array]:
+  """Returns ``(a0 [d_in, r], b0 [r, d_out], w_res [d_in, d_out])`` (float32) from a float64
+  host SVD of ``w0`` (see the module docstring)."""
+  d_in, d_out = w0.shape
+  if isinstance(w0, jax.core.Tracer):
+    shapes = (jax.ShapeDtypeStruct((d_in, rank), jnp.float32),
+              jax.ShapeDtypeStruct((rank, d_out), jnp.float32),
+              jax.ShapeDtypeStruct((d_in, d_out), jnp.float32))
+    return jax.pure_callback(lambda w: _pissa_factors_host(w, rank, scale), shapes, w0)
+  a0, b0, w_res = _pissa_factors_host(np.asarray(jax.device_get(w0)), rank, scale)
+  return jnp.asarray(a0), jnp.asarray(b0), jnp.asarray(w_res)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,9 @@ Packed rows (``seq_len`` tokens each) hold several documents, told apart by
 ``segment_ids`` (1, 2, ... per row; 0 = padding), with ``positions`` restarting at 0 in each
 document. The loss (``peft_jax.train.loss``) never crosses a segment boundary.
 
+Rows longer than ``seq_len`` tokens are cut (a cut completion loses its closing EOS): they are
+counted and reported with an example, and ``drop_truncated=True`` drops them instead.
+
 The iterator is deterministic and resumable: epoch ``e`` visits the rows in the order
 ``default_rng([seed, e]).permutation(num_rows)``; its whole state is
 ``{'epoch', 'index', 'seed'}``. Process ``p`` of ``P`` gets rows ``[p*B/P, (p+1)*B/P)`` of each
@@ -18,10 +21,14 @@ global batch of ``B`` rows, so the processes see disjoint slices.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import sys
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
+from absl import logging
 
 BATCH_KEYS = ('tokens', 'loss_mask', 'segment_ids', 'positions')
 
@@ -30,43 +37,175 @@ BATCH_KEYS = ('tokens', 'loss_mask', 'segment_ids', 'positions')
 # Loading
 # ----------------------------------------------------------------------------------------------
 
-def load_rows(source: str, split: str = 'train') -> list[dict]:
-  """Loads SFT rows with ``datasets``.
+@dataclasses.dataclass
+class LoadedRows:
+  """SFT rows with where each came from and a fingerprint of what was read.
+
+  ``locations[i]`` names row ``i`` in messages (``'<file> line 7'`` for JSON Lines,
+  ``'<source> row 6'`` otherwise); ``fingerprint`` is ``{'path', 'size', 'sha256'}`` of the bytes
+  read (see :func:`read_rows`).
+  """
+
+  rows: list
+  locations: list
+  fingerprint: dict
+
+
+def _sha256_file(path: str) -> tuple[int, str]:
+  digest = hashlib.sha256()
+  size = 0
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+      size += len(block)
+  return size, digest.hexdigest()
+
+
+def _fingerprint_dir(path: str) -> dict:
+  digest = hashlib.sha256()
+  total = 0
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      size, file_hash = _sha256_file(full)
+      total += size
+      digest.update(f'{os.path.relpath(full, path)}\0{size}\0{file_hash}\n'.encode())
+  return {'path': os.path.abspath(path), 'size': total, 'sha256': digest.hexdigest()}
+
+
+def _parse_json_lines(path: str, text: str) -> tuple[list, list]:
+  rows, locations = [], []
+  for number, line in enumerate(text.splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError as error:
+      raise ValueError(f'{path} line {number}: not valid JSON ({getattr(error, "msg", error)} at '
+                       f'column {getattr(error, "colno", "?")}); expected one JSON object per '
+                       f'line such as {{"prompt": ..., "completion": ...}}. Found: '
+                       f'{line[:80]!r}') from error
+    if not isinstance(row, dict):
+      raise ValueError(f'{path} line {number}: expected a JSON object such as '
+                       f'{{"prompt": ..., "completion": ...}}, found {type(row).__name__} '
+                       f'{line[:80]!r}')
+    rows.append(row)
+    locations.append(f'{path} line {number}')
+  return rows, locations
+
+
+def _read_json_file(path: str) -> tuple[list, list, dict]:
+  """Rows of a JSON Lines file, or of a JSON document holding a list of row objects."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  fingerprint = {'path': os.path.abspath(path), 'size': len(data),
+                 'sha256': hashlib.sha256(data).hexdigest()}
+  try:
+    text = data.decode('utf-8')
+  except UnicodeDecodeError as error:
+    line = data[:error.start].count(b'\n') + 1
+    raise ValueError(f'{path} line {line}: not UTF-8 text ({error.reason} at byte '
+                     f'{error.start}); expected JSON Lines of SFT rows') from error
+  if not text.strip():
+    raise ValueError(f'{path} is empty; expected JSON Lines, one row per line such as '
+                     '{"prompt": ..., "completion": ...} or {"messages": [...]}')
+  stripped = text.lstrip()
+  if stripped.startswith('['):  # one JSON document: a list of rows
+    try:
+      document = json.loads(text)
+    except ValueError as error:
+      raise ValueError(f'{path} line {getattr(error, "lineno", "?")} column '
+                       f'{getattr(error, "colno", "?")}: not valid JSON '
+                       f'({getattr(error, "msg", error)}); expected a JSON list of row objects '
+                       'or JSON Lines') from error
+    bad = [i for i, row in enumerate(document) if not isinstance(row, dict)]
+    if bad:
+      raise ValueError(f'{path}: element {bad[0]} of the JSON list is a '
+                       f'{type(document[bad[0]]).__name__}; expected row objects such as '
+                       '{"prompt": ..., "completion": ...}')
+    rows, locations = document, [f'{path} row {i}' for i in range(len(document))]
+  else:
+    rows, locations = _parse_json_lines(path, text)
+  if not rows:
+    raise ValueError(f'{path} holds no rows (only blank lines); expected JSON Lines of SFT rows')
+  return rows, locations, fingerprint
+
+
+def read_rows(source: str, split: str = 'train') -> LoadedRows:
+  """Loads SFT rows, with their locations and a fingerprint of what was read.
 
   Args:
-    source: a local ``.json``/``.jsonl``/``.parquet`` file, a directory written by
-      ``Dataset.save_to_disk`` (or holding json/parquet files), or a hub dataset name already in
-      the local cache (offline).
+    source: a local ``.json``/``.jsonl`` file (read here: JSON Lines, or a JSON list of rows),
+      a ``.parquet`` file, a directory written by ``Dataset.save_to_disk`` (or holding
+      json/parquet files), or a hub dataset name already in the local cache (offline); those
+      are read with ``datasets``.
     split: split to read (file sources have only ``'train'``).
   Returns:
-    A list of row dicts.
+    :class:`LoadedRows`. The fingerprint hashes the file's bytes (a directory: every file in it;
+    a cached hub dataset: the rows themselves).
+  Raises:
+    FileNotFoundError / ValueError: naming the file (and line, for JSON Lines), what was
+      expected and what was found.
   """
-  import datasets  # heavy import, only when data is loaded
-
   lower = source.lower()
   if os.path.isfile(source):
     if lower.endswith(('.json', '.jsonl')):
-      dataset = datasets.load_dataset('json', data_files=source, split='train')
-    elif lower.endswith('.parquet'):
-      dataset = datasets.load_dataset('parquet', data_files=source, split='train')
-    else:
+      rows, locations, fingerprint = _read_json_file(source)
+      return LoadedRows([dict(r) for r in rows], locations, fingerprint)
+    if not lower.endswith('.parquet'):
       raise ValueError(f'data file {source!r}: expected a .json, .jsonl or .parquet file')
+    if os.path.getsize(source) == 0:
+      raise ValueError(f'{source} is empty; expected a parquet file of SFT rows')
+    size, file_hash = _sha256_file(source)
+    fingerprint = {'path': os.path.abspath(source), 'size': size, 'sha256': file_hash}
   elif os.path.isdir(source):
-    if os.path.exists(os.path.join(source, 'dataset_info.json')) or os.path.exists(
-        os.path.join(source, 'dataset_dict.json')):
-      dataset = datasets.load_from_disk(source)
-      if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
-          raise KeyError(f'split {split!r} not in {source!r}; splits: {sorted(dataset)}')
-        dataset = dataset[split]
-    else:
-      dataset = datasets.load_dataset(source, split=split)
+    fingerprint = _fingerprint_dir(source)
   else:
-    try:
-      dataset = datasets.load_dataset(source, split=split)
-    except Exception as error:  # datasets raises many types; name the source in one message
-      raise FileNotFoundError(f'SFT data {source!r} is neither a local file/directory nor a '
-                              f'cached hub dataset: {error}') from error
+    fingerprint = None
+  rows = _load_with_datasets(source, split)
+  if not rows:
+    raise ValueError(f'SFT data {source!r} (split {split!r}) holds no rows')
+  if fingerprint is None:
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
+    fingerprint = {'path': source, 'size': None, 'sha256': digest.hexdigest()}
+  return LoadedRows(rows, [f'{source} row {i}' for i in range(len(rows))], fingerprint)
+
+
+def load_rows(source: str, split: str = 'train') -> list[dict]:
+  """The rows of :func:`read_rows` (a list of row dicts)."""
+  return read_rows(source, split).rows
+
+
+def _load_with_datasets(source: str, split: str) -> list[dict]:
+  import datasets  # heavy import, only when data is loaded
+
+  lower = source.lower()
+  try:
+    if os.path.isfile(source):
+      dataset = datasets.load_dataset('parquet', data_files=source, split='train')
+    elif os.path.isdir(source):
+      if os.path.exists(os.path.join(source, 'dataset_info.json')) or os.path.exists(
+          os.path.join(source, 'dataset_dict.json')):
+        dataset = datasets.load_from_disk(source)
+        if isinstance(dataset, datasets.DatasetDict):
+          if split not in dataset:
+            raise KeyError(f'split {split!r} not in {source!r}; splits: {sorted(dataset)}')
+          dataset = dataset[split]
+      else:
+        dataset = datasets.load_dataset(source, split=split)
+    else:
+      try:
+        dataset = datasets.load_dataset(source, split=split)
+      except Exception as error:  # datasets raises many types; name the source in one message
+        raise FileNotFoundError(f'SFT data {source!r} is neither a local file/directory nor a '
+                                f'cached hub dataset: {error}') from error
+  except (FileNotFoundError, KeyError):
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    kind = 'parquet file' if lower.endswith('.parquet') else 'dataset directory'
+    raise ValueError(f'{source}: cannot read it as a {kind} of SFT rows: '
+                     f'{type(error).__name__}: {error}') from error
   return [dict(row) for row in dataset]
 
 
@@ -224,11 +363,41 @@ def _fill_rows(rows, seq_len, pad_id):
 
 
 def build_sft_arrays(rows: Iterable[Mapping[str, Any]], tokenizer: Any, seq_len: int, *,
-                     packing: bool = True) -> dict[str, np.ndarray]:
-  """Rows -> tokenised, masked, packed (or padded) ``[num_rows, seq_len]`` arrays."""
+                     packing: bool = True, drop_truncated: bool = False,
+                     locations: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+  """Rows -> tokenised, masked, packed (or padded) ``[num_rows, seq_len]`` arrays.
+
+  Rows longer than ``seq_len`` tokens are cut to it (``drop_truncated``: left out), with a
+  warning giving their count and an example. ``locations`` names each row in messages
+  (e.g. ``'train.jsonl line 7'``, from :func:`read_rows`).
+  """
   pad_id = getattr(tokenizer, 'pad_token_id', None)
   pad_id = 0 if pad_id is None else pad_id
-  examples = [tokenize_row(row, tokenizer, seq_len) for row in rows]
+  examples, cut = [], []
+  count = 0
+  for index, row in enumerate(rows):
+    count += 1
+    where = locations[index] if locations is not None else f'row {index}'
+    try:
+      tokens, mask = tokenize_row(row, tokenizer, sys.maxsize)
+    except (KeyError, ValueError, TypeError) as error:
+      message = error.args[0] if isinstance(error, KeyError) and error.args else error
+      raise ValueError(f'{where}: {message}') from error
+    if len(tokens) > seq_len:
+      cut.append((where, len(tokens), row))
+      if drop_truncated:
+        continue
+    examples.append((tokens[:seq_len], mask[:seq_len]))
+  if cut:
+    where, length, row = cut[0]
+    example = json.dumps(row, default=str)
+    logging.warning(
+        '%d of %d SFT rows are longer than seq_len=%d tokens and were %s (a cut row loses its '
+        'end, completion and EOS included). Example: %s (%d tokens): %s%s', len(cut), count,
+        seq_len, 'dropped' if drop_truncated else 'cut to seq_len', where, length,
+        example[:300] + ('...' if len(example) > 300 else ''),
+        '' if drop_truncated else '. Set config.data.drop_truncated=True to drop them instead, '
+        'or raise config.data.seq_len.')
   return (pack_examples if packing else pad_examples)(examples, seq_len, pad_id)
 
 

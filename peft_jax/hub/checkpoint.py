@@ -129,7 +129,24 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> ModelConfig:
   config_file = resolve_path(path) / 'config.json'
   if not config_file.is_file():
     raise FileNotFoundError(f'{config_file} not found (an HF checkpoint dir needs config.json)')
-  return config_from_hf_dict(json.loads(config_file.read_text()), **overrides)
+  return config_from_hf_dict(read_json(config_file, 'an HF model config object'), **overrides)
+
+
+def read_json(file: str | os.PathLike, expected: str) -> Any:
+  """Parsed JSON of ``file``; a parse error names the file, line and column, what was expected
+  and what was found."""
+  text = pathlib.Path(file).read_text(errors='replace')
+  try:
+    value = json.loads(text)
+  except ValueError as error:
+    raise ValueError(f'{file} line {getattr(error, "lineno", "?")} column '
+                     f'{getattr(error, "colno", "?")}: not valid JSON '
+                     f'({getattr(error, "msg", error)}); expected {expected}. Found: '
+                     f'{text[:80]!r}') from error
+  if not isinstance(value, dict):
+    raise ValueError(f'{file}: expected {expected} (a JSON object), found '
+                     f'{type(value).__name__}: {text[:80]!r}')
+  return value
 
 
 def config_to_hf_dict(config: ModelConfig) -> dict[str, Any]:
@@ -178,11 +195,64 @@ def config_to_hf_dict(config: ModelConfig) -> dict[str, Any]:
 
 
 def _read_header(file: pathlib.Path) -> tuple[dict[str, Any], int]:
+  """``(header, data start)`` of a safetensors file, checked against the file's size, so a
+  truncated or foreign file is named with what was expected and what was found."""
+  size = file.stat().st_size
+  layout = ('a safetensors file (an 8-byte little-endian header length, a JSON header, then the '
+            'tensor data)')
   with open(file, 'rb') as f:
-    (header_size,) = struct.unpack('<Q', f.read(8))
-    header = json.loads(f.read(header_size))
+    raw = f.read(8)
+    if len(raw) < 8:
+      raise ValueError(f'{file}: {size} bytes, too short for {layout}')
+    (header_size,) = struct.unpack('<Q', raw)
+    if header_size > size - 8:
+      raise ValueError(f'{file}: its header length field says {header_size} bytes but only '
+                       f'{size - 8} bytes follow; expected {layout}: the file is truncated or '
+                       f'not safetensors')
+    header_bytes = f.read(header_size)
+  try:
+    header = json.loads(header_bytes)
+  except (ValueError, UnicodeDecodeError) as error:
+    raise ValueError(f'{file}: the {header_size}-byte header is not valid JSON ({error}); '
+                     f'expected {layout}. Found: {header_bytes[:60]!r}') from error
+  if not isinstance(header, dict):
+    raise ValueError(f'{file}: the header is a JSON {type(header).__name__}; expected an object '
+                     '{tensor name: {dtype, shape, data_offsets}}')
   header.pop('__metadata__', None)
-  return header, 8 + header_size
+  data_start = 8 + header_size
+  data_size = size - data_start
+  spans = {}
+  for name, entry in header.items():
+    try:
+      begin, end = (int(v) for v in entry['data_offsets'])
+      shape = [int(d) for d in entry['shape']]
+      dtype = entry['dtype']
+    except (KeyError, TypeError, ValueError) as error:
+      raise ValueError(f'{file}: header entry {name!r} = {entry!r}; expected '
+                       '{"dtype", "shape", "data_offsets": [begin, end]}') from error
+    if dtype in _SAFETENSORS_DTYPES:
+      needed = int(np.prod(shape, dtype=np.int64)) * _SAFETENSORS_DTYPES[dtype].itemsize
+      if end - begin != needed:
+        raise ValueError(f'{file}: tensor {name!r} of dtype {dtype} and shape {shape} needs '
+                         f'{needed} bytes but its data_offsets [{begin}, {end}) span '
+                         f'{end - begin}')
+    spans[name] = (begin, end)
+  cut = sorted((begin, name) for name, (begin, end) in spans.items() if end > data_size)
+  if cut:
+    name = cut[0][1]
+    begin, end = spans[name]
+    expected = data_start + max(end for _, end in spans.values())
+    raise ValueError(f'{file} is truncated: tensor {name!r} needs bytes [{begin}, {end}) of the '
+                     f'data section but the file holds only {data_size} bytes of data '
+                     f'({len(cut)} of {len(spans)} tensors are cut; expected a file of '
+                     f'{expected} bytes, found {size})')
+  return header, data_start
+
+
+def read_safetensors_header(file: str | os.PathLike) -> tuple[dict[str, Any], int]:
+  """``(header without __metadata__, byte offset of the data)`` of a safetensors file, checked
+  against the file's size (errors name the file, what was expected and what was found)."""
+  return _read_header(pathlib.Path(file))
 
 
 class _SafetensorsIndex:
@@ -192,7 +262,11 @@ class _SafetensorsIndex:
     index_file = directory / 'model.safetensors.index.json'
     single_file = directory / 'model.safetensors'
     if index_file.is_file():
-      weight_map = json.loads(index_file.read_text())['weight_map']
+      index = read_json(index_file, 'a safetensors index object with a "weight_map"')
+      if not isinstance(index.get('weight_map'), dict):
+        raise ValueError(f'{index_file}: expected a "weight_map" object '
+                         f'{{tensor name: shard file}}, found keys {sorted(index)}')
+      weight_map = index['weight_map']
       files = sorted(set(weight_map.values()))
     elif single_file.is_file():
       files = ['model.safetensors']
@@ -309,24 +383,10 @@ def _load_tokenizer_if_present(directory: pathlib.Path):
   return load_tokenizer(directory)
 
 
-def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32, shardings: Any = None,
-                    **config_overrides: Any):
-  """Loads an HF checkpoint directory (or ``'bundled:NAME'``).
-
-  Args:
-    path: directory with config.json and model.safetensors (or a sharded index); or a GGUF
-      source: a ``.gguf`` file, a directory holding one, or a named base such as
-      ``'smollm2-135m-instruct'`` (see ``peft_jax.hub.gguf``).
-    dtype: param dtype (compute dtype is ``config.dtype``, overridable via config_overrides).
-    shardings: optional tree of shardings matching the params.
-    **config_overrides: ModelConfig fields to replace (``dtype='bfloat16'``, ``remat=True``).
-  Returns:
-    ``(model, params, tokenizer)``; tokenizer is ``None`` when the dir has no tokenizer files
-    (a GGUF: no tokenizer metadata, or a kind other than byte-level BPE).
-  """
-  from peft_jax.hub import gguf as gguf_io  # pylint: disable=g-import-not-at-top  (imports us)
-  if gguf_io.find_gguf_file(path) is not None:
-    return gguf_io.load_gguf(path, dtype=dtype, shardings=shardings, **config_overrides)
+def load_hf_directory(path: str | os.PathLike, dtype: Any = jnp.float32, shardings: Any = None,
+                      **config_overrides: Any):
+  """``(model, params, tokenizer or None)`` of an HF checkpoint directory (or ``'bundled:NAME'``);
+  ``peft_jax.hub.load_pretrained`` also takes GGUF files and named bases."""
   directory = resolve_path(path)
   config = load_config(directory, **config_overrides)
   params = load_params(directory, config, dtype=dtype, shardings=shardings)

@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from peft_jax.hub.checkpoint import _flatten, _unflatten, config_from_hf_dict
+from peft_jax.common.trees import flatten_dict, unflatten_dict
+from peft_jax.hub.checkpoint import config_from_hf_dict
 from peft_jax.models.config import ModelConfig
 from peft_jax.models.decoder import Decoder, init_params
 
@@ -289,8 +290,8 @@ def load_gguf_params(reader: Any, config: ModelConfig, dtype: Any = jnp.float32,
   """
   arch = _Metadata(reader).arch
   mapping = _tensor_map(config)
-  expected = _flatten(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
-  sharding_flat = _flatten(shardings) if shardings is not None else {}
+  expected = flatten_dict(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
+  sharding_flat = flatten_dict(shardings) if shardings is not None else {}
   tensors = {t.name: t for t in reader.tensors}
   bad_types = sorted({t.tensor_type.name for t in tensors.values()}
                      - set(SUPPORTED_TENSOR_TYPES))
@@ -327,7 +328,7 @@ def load_gguf_params(reader: Any, config: ModelConfig, dtype: Any = jnp.float32,
     flat[param_path] = (jax.device_put(out, sharding) if sharding is not None
                         else jnp.asarray(out))
     del array, out
-  return _unflatten(flat)
+  return unflatten_dict(flat)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from peft_jax.adapters.miss import MiSS
 from peft_jax.adapters.oft import OFT
 from peft_jax.adapters.pissa import PiSSA
 from peft_jax.adapters.vera import VeRA
+from peft_jax.hub.checkpoint import read_json, read_safetensors_header
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -139,13 +140,12 @@ def load_adapter(params: Mapping, path: str, *, key: Optional[jax.Array] = None,
     if not os.path.exists(p):
       raise FileNotFoundError(f"PEFT adapter file {p!r} not found (need {CONFIG_NAME} and "
                               f"{WEIGHTS_NAME}; .bin checkpoints are not supported)")
-  with open(config_path) as f:
-    config = json.load(f)
+  config = read_json(config_path, 'a PEFT adapter config object (peft_type, r, ...)')
   peft_type = str(config.get("peft_type", "")).upper()
   if peft_type not in _SUFFIXES:
     raise ValueError(f"{config_path}: peft_type={config.get('peft_type')!r} is not supported; "
                      f"valid: {sorted(_SUFFIXES)}")
-  tensors = load_file(weights_path)
+  tensors = _load_weights(weights_path)
   modules = _group_by_module(tensors, peft_type)
   available = linear_modules(params, module_name_fn)
   flat = flatten_params(params)
@@ -171,6 +171,15 @@ def load_adapter(params: Mapping, path: str, *, key: Optional[jax.Array] = None,
       node = _miss_node(config, module, module_tensors, w0)
     out = set_path(out, kernel_path, node)
   return out
+
+
+def _load_weights(path: str) -> dict[str, np.ndarray]:
+  """The adapter's tensors; a truncated or foreign file is named with what is wrong in it."""
+  read_safetensors_header(path)
+  try:
+    return load_file(path)
+  except Exception as error:  # pylint: disable=broad-except  (safetensors raises its own type)
+    raise ValueError(f'{path}: cannot read it as safetensors: {error}') from error
 
 
 def _vera_shared(config, tensors, shapes):

@@ -9,6 +9,8 @@ import numpy as np
 
 from peft_jax.hub.paths import resolve_path
 
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'tokenizer.model')
+
 
 def load_tokenizer(path: str | os.PathLike):
   """``transformers.AutoTokenizer`` from a local dir (or ``'bundled:NAME'``), offline.
@@ -17,8 +19,19 @@ def load_tokenizer(path: str | os.PathLike):
   padding side is set to left, which generation needs.
   """
   import transformers  # pylint: disable=g-import-not-at-top  (slow import, only when used)
+  text = str(path)
+  if not text.startswith('bundled:') and not os.path.isdir(text):
+    raise FileNotFoundError(f'tokenizer directory {text} does not exist (expected a directory '
+                            f'holding {" or ".join(TOKENIZER_FILES)})')
   directory = resolve_path(path)
-  tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+  if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+    raise FileNotFoundError(f'{directory} holds no tokenizer: expected one of {TOKENIZER_FILES}, '
+                            f'found {sorted(p.name for p in directory.iterdir())[:12]}')
+  try:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+  except Exception as error:  # pylint: disable=broad-except  (transformers raises many types)
+    raise ValueError(f'cannot load the tokenizer in {directory}: {type(error).__name__}: '
+                     f'{error}') from error
   if tokenizer.pad_token is None and tokenizer.eos_token is not None:
     tokenizer.pad_token = tokenizer.eos_token
   tokenizer.padding_side = 'left'

@@ -33,9 +33,12 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Data: a local JSONL/JSON/Parquet file or dataset directory of {"prompt","completion"} or
   # {"messages"} rows. tokenizer: 'byte' (ByteTokenizer over the model vocab), 'model' (the HF
-  # directory's tokenizer) or a tokenizer directory.
+  # directory's tokenizer) or a tokenizer directory. Rows longer than seq_len are cut (counted,
+  # with a warning) or, with drop_truncated, left out. The data's fingerprint (path, size, hash)
+  # is part of the resume guard; allow_changed_data resumes on a changed file anyway.
   config.data = ml_collections.ConfigDict(dict(
-      path='', split='train', tokenizer='byte', seq_len=32, packing=True, shuffle=True))
+      path='', split='train', tokenizer='byte', seq_len=32, packing=True, shuffle=True,
+      drop_truncated=False, allow_changed_data=False))
 
   config.batch_size = 8  # global rows per step
   config.grad_accum_steps = 1  # microbatches per step (inner scan)
@@ -56,7 +59,13 @@ def default_config() -> ml_collections.ConfigDict:
       every_steps=10, keep=3,
       # Adapter snapshots every K steps (0: off), all kept, under <workdir>/trajectory.
       snapshot_every=0))
+  # Divergence guard: a non-finite loss / grad / update / param norm always stops the run; so
+  # does one above its bound here (0: no bound). Defaults sit far above any healthy run.
+  config.guard = ml_collections.ConfigDict(dict(
+      max_loss=0.0, max_grad_norm=0.0, max_update_norm=1e6, max_param_norm=1e8))
   config.log_every = 1
+  # Seconds the metric writer may stall (hung filesystem) before the run fails.
+  config.metric_timeout_s = 60.0
   config.progress_bar = True
   # Seconds to sleep after each step (0: none): lets preemption tests kill a run mid-training.
   config.throttle_s = 0.0
@@ -74,8 +83,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f'{adapter_api.method_names()}')
   if not config.data.path:
     raise ValueError('config.data.path is empty; give a JSONL/JSON/Parquet file or dataset dir')
-  if config.total_steps <= 0:
-    raise ValueError(f'config.total_steps={config.total_steps} must be > 0')
+  for key in ('total_steps', 'batch_size', 'grad_accum_steps', 'log_every', 'data.seq_len'):
+    node = config
+    for part in key.split('.'):
+      node = node[part]
+    if not isinstance(node, int) or isinstance(node, bool) or node <= 0:
+      raise ValueError(f'config.{key}={node!r} must be a positive integer')
   if config.batch_size % config.grad_accum_steps:
     raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
                      f'config.grad_accum_steps={config.grad_accum_steps}')

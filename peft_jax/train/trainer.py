@@ -1,10 +1,17 @@
 """The training loop: ``train(config, workdir)``, read top to bottom (big_vision style).
 
-Resume order: the newest complete checkpoint in ``<workdir>/checkpoints`` (state, optimizer
-state, step, rng and data-iterator position) -> a fresh start from the configured base model.
+Resume order: the newest complete checkpoint in ``<workdir>/checkpoints`` that reads back
+intact (state, optimizer state, step, rng and data-iterator position; an unreadable newer one is
+moved to ``checkpoints.corrupt/`` with a warning) -> a fresh start from the configured base model.
 Rerunning the same command therefore continues an interrupted run and ends bit-identical to an
 uninterrupted one. A workdir whose saved ``config.json`` differs from the new config (outside
-``checkpoint.RESUME_SAFE_KEYS``) is refused with the list of differing keys.
+``checkpoint.RESUME_SAFE_KEYS``), or whose training data changed (the data fingerprint), is
+refused with the list of differing keys. Model, adapters, tokenizer and data are all checked
+before anything is written, so a failed start leaves the workdir as it was.
+
+Faults stop the run with an error naming the step and the file: a diverging metric
+(``guard.py``), a failed checkpoint save, a metric file that cannot be written (``metrics.py``).
+SIGTERM/SIGINT checkpoint the current step and raise ``signals.Interrupted`` (``signals.py``).
 
 Workdir layout::
 
@@ -18,7 +25,6 @@ Workdir layout::
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from typing import Any, Callable, Mapping, Optional
@@ -36,7 +42,9 @@ from peft_jax.adapters import api as adapter_api
 from peft_jax.data import sft
 from peft_jax.parallel import distributed, sharding
 from peft_jax.train import checkpoint as ckpt_lib
+from peft_jax.train import signals
 from peft_jax.train.config import validate_config
+from peft_jax.train.guard import DivergenceGuard
 from peft_jax.train.loss import make_sft_loss
 from peft_jax.train.metrics import MetricWriter
 from peft_jax.train.setup import ShardedTraining, setup_training
@@ -103,7 +111,10 @@ def make_tokenizer(config: ml_collections.ConfigDict, model_config, hf_tokenizer
     if hf_tokenizer is None:
       raise ValueError(f"config.data.tokenizer='model' but {config.model.path!r} has no tokenizer")
     return hf_tokenizer
-  return hub.load_tokenizer(name)
+  try:
+    return hub.load_tokenizer(name)
+  except (FileNotFoundError, ValueError) as error:
+    raise type(error)(f'config.data.tokenizer={name!r}: {error}') from error
 
 
 def host_copy(tree: PyTree) -> PyTree:
@@ -127,13 +138,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     batch_hook: optional ``(step, local_batch) -> local_batch`` applied to each host batch
       (inspection, augmentation, fault injection in tests).
   Raises:
-    FloatingPointError: the loss or gradient norm became NaN/inf (names the step and metric; the
-      last complete checkpoint is left intact).
-    ValueError: invalid config, or a workdir holding a run with a different config.
+    FloatingPointError: (``guard.DivergenceError``) the loss, gradient, update or parameter norm
+      became non-finite or exceeded its ``config.guard`` bound (names the step, the metric and
+      the last good checkpoint, which is left intact).
+    ValueError: invalid config, model, tokenizer or data (naming the file), or a workdir holding
+      a run with a different config or data.
+    signals.Interrupted: SIGTERM/SIGINT; the current step was checkpointed.
+    checkpoint.CheckpointSaveError, metrics.MetricWriteError: a file could not be written.
   """
   validate_config(config)
   workdir = os.path.abspath(workdir)
-  ckpt_lib.check_or_write_config(workdir, config.to_dict())
 
   # ---- Mesh --------------------------------------------------------------------------------
   mesh = sharding.make_mesh(tuple(config.mesh_shape))
@@ -166,28 +180,36 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
   # ---- Input pipeline (each process loads only its rows of every global batch) -------------
   tokenizer = make_tokenizer(config, model_config, hf_tokenizer)
-  rows = sft.load_rows(config.data.path, config.data.split)
-  arrays = sft.build_sft_arrays(rows, tokenizer, config.data.seq_len,
-                                packing=config.data.packing)
+  loaded = sft.read_rows(config.data.path, config.data.split)
+  arrays = sft.build_sft_arrays(loaded.rows, tokenizer, config.data.seq_len,
+                                packing=config.data.packing,
+                                drop_truncated=config.data.get('drop_truncated', False),
+                                locations=loaded.locations)
   iterator = sft.SFTIterator(arrays, config.batch_size, seed=config.seed,
                              process_index=jax.process_index(),
                              process_count=jax.process_count(), shuffle=config.data.shuffle)
+  # Everything is checked: only now write to the workdir.
+  ckpt_lib.check_or_write_config(
+      workdir, dict(config.to_dict(), **{ckpt_lib.FINGERPRINT_KEY: loaded.fingerprint}),
+      allow_changed=((ckpt_lib.FINGERPRINT_KEY,) if config.data.get('allow_changed_data', False)
+                     else ()))
 
   # ---- Checkpoints: resume from the workdir when it holds one ------------------------------
   checkpointer = ckpt_lib.StateCheckpointer(os.path.join(workdir, 'checkpoints'),
                                             keep=config.checkpoint.keep)
   trajectory = (ckpt_lib.TrajectoryWriter(os.path.join(workdir, 'trajectory'))
                 if config.checkpoint.snapshot_every else None)
-  state = training.state
-  start_step = checkpointer.latest_step() or 0
+  start_step, state, data_state = checkpointer.restore_latest(training.state)
   if start_step:
-    state, data_state = checkpointer.restore(start_step, state)
     iterator.set_state(data_state)
   elif trajectory is not None:
     trajectory.save(0, state.params)
 
   # ---- Train loop --------------------------------------------------------------------------
-  writer = MetricWriter(workdir)
+  # (.get: a config read back from an older run's config.json lacks the newer keys)
+  writer = MetricWriter(workdir, timeout_s=config.get('metric_timeout_s', 60.0))
+  guard = DivergenceGuard(dict(config.get('guard', {})), checkpointer.directory)
+  stop = signals.StopOnSignal()  # installed for the loop only
   tokens_per_step = config.batch_size * config.data.seq_len
   flops_per_step = 6.0 * num_params * tokens_per_step
   peak_flops = config.peak_flops_per_device * jax.device_count()
@@ -197,6 +219,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   if config.progress_bar and jax.process_index() == 0:
     progress = tqdm(progress, initial=start_step, total=config.total_steps, desc='train')
   try:
+    stop.install()
     for step in progress:
       local = next(iterator)
       if batch_hook is not None:
@@ -208,13 +231,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       state, metrics = training.train_step(state, training.frozen, batch)
       metrics = jax.device_get(metrics)
       seconds = time.perf_counter() - start
-      for name in ('loss', 'grad_norm'):
-        if not math.isfinite(float(metrics[name])):
-          checkpointer.wait()
-          raise FloatingPointError(
-              f'step {step}: {name} is {float(metrics[name])} (non-finite); stopping. The last '
-              f'good checkpoint (step {checkpointer.latest_step()}) in '
-              f'{os.path.join(workdir, "checkpoints")} is intact.')
+      checkpointer.check()  # a failed background save stops the run here
+      if guard.problem(metrics):
+        guard.check(step, metrics, checkpointer.latest_complete_step())
       losses.append((step, float(metrics['loss'])))
       if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
         scalars = dict(metrics, step_seconds=seconds,
@@ -227,7 +246,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         trajectory.save(step + 1, state.params)
       if config.throttle_s:
         time.sleep(config.throttle_s)
+      signum = stop.requested()
+      if signum:
+        checkpointer.save_now(step + 1, state, iterator.get_state())
+        raise stop.interrupted(signum, step + 1, checkpointer.directory)
   finally:
+    stop.uninstall()
     checkpointer.close()
     if trajectory is not None:
       trajectory.close()
