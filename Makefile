@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/arena
 
-.PHONY: test arena venv install install-test install-smollm2 clean
+.PHONY: test arena venv install install-test install-smollm2 format lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,20 @@ test: $(VENV)/.installed-test
 
 arena: $(VENV)/.installed
 	$(BIN)/python -m launch.arena --config=configs/arena/quick.py --workdir=$(WORKDIR)
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Format the tree and sort imports (ruff, configured in pyproject.toml).
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff check --select I --fix peft_jax launch configs tests benchmarks scripts
+	$(BIN)/ruff format peft_jax launch configs tests benchmarks scripts
+
+# Check formatting and import order without changing anything.
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check peft_jax launch configs tests benchmarks scripts
+	$(BIN)/ruff format --check peft_jax launch configs tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,7 +4,7 @@ bit-identical to a run that was never corrupted."""
 import os
 import shutil
 
-from conftest import REFERENCE_STEPS, assert_same_checkpoint, losses, train_args
+from reliability_support import REFERENCE_STEPS, assert_same_checkpoint, losses, train_args
 
 
 def _truncate_data(step_dir):

@@ -3,7 +3,7 @@ does; rows longer than seq_len are counted and reported, or dropped on request."
 import json
 import os
 
-from conftest import train_args
+from reliability_support import train_args
 
 
 def _write(path, rows):

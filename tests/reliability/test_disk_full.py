@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import EVERY, assert_same_checkpoint, train_args
+from reliability_support import EVERY, assert_same_checkpoint, train_args
 from peft_jax.train import metrics as metrics_lib
 
 

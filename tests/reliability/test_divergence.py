@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import restore_checkpoint, train_args
+from reliability_support import restore_checkpoint, train_args
 from peft_jax.train import guard as guard_lib
 
 HUGE_LR = '--config.optimizer.peak_lr=1e30'

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TIMEOUT_S, finish, train_args, wait_for
+from reliability_support import REPO, TIMEOUT_S, finish, train_args, wait_for
 from peft_jax.common import lock
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import train_args
+from reliability_support import train_args
 from peft_jax.common import cli
 from peft_jax.data import sft
 from peft_jax.hub import checkpoint as hub_checkpoint
@@ -100,7 +100,7 @@ def test_truncated_safetensors(tmp_path):
   with pytest.raises(ValueError, match=rf'{file} is truncated: tensor .* needs bytes \[\d+, '
                                        rf'\d+\) .*expected a file of {size} bytes, '
                                        rf'found {size - 5000}'):
-    hub_checkpoint.load_pretrained(directory)
+    hub_checkpoint.load_hf_directory(directory)
 
 
 def test_garbage_safetensors_header(tmp_path):
@@ -110,11 +110,11 @@ def test_garbage_safetensors_header(tmp_path):
     f.write(struct.pack('<Q', 2**62))
   with pytest.raises(ValueError, match=rf'{file}: its header length field says {2**62} bytes '
                                        r'but only \d+ bytes follow; expected a safetensors'):
-    hub_checkpoint.load_pretrained(directory)
+    hub_checkpoint.load_hf_directory(directory)
   with open(file, 'r+b') as f:
     f.write(struct.pack('<Q', 16) + b'not json at all!')
   with pytest.raises(ValueError, match=rf'{file}: the 16-byte header is not valid JSON'):
-    hub_checkpoint.load_pretrained(directory)
+    hub_checkpoint.load_hf_directory(directory)
   adapter = tmp_path / 'adapter'
   adapter.mkdir()
   _write(adapter / 'adapter_config.json', json.dumps({'peft_type': 'LORA', 'r': 2}))
@@ -129,7 +129,7 @@ def test_non_json_model_config(tmp_path):
   _write(directory / 'config.json', '{"model_type": "llama",,}')
   with pytest.raises(ValueError, match=rf'{directory}/config.json line 1 column 24: not valid '
                                        r'JSON.*expected an HF model config'):
-    hub_checkpoint.load_pretrained(directory)
+    hub_checkpoint.load_hf_directory(directory)
 
 
 def test_bad_tokenizer_path_named_as_tokenizer(tmp_path):

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from conftest import REFERENCE_STEPS, assert_same_checkpoint, finish, losses, train_args, wait_for
+from reliability_support import REFERENCE_STEPS, assert_same_checkpoint, finish, losses, train_args, wait_for
 
 
 def _logged_steps(workdir):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import train_args
+from reliability_support import train_args
 
 
 @pytest.mark.parametrize('bad, message', [
