@@ -39,7 +39,7 @@ RESUME_SAFE_KEYS = ('log_every', 'checkpoint.every_steps', 'checkpoint.keep', 'e
                     'progress_bar', 'throttle_s', 'peak_flops_per_device', 'guard',
                     'metric_timeout_s', 'data.allow_changed_data')
 # Keys added to the config after runs were already written, with the value that reproduces the
-# older behaviour: a saved config lacking one of them is read as holding this value.
+# older behaviour: a config (saved or new) lacking one of them is read as holding this value.
 ADDED_KEYS = {'data.drop_truncated': False}
 # The fingerprint of the training data (path, size, content hash) the trainer adds to the config
 # it guards: a changed data file is refused like a changed config key.
@@ -309,8 +309,9 @@ def check_or_write_config(workdir: str, config_dict: Mapping[str, Any], *,
       raise ValueError(f'{path}: expected a JSON object (the run config), found '
                        f'{type(saved).__name__}')
     old_flat, new_flat = _flatten_config(saved), _flatten_config(new)
-    for key, value in ADDED_KEYS.items():
-      old_flat.setdefault(key, value)
+    for key, value in ADDED_KEYS.items():  # absent (an older run, or a config built without
+      old_flat.setdefault(key, value)      # the key) reads as the behaviour-preserving value
+      new_flat.setdefault(key, value)
     if not any(k.startswith(FINGERPRINT_KEY + '.') for k in old_flat):
       # A run written before data fingerprints existed: record this one from now on.
       for key in [k for k in new_flat if k.startswith(FINGERPRINT_KEY + '.')]:
