@@ -11,19 +11,18 @@ evaluation. Sizes follow PEFT-Arena (<= 4096 tokens, 1024 pair tokens).
 
 import time
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
+from absl import app, flags
 
 from peft_jax import geometry
 
-_TOKENS = flags.DEFINE_integer("tokens", 4096, "Tokens n per activation matrix.")
-_WIDTH = flags.DEFINE_integer("width", 512, "Feature width d (weights are [d, 2d]).")
-_LAYERS = flags.DEFINE_integer("layers", 8, "Layers in the batched (vmap) cases.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
+_TOKENS = flags.DEFINE_integer('tokens', 4096, 'Tokens n per activation matrix.')
+_WIDTH = flags.DEFINE_integer('width', 512, 'Feature width d (weights are [d, 2d]).')
+_LAYERS = flags.DEFINE_integer('layers', 8, 'Layers in the batched (vmap) cases.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats (median reported).')
 
 
 def _paired_median_seconds(jax_fn, reference_fn, repeats):
@@ -84,12 +83,15 @@ def main(argv):
   n, d, layers, repeats = _TOKENS.value, _WIDTH.value, _LAYERS.value, _REPEATS.value
   rng = np.random.default_rng(0)
   x0 = rng.standard_normal((n, d)).astype(np.float32)
-  x1 = (x0 @ (np.eye(d) + 0.1 * rng.standard_normal((d, d)) / np.sqrt(d))
-        + 0.1 * rng.standard_normal((n, d))).astype(np.float32)
+  x1 = (
+    x0 @ (np.eye(d) + 0.1 * rng.standard_normal((d, d)) / np.sqrt(d))
+    + 0.1 * rng.standard_normal((n, d))
+  ).astype(np.float32)
   pair = min(n, 1024)
   w0 = rng.standard_normal((d, 2 * d)).astype(np.float32)
   w1 = (w0 + 0.01 * rng.standard_normal((d, 8)) @ rng.standard_normal((8, 2 * d))).astype(
-      np.float32)
+    np.float32
+  )
   x0_layers = rng.standard_normal((layers, n // 4, d // 2)).astype(np.float32)
   x1_layers = (x0_layers + 0.3 * rng.standard_normal(x0_layers.shape)).astype(np.float32)
   x64 = (x0.astype(np.float64), x1.astype(np.float64))
@@ -101,41 +103,76 @@ def main(argv):
     for i in range(streaming_batches):  # unrolled at trace time: a fixed, small batch count
       rows = slice(i * n // streaming_batches, (i + 1) * n // streaming_batches)
       state = geometry.activation_stats_update(state, a[rows], b[rows])
-    return geometry.activation_stats_finalize(state)["cka"]
+    return geometry.activation_stats_finalize(state)['cka']
 
   cases = [
-      ("linear_cka", jax.jit(geometry.linear_cka), (x0, x1), np_cka, lambda: np_cka(*x64)),
-      ("streaming_cka_4_batches", jax.jit(stream), (x0, x1), np_cka, lambda: np_cka(*x64)),
-      ("procrustes_residual", jax.jit(geometry.procrustes_residual), (x0, x1), np_procrustes,
-       lambda: np_procrustes(*x64)),
-      ("gram_distortion_1024", jax.jit(geometry.gram_distortion), (x0[:pair], x1[:pair]), np_gram,
-       lambda: np_gram(x64[0][:pair], x64[1][:pair])),
-      ("pca_distance_k64", jax.jit(lambda a, b: geometry.pca_subspace_distance(a, b, 64)),
-       (x0, x1), lambda a, b: np_pca(a, b, 64), lambda: np_pca(*x64, 64)),
-      ("spectral_means", jax.jit(lambda a, b: (
-          lambda s: (s.delta_P_diag_mean, s.E_delta_mean))(geometry.spectral_summary(a, b))),
-       (w0, w1), np_spectral_means,
-       lambda: np_spectral_means(w0.astype(np.float64), w1.astype(np.float64))),
-      ("csd_rel", jax.jit(lambda h, a, b: geometry.csd(h, a, b).rel), (x0, w0, w1), np_csd_rel,
-       lambda: np_csd_rel(x0.astype(np.float64), w0.astype(np.float64), w1.astype(np.float64))),
-      (f"linear_cka_vmap_{layers}_layers", jax.jit(jax.vmap(geometry.linear_cka)),
-       (x0_layers, x1_layers), lambda a, b: np.array([np_cka(p, q) for p, q in zip(a, b)]),
-       lambda: np.array([np_cka(p.astype(np.float64), q.astype(np.float64))
-                         for p, q in zip(x0_layers, x1_layers)])),
+    ('linear_cka', jax.jit(geometry.linear_cka), (x0, x1), np_cka, lambda: np_cka(*x64)),
+    ('streaming_cka_4_batches', jax.jit(stream), (x0, x1), np_cka, lambda: np_cka(*x64)),
+    (
+      'procrustes_residual',
+      jax.jit(geometry.procrustes_residual),
+      (x0, x1),
+      np_procrustes,
+      lambda: np_procrustes(*x64),
+    ),
+    (
+      'gram_distortion_1024',
+      jax.jit(geometry.gram_distortion),
+      (x0[:pair], x1[:pair]),
+      np_gram,
+      lambda: np_gram(x64[0][:pair], x64[1][:pair]),
+    ),
+    (
+      'pca_distance_k64',
+      jax.jit(lambda a, b: geometry.pca_subspace_distance(a, b, 64)),
+      (x0, x1),
+      lambda a, b: np_pca(a, b, 64),
+      lambda: np_pca(*x64, 64),
+    ),
+    (
+      'spectral_means',
+      jax.jit(
+        lambda a, b: (lambda s: (s.delta_P_diag_mean, s.E_delta_mean))(
+          geometry.spectral_summary(a, b)
+        )
+      ),
+      (w0, w1),
+      np_spectral_means,
+      lambda: np_spectral_means(w0.astype(np.float64), w1.astype(np.float64)),
+    ),
+    (
+      'csd_rel',
+      jax.jit(lambda h, a, b: geometry.csd(h, a, b).rel),
+      (x0, w0, w1),
+      np_csd_rel,
+      lambda: np_csd_rel(x0.astype(np.float64), w0.astype(np.float64), w1.astype(np.float64)),
+    ),
+    (
+      f'linear_cka_vmap_{layers}_layers',
+      jax.jit(jax.vmap(geometry.linear_cka)),
+      (x0_layers, x1_layers),
+      lambda a, b: np.array([np_cka(p, q) for p, q in zip(a, b)]),
+      lambda: np.array(
+        [np_cka(p.astype(np.float64), q.astype(np.float64)) for p, q in zip(x0_layers, x1_layers)]
+      ),
+    ),
   ]
-  print(f"devices: {jax.devices()[0].platform} x{len(jax.devices())}; tokens={n} width={d} "
-        f"layers={layers}; median of {repeats}")
-  print(f"{'metric':32s} {'jax_ms':>9s} {'numpy_ms':>9s} {'ratio':>7s} {'max_rel_err':>12s}")
+  print(
+    f'devices: {jax.devices()[0].platform} x{len(jax.devices())}; tokens={n} width={d} '
+    f'layers={layers}; median of {repeats}'
+  )
+  print(f'{"metric":32s} {"jax_ms":>9s} {"numpy_ms":>9s} {"ratio":>7s} {"max_rel_err":>12s}')
   for name, jax_fn, args, np_fn, np64_fn in cases:
     device_args = [jnp.asarray(a) for a in args]
     result = jax.block_until_ready(jax_fn(*device_args))  # compile
-    jax_s, np_s = _paired_median_seconds(lambda: jax_fn(*device_args), lambda: np_fn(*args),
-                                         repeats)
+    jax_s, np_s = _paired_median_seconds(
+      lambda: jax_fn(*device_args), lambda: np_fn(*args), repeats
+    )
     reference = np.asarray(np64_fn(), np.float64)
     got = np.asarray(jax.tree.leaves(result) if isinstance(result, tuple) else result, np.float64)
     rel_err = np.max(np.abs(got - reference) / np.maximum(np.abs(reference), 1e-30))
-    print(f"{name:32s} {1e3 * jax_s:9.2f} {1e3 * np_s:9.2f} {np_s / jax_s:7.2f} {rel_err:12.2e}")
+    print(f'{name:32s} {1e3 * jax_s:9.2f} {1e3 * np_s:9.2f} {np_s / jax_s:7.2f} {rel_err:12.2e}')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   app.run(main)

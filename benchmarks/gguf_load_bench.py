@@ -29,15 +29,19 @@ import subprocess
 import sys
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-_GGUF = flags.DEFINE_string('gguf', 'smollm2-135m-instruct',
-                            'A .gguf file, or a named base of peft_jax.hub.gguf.NAMED_BASES.')
+_GGUF = flags.DEFINE_string(
+  'gguf', 'smollm2-135m-instruct', 'A .gguf file, or a named base of peft_jax.hub.gguf.NAMED_BASES.'
+)
 _REPEATS = flags.DEFINE_integer('repeats', 1, 'Fresh processes per side (median reported).')
 _OUT = flags.DEFINE_string('out', 'runs/bench/gguf_load.json', 'JSON output path.')
-_SIDE = flags.DEFINE_enum('side', None, ['peft_jax', 'transformers'],
-                          'Internal: run one measurement in this process and print JSON.')
+_SIDE = flags.DEFINE_enum(
+  'side',
+  None,
+  ['peft_jax', 'transformers'],
+  'Internal: run one measurement in this process and print JSON.',
+)
 
 _MIB = 1024.0  # ru_maxrss is in KiB on Linux
 
@@ -54,13 +58,16 @@ def _measure(side: str, gguf_file: pathlib.Path) -> dict:
   start = time.perf_counter()
   if side == 'peft_jax':
     import jax  # pylint: disable=g-import-not-at-top
-    from peft_jax import hub  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top,unused-import  (tokenizer class)
+
+    from peft_jax import hub  # pylint: disable=g-import-not-at-top
+
     jax.devices()  # the XLA CPU client, so its memory counts before the load
   else:
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
   import gguf  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
   import_s = time.perf_counter() - start
   rss_before = _rss_mib()
   start = time.perf_counter()
@@ -70,20 +77,30 @@ def _measure(side: str, gguf_file: pathlib.Path) -> dict:
     n_params = sum(int(x.size) for x in jax.tree.leaves(params))
   else:
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_file.parent),
-                                                           gguf_file=gguf_file.name)
+      str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+      str(gguf_file.parent), gguf_file=gguf_file.name
+    )
     n_params = sum(p.numel() for p in model.parameters())
   load_s = time.perf_counter() - start
   assert tokenizer is not None
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _MIB
-  return dict(side=side, import_s=import_s, load_s=load_s, rss_after_import_mib=rss_before,
-              peak_rss_mib=peak, load_added_peak_mib=peak - rss_before,
-              weights_f32_mib=n_params * 4 / 2**20, n_params=n_params)
+  return dict(
+    side=side,
+    import_s=import_s,
+    load_s=load_s,
+    rss_after_import_mib=rss_before,
+    peak_rss_mib=peak,
+    load_added_peak_mib=peak - rss_before,
+    weights_f32_mib=n_params * 4 / 2**20,
+    n_params=n_params,
+  )
 
 
 def _resolve(name: str) -> pathlib.Path:
   from peft_jax.hub import gguf as gguf_io  # pylint: disable=g-import-not-at-top
+
   found = gguf_io.find_gguf_file(name)
   if found is None:
     raise SystemExit(f'{name} is not a GGUF file or named base')
@@ -102,32 +119,38 @@ def main(argv):
   runs = []
   for _ in range(_REPEATS.value):
     for side in ('peft_jax', 'transformers'):
-      out = subprocess.run([sys.executable, __file__, f'--side={side}', f'--gguf={gguf_file}'],
-                           env=env, capture_output=True, text=True, check=True)
+      out = subprocess.run(
+        [sys.executable, __file__, f'--side={side}', f'--gguf={gguf_file}'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+      )
       line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')][-1]
-      runs.append(json.loads(line[len('RESULT '):]))
+      runs.append(json.loads(line[len('RESULT ') :]))
 
   def median(side, key):
     return statistics.median(r[key] for r in runs if r['side'] == side)
 
   keys = ('import_s', 'load_s', 'rss_after_import_mib', 'peak_rss_mib', 'load_added_peak_mib')
-  summary = {side: {k: median(side, k) for k in keys}
-             for side in ('peft_jax', 'transformers')}
+  summary = {side: {k: median(side, k) for k in keys} for side in ('peft_jax', 'transformers')}
   weights = runs[0]['weights_f32_mib']
-  print(f'{gguf_file.name}: {runs[0]["n_params"]:,} params, one float32 copy = {weights:.0f} MiB, '
-        f'file {gguf_file.stat().st_size / 2**20:.0f} MiB; medians of {_REPEATS.value} '
-        'fresh process(es) per side')
-  print(f'| {"":12} | import s | load s | RSS after import MiB | peak RSS MiB | '
-        'load added MiB |')
+  print(
+    f'{gguf_file.name}: {runs[0]["n_params"]:,} params, one float32 copy = {weights:.0f} MiB, '
+    f'file {gguf_file.stat().st_size / 2**20:.0f} MiB; medians of {_REPEATS.value} '
+    'fresh process(es) per side'
+  )
+  print(f'| {"":12} | import s | load s | RSS after import MiB | peak RSS MiB | load added MiB |')
   print('|---|---:|---:|---:|---:|---:|')
   for side, row in summary.items():
-    print(f'| {side:12} | {row["import_s"]:8.1f} | {row["load_s"]:6.1f} | '
-          f'{row["rss_after_import_mib"]:19.0f} | {row["peak_rss_mib"]:12.0f} | '
-          f'{row["load_added_peak_mib"]:14.0f} |')
+    print(
+      f'| {side:12} | {row["import_s"]:8.1f} | {row["load_s"]:6.1f} | '
+      f'{row["rss_after_import_mib"]:19.0f} | {row["peak_rss_mib"]:12.0f} | '
+      f'{row["load_added_peak_mib"]:14.0f} |'
+    )
   out_path = pathlib.Path(_OUT.value)
   out_path.parent.mkdir(parents=True, exist_ok=True)
-  out_path.write_text(json.dumps(dict(file=str(gguf_file), summary=summary, runs=runs),
-                                 indent=2))
+  out_path.write_text(json.dumps(dict(file=str(gguf_file), summary=summary, runs=runs), indent=2))
   print(f'wrote {out_path}')
 
 

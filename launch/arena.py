@@ -5,16 +5,17 @@
 Rerunning the same command skips every finished stage; the workdir is locked while it runs. The report is <workdir>/report/index.html.
 """
 
-from absl import flags
-from absl import logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from peft_jax.common import cli
-from peft_jax.common import lock
+from peft_jax.common import cli, lock
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/arena/quick.py',
-                                          'Arena preset (configs/arena/quick.py[:full|custom]).',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config',
+  'configs/arena/quick.py',
+  'Arena preset (configs/arena/quick.py[:full|custom]).',
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/arena', 'Output directory (resumable).')
 
 
@@ -23,11 +24,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   from peft_jax.arena import pipeline  # pylint: disable=g-import-not-at-top
   from peft_jax.report import print_summary_table  # pylint: disable=g-import-not-at-top
+
   with lock.workdir_lock(_WORKDIR.value):
     results = pipeline.run_arena(_CONFIG.value, _WORKDIR.value)
   print(print_summary_table(results))
-  print(f'report: {_WORKDIR.value}/report/index.html '
-        f'({results["timing"]["total_s"]:.0f} s in all)')
+  print(f'report: {_WORKDIR.value}/report/index.html ({results["timing"]["total_s"]:.0f} s in all)')
 
 
 if __name__ == '__main__':

@@ -16,15 +16,14 @@ matrix: ``drift.json``, ``drift.csv``, ``drift_heatmap.png``.
 import json
 import os
 
-from absl import flags
-from absl import logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from peft_jax.common import cli
-from peft_jax.common import lock
+from peft_jax.common import cli, lock
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Evaluation config file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Evaluation config file.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for outputs and summary.json.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -39,6 +38,7 @@ def _evaluate():
   # Imported after absl parsed the flags: importing JAX is slow and reads XLA_FLAGS.
   from peft_jax.evals import runner  # pylint: disable=g-import-not-at-top
   from peft_jax.report import results  # pylint: disable=g-import-not-at-top
+
   if _CONFIG.value.drift_adapters:
     report = runner.run_drift(_CONFIG.value, _WORKDIR.value)
     results.write_drift_heatmap(report, os.path.join(_WORKDIR.value, 'drift_heatmap.png'))

@@ -10,21 +10,19 @@ tokenizer in ``<out_dir>/tokenizer`` trained on the corpus plus the target train
 import json
 import os
 
-from absl import flags
-from absl import logging
+from absl import flags, logging
 
-from peft_jax.common import cli
-from peft_jax.common import lock
-from peft_jax.data import suite
-from peft_jax.data import tokenizer_train
+from peft_jax.common import cli, lock
+from peft_jax.data import suite, tokenizer_train
 
-_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Directory to write the suite into.',
-                               required=True)
+_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Directory to write the suite into.', required=True)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed every split derives from.')
-_SIZES = flags.DEFINE_string('sizes', '', 'JSON object overriding suite.DEFAULT_SIZES, e.g. '
-                             '\'{"ifeval_train": 3000}\'.')
-_TRAIN_TOKENIZER = flags.DEFINE_bool('train_tokenizer', True,
-                                     'Also train the tokenizer into <out_dir>/tokenizer.')
+_SIZES = flags.DEFINE_string(
+  'sizes', '', 'JSON object overriding suite.DEFAULT_SIZES, e.g. \'{"ifeval_train": 3000}\'.'
+)
+_TRAIN_TOKENIZER = flags.DEFINE_bool(
+  'train_tokenizer', True, 'Also train the tokenizer into <out_dir>/tokenizer.'
+)
 _VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 2048, 'Tokenizer vocabulary size.')
 
 
@@ -36,8 +34,9 @@ def main(argv):
     logging.info('wrote %d suite files under %s', len(paths), _OUT_DIR.value)
     if _TRAIN_TOKENIZER.value:
       texts = tokenizer_train.corpus_texts(suite.tokenizer_training_files(paths))
-      written = suite.train_tokenizer(texts, os.path.join(_OUT_DIR.value, 'tokenizer'),
-                                      vocab_size=_VOCAB_SIZE.value)
+      written = suite.train_tokenizer(
+        texts, os.path.join(_OUT_DIR.value, 'tokenizer'), vocab_size=_VOCAB_SIZE.value
+      )
       logging.info('wrote tokenizer to %s', written['tokenizer_dir'])
 
 

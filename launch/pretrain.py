@@ -11,11 +11,11 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from peft_jax.common import cli
-from peft_jax.common import lock
+from peft_jax.common import cli, lock
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Pretraining config file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Pretraining config file.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -23,6 +23,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   from peft_jax.arena import world  # pylint: disable=g-import-not-at-top
+
   with lock.workdir_lock(_WORKDIR.value):
     print(json.dumps(world.build_world(_CONFIG.value, _WORKDIR.value), indent=1))
 

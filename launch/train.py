@@ -10,19 +10,17 @@ checkpoint at the current step and exit with 128 + the signal number. Multi-proc
 ``PEFT_JAX_*`` environment variables) on every process.
 """
 
-from absl import flags
-from absl import logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from peft_jax.common import cli
-from peft_jax.common import lock
+from peft_jax.common import cli, lock
 from peft_jax.parallel import initialize_distributed
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (config, metrics, checkpoints).')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'jax.distributed coordinator HOST:PORT (multi-process).')
+_COORDINATOR = flags.DEFINE_string(
+  'coordinator_address', None, 'jax.distributed coordinator HOST:PORT (multi-process).'
+)
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process id.')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -34,14 +32,18 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   import jax  # pylint: disable=g-import-not-at-top
+
   from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
+
   # Process 0 holds the lock for all processes of a multi-process run.
   with lock.workdir_lock(_WORKDIR.value, enabled=jax.process_index() == 0):
     result = trainer.train(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
     last = f'final loss {result.losses[-1][1]:.4f}' if result.losses else 'nothing left to run'
-    print(f'train: steps {result.start_step}..{_CONFIG.value.total_steps} done, {last}; '
-          f'workdir {_WORKDIR.value}')
+    print(
+      f'train: steps {result.start_step}..{_CONFIG.value.total_steps} done, {last}; '
+      f'workdir {_WORKDIR.value}'
+    )
 
 
 if __name__ == '__main__':

@@ -17,21 +17,65 @@ Subpackages import lazily (``pj.geometry``, ``pj.evals``, ...), so ``import peft
 import importlib
 
 from peft_jax.adapters import Adapted, matmul
-from peft_jax.adapters.api import (DISeL, DoRA, Full, LoRA, MiSS, OFT, PiSSA, VeRA, combine,
-                                   count_params, delta, inject, make_method, merge, partition,
-                                   path)
+from peft_jax.adapters.api import (
+  OFT,
+  DISeL,
+  DoRA,
+  Full,
+  LoRA,
+  MiSS,
+  PiSSA,
+  VeRA,
+  combine,
+  count_params,
+  delta,
+  inject,
+  make_method,
+  merge,
+  partition,
+  path,
+)
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'
 
-_SUBPACKAGES = ("adapters", "arena", "data", "evals", "geometry", "hub", "models", "parallel",
-                "report", "sae", "train")
+_SUBPACKAGES = (
+  'adapters',
+  'arena',
+  'data',
+  'evals',
+  'geometry',
+  'hub',
+  'models',
+  'parallel',
+  'report',
+  'sae',
+  'train',
+)
 
-__all__ = ["Adapted", "DISeL", "DoRA", "Full", "LoRA", "MiSS", "OFT", "PiSSA", "VeRA", "combine",
-           "count_params", "delta", "inject", "make_method", "matmul", "merge", "partition", "path",
-           *_SUBPACKAGES]
+__all__ = [
+  'Adapted',
+  'DISeL',
+  'DoRA',
+  'Full',
+  'LoRA',
+  'MiSS',
+  'OFT',
+  'PiSSA',
+  'VeRA',
+  'combine',
+  'count_params',
+  'delta',
+  'inject',
+  'make_method',
+  'matmul',
+  'merge',
+  'partition',
+  'path',
+  *_SUBPACKAGES,
+]
 
 
 def __getattr__(name):
   if name in _SUBPACKAGES:
-    return importlib.import_module(f"peft_jax.{name}")
+    return importlib.import_module(f'peft_jax.{name}')
   raise AttributeError(f"module 'peft_jax' has no attribute {name!r}")

@@ -36,21 +36,27 @@ import sys
 import tempfile
 
 _CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--hide-scrollbars',
 )
 
 
-def screenshot(report_dir: str | os.PathLike, out: str | os.PathLike, *, width: int = 1400,
-               height: int = 4000, chromium: str = "/usr/bin/chromium",
-               timeout_s: float = 120.0) -> str:
+def screenshot(
+  report_dir: str | os.PathLike,
+  out: str | os.PathLike,
+  *,
+  width: int = 1400,
+  height: int = 4000,
+  chromium: str = '/usr/bin/chromium',
+  timeout_s: float = 120.0,
+) -> str:
   """Captures `report_dir`/index.html into the PNG `out`.
 
   Args:
@@ -68,42 +74,53 @@ def screenshot(report_dir: str | os.PathLike, out: str | os.PathLike, *, width: 
     FileNotFoundError: when index.html or the Chromium executable is missing.
     RuntimeError: when Chromium fails or writes no screenshot.
   """
-  page = pathlib.Path(report_dir).resolve() / "index.html"
+  page = pathlib.Path(report_dir).resolve() / 'index.html'
   if not page.is_file():
-    raise FileNotFoundError(f"no index.html in {pathlib.Path(report_dir).resolve()}")
+    raise FileNotFoundError(f'no index.html in {pathlib.Path(report_dir).resolve()}')
   executable = shutil.which(chromium)
   if executable is None:
     raise FileNotFoundError(
-        f"Chromium not found at {chromium!r}; install it with "
-        "`apt-get update && apt-get install -y chromium` or pass --chromium")
+      f'Chromium not found at {chromium!r}; install it with '
+      '`apt-get update && apt-get install -y chromium` or pass --chromium'
+    )
   out = pathlib.Path(out).resolve()
   out.parent.mkdir(parents=True, exist_ok=True)
   if out.exists():
     out.unlink()
-  with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-    command = [executable, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-               f"--screenshot={out}", f"--window-size={width},{height}", page.as_uri()]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
-                               check=False)
+  with tempfile.TemporaryDirectory(prefix='chromium-profile-') as profile:
+    command = [
+      executable,
+      *_CHROMIUM_FLAGS,
+      f'--user-data-dir={profile}',
+      f'--screenshot={out}',
+      f'--window-size={width},{height}',
+      page.as_uri(),
+    ]
+    completed = subprocess.run(
+      command, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
   if completed.returncode != 0 or not out.is_file():
-    raise RuntimeError(f"chromium exited with {completed.returncode} and wrote no screenshot:\n"
-                       f"{completed.stderr[-2000:]}")
+    raise RuntimeError(
+      f'chromium exited with {completed.returncode} and wrote no screenshot:\n'
+      f'{completed.stderr[-2000:]}'
+    )
   return str(out)
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("report_dir", help="directory holding index.html")
-  parser.add_argument("--out", default=None, help="PNG path (default REPORT_DIR/screenshot.png)")
-  parser.add_argument("--width", type=int, default=1400)
-  parser.add_argument("--height", type=int, default=4000)
-  parser.add_argument("--chromium", default="/usr/bin/chromium")
+  parser.add_argument('report_dir', help='directory holding index.html')
+  parser.add_argument('--out', default=None, help='PNG path (default REPORT_DIR/screenshot.png)')
+  parser.add_argument('--width', type=int, default=1400)
+  parser.add_argument('--height', type=int, default=4000)
+  parser.add_argument('--chromium', default='/usr/bin/chromium')
   args = parser.parse_args(argv)
-  out = args.out or os.path.join(args.report_dir, "screenshot.png")
-  print(screenshot(args.report_dir, out, width=args.width, height=args.height,
-                   chromium=args.chromium))
+  out = args.out or os.path.join(args.report_dir, 'screenshot.png')
+  print(
+    screenshot(args.report_dir, out, width=args.width, height=args.height, chromium=args.chromium)
+  )
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   sys.exit(main())

@@ -19,16 +19,15 @@ whose matrix has a small gap gets the (correctly) larger tolerance.
 
 import numpy as np
 
-U32 = 2.0 ** -24  # float32 unit roundoff (eps32 = 2 u32 = 1.19e-7)
-U64 = 2.0 ** -53
+U32 = 2.0**-24  # float32 unit roundoff (eps32 = 2 u32 = 1.19e-7)
+U64 = 2.0**-53
 
 
 def svd_backward_error(a, unit=U32):
   """Bound on ``||E||_2`` for a computed SVD (or eigendecomposition) of ``a`` in a precision with
   unit roundoff ``unit``, including the rounding of ``a`` itself into that precision."""
   a = np.asarray(a, np.float64)
-  return (max(a.shape) * 2 * unit * np.linalg.norm(a, 2)
-          + unit * np.linalg.norm(a))
+  return max(a.shape) * 2 * unit * np.linalg.norm(a, 2) + unit * np.linalg.norm(a)
 
 
 def singular_gaps(a):
@@ -36,8 +35,12 @@ def singular_gaps(a):
   for a rectangular ``a``, whose null space is another "singular value")."""
   sv = np.linalg.svd(np.asarray(a, np.float64), compute_uv=False)
   others = sv if a.shape[0] == a.shape[1] else np.concatenate([sv, [0.0]])
-  gap = np.array([np.min(np.abs(np.delete(others, i) - s)) if len(others) > 1 else np.inf
-                  for i, s in enumerate(sv)])
+  gap = np.array(
+    [
+      np.min(np.abs(np.delete(others, i) - s)) if len(others) > 1 else np.inf
+      for i, s in enumerate(sv)
+    ]
+  )
   return sv, gap
 
 
@@ -93,6 +96,7 @@ def arccos_error(cos_error, angle=None):
 # most twice the bound.
 # ------------------------------------------------------------------------------------------------
 
+
 def profile_bounds(w0_t, w1_t):
   """Bounds on the float32 retention / energy profiles' errors (per singular index).
 
@@ -133,21 +137,23 @@ def summary_bounds(w0_t, w1_t):
   top = sv[0]
   if top > 2 * delta:
     rank = sums[0] / top**2
-    rank_bound = max(abs((sums[0] + sums[1]) / (top - delta) ** 2 - rank),
-                     abs(max(sums[0] - sums[1], 0.0) / (top + delta) ** 2 - rank))
+    rank_bound = max(
+      abs((sums[0] + sums[1]) / (top - delta) ** 2 - rank),
+      abs(max(sums[0] - sums[1], 0.0) / (top + delta) ** 2 - rank),
+    )
   else:
     rank_bound = float(k)
   scale_r = np.max(np.abs(retention)) if k else 0.0
   rounding = 4 * k * U32  # relative, of the means and moving averages
   return {
-      'delta_P_diag_mean': np.max(retention) * (1 + rounding) + rounding * scale_r,
-      'delta_P_diag_max': np.max(retention),
-      'E_delta_mean': np.max(energy) * (1 + rounding),
-      'E_delta_max': np.max(energy),
-      'effective_rank': rank_bound + (rounding * sums[0] / top**2 if top > 0 else 0.0),
-      'smoothness_retention': 2 * np.max(retention) * (1 + rounding),
-      'smoothness_adaptation': 2 * np.max(energy) * (1 + rounding),
-      'delta_sv_top5': delta + 4 * U32 * top,
+    'delta_P_diag_mean': np.max(retention) * (1 + rounding) + rounding * scale_r,
+    'delta_P_diag_max': np.max(retention),
+    'E_delta_mean': np.max(energy) * (1 + rounding),
+    'E_delta_max': np.max(energy),
+    'effective_rank': rank_bound + (rounding * sums[0] / top**2 if top > 0 else 0.0),
+    'smoothness_retention': 2 * np.max(retention) * (1 + rounding),
+    'smoothness_adaptation': 2 * np.max(energy) * (1 + rounding),
+    'delta_sv_top5': delta + 4 * U32 * top,
   }
 
 
@@ -210,8 +216,10 @@ def pca_distance_bound(x0, x1, k):
   (:func:`top_subspace_sin`), which moves ``||P0 - P1||_F / sqrt(2k)`` by at most the sum of
   both; plus the final evaluation's rounding."""
   x0, x1 = np.asarray(x0, np.float64), np.asarray(x1, np.float64)
-  sines = [top_subspace_sin(_center(x), k, svd_backward_error(_center(x)) + _centering_error(x))
-           for x in (x0, x1)]
+  sines = [
+    top_subspace_sin(_center(x), k, svd_backward_error(_center(x)) + _centering_error(x))
+    for x in (x0, x1)
+  ]
   return sum(sines) + (x0.shape[1] + 4) * 2 * U32
 
 
@@ -224,7 +232,8 @@ def streamed_pca_distance_bound(x0, x1, k):
     xc = _center(x)
     c = xc.T @ xc
     accumulated = (x.shape[0] + 4) * U32 * np.linalg.norm(np.abs(xc).T @ np.abs(xc)) + (
-        2 * np.linalg.norm(xc) * _centering_error(x))
+      2 * np.linalg.norm(xc) * _centering_error(x)
+    )
     sines.append(top_eigen_subspace_sin(c, k, accumulated + svd_backward_error(c)))
   return sum(sines) + (np.asarray(x0).shape[1] + 4) * 2 * U32
 
@@ -239,8 +248,10 @@ def streamed_procrustes_bound(x0, x1):
   d = max(x0.shape[1], x1.shape[1])
   a, b = _center(x0), _center(x1)
   c01 = b.T @ a
-  acc = lambda p, q, ep, eq: (n + 4) * U32 * np.linalg.norm(np.abs(p).T @ np.abs(q)) + (
-      np.linalg.norm(p) * eq + np.linalg.norm(q) * ep)
+  acc = lambda p, q, ep, eq: (
+    (n + 4) * U32 * np.linalg.norm(np.abs(p).T @ np.abs(q))
+    + (np.linalg.norm(p) * eq + np.linalg.norm(q) * ep)
+  )
   ea, eb = _centering_error(x0), _centering_error(x1)
   t0, t1 = np.sum(a * a), np.sum(b * b)
   err_t = np.sqrt(d) * (acc(a, a, ea, ea) + acc(b, b, eb, eb))  # traces of d x d co-moments

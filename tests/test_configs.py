@@ -14,15 +14,19 @@ from peft_jax.adapters import api as adapters
 from peft_jax.arena import pipeline
 from peft_jax.train import optimizer as optimizer_lib
 from peft_jax.train import trainer
-from peft_jax.train.config import validate_config, with_overrides, default_config
+from peft_jax.train.config import default_config, validate_config, with_overrides
 
 
 def _check_train_config(config):
   config.data.path = config.data.path or 'train.jsonl'
   validate_config(config)
   trainer.make_method(config)  # the kwargs fit the method
-  optimizer_lib.lr_schedule(config.optimizer.peak_lr, config.total_steps,
-                            config.optimizer.warmup_steps, config.optimizer.decay)
+  optimizer_lib.lr_schedule(
+    config.optimizer.peak_lr,
+    config.total_steps,
+    config.optimizer.warmup_steps,
+    config.optimizer.decay,
+  )
 
 
 @pytest.mark.parametrize('method', adapters.method_names())
@@ -51,8 +55,11 @@ def test_other_presets_build():
 
 
 def test_overrides_name_an_unknown_key():
-  with pytest.raises(KeyError, match=r"config.methods.lora: 'optimizer.peak_lrr' is not a train "
-                                     r"config key"):
+  with pytest.raises(
+    KeyError,
+    match=r"config.methods.lora: 'optimizer.peak_lrr' is not a train "
+    r'config key',
+  ):
     with_overrides(default_config(), {'optimizer': {'peak_lrr': 1.0}}, where='config.methods.lora')
   replaced = with_overrides(default_config(), {'adapter': {'kwargs': {'block_size': 4}}})
   assert dict(replaced.adapter.kwargs) == {'block_size': 4}  # kwargs are replaced whole

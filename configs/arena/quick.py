@@ -27,7 +27,9 @@ def _methods() -> ml_collections.ConfigDict:
   # (PEFT-Arena's shapes, small-model budgets).
   def adapter(**kwargs):
     return dict(adapter=dict(kwargs=kwargs))
-  return ml_collections.ConfigDict(dict(
+
+  return ml_collections.ConfigDict(
+    dict(
       full=_lr(1e-3),
       lora=adapter(rank=8, alpha=16.0) | _lr(3e-3),
       dora=adapter(rank=8, alpha=16.0) | _lr(3e-3),
@@ -36,7 +38,8 @@ def _methods() -> ml_collections.ConfigDict:
       oft=adapter(block_size=16) | _lr(3e-3),
       miss=adapter(rank=16) | _lr(3e-3),
       disel=adapter(rank=8, alpha=16.0, gate_bias_init=-3.0, gate_lr_mult=5.0) | _lr(3e-3),
-  ))
+    )
+  )
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -52,22 +55,35 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.methods = _methods()
   # Overrides of the train config shared by every method (big_vision style); the arena sets the
   # model path, data path, method name, seed, mesh and progress bar itself.
-  config.train = ml_collections.ConfigDict(dict(
-      total_steps=200, batch_size=16, log_every=1,
+  config.train = ml_collections.ConfigDict(
+    dict(
+      total_steps=200,
+      batch_size=16,
+      log_every=1,
       adapter=dict(target_regex='all-linear'),
       data=dict(seq_len=128),
       optimizer=dict(warmup_steps=10, weight_decay=0.0),
-      checkpoint=dict(every_steps=100, keep=1, snapshot_every=0)))
-  config.eval = ml_collections.ConfigDict(dict(
+      checkpoint=dict(every_steps=100, keep=1, snapshot_every=0),
+    )
+  )
+  config.eval = ml_collections.ConfigDict(
+    dict(
       batch_size=64,
       limits=dict(ifeval=48, nq=48, bbh=8, gsm=64, cipher=32),  # bbh: per subtask
-      max_new_tokens=dict(ifeval=72, nq=12, bbh=64, gsm=40, cipher=40)))
-  config.paths = ml_collections.ConfigDict(dict(
-      alphas=(0.0, 0.25, 0.5, 0.75, 1.0), tradeoff_weight=0.5,
+      max_new_tokens=dict(ifeval=72, nq=12, bbh=64, gsm=40, cipher=40),
+    )
+  )
+  config.paths = ml_collections.ConfigDict(
+    dict(
+      alphas=(0.0, 0.25, 0.5, 0.75, 1.0),
+      tradeoff_weight=0.5,
       oft_generator_schedule='sqrt',  # 'sqrt' (PEFT-Arena: Cayley(sqrt(α) Q)) or 'linear'
-      limits=dict(ifeval=16, nq=16, bbh=3, gsm=32, cipher=8)))
-  config.geometry = ml_collections.ConfigDict(dict(
-      num_prompts=24, module='layers_1/self_attn/q_proj', gram_max_tokens=512))
+      limits=dict(ifeval=16, nq=16, bbh=3, gsm=32, cipher=8),
+    )
+  )
+  config.geometry = ml_collections.ConfigDict(
+    dict(num_prompts=24, module='layers_1/self_attn/q_proj', gram_max_tokens=512)
+  )
   config.mesh_shape = (-1, 1, 1)  # data parallel over every device
   config.progress_bar = True
 
@@ -101,9 +117,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.eval.max_new_tokens = dict(ifeval=8, nq=4, bbh=8, gsm=8, cipher=8)
     config.paths.alphas = (0.0, 0.5, 1.0)
     config.paths.limits = dict(ifeval=2, nq=2, bbh=1, gsm=2, cipher=2)
-    config.geometry.update(dict(num_prompts=4, module='layers_0/self_attn/q_proj',
-                                gram_max_tokens=64))
+    config.geometry.update(
+      dict(num_prompts=4, module='layers_0/self_attn/q_proj', gram_max_tokens=64)
+    )
     config.progress_bar = False
   else:
-    raise ValueError(f"unknown preset {arg!r}; valid: quick (default), full, custom, smoke")
+    raise ValueError(f'unknown preset {arg!r}; valid: quick (default), full, custom, smoke')
   return config

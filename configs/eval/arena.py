@@ -18,20 +18,39 @@ from peft_jax.evals.runner import default_config
 
 
 def get_config(arg=None):
-  data_dir = arg or "/data/benchmarks"
+  data_dir = arg or '/data/benchmarks'
   config = default_config()
   # Every task spec carries limit=0 (= all examples) so that --config.tasks.<name>.limit=N works
   # on the locked config.
   config.batch_size = 32
-  config.tasks.gsm8k = dict(type="gsm8k", limit=0, max_new_tokens=1024,
-                            path=os.path.join(data_dir, "gsm8k", "test.jsonl"))
-  config.tasks.math500 = dict(type="math500", limit=0, max_new_tokens=1024, num_samples=1,
-                              temperature=0.0, path=os.path.join(data_dir, "math500", "test.jsonl"))
-  config.tasks.ifeval = dict(type="ifeval", limit=0, max_new_tokens=1025,
-                             path=os.path.join(data_dir, "ifeval", "input_data.jsonl"))
-  config.tasks.bbh = dict(type="bbh", limit=0, max_new_tokens=1024,
-                          path=os.path.join(data_dir, "bbh"),
-                          fewshot_dir=os.path.join(data_dir, "bbh", "cot-prompts"))
-  config.tasks.nq_open = dict(type="nq_open", limit=0, max_new_tokens=1024,
-                              path=os.path.join(data_dir, "nq_open", "test.jsonl"))
+  config.tasks.gsm8k = dict(
+    type='gsm8k', limit=0, max_new_tokens=1024, path=os.path.join(data_dir, 'gsm8k', 'test.jsonl')
+  )
+  config.tasks.math500 = dict(
+    type='math500',
+    limit=0,
+    max_new_tokens=1024,
+    num_samples=1,
+    temperature=0.0,
+    path=os.path.join(data_dir, 'math500', 'test.jsonl'),
+  )
+  config.tasks.ifeval = dict(
+    type='ifeval',
+    limit=0,
+    max_new_tokens=1025,
+    path=os.path.join(data_dir, 'ifeval', 'input_data.jsonl'),
+  )
+  config.tasks.bbh = dict(
+    type='bbh',
+    limit=0,
+    max_new_tokens=1024,
+    path=os.path.join(data_dir, 'bbh'),
+    fewshot_dir=os.path.join(data_dir, 'bbh', 'cot-prompts'),
+  )
+  config.tasks.nq_open = dict(
+    type='nq_open',
+    limit=0,
+    max_new_tokens=1024,
+    path=os.path.join(data_dir, 'nq_open', 'test.jsonl'),
+  )
   return config

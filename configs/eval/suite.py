@@ -13,21 +13,40 @@ from peft_jax.evals.runner import default_config
 
 
 def get_config(arg=None):
-  suite_dir = arg or "/tmp/suite"
+  suite_dir = arg or '/tmp/suite'
   config = default_config()
   # Every task spec carries limit=0 (= all examples) so that --config.tasks.<name>.limit=N works
   # on the locked config.
   config.batch_size = 16
   # Target tasks: the fine-tuning domains. Budgets fit the tiny models' short answers.
-  config.tasks.gsm = dict(type="gsm8k", limit=0, kind="target", max_new_tokens=128,
-                          path=os.path.join(suite_dir, "targets", "gsm_test.jsonl"))
-  config.tasks.cipher = dict(type="gsm8k", limit=0, kind="target", max_new_tokens=64,
-                             path=os.path.join(suite_dir, "targets", "cipher_test.jsonl"))
+  config.tasks.gsm = dict(
+    type='gsm8k',
+    limit=0,
+    kind='target',
+    max_new_tokens=128,
+    path=os.path.join(suite_dir, 'targets', 'gsm_test.jsonl'),
+  )
+  config.tasks.cipher = dict(
+    type='gsm8k',
+    limit=0,
+    kind='target',
+    max_new_tokens=64,
+    path=os.path.join(suite_dir, 'targets', 'cipher_test.jsonl'),
+  )
   # General tasks: PEFT-Arena's General = mean(IFEval inst-level strict, BBH avg, NQ).
-  config.tasks.ifeval = dict(type="ifeval", limit=0, max_new_tokens=128,
-                             path=os.path.join(suite_dir, "general", "ifeval_test.jsonl"))
-  config.tasks.bbh = dict(type="bbh", limit=0, max_new_tokens=128,
-                          path=os.path.join(suite_dir, "general", "bbh", "test"))
-  config.tasks.nq = dict(type="nq_open", limit=0, max_new_tokens=32,
-                         path=os.path.join(suite_dir, "general", "nq_test.jsonl"))
+  config.tasks.ifeval = dict(
+    type='ifeval',
+    limit=0,
+    max_new_tokens=128,
+    path=os.path.join(suite_dir, 'general', 'ifeval_test.jsonl'),
+  )
+  config.tasks.bbh = dict(
+    type='bbh', limit=0, max_new_tokens=128, path=os.path.join(suite_dir, 'general', 'bbh', 'test')
+  )
+  config.tasks.nq = dict(
+    type='nq_open',
+    limit=0,
+    max_new_tokens=32,
+    path=os.path.join(suite_dir, 'general', 'nq_test.jsonl'),
+  )
   return config

@@ -44,14 +44,14 @@ def get_config(arg=None):
   config.peak_flops_per_device = 989e12  # H100 dense bf16; set to your accelerator's peak
   config.adapter.method = method
   kwargs = {
-      'full': {},
-      'lora': dict(rank=rank, alpha=2.0 * rank),
-      'dora': dict(rank=rank, alpha=2.0 * rank),
-      'pissa': dict(rank=rank, alpha=float(rank)),
-      'vera': dict(rank=256),
-      'oft': dict(block_size=32),
-      'miss': dict(rank=64),
-      'disel': dict(rank=rank, alpha=2.0 * rank, gate_bias_init=-3.0, gate_lr_mult=5.0),
+    'full': {},
+    'lora': dict(rank=rank, alpha=2.0 * rank),
+    'dora': dict(rank=rank, alpha=2.0 * rank),
+    'pissa': dict(rank=rank, alpha=float(rank)),
+    'vera': dict(rank=256),
+    'oft': dict(block_size=32),
+    'miss': dict(rank=64),
+    'disel': dict(rank=rank, alpha=2.0 * rank, gate_bias_init=-3.0, gate_lr_mult=5.0),
   }[method]
   config.adapter.kwargs = kwargs
   if options['runlocal']:

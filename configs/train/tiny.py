@@ -12,16 +12,16 @@ from peft_jax.train.config import default_config
 
 # Method hyper-parameters sized for the tiny model (q_proj [32, 32], v_proj [32, 16]).
 METHOD_KWARGS = {
-    'full': {},
-    'lora': dict(rank=4, alpha=8.0),
-    'dora': dict(rank=4, alpha=8.0),
-    'pissa': dict(rank=4, alpha=8.0),
-    'vera': dict(rank=8, d_initial=0.1),
-    'oft': dict(block_size=8),
-    'miss': dict(rank=4),
-    # DISeL reference: gates learn at 5x the base lr and get no weight decay (the method's
-    # param_groups; docs/METHODS.md).
-    'disel': dict(rank=4, alpha=8.0, gate_bias_init=-3.0, gate_lr_mult=5.0),
+  'full': {},
+  'lora': dict(rank=4, alpha=8.0),
+  'dora': dict(rank=4, alpha=8.0),
+  'pissa': dict(rank=4, alpha=8.0),
+  'vera': dict(rank=8, d_initial=0.1),
+  'oft': dict(block_size=8),
+  'miss': dict(rank=4),
+  # DISeL reference: gates learn at 5x the base lr and get no weight decay (the method's
+  # param_groups; docs/METHODS.md).
+  'disel': dict(rank=4, alpha=8.0, gate_bias_init=-3.0, gate_lr_mult=5.0),
 }
 
 

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def kaiming_uniform_a_sqrt5(key: Array, shape: tuple[int, int], fan_in: int,
-                            dtype: Any = jnp.float32) -> Array:
+def kaiming_uniform_a_sqrt5(
+  key: Array, shape: tuple[int, int], fan_in: int, dtype: Any = jnp.float32
+) -> Array:
   """PyTorch's ``nn.Linear`` default, ``kaiming_uniform_(a=sqrt(5))``: ``U(±1/sqrt(fan_in))``.
 
   With gain ``sqrt(2 / (1 + a^2)) = sqrt(1/3)`` the bound ``gain * sqrt(3 / fan_in)`` is
@@ -54,11 +55,13 @@ def dot(a: Array, b: Array, dtype: Any) -> Array:
 def check_rank(rank: int, w0: Array, name: str) -> None:
   """Raises if ``rank`` is not in ``[1, min(d_in, d_out)]`` for kernel ``w0 [d_in, d_out]``."""
   if w0.ndim != 2:
-    raise ValueError(f"{name}: expected a 2-D kernel [d_in, d_out], got shape {w0.shape}")
+    raise ValueError(f'{name}: expected a 2-D kernel [d_in, d_out], got shape {w0.shape}')
   limit = min(w0.shape)
   if not 1 <= rank <= limit:
-    raise ValueError(f"{name}: rank={rank} is invalid for a kernel of shape {tuple(w0.shape)}; "
-                     f"valid ranks are 1..{limit} (min(d_in, d_out))")
+    raise ValueError(
+      f'{name}: rank={rank} is invalid for a kernel of shape {tuple(w0.shape)}; '
+      f'valid ranks are 1..{limit} (min(d_in, d_out))'
+    )
 
 
 def num_params(tree) -> int:

@@ -2,25 +2,27 @@
 
 import dataclasses
 
-from peft_jax.adapters.dora import DoRA
 from peft_jax.adapters.disel import DISeL
+from peft_jax.adapters.dora import DoRA
 from peft_jax.adapters.full import Full
-from peft_jax.adapters.inject import adapted_nodes
-from peft_jax.adapters.inject import adapter_logical_axes
-from peft_jax.adapters.inject import combine
-from peft_jax.adapters.inject import count_params
-from peft_jax.adapters.inject import default_module_name
-from peft_jax.adapters.inject import delta
-from peft_jax.adapters.inject import inject
-from peft_jax.adapters.inject import linear_modules
-from peft_jax.adapters.inject import merge
-from peft_jax.adapters.inject import merge_exact
-from peft_jax.adapters.inject import methods_of
-from peft_jax.adapters.inject import partition
-from peft_jax.adapters.inject import param_groups
-from peft_jax.adapters.inject import path
-from peft_jax.adapters.inject import scale_updates
-from peft_jax.adapters.inject import select_modules
+from peft_jax.adapters.inject import (
+  adapted_nodes,
+  adapter_logical_axes,
+  combine,
+  count_params,
+  default_module_name,
+  delta,
+  inject,
+  linear_modules,
+  merge,
+  merge_exact,
+  methods_of,
+  param_groups,
+  partition,
+  path,
+  scale_updates,
+  select_modules,
+)
 from peft_jax.adapters.lora import LoRA
 from peft_jax.adapters.miss import MiSS
 from peft_jax.adapters.oft import OFT
@@ -31,8 +33,16 @@ from peft_jax.adapters.vera import VeRA
 # reports show them. A new method is a file in adapters/ and one line here (or a
 # ``register_method`` call from user code); the trainer, the arena, the report and PEFT export
 # take it from the registry and the method object's protocol (core.AdapterMethod).
-METHODS = {"full": Full, "lora": LoRA, "dora": DoRA, "pissa": PiSSA, "vera": VeRA, "oft": OFT,
-           "miss": MiSS, "disel": DISeL}
+METHODS = {
+  'full': Full,
+  'lora': LoRA,
+  'dora': DoRA,
+  'pissa': PiSSA,
+  'vera': VeRA,
+  'oft': OFT,
+  'miss': MiSS,
+  'disel': DISeL,
+}
 
 
 def method_names() -> tuple[str, ...]:
@@ -48,12 +58,12 @@ def register_method(name: str, cls: type, *, replace: bool = False) -> type:
       field defaulting to ``name``.
   """
   if name in METHODS and not replace:
-    raise ValueError(f"adapter method {name!r} is already registered ({METHODS[name].__name__})")
+    raise ValueError(f'adapter method {name!r} is already registered ({METHODS[name].__name__})')
   if not dataclasses.is_dataclass(cls):
-    raise ValueError(f"register_method({name!r}): {cls!r} must be a frozen dataclass")
-  default = {f.name: f.default for f in dataclasses.fields(cls)}.get("name")
+    raise ValueError(f'register_method({name!r}): {cls!r} must be a frozen dataclass')
+  default = {f.name: f.default for f in dataclasses.fields(cls)}.get('name')
   if default != name:
-    raise ValueError(f"register_method({name!r}): {cls.__name__}.name defaults to {default!r}")
+    raise ValueError(f'register_method({name!r}): {cls.__name__}.name defaults to {default!r}')
   METHODS[name] = cls
   return cls
 
@@ -65,18 +75,42 @@ def make_method(name: str, **hyper_parameters):
     ValueError: unknown method name or hyper-parameter (listing the valid ones).
   """
   if name not in METHODS:
-    raise ValueError(f"unknown adapter method {name!r}; valid: {sorted(METHODS)}")
+    raise ValueError(f'unknown adapter method {name!r}; valid: {sorted(METHODS)}')
   cls = METHODS[name]
-  fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+  fields = {f.name for f in dataclasses.fields(cls)} - {'name'}
   unknown = sorted(set(hyper_parameters) - fields)
   if unknown:
-    raise ValueError(f"{name}: unknown hyper-parameters {unknown}; valid: {sorted(fields)}")
+    raise ValueError(f'{name}: unknown hyper-parameters {unknown}; valid: {sorted(fields)}')
   return cls(**hyper_parameters)
 
 
 __all__ = [
-    "METHODS", "make_method", "method_names", "register_method", "param_groups", "merge_exact",
-    "methods_of", "scale_updates", "DISeL", "DoRA", "Full", "LoRA", "MiSS", "OFT", "PiSSA", "VeRA",
-    "adapted_nodes", "adapter_logical_axes", "combine", "count_params", "default_module_name",
-    "delta", "inject", "linear_modules", "merge", "partition", "path", "select_modules",
+  'METHODS',
+  'make_method',
+  'method_names',
+  'register_method',
+  'param_groups',
+  'merge_exact',
+  'methods_of',
+  'scale_updates',
+  'DISeL',
+  'DoRA',
+  'Full',
+  'LoRA',
+  'MiSS',
+  'OFT',
+  'PiSSA',
+  'VeRA',
+  'adapted_nodes',
+  'adapter_logical_axes',
+  'combine',
+  'count_params',
+  'default_module_name',
+  'delta',
+  'inject',
+  'linear_modules',
+  'merge',
+  'partition',
+  'path',
+  'select_modules',
 ]

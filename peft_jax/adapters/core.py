@@ -81,57 +81,58 @@ class AdapterMethod(Protocol):
   def init_shared(self, key: Array, shapes: Any) -> Optional[dict[str, Array]]:
     """Arrays shared by every node of this method in one model (``None``: nothing shared)."""
 
-  def init(self, key: Array, w0: Array, **shared: Any) -> "Adapted":
+  def init(self, key: Array, w0: Array, **shared: Any) -> 'Adapted':
     """Returns the adapted node for base weight ``w0`` (identity map at init)."""
 
-  def apply(self, node: "Adapted", x: Array, *, dropout_rng: Optional[Array] = None,
-            dtype: Any = None) -> Array:
+  def apply(
+    self, node: 'Adapted', x: Array, *, dropout_rng: Optional[Array] = None, dtype: Any = None
+  ) -> Array:
     """Efficient forward: ``x [..., d_in] -> [..., d_out]`` (never a dense ΔW where avoidable)."""
 
-  def delta(self, node: "Adapted") -> Array:
+  def delta(self, node: 'Adapted') -> Array:
     """ΔW ``[d_in, d_out]`` relative to the original pretrained weight."""
 
-  def merge(self, node: "Adapted") -> Array:
+  def merge(self, node: 'Adapted') -> Array:
     """Plain weight ``W0 + ΔW`` (or ``R W0`` for multiplicative methods)."""
 
-  def path(self, node: "Adapted", t: Array) -> Array:
+  def path(self, node: 'Adapted', t: Array) -> Array:
     """Dense weight at position ``t`` of the method's own path: ``t=0`` base, ``t=1`` merged."""
 
-  def scale_update(self, node: "Adapted", t: Array) -> "Adapted":
+  def scale_update(self, node: 'Adapted', t: Array) -> 'Adapted':
     """A node whose update is ``t`` times this node's, evaluated unmerged (``path_kind='gated'``)."""
 
-  def param_axes(self, node: "Adapted", *base_axes: Optional[str]) -> tuple[dict, dict]:
+  def param_axes(self, node: 'Adapted', *base_axes: Optional[str]) -> tuple[dict, dict]:
     """Logical axis names ``(params_axes, frozen_axes)`` given the base weight's axes."""
 
   def param_groups(self) -> Mapping[str, ParamGroup]:
     """Optimizer groups by trainable array name (absent names: the default group)."""
 
-  def num_trainable(self, node: "Adapted") -> int:
+  def num_trainable(self, node: 'Adapted') -> int:
     """Trainable scalars of the node."""
 
-  def num_stored(self, node: "Adapted") -> int:
+  def num_stored(self, node: 'Adapted') -> int:
     """Scalars of the base and trainable arrays (frozen extras are counted by the caller)."""
 
-  def gate_values(self, node: "Adapted", x: Array) -> Array:
+  def gate_values(self, node: 'Adapted', x: Array) -> Array:
     """Gates ``g(x) [..., r]`` (``has_gates`` methods)."""
 
-  def expected_delta(self, node: "Adapted", xs: Array) -> Array:
+  def expected_delta(self, node: 'Adapted', xs: Array) -> Array:
     """ΔW averaged over inputs ``xs`` (equals :meth:`delta` for input-independent updates)."""
 
 
 class MethodBase:
   """Defaults of the optional parts of :class:`AdapterMethod` (a method inherits what it keeps)."""
 
-  adapts: ClassVar[str] = "targets"
+  adapts: ClassVar[str] = 'targets'
   exact_merge: ClassVar[bool] = True
-  path_kind: ClassVar[str] = "additive"
+  path_kind: ClassVar[str] = 'additive'
   has_gates: ClassVar[bool] = False
   peft_type: ClassVar[Optional[str]] = None
   shared_frozen: ClassVar[tuple[str, ...]] = ()
 
   @property
   def needs_rng(self) -> bool:
-    return float(getattr(self, "dropout", 0.0)) > 0.0
+    return float(getattr(self, 'dropout', 0.0)) > 0.0
 
   def init_shared(self, key: Array, shapes: Any) -> Optional[dict[str, Array]]:
     del key, shapes
@@ -140,20 +141,21 @@ class MethodBase:
   def param_groups(self) -> Mapping[str, ParamGroup]:
     return {}
 
-  def num_trainable(self, node: "Adapted") -> int:
+  def num_trainable(self, node: 'Adapted') -> int:
     return int(sum(x.size for x in jax.tree.leaves(node.params)))
 
-  def num_stored(self, node: "Adapted") -> int:
+  def num_stored(self, node: 'Adapted') -> int:
     return int(node.base.size) + self.num_trainable(node)
 
-  def scale_update(self, node: "Adapted", t: Array) -> "Adapted":
-    raise TypeError(f"{type(self).__name__} has an exact merge; use path(node, t) instead of "
-                    "scale_update")
+  def scale_update(self, node: 'Adapted', t: Array) -> 'Adapted':
+    raise TypeError(
+      f'{type(self).__name__} has an exact merge; use path(node, t) instead of scale_update'
+    )
 
-  def gate_values(self, node: "Adapted", x: Array) -> Array:
-    raise TypeError(f"{type(self).__name__} has no gates (has_gates is False)")
+  def gate_values(self, node: 'Adapted', x: Array) -> Array:
+    raise TypeError(f'{type(self).__name__} has no gates (has_gates is False)')
 
-  def expected_delta(self, node: "Adapted", xs: Array) -> Array:
+  def expected_delta(self, node: 'Adapted', xs: Array) -> Array:
     del xs
     return self.delta(node)
 
@@ -212,13 +214,15 @@ def dense_matmul(x: Array, kernel: Array, dtype: Any = None) -> Array:
   dtype = dtype or x.dtype
   lead = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1]).astype(dtype)
-  y = jnp.dot(x2, kernel.astype(dtype), preferred_element_type=jnp.float32
-              if dtype == jnp.bfloat16 else None)
+  y = jnp.dot(
+    x2, kernel.astype(dtype), preferred_element_type=jnp.float32 if dtype == jnp.bfloat16 else None
+  )
   return y.astype(dtype).reshape(*lead, kernel.shape[-1])
 
 
-def matmul(x: Array, kernel: Array | Adapted, *, dropout_rng: Optional[Array] = None,
-           dtype: Any = None) -> Array:
+def matmul(
+  x: Array, kernel: Array | Adapted, *, dropout_rng: Optional[Array] = None, dtype: Any = None
+) -> Array:
   """The one linear-layer multiply: plain ``x @ kernel`` or the adapter's efficient forward.
 
   Args:

@@ -34,8 +34,7 @@ from typing import Any, ClassVar, Optional
 import jax
 import jax.numpy as jnp
 
-from peft_jax.adapters import _common
-from peft_jax.adapters import lora
+from peft_jax.adapters import _common, lora
 from peft_jax.adapters.core import Adapted, ParamGroup
 
 Array = jax.Array
@@ -49,15 +48,15 @@ class DISeL(lora.LoraFamily):
   gate_bias_init: float = -3.0
   gate_normalize: bool = False
   gate_lr_mult: float = 5.0
-  name: str = "disel"
+  name: str = 'disel'
   exact_merge: ClassVar[bool] = False  # input-dependent gates: no static merged weight
-  path_kind: ClassVar[str] = "gated"
+  path_kind: ClassVar[str] = 'gated'
   has_gates: ClassVar[bool] = True
   peft_type: ClassVar[Optional[str]] = None
-  gate_param_names: ClassVar[tuple[str, ...]] = ("gate_w", "gate_b")
+  gate_param_names: ClassVar[tuple[str, ...]] = ('gate_w', 'gate_b')
   # Full-path regex for '/'-joined param names (Adapted children are base/params/frozen), e.g.
   # 'layers_0/mlp/gate_proj/kernel/params/gate_w'. A bare '.*gate.*' would also catch gate_proj.
-  gate_param_regex: ClassVar[str] = r"(.*/)?params/(gate_w|gate_b)$"
+  gate_param_regex: ClassVar[str] = r'(.*/)?params/(gate_w|gate_b)$'
 
   def param_groups(self):
     group = ParamGroup(lr_multiplier=float(self.gate_lr_mult), weight_decay=False)
@@ -66,32 +65,33 @@ class DISeL(lora.LoraFamily):
   def init(self, key: Array, w0: Array) -> Adapted:
     self.check(w0)
     key_lora, key_gate = jax.random.split(key)
-    params = lora.init_lora_factors(key_lora, w0, self.rank, "default")
+    params = lora.init_lora_factors(key_lora, w0, self.rank, 'default')
     d_in = w0.shape[0]
-    params["gate_w"] = _common.kaiming_uniform_a_sqrt5(key_gate, (d_in, self.rank), d_in)
-    params["gate_b"] = jnp.full((self.rank,), self.gate_bias_init, jnp.float32)
+    params['gate_w'] = _common.kaiming_uniform_a_sqrt5(key_gate, (d_in, self.rank), d_in)
+    params['gate_b'] = jnp.full((self.rank,), self.gate_bias_init, jnp.float32)
     return Adapted(w0, params, {}, self)
 
   def _gates2d(self, node: Adapted, x2: Array, dtype: Any) -> Array:
-    logits = _common.dot(x2, node.params["gate_w"], dtype)
+    logits = _common.dot(x2, node.params['gate_w'], dtype)
     if self.gate_normalize:
       logits = logits / math.sqrt(x2.shape[-1])
-    return jax.nn.sigmoid(logits + node.params["gate_b"].astype(dtype))
+    return jax.nn.sigmoid(logits + node.params['gate_b'].astype(dtype))
 
   def gate_values(self, node: Adapted, x: Array) -> Array:
     """Gates ``g(x): [..., r]`` for inputs ``x: [..., d_in]`` (no dropout), for diagnostics."""
     x2, lead = _common.flat2d(x)
     return self._gates2d(node, x2, x.dtype).reshape(*lead, self.rank)
 
-  def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
-            dtype: Any = None) -> Array:
+  def apply(
+    self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None, dtype: Any = None
+  ) -> Array:
     """``x: [..., d_in] -> x W0 + s (g(x_d) ⊙ (x_d a)) b``."""
     dtype = _common.compute_dtype(x, dtype)
     x2, lead = _common.flat2d(x)
     y = _common.dot(x2, node.base, dtype)
     xd = _common.dropout(x2.astype(dtype), self.dropout, dropout_rng)
-    h = _common.dot(xd, node.params["lora_a"], dtype) * self._gates2d(node, xd, dtype)
-    y = y + _common.dot(h, node.params["lora_b"], dtype) * jnp.asarray(self.scale, dtype)
+    h = _common.dot(xd, node.params['lora_a'], dtype) * self._gates2d(node, xd, dtype)
+    y = y + _common.dot(h, node.params['lora_b'], dtype) * jnp.asarray(self.scale, dtype)
     return y.reshape(*lead, node.base.shape[-1])
 
   def delta(self, node: Adapted) -> Array:
@@ -101,8 +101,8 @@ class DISeL(lora.LoraFamily):
   def expected_delta(self, node: Adapted, xs: Array) -> Array:
     """``s a diag(mean_x g(x)) b: [d_in, d_out]`` over inputs ``xs: [..., d_in]``."""
     mean_gate = self.gate_values(node, xs).reshape(-1, self.rank).mean(axis=0)
-    return self.scale * ((node.params["lora_a"] * mean_gate[None, :]) @ node.params["lora_b"])
+    return self.scale * ((node.params['lora_a'] * mean_gate[None, :]) @ node.params['lora_b'])
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     params_axes, frozen_axes = super().param_axes(node, in_axis, out_axis)
-    return {**params_axes, "gate_w": (in_axis, "rank"), "gate_b": ("rank",)}, frozen_axes
+    return {**params_axes, 'gate_w': (in_axis, 'rank'), 'gate_b': ('rank',)}, frozen_axes

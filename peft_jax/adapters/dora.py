@@ -28,8 +28,7 @@ from typing import Any, ClassVar, Optional
 import jax
 import jax.numpy as jnp
 
-from peft_jax.adapters import _common
-from peft_jax.adapters import lora
+from peft_jax.adapters import _common, lora
 from peft_jax.adapters.core import Adapted
 
 Array = jax.Array
@@ -48,27 +47,29 @@ class DoRA(lora.LoraFamily):
   ``frozen = {}``, ``base = W0``.
   """
 
-  init_weights: str = "default"
-  name: str = "dora"
-  path_kind: ClassVar[str] = "magnitude_direction"
+  init_weights: str = 'default'
+  name: str = 'dora'
+  path_kind: ClassVar[str] = 'magnitude_direction'
   use_dora: ClassVar[bool] = True
 
   def init(self, key: Array, w0: Array) -> Adapted:
     self.check(w0)
     params = lora.init_lora_factors(key, w0, self.rank, self.init_weights)
-    direction = w0.astype(jnp.float32) + self.scale * (params["lora_a"] @ params["lora_b"])
-    params["magnitude"] = column_norm(direction)
+    direction = w0.astype(jnp.float32) + self.scale * (params['lora_a'] @ params['lora_b'])
+    params['magnitude'] = column_norm(direction)
     return Adapted(w0, params, {}, self)
 
   def _magnitude_ratio(self, node: Adapted) -> Array:
     """``m / sg(||W0 + s a b||_col)``: ``[d_out]``."""
     direction = node.base.astype(jnp.float32) + self.scale * (
-        node.params["lora_a"].astype(jnp.float32) @ node.params["lora_b"].astype(jnp.float32))
+      node.params['lora_a'].astype(jnp.float32) @ node.params['lora_b'].astype(jnp.float32)
+    )
     weight_norm = jax.lax.stop_gradient(column_norm(direction))
-    return node.params["magnitude"] / weight_norm
+    return node.params['magnitude'] / weight_norm
 
-  def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
-            dtype: Any = None) -> Array:
+  def apply(
+    self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None, dtype: Any = None
+  ) -> Array:
     """``x: [..., d_in] -> [..., d_out]`` by PEFT's DoRA forward (see module docstring)."""
     dtype = _common.compute_dtype(x, dtype)
     ratio = self._magnitude_ratio(node).astype(dtype)
@@ -76,8 +77,9 @@ class DoRA(lora.LoraFamily):
     d_out = node.base.shape[-1]
     base_out = _common.dot(x2, node.base, dtype).reshape(*lead, d_out)
     x_d = _common.dropout(x, self.dropout, dropout_rng)
-    update = lora.low_rank_update(x_d, node.params["lora_a"], node.params["lora_b"], self.scale,
-                                  dtype)
+    update = lora.low_rank_update(
+      x_d, node.params['lora_a'], node.params['lora_b'], self.scale, dtype
+    )
     if x_d is x:
       return ratio * (base_out + update)
     base_d = _common.dot(x_d.reshape(-1, x.shape[-1]), node.base, dtype).reshape(*lead, d_out)
@@ -86,8 +88,9 @@ class DoRA(lora.LoraFamily):
   def merge(self, node: Adapted) -> Array:
     """``W' = (m / ||V||_col) ⊙ V`` with ``V = W0 + s a b``."""
     direction = node.base.astype(jnp.float32) + self.scale * (
-        node.params["lora_a"] @ node.params["lora_b"])
-    return ((node.params["magnitude"] / column_norm(direction)) * direction).astype(node.base.dtype)
+      node.params['lora_a'] @ node.params['lora_b']
+    )
+    return ((node.params['magnitude'] / column_norm(direction)) * direction).astype(node.base.dtype)
 
   def delta(self, node: Adapted) -> Array:
     return self.merge(node).astype(jnp.float32) - node.base.astype(jnp.float32)
@@ -99,13 +102,13 @@ class DoRA(lora.LoraFamily):
     ``W(t) = m(t) ⊙ V(t) / ||V(t)||_col``: ``W(0) = W0``, ``W(1) = merge``.
     """
     w0 = node.base.astype(jnp.float32)
-    direction = w0 + t * self.scale * (node.params["lora_a"] @ node.params["lora_b"])
-    magnitude = (1 - t) * column_norm(w0) + t * node.params["magnitude"]
+    direction = w0 + t * self.scale * (node.params['lora_a'] @ node.params['lora_b'])
+    magnitude = (1 - t) * column_norm(w0) + t * node.params['magnitude']
     return (magnitude / column_norm(direction) * direction).astype(node.base.dtype)
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     params_axes, frozen_axes = super().param_axes(node, in_axis, out_axis)
-    return {**params_axes, "magnitude": (out_axis,)}, frozen_axes
+    return {**params_axes, 'magnitude': (out_axis,)}, frozen_axes
 
   def scale_update(self, node: Adapted, t: Array) -> Adapted:
-    raise TypeError("DoRA has an exact merge; use path(node, t)")
+    raise TypeError('DoRA has an exact merge; use path(node, t)')

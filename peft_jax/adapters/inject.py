@@ -28,32 +28,33 @@ Array = jax.Array
 PyTree = Any
 Targets = Union[str, Sequence[str]]
 
-_LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
+_LAYER_INDEX = re.compile(r'.*?\.[^.]*\.(?P<idx>\d+)\.')
 
 
 def default_module_name(path: str) -> str:
   """``'layers_3/self_attn/q_proj'`` -> ``'model.layers.3.self_attn.q_proj'``; ``lm_head`` stays."""
-  parts = [re.sub(r"^layers_(\d+)$", r"layers.\1", p) for p in path.split("/")]
-  name = ".".join(parts)
-  return name if parts[0] == "lm_head" else "model." + name
+  parts = [re.sub(r'^layers_(\d+)$', r'layers.\1', p) for p in path.split('/')]
+  name = '.'.join(parts)
+  return name if parts[0] == 'lm_head' else 'model.' + name
 
 
-def linear_modules(params: Mapping,
-                   module_name_fn: Callable[[str], str] = default_module_name) -> dict[str, str]:
+def linear_modules(
+  params: Mapping, module_name_fn: Callable[[str], str] = default_module_name
+) -> dict[str, str]:
   """``{module_name: kernel_path}`` for every 2-D ``kernel`` leaf (plain or already adapted)."""
   out = {}
   for path, leaf in trees.flatten_names(params).items():
-    if path.endswith("/kernel") and (is_adapted(leaf) or getattr(leaf, "ndim", 0) == 2):
-      out[module_name_fn(path[: -len("/kernel")])] = path
+    if path.endswith('/kernel') and (is_adapted(leaf) or getattr(leaf, 'ndim', 0) == 2):
+      out[module_name_fn(path[: -len('/kernel')])] = path
   return out
 
 
 def _matches(name: str, targets: Targets) -> bool:
   if isinstance(targets, str):
-    if targets.lower() == "all-linear":
-      return name != "lm_head" and not name.endswith(".lm_head")
+    if targets.lower() == 'all-linear':
+      return name != 'lm_head' and not name.endswith('.lm_head')
     return re.fullmatch(targets, name) is not None
-  return any(name == t or name.endswith("." + t) for t in targets)
+  return any(name == t or name.endswith('.' + t) for t in targets)
 
 
 def _layer_ok(name: str, layers_to_transform) -> bool:
@@ -62,20 +63,30 @@ def _layer_ok(name: str, layers_to_transform) -> bool:
   m = _LAYER_INDEX.match(name)
   if m is None:
     return False
-  idx = int(m.group("idx"))
+  idx = int(m.group('idx'))
   if isinstance(layers_to_transform, int):
     return idx == layers_to_transform
   return idx in layers_to_transform
 
 
-def select_modules(params: Mapping, targets: Targets, *, layers_to_transform=None,
-                   exclude_modules: Optional[Targets] = None,
-                   module_name_fn: Callable[[str], str] = default_module_name) -> dict[str, str]:
+def select_modules(
+  params: Mapping,
+  targets: Targets,
+  *,
+  layers_to_transform=None,
+  exclude_modules: Optional[Targets] = None,
+  module_name_fn: Callable[[str], str] = default_module_name,
+) -> dict[str, str]:
   """``{module_name: kernel_path}`` selected by PEFT's rules (module docstring)."""
-  if isinstance(targets, str) and layers_to_transform is not None and (
-      targets.lower() != "all-linear"):
-    raise ValueError("layers_to_transform cannot be combined with a regex-string target "
-                     f"({targets!r}); use a list of names")
+  if (
+    isinstance(targets, str)
+    and layers_to_transform is not None
+    and (targets.lower() != 'all-linear')
+  ):
+    raise ValueError(
+      'layers_to_transform cannot be combined with a regex-string target '
+      f'({targets!r}); use a list of names'
+    )
   modules = linear_modules(params, module_name_fn)
   chosen = {}
   for name, path in modules.items():
@@ -91,20 +102,27 @@ def _as_rules(method_or_rules, targets) -> list[tuple[Any, Targets]]:
     rules = list(method_or_rules)
     for i, rule in enumerate(rules):
       if not (isinstance(rule, (list, tuple)) and len(rule) == 2):
-        raise ValueError(f"rule {i} must be a (method, targets) pair, got {rule!r}")
+        raise ValueError(f'rule {i} must be a (method, targets) pair, got {rule!r}')
     return [tuple(r) for r in rules]
-  if targets is None and getattr(method_or_rules, "adapts", "targets") == "all":
+  if targets is None and getattr(method_or_rules, 'adapts', 'targets') == 'all':
     return [(method_or_rules, None)]  # adapts every parameter: no targets needed
   if targets is None:
-    raise ValueError("inject: give `targets` with a single method, or a list of "
-                     "(method, targets) pairs")
+    raise ValueError(
+      'inject: give `targets` with a single method, or a list of (method, targets) pairs'
+    )
   return [(method_or_rules, targets)]
 
 
-def inject(params: Mapping, method_or_rules, targets: Optional[Targets] = None,
-           key: Optional[Array] = None, *, layers_to_transform=None,
-           exclude_modules: Optional[Targets] = None,
-           module_name_fn: Callable[[str], str] = default_module_name) -> dict:
+def inject(
+  params: Mapping,
+  method_or_rules,
+  targets: Optional[Targets] = None,
+  key: Optional[Array] = None,
+  *,
+  layers_to_transform=None,
+  exclude_modules: Optional[Targets] = None,
+  module_name_fn: Callable[[str], str] = default_module_name,
+) -> dict:
   """Replaces each selected ``kernel`` leaf by ``method.init(key_i, kernel)`` (an :class:`Adapted`).
 
   Args:
@@ -129,24 +147,31 @@ def inject(params: Mapping, method_or_rules, targets: Optional[Targets] = None,
   flat = trees.flatten_names(params)
   assignment: dict[str, tuple[Any, str]] = {}
   for method, rule_targets in rules:
-    if getattr(method, "adapts", "targets") == "all":
+    if getattr(method, 'adapts', 'targets') == 'all':
       # Every parameter (full fine-tuning of everything): targets do not restrict it.
       chosen = {path: path for path in flat}
     else:
-      chosen = select_modules(params, rule_targets, layers_to_transform=layers_to_transform,
-                              exclude_modules=exclude_modules, module_name_fn=module_name_fn)
+      chosen = select_modules(
+        params,
+        rule_targets,
+        layers_to_transform=layers_to_transform,
+        exclude_modules=exclude_modules,
+        module_name_fn=module_name_fn,
+      )
     if not chosen:
       available = sorted(linear_modules(params, module_name_fn))
       raise ValueError(
-          f"target_modules {rule_targets!r} (method {getattr(method, 'name', method)!r}, "
-          f"layers_to_transform={layers_to_transform!r}, exclude_modules={exclude_modules!r}) "
-          f"matched no linear weight; available module names are: {', '.join(available)}")
+        f'target_modules {rule_targets!r} (method {getattr(method, "name", method)!r}, '
+        f'layers_to_transform={layers_to_transform!r}, exclude_modules={exclude_modules!r}) '
+        f'matched no linear weight; available module names are: {", ".join(available)}'
+      )
     for name, path in chosen.items():
       if path in assignment:
         continue  # the first matching rule wins (per-module overrides go first)
       if is_adapted(flat[path]):
-        raise ValueError(f"module {name!r} ({path}) is already adapted by "
-                         f"{flat[path].method!r}; merge it first")
+        raise ValueError(
+          f'module {name!r} ({path}) is already adapted by {flat[path].method!r}; merge it first'
+        )
       assignment[path] = (method, name)
   paths = sorted(assignment)
   keys = jax.random.split(key, len(paths))
@@ -172,10 +197,10 @@ def adapted_nodes(tree: Mapping) -> dict[str, Adapted]:
   return {p: v for p, v in trees.flatten_names(tree).items() if is_adapted(v)}
 
 
-def _map_tree(tree: Mapping, fn: Callable[[str, Any], Any], prefix: str = "") -> dict:
+def _map_tree(tree: Mapping, fn: Callable[[str, Any], Any], prefix: str = '') -> dict:
   out = {}
   for k, v in tree.items():
-    path = f"{prefix}/{k}" if prefix else str(k)
+    path = f'{prefix}/{k}' if prefix else str(k)
     out[k] = _map_tree(v, fn, path) if isinstance(v, Mapping) else fn(path, v)
   return out
 
@@ -188,6 +213,7 @@ def partition(tree: Mapping) -> tuple[dict, dict]:
   ``combine(trainable, frozen)`` rebuilds the tree; ``None`` leaves are empty pytrees, so optax
   and ``jax.tree`` functions see only the trainable arrays.
   """
+
   def train_fn(path, v):
     del path
     if is_adapted(v):
@@ -212,8 +238,10 @@ def combine(trainable: Mapping, frozen: Mapping) -> dict:
       out[k] = combine(t if isinstance(t, Mapping) else {}, f)
     elif is_adapted(f):
       if not is_adapted(t):
-        raise ValueError(f"combine: {k!r} is adapted in the frozen tree but the trainable tree "
-                         f"holds {type(t).__name__}")
+        raise ValueError(
+          f'combine: {k!r} is adapted in the frozen tree but the trainable tree '
+          f'holds {type(t).__name__}'
+        )
       params = {n: t.params[n] for n in f.params}
       out[k] = Adapted(f.base, params, dict(f.frozen), f.method)
     else:
@@ -231,8 +259,13 @@ def delta(tree: Mapping) -> dict[str, Array]:
   return {p: n.method.delta(n) for p, n in adapted_nodes(tree).items()}
 
 
-def path(tree: Mapping, t: Array, *, layer_scales: Optional[Mapping[str, Array]] = None,
-         method_fn: str = "path") -> dict:
+def path(
+  tree: Mapping,
+  t: Array,
+  *,
+  layer_scales: Optional[Mapping[str, Array]] = None,
+  method_fn: str = 'path',
+) -> dict:
   """Plain params at position ``t`` of each method's own path (``t=0`` base, ``t=1`` merged).
 
   Args:
@@ -246,8 +279,10 @@ def path(tree: Mapping, t: Array, *, layer_scales: Optional[Mapping[str, Array]]
   layer_scales = layer_scales or {}
   unknown = set(layer_scales) - set(adapted_nodes(tree))
   if unknown:
-    raise ValueError(f"layer_scales keys {sorted(unknown)} are not adapted kernels; adapted: "
-                     f"{sorted(adapted_nodes(tree))}")
+    raise ValueError(
+      f'layer_scales keys {sorted(unknown)} are not adapted kernels; adapted: '
+      f'{sorted(adapted_nodes(tree))}'
+    )
 
   def fn(p, v):
     if not is_adapted(v):
@@ -281,7 +316,7 @@ def count_params(tree: Mapping) -> dict[str, int]:
           continue
         shared_seen.add((leaf.method, name))
       total += int(value.size)
-  return {"trainable": trainable, "total": total}
+  return {'trainable': trainable, 'total': total}
 
 
 def adapter_logical_axes(node: Adapted, base_axes: tuple) -> Adapted:
@@ -292,8 +327,10 @@ def adapter_logical_axes(node: Adapted, base_axes: tuple) -> Adapted:
   ``(out,)``, OFT: ``('blocks', None)``, VeRA: ``('rank',)``/``(out,)``).
   """
   if len(base_axes) != node.base.ndim:
-    raise ValueError(f"base_axes {base_axes!r} must name each of the base's {node.base.ndim} "
-                     "dimensions ((input_axis, output_axis) for a kernel)")
+    raise ValueError(
+      f"base_axes {base_axes!r} must name each of the base's {node.base.ndim} "
+      'dimensions ((input_axis, output_axis) for a kernel)'
+    )
   params_axes, frozen_axes = node.method.param_axes(node, *base_axes)
   return Adapted(tuple(base_axes), params_axes, frozen_axes, node.method)
 

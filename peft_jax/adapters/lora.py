@@ -27,7 +27,7 @@ from peft_jax.adapters.core import Adapted, MethodBase
 
 Array = jax.Array
 
-_INITS = ("default", "gaussian")
+_INITS = ('default', 'gaussian')
 
 
 def lora_scaling(rank: int, alpha: float, use_rslora: bool) -> float:
@@ -45,23 +45,24 @@ def init_lora_factors(key: Array, w0: Array, rank: int, init: str) -> dict[str, 
     ``{'lora_a': [d_in, r], 'lora_b': [r, d_out]}`` in float32 (or w0's float dtype).
   """
   d_in, d_out = w0.shape
-  if init == "default":
+  if init == 'default':
     a = _common.kaiming_uniform_a_sqrt5(key, (d_in, rank), d_in, jnp.float32)
-  elif init == "gaussian":
+  elif init == 'gaussian':
     a = jax.random.normal(key, (d_in, rank), jnp.float32) / rank
   else:
-    raise ValueError(f"LoRA init={init!r} is not supported; valid: {_INITS}")
-  return {"lora_a": a, "lora_b": jnp.zeros((rank, d_out), jnp.float32)}
+    raise ValueError(f'LoRA init={init!r} is not supported; valid: {_INITS}')
+  return {'lora_a': a, 'lora_b': jnp.zeros((rank, d_out), jnp.float32)}
 
 
-def lora_forward(node: Adapted, x: Array, scale: float, dropout: float,
-                 dropout_rng: Optional[Array], dtype: Any) -> Array:
+def lora_forward(
+  node: Adapted, x: Array, scale: float, dropout: float, dropout_rng: Optional[Array], dtype: Any
+) -> Array:
   """``x: [..., d_in] -> x base + s (drop(x) a) b``: the frozen product plus the low-rank update."""
   dtype = _common.compute_dtype(x, dtype)
   x2, lead = _common.flat2d(x)
   y = _common.dot(x2, node.base, dtype).reshape(*lead, node.base.shape[-1])
   xd = _common.dropout(x, dropout, dropout_rng)
-  return y + low_rank_update(xd, node.params["lora_a"], node.params["lora_b"], scale, dtype)
+  return y + low_rank_update(xd, node.params['lora_a'], node.params['lora_b'], scale, dtype)
 
 
 def low_rank_update(x: Array, lora_a: Array, lora_b: Array, scale: float, dtype: Any) -> Array:
@@ -87,7 +88,7 @@ class LoraFamily(_common.AdditiveUpdate, MethodBase):
   alpha: float = 8.0
   dropout: float = 0.0
   use_rslora: bool = False
-  peft_type: ClassVar[Optional[str]] = "LORA"
+  peft_type: ClassVar[Optional[str]] = 'LORA'
   # PEFT's ``use_dora``: the variant saves a ``lora_magnitude_vector`` beside the factors.
   use_dora: ClassVar[bool] = False
 
@@ -98,27 +99,28 @@ class LoraFamily(_common.AdditiveUpdate, MethodBase):
   def check(self, w0: Array) -> None:
     _common.check_rank(self.rank, w0, type(self).__name__)
 
-  def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
-            dtype: Any = None) -> Array:
+  def apply(
+    self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None, dtype: Any = None
+  ) -> Array:
     """``x: [..., d_in] -> x base + s (drop(x) a) b: [..., d_out]``."""
     return lora_forward(node, x, self.scale, self.dropout, dropout_rng, dtype)
 
   def delta(self, node: Adapted) -> Array:
     """``ΔW = s a b: [d_in, d_out]``."""
-    return self.scale * (node.params["lora_a"] @ node.params["lora_b"])
+    return self.scale * (node.params['lora_a'] @ node.params['lora_b'])
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     """Logical axes of ``(params, frozen)``: ``a`` (in, 'rank'), ``b`` ('rank', out)."""
     del node
-    return {"lora_a": (in_axis, "rank"), "lora_b": ("rank", out_axis)}, {}
+    return {'lora_a': (in_axis, 'rank'), 'lora_b': ('rank', out_axis)}, {}
 
   def lora_factors(self, node: Adapted) -> tuple[Array, Array, int, float]:
     """``(a [d_in, r'], b [r', d_out], r', alpha')`` of the plain LoRA PEFT saves for the node."""
-    return node.params["lora_a"], node.params["lora_b"], self.rank, self.alpha
+    return node.params['lora_a'], node.params['lora_b'], self.rank, self.alpha
 
   def scale_update(self, node: Adapted, t: Array) -> Adapted:
     """The node with ``b -> t b``: its update is ``t`` times this one's (gates untouched)."""
-    params = dict(node.params, lora_b=node.params["lora_b"] * t)
+    params = dict(node.params, lora_b=node.params['lora_b'] * t)
     return Adapted(node.base, params, node.frozen, node.method)
 
 
@@ -131,8 +133,8 @@ class LoRA(LoraFamily):
   ``base = W0``.
   """
 
-  init_weights: str = "default"
-  name: str = "lora"
+  init_weights: str = 'default'
+  name: str = 'lora'
 
   def init(self, key: Array, w0: Array) -> Adapted:
     self.check(w0)

@@ -105,32 +105,35 @@ class OFT(MethodBase):
   block_share: bool = False
   coft: bool = False
   eps: float = 6e-5
-  name: str = "oft"
-  peft_type: ClassVar[Optional[str]] = "OFT"
-  path_kind: ClassVar[str] = "cayley"
+  name: str = 'oft'
+  peft_type: ClassVar[Optional[str]] = 'OFT'
+  path_kind: ClassVar[str] = 'cayley'
 
   def num_blocks(self, d_in: int) -> int:
     if self.block_size < 1 or d_in % self.block_size:
       divisors = [b for b in range(1, d_in + 1) if d_in % b == 0]
-      raise ValueError(f"OFT: block_size={self.block_size} does not divide d_in={d_in}; "
-                       f"valid block sizes: {divisors}")
+      raise ValueError(
+        f'OFT: block_size={self.block_size} does not divide d_in={d_in}; '
+        f'valid block sizes: {divisors}'
+      )
     return d_in // self.block_size
 
   def init(self, key: Array, w0: Array) -> Adapted:
     del key  # PEFT's default init is R = I (zeros)
     if w0.ndim != 2:
-      raise ValueError(f"OFT: expected a 2-D kernel [d_in, d_out], got shape {w0.shape}")
+      raise ValueError(f'OFT: expected a 2-D kernel [d_in, d_out], got shape {w0.shape}')
     n_blocks = self.num_blocks(w0.shape[0])
     n = 1 if self.block_share else n_blocks
     b = self.block_size
-    return Adapted(w0, {"oft_r": jnp.zeros((n, b * (b - 1) // 2), jnp.float32)}, {}, self)
+    return Adapted(w0, {'oft_r': jnp.zeros((n, b * (b - 1) // 2), jnp.float32)}, {}, self)
 
   def generator(self, node: Adapted) -> Array:
     """Skew blocks ``Q: [n, b, b]`` (after the COFT projection when enabled)."""
-    packed = node.params["oft_r"]
+    packed = node.params['oft_r']
     if self.coft:
       packed = packed + jax.lax.stop_gradient(
-          coft_project(packed, self.block_size, self.eps) - packed)
+        coft_project(packed, self.block_size, self.eps) - packed
+      )
     return skew_from_packed(packed, self.block_size)
 
   def rotation(self, node: Adapted, generator_scale: Array = 1.0) -> Array:
@@ -146,10 +149,11 @@ class OFT(MethodBase):
     n = d_in // self.block_size
     blocks = jnp.broadcast_to(blocks, (n,) + blocks.shape[1:])
     w = node.base.astype(blocks.dtype).reshape(n, self.block_size, d_out)
-    return jnp.einsum("nkc,ncd->nkd", blocks, w).reshape(d_in, d_out)
+    return jnp.einsum('nkc,ncd->nkd', blocks, w).reshape(d_in, d_out)
 
-  def apply(self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None,
-            dtype: Any = None) -> Array:
+  def apply(
+    self, node: Adapted, x: Array, *, dropout_rng: Optional[Array] = None, dtype: Any = None
+  ) -> Array:
     """``x: [..., d_in] -> (x R_bd) W0``: blocks of ``x`` rotated (``x_j R_j``), then ``W0``.
 
     ``module_dropout`` is not modelled: PEFT 0.21 constructs it but never calls it.
@@ -161,7 +165,7 @@ class OFT(MethodBase):
     blocks = self.rotation(node).astype(dtype)
     blocks = jnp.broadcast_to(blocks, (n,) + blocks.shape[1:])
     x2, lead = _common.flat2d(x)
-    xr = jnp.einsum("tnk,nkc->tnc", x2.astype(dtype).reshape(-1, n, self.block_size), blocks)
+    xr = jnp.einsum('tnk,nkc->tnc', x2.astype(dtype).reshape(-1, n, self.block_size), blocks)
     y = _common.dot(xr.reshape(-1, d_in), node.base, dtype)
     return y.reshape(*lead, d_out)
 
@@ -184,8 +188,8 @@ class OFT(MethodBase):
     """COFT projection of stored params (identity when ``coft`` is False)."""
     if not self.coft:
       return params
-    return {**params, "oft_r": coft_project(params["oft_r"], self.block_size, self.eps)}
+    return {**params, 'oft_r': coft_project(params['oft_r'], self.block_size, self.eps)}
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     del node, in_axis, out_axis
-    return {"oft_r": ("blocks", None)}, {}
+    return {'oft_r': ('blocks', None)}, {}

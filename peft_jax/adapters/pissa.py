@@ -36,8 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from peft_jax.adapters import _common
-from peft_jax.adapters import lora
+from peft_jax.adapters import _common, lora
 from peft_jax.adapters.core import Adapted
 
 Array = jax.Array
@@ -58,9 +57,11 @@ def pissa_factors(w0: Array, rank: int, scale: float) -> tuple[Array, Array, Arr
   host SVD of ``w0`` (see the module docstring)."""
   d_in, d_out = w0.shape
   if isinstance(w0, jax.core.Tracer):
-    shapes = (jax.ShapeDtypeStruct((d_in, rank), jnp.float32),
-              jax.ShapeDtypeStruct((rank, d_out), jnp.float32),
-              jax.ShapeDtypeStruct((d_in, d_out), jnp.float32))
+    shapes = (
+      jax.ShapeDtypeStruct((d_in, rank), jnp.float32),
+      jax.ShapeDtypeStruct((rank, d_out), jnp.float32),
+      jax.ShapeDtypeStruct((d_in, d_out), jnp.float32),
+    )
     return jax.pure_callback(lambda w: _pissa_factors_host(w, rank, scale), shapes, w0)
   a0, b0, w_res = _pissa_factors_host(np.asarray(jax.device_get(w0)), rank, scale)
   return jnp.asarray(a0), jnp.asarray(b0), jnp.asarray(w_res)
@@ -70,27 +71,29 @@ def pissa_factors(w0: Array, rank: int, scale: float) -> tuple[Array, Array, Arr
 class PiSSA(lora.LoraFamily):
   """PiSSA hyper-parameters (PEFT ``LoraConfig(init_lora_weights='pissa', r, lora_alpha, ...)``)."""
 
-  name: str = "pissa"
+  name: str = 'pissa'
 
   def init(self, key: Array, w0: Array) -> Adapted:
     del key  # exact SVD: deterministic
     self.check(w0)
     a0, b0, w_res = pissa_factors(w0, self.rank, self.scale)
-    return Adapted(w_res.astype(w0.dtype), {"lora_a": a0, "lora_b": b0},
-                   {"lora_a0": a0, "lora_b0": b0}, self)
+    return Adapted(
+      w_res.astype(w0.dtype), {'lora_a': a0, 'lora_b': b0}, {'lora_a0': a0, 'lora_b0': b0}, self
+    )
 
   def original_weight(self, node: Adapted) -> Array:
     """``W0 = W_res + s a0 b0``."""
-    return node.base + self.scale * (node.frozen["lora_a0"] @ node.frozen["lora_b0"])
+    return node.base + self.scale * (node.frozen['lora_a0'] @ node.frozen['lora_b0'])
 
   def delta(self, node: Adapted) -> Array:
     """``ΔW = s (a b - a0 b0)``, relative to the original ``W0``."""
     p, f = node.params, node.frozen
-    return self.scale * (p["lora_a"] @ p["lora_b"] - f["lora_a0"] @ f["lora_b0"])
+    return self.scale * (p['lora_a'] @ p['lora_b'] - f['lora_a0'] @ f['lora_b0'])
 
   def merge(self, node: Adapted) -> Array:
-    return (node.base + self.scale * (node.params["lora_a"] @ node.params["lora_b"])).astype(
-        node.base.dtype)
+    return (node.base + self.scale * (node.params['lora_a'] @ node.params['lora_b'])).astype(
+      node.base.dtype
+    )
 
   def path(self, node: Adapted, t: Array) -> Array:
     """``W0 + t ΔW``."""
@@ -104,8 +107,10 @@ class PiSSA(lora.LoraFamily):
     ``alpha*sqrt(2)`` with rsLoRA).
     """
     p, f = node.params, node.frozen
-    return (jnp.concatenate([p["lora_a"], f["lora_a0"]], axis=1),
-            jnp.concatenate([p["lora_b"], -f["lora_b0"]], axis=0))
+    return (
+      jnp.concatenate([p['lora_a'], f['lora_a0']], axis=1),
+      jnp.concatenate([p['lora_b'], -f['lora_b0']], axis=0),
+    )
 
   def lora_factors(self, node: Adapted) -> tuple[Array, Array, int, float]:
     """PEFT saves PiSSA converted (:meth:`to_lora_factors`): rank ``2r``, alpha ``2 alpha``
@@ -115,4 +120,4 @@ class PiSSA(lora.LoraFamily):
 
   def param_axes(self, node: Adapted, in_axis, out_axis):
     params_axes, _ = super().param_axes(node, in_axis, out_axis)
-    return params_axes, {"lora_a0": (in_axis, "rank"), "lora_b0": ("rank", out_axis)}
+    return params_axes, {'lora_a0': (in_axis, 'rank'), 'lora_b0': ('rank', out_axis)}

@@ -28,13 +28,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from peft_jax import geometry
-from peft_jax import hub
+from peft_jax import geometry, hub
 from peft_jax.adapters import api as adapters_api
 from peft_jax.arena import study
 from peft_jax.arena.context import ArenaContext
-from peft_jax.common import files
-from peft_jax.common import trees
+from peft_jax.common import files, trees
 from peft_jax.data import sft
 from peft_jax.evals import tasks as tasks_lib
 from peft_jax.evals.generation import prompt_activations
@@ -66,8 +64,10 @@ def load_run(run_dir: str):
     train_config = ml_collections.ConfigDict(json.load(f))
   latest = trainer.ckpt_lib.StateCheckpointer(os.path.join(run_dir, 'checkpoints')).latest_step()
   if latest != train_config.total_steps:
-    raise ValueError(f'{run_dir}: latest checkpoint is step {latest}, the run has '
-                     f'{train_config.total_steps} steps; finish it (rerun launch.train) first')
+    raise ValueError(
+      f'{run_dir}: latest checkpoint is step {latest}, the run has '
+      f'{train_config.total_steps} steps; finish it (rerun launch.train) first'
+    )
   result = trainer.train(train_config, run_dir)  # restores the final step; runs no step
   _, base_params, _, _ = trainer.build_model(train_config)
   return train_config, result, base_params
@@ -80,23 +80,35 @@ def analyze_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   method = train_config.adapter.method
   tree = jax.device_get(result.tree)
   if not train_config.model.path:
-    raise ValueError('analysis needs a tokenizer: the run must start from an HF directory '
-                     '(config.model.path)')
+    raise ValueError(
+      'analysis needs a tokenizer: the run must start from an HF directory (config.model.path)'
+    )
   tokenizer = hub.load_tokenizer(train_config.model.path)
   general_path = config.general_data or train_config.data.path
   target_path = config.target_data or train_config.data.path
   tasks = [tasks_lib.load_task(dict(t)) for t in config.tasks]
   target_name = config.target or (next((t.name for t in tasks if t.kind == 'target'), ''))
   ctx = ArenaContext(
-      config=config, workdir=run_dir, base_dir=train_config.model.path, suite_dir=None,
-      model=result.model, base_params=base_params, tokenizer=tokenizer, tasks=tasks,
-      path_tasks=tasks, target_train_path=train_config.data.path,
-      general_prompts=sft_prompts(general_path, int(config.geometry.num_prompts)),
-      target_prompts=sft_prompts(target_path, int(config.geometry.num_prompts)))
+    config=config,
+    workdir=run_dir,
+    base_dir=train_config.model.path,
+    suite_dir=None,
+    model=result.model,
+    base_params=base_params,
+    tokenizer=tokenizer,
+    tasks=tasks,
+    path_tasks=tasks,
+    target_train_path=train_config.data.path,
+    general_prompts=sft_prompts(general_path, int(config.geometry.num_prompts)),
+    target_prompts=sft_prompts(target_path, int(config.geometry.num_prompts)),
+  )
   out_dir = os.path.join(run_dir, 'analysis')
   tmp = files.temporary_directory_for(out_dir)
-  analysis: dict[str, Any] = {'run': run_dir, 'method': method,
-                              'geometry': study.stage_geometry(ctx, tree, tmp)}
+  analysis: dict[str, Any] = {
+    'run': run_dir,
+    'method': method,
+    'geometry': study.stage_geometry(ctx, tree, tmp),
+  }
   arrays = dict(np.load(os.path.join(tmp, 'profiles.npz')))
   if tasks:
     if not target_name:
@@ -107,7 +119,8 @@ def analyze_run(config: ml_collections.ConfigDict, run_dir: str) -> dict:
   if os.path.isdir(snapshots_dir):
     snapshots = ckpt_lib.load_trajectory(snapshots_dir, result.state.params)
     analysis['trajectory'], trajectory_arrays = trajectory_metrics(
-        ctx, result, base_params, snapshots)
+      ctx, result, base_params, snapshots
+    )
     arrays.update(trajectory_arrays)
   np.savez(os.path.join(tmp, 'arrays.npz'), **arrays)
   os.remove(os.path.join(tmp, 'profiles.npz'))
@@ -129,8 +142,9 @@ def trajectory_metrics(ctx, result, base_params, snapshots):
     distance = geometry.params_distance_trajectory(base_params, geometry.stack_snapshots(merged))
     out.update({k: np.asarray(v).tolist() for k, v in distance.items()})
   names = ['residual']
-  caps0, mask = prompt_activations(ctx.model, base_params, ctx.tokenizer, ctx.general_prompts,
-                                   names)
+  caps0, mask = prompt_activations(
+    ctx.model, base_params, ctx.tokenizer, ctx.general_prompts, names
+  )
   layers = range(ctx.model.config.num_layers)
   cka = []
   for params in merged:
@@ -138,7 +152,8 @@ def trajectory_metrics(ctx, result, base_params, snapshots):
     x0 = jnp.stack([caps0[f'layers_{i}/residual'] for i in layers])
     x1 = jnp.stack([caps1[f'layers_{i}/residual'] for i in layers])
     metrics = programs.activation_program(int(ctx.config.geometry.gram_max_tokens))(
-        x0, x1, jnp.asarray(mask), jax.random.key(ctx.config.seed))
+      x0, x1, jnp.asarray(mask), jax.random.key(ctx.config.seed)
+    )
     cka.append(np.asarray(metrics['cka']).tolist())
   out['cka_to_base_per_layer'] = cka
   arrays = {}
@@ -149,7 +164,6 @@ def trajectory_metrics(ctx, result, base_params, snapshots):
     weights = jnp.stack([jnp.asarray(kernel(p)) for p in merged])
     spectra = geometry.weight_trajectory(w0, weights)
     out['module'] = module
-    out['spectral'] = {k: np.asarray(v).tolist() for k, v in spectra.items()
-                       if np.ndim(v) == 1}
+    out['spectral'] = {k: np.asarray(v).tolist() for k, v in spectra.items() if np.ndim(v) == 1}
     arrays.update({f'trajectory/{module}/{k}': np.asarray(v) for k, v in spectra.items()})
   return out, arrays

@@ -41,8 +41,10 @@ def resolve_world(config: ml_collections.ConfigDict, workdir: str) -> tuple[str,
   if config.world == 'bundled':
     meta_path = os.path.join(base_dir, world.SUITE_META)
     if not os.path.exists(meta_path):
-      raise FileNotFoundError(f'{base_dir} has no {world.SUITE_META} (the seed and sizes of the '
-                              'suite it was pretrained on); the bundled world needs it')
+      raise FileNotFoundError(
+        f'{base_dir} has no {world.SUITE_META} (the seed and sizes of the '
+        'suite it was pretrained on); the bundled world needs it'
+      )
     with open(meta_path) as f:
       meta = json.load(f)
     suite_dir = os.path.join(workdir, 'suite')
@@ -76,10 +78,22 @@ def build_context(config: ml_collections.ConfigDict, workdir: str) -> ArenaConte
   general_prompts = [e.prompt for t in tasks if t.kind == axes.GENERAL_KIND for e in t.examples]
   target_prompts = [e.prompt for t in tasks if t.name == config.target for e in t.examples]
   rng = np.random.default_rng(config.seed)
-  general_prompts = [general_prompts[i] for i in sorted(
-      rng.choice(len(general_prompts), min(n, len(general_prompts)), replace=False))]
+  general_prompts = [
+    general_prompts[i]
+    for i in sorted(rng.choice(len(general_prompts), min(n, len(general_prompts)), replace=False))
+  ]
   target_prompts = target_prompts[:n]
-  return ArenaContext(config=config, workdir=workdir, base_dir=base_dir, suite_dir=suite_dir,
-                      model=model, base_params=params, tokenizer=tokenizer, tasks=tasks,
-                      path_tasks=path_tasks, target_train_path=target_train,
-                      general_prompts=general_prompts, target_prompts=target_prompts)
+  return ArenaContext(
+    config=config,
+    workdir=workdir,
+    base_dir=base_dir,
+    suite_dir=suite_dir,
+    model=model,
+    base_params=params,
+    tokenizer=tokenizer,
+    tasks=tasks,
+    path_tasks=path_tasks,
+    target_train_path=target_train,
+    general_prompts=general_prompts,
+    target_prompts=target_prompts,
+  )

@@ -51,8 +51,9 @@ class StageRunner:
     with open(path) as f:
       return json.load(f)
 
-  def run(self, name: str, fn: Callable[[str], Mapping[str, Any]], *,
-          in_place: bool = False) -> dict:
+  def run(
+    self, name: str, fn: Callable[[str], Mapping[str, Any]], *, in_place: bool = False
+  ) -> dict:
     """Runs ``fn(out_dir) -> result`` unless stage ``name`` already completed.
 
     Args:

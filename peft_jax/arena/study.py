@@ -17,8 +17,7 @@ import numpy as np
 from peft_jax.adapters import api as adapters
 from peft_jax.arena.context import ArenaContext
 from peft_jax.common import trees
-from peft_jax.evals import axes
-from peft_jax.evals import drift
+from peft_jax.evals import axes, drift
 from peft_jax.evals.generation import Generator, prompt_activations
 from peft_jax.geometry import paths as paths_lib
 from peft_jax.geometry import programs
@@ -42,8 +41,12 @@ def train_step_memory_mb(result) -> float:
   stats = result.lower_step().compile().memory_analysis()
   if stats is None:
     return float('nan')
-  total = (stats.argument_size_in_bytes + stats.output_size_in_bytes +
-           stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+  total = (
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    + stats.temp_size_in_bytes
+    - stats.alias_size_in_bytes
+  )
   return total / 2**20
 
 
@@ -54,11 +57,16 @@ def stage_train(method: str, train_fn, run_dir: str) -> dict:
   seconds = time.perf_counter() - start
   counts = adapters.count_params(jax.device_get(result.tree))
   history = metrics_lib.read_metrics(run_dir)
-  return {'method': method, 'train_time_s': seconds, 'num_compiles': result.num_compiles,
-          'trainable_params': int(counts['trainable']), 'total_params': int(counts['total']),
-          'peak_memory_mb': train_step_memory_mb(result),
-          'train_loss': [float(m['loss']) for m in history],
-          'final_loss': float(history[-1]['loss']) if history else float('nan')}
+  return {
+    'method': method,
+    'train_time_s': seconds,
+    'num_compiles': result.num_compiles,
+    'trainable_params': int(counts['trainable']),
+    'total_params': int(counts['total']),
+    'peak_memory_mb': train_step_memory_mb(result),
+    'train_loss': [float(m['loss']) for m in history],
+    'final_loss': float(history[-1]['loss']) if history else float('nan'),
+  }
 
 
 def evaluated_params(tree: PyTree) -> PyTree:
@@ -75,8 +83,11 @@ def stage_eval(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
 
 def adapted_modules(tree: PyTree) -> list[str]:
   """Paths (without ``/kernel``) of the adapted 2-D kernels inside the decoder layers."""
-  return [p[:-len('/kernel')] for p, node in adapters.adapted_nodes(tree).items()
-          if p.endswith('/kernel') and p.startswith('layers_') and node.base.ndim == 2]
+  return [
+    p[: -len('/kernel')]
+    for p, node in adapters.adapted_nodes(tree).items()
+    if p.endswith('/kernel') and p.startswith('layers_') and node.base.ndim == 2
+  ]
 
 
 def stage_geometry(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
@@ -85,10 +96,12 @@ def stage_geometry(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
   modules = adapted_modules(tree)
   merged = adapters.merge_exact(tree)
   base = ctx.base_params
-  gen_caps, gen_mask = prompt_activations(ctx.model, base, ctx.tokenizer, ctx.general_prompts,
-                                          ['residual'] + modules)
-  tgt_caps, tgt_mask = prompt_activations(ctx.model, base, ctx.tokenizer, ctx.target_prompts,
-                                          modules)
+  gen_caps, gen_mask = prompt_activations(
+    ctx.model, base, ctx.tokenizer, ctx.general_prompts, ['residual'] + modules
+  )
+  tgt_caps, tgt_mask = prompt_activations(
+    ctx.model, base, ctx.tokenizer, ctx.target_prompts, modules
+  )
   weight_metrics, csd_metrics = programs.weight_programs()
   spectral, csd_rows, arrays = {}, [], {}
   for m in modules:
@@ -104,30 +117,45 @@ def stage_geometry(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
     spectral[m] = {k: float(v) for k, v in summary._asdict().items() if np.ndim(v) == 0}
     arrays[f'retention/{m}'] = np.asarray(retention)
     arrays[f'energy/{m}'] = np.asarray(energy)
-    comparison = csd_metrics(jnp.asarray(gen_caps[f'{m}/in']), jnp.asarray(tgt_caps[f'{m}/in']),
-                             w0, w1, jnp.asarray(gen_mask), jnp.asarray(tgt_mask))
+    comparison = csd_metrics(
+      jnp.asarray(gen_caps[f'{m}/in']),
+      jnp.asarray(tgt_caps[f'{m}/in']),
+      w0,
+      w1,
+      jnp.asarray(gen_mask),
+      jnp.asarray(tgt_mask),
+    )
     csd_rows.append({'module': m, **programs.flatten_named(comparison)})
   # Activation geometry on the residual stream, base vs fine-tuned on general prompts: all layers
   # in one vmapped program.
-  ft_caps, _ = prompt_activations(ctx.model, evaluated_params(tree), ctx.tokenizer,
-                                  ctx.general_prompts, ['residual'])
+  ft_caps, _ = prompt_activations(
+    ctx.model, evaluated_params(tree), ctx.tokenizer, ctx.general_prompts, ['residual']
+  )
   layers = list(range(ctx.model.config.num_layers))
   x0 = jnp.stack([gen_caps[f'layers_{i}/residual'] for i in layers])
   x1 = jnp.stack([ft_caps[f'layers_{i}/residual'] for i in layers])
   per_layer = programs.activation_program(int(cfg.gram_max_tokens))(
-      x0, x1, jnp.asarray(gen_mask), jax.random.key(ctx.config.seed))
+    x0, x1, jnp.asarray(gen_mask), jax.random.key(ctx.config.seed)
+  )
   per_layer = {k: np.asarray(v).tolist() for k, v in per_layer.items()}
   np.savez(f'{out_dir}/profiles.npz', **arrays)
   chosen = cfg.module if cfg.module in modules else modules[0]
-  return {'modules': modules, 'spectral': spectral,
-          'chosen_module': chosen,
-          'retention': arrays[f'retention/{chosen}'].tolist(),
-          'energy': arrays[f'energy/{chosen}'].tolist(),
-          'activation': {'layers': layers, 'cka': per_layer['cka'],
-                         'procrustes': per_layer['procrustes'], 'gram': per_layer['gram'],
-                         'raw_residual': per_layer['raw']},
-          'csd': csd_rows,
-          'delta_kind': 'expected_over_general_inputs' if merged is None else 'merged'}
+  return {
+    'modules': modules,
+    'spectral': spectral,
+    'chosen_module': chosen,
+    'retention': arrays[f'retention/{chosen}'].tolist(),
+    'energy': arrays[f'energy/{chosen}'].tolist(),
+    'activation': {
+      'layers': layers,
+      'cka': per_layer['cka'],
+      'procrustes': per_layer['procrustes'],
+      'gram': per_layer['gram'],
+      'raw_residual': per_layer['raw'],
+    },
+    'csd': csd_rows,
+    'delta_kind': 'expected_over_general_inputs' if merged is None else 'merged',
+  }
 
 
 def path_kind(tree: PyTree) -> str:
@@ -147,13 +175,14 @@ def stage_paths(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
   if merged is not None:
     interp = paths_lib.alpha_grid_params(ctx.base_params, merged, jnp.asarray(alphas))
     # OFT: PEFT-Arena scales the Cayley generator as sqrt(α) Q (docs/METRICS.md, "Paths").
-    schedule = (jnp.sqrt if kind == 'cayley' and ctx.config.paths.oft_generator_schedule == 'sqrt'
-                else None)
-    rewind = paths_lib.method_path_grid(tree, jnp.asarray(alphas), adapters.path,
-                                        schedule=schedule)
+    schedule = (
+      jnp.sqrt if kind == 'cayley' and ctx.config.paths.oft_generator_schedule == 'sqrt' else None
+    )
+    rewind = paths_lib.method_path_grid(tree, jnp.asarray(alphas), adapters.path, schedule=schedule)
   else:  # no exact merge: both paths scale the (gated) update, the only exact path there is
-    interp = jax.tree.map(lambda *xs: jnp.stack(xs),
-                          *[adapters.scale_updates(tree, float(a)) for a in alphas])
+    interp = jax.tree.map(
+      lambda *xs: jnp.stack(xs), *[adapters.scale_updates(tree, float(a)) for a in alphas]
+    )
     rewind = None
   for name, stacked in (('interpolation', interp), ('rewind', rewind)):
     if stacked is None or (name == 'rewind' and programs.same_stack(stacked, interp)):
@@ -168,10 +197,18 @@ def stage_paths(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
       curve['general'].append(scores[axes.GENERAL_KIND])
       curve['tasks'].append(scores['tasks'])
     curve['kind'] = kind if name == 'rewind' else 'linear'
-    best = paths_lib.best_tradeoff(jnp.asarray(alphas), jnp.asarray(curve['target']),
-                                   jnp.asarray(curve['general']), ctx.config.paths.tradeoff_weight)
-    curve['best'] = {'alpha': float(best[0]), 'index': int(best[1]), 'score': float(best[2]),
-                     'weight': float(ctx.config.paths.tradeoff_weight)}
+    best = paths_lib.best_tradeoff(
+      jnp.asarray(alphas),
+      jnp.asarray(curve['target']),
+      jnp.asarray(curve['general']),
+      ctx.config.paths.tradeoff_weight,
+    )
+    curve['best'] = {
+      'alpha': float(best[0]),
+      'index': int(best[1]),
+      'score': float(best[2]),
+      'weight': float(ctx.config.paths.tradeoff_weight),
+    }
     results[name] = curve
   return results
 
@@ -191,12 +228,22 @@ def stage_gates(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
   return out
 
 
-def stage_drift(ctx: ArenaContext, base_scores: Mapping[str, float],
-                method_scores: Mapping[str, Mapping[str, float]], out_dir: str) -> dict:
-  adapters_scores = [drift.AdapterScores(name=m, label=ctx.config.target,
-                                         nominal_task=ctx.config.target, scores=s,
-                                         config_id=f'seed{ctx.config.seed}')
-                     for m, s in method_scores.items()]
+def stage_drift(
+  ctx: ArenaContext,
+  base_scores: Mapping[str, float],
+  method_scores: Mapping[str, Mapping[str, float]],
+  out_dir: str,
+) -> dict:
+  adapters_scores = [
+    drift.AdapterScores(
+      name=m,
+      label=ctx.config.target,
+      nominal_task=ctx.config.target,
+      scores=s,
+      config_id=f'seed{ctx.config.seed}',
+    )
+    for m, s in method_scores.items()
+  ]
   report = drift.drift_report(base_scores, adapters_scores)
   drift.write_drift_outputs(report, out_dir)
   return report

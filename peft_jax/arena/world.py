@@ -31,8 +31,7 @@ from peft_jax.data import suite as suite_lib
 from peft_jax.data import tokenizer_train
 from peft_jax.data.suite import layout
 from peft_jax.data.tokenizer_train import EOS_TOKEN
-from peft_jax.evals import axes
-from peft_jax.evals import generation
+from peft_jax.evals import axes, generation
 from peft_jax.evals import tasks as tasks_lib
 from peft_jax.train import trainer
 from peft_jax.train.config import default_config
@@ -65,7 +64,7 @@ def pretraining_rows(suite_dir: str) -> list[dict]:
   for record in _read_jsonl(os.path.join(suite_dir, 'pretrain', 'corpus.jsonl')):
     text = record['text']
     if text.endswith(EOS_TOKEN):  # the loader appends the tokenizer's eos itself
-      text = text[:-len(EOS_TOKEN)]
+      text = text[: -len(EOS_TOKEN)]
     rows.append({'prompt': '', 'completion': text})
   return rows
 
@@ -74,8 +73,10 @@ def tokenizer_texts(suite_dir: str) -> list[str]:
   """Corpus text plus the target domains' training text (tokenizer training only)."""
   with open(os.path.join(suite_dir, 'manifest.json')) as f:
     files = json.load(f)['files']
-  paths = {name: os.path.join(suite_dir, rel) if not os.path.isabs(rel) else rel
-           for name, rel in files.items()}
+  paths = {
+    name: os.path.join(suite_dir, rel) if not os.path.isabs(rel) else rel
+    for name, rel in files.items()
+  }
   return list(tokenizer_train.corpus_texts(suite_lib.tokenizer_training_files(paths)))
 
 
@@ -90,20 +91,33 @@ def ensure_tokenizer(suite_dir: str, tokenizer_dir: str, vocab_size: int):
   return hub.load_tokenizer(tokenizer_dir)
 
 
-def train_config(config: ml_collections.ConfigDict, tokenizer, data_path: str,
-                 tokenizer_dir: str) -> ml_collections.ConfigDict:
+def train_config(
+  config: ml_collections.ConfigDict, tokenizer, data_path: str, tokenizer_dir: str
+) -> ml_collections.ConfigDict:
   """The :func:`peft_jax.train.trainer.train` config of the pretraining run."""
   train = default_config()
   train.seed = config.seed
   model = dict(config.model)
-  model.update(path='', vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+  model.update(
+    path='',
+    vocab_size=len(tokenizer),
+    bos_token_id=tokenizer.bos_token_id,
+    eos_token_id=tokenizer.eos_token_id,
+    pad_token_id=tokenizer.pad_token_id,
+  )
   train.model = ml_collections.ConfigDict(model)
   train.adapter.method = 'full'
   train.adapter.kwargs = {}
-  train.data = ml_collections.ConfigDict(dict(
-      path=data_path, split='train', tokenizer=tokenizer_dir, seq_len=config.seq_len,
-      packing=True, shuffle=True))
+  train.data = ml_collections.ConfigDict(
+    dict(
+      path=data_path,
+      split='train',
+      tokenizer=tokenizer_dir,
+      seq_len=config.seq_len,
+      packing=True,
+      shuffle=True,
+    )
+  )
   train.batch_size = config.batch_size
   train.total_steps = config.total_steps
   train.optimizer.update(dict(config.optimizer))
@@ -137,24 +151,32 @@ def build_world(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # The suite's seed and sizes travel with the model: the arena regenerates the same suite
   # (deterministic for a seed), so NQ questions ask about facts this model was pretrained on.
   with open(os.path.join(hf_dir, SUITE_META), 'w') as f:
-    json.dump({'seed': int(config.seed), 'sizes': dict(config.get('suite_sizes') or {})}, f,
-              indent=1)
+    json.dump(
+      {'seed': int(config.seed), 'sizes': dict(config.get('suite_sizes') or {})}, f, indent=1
+    )
   final_loss = result.losses[-1][1] if result.losses else None
-  out = {'suite_dir': suite_dir, 'tokenizer_dir': tokenizer_dir, 'hf_dir': hf_dir,
-         'final_loss': final_loss}
+  out = {
+    'suite_dir': suite_dir,
+    'tokenizer_dir': tokenizer_dir,
+    'hf_dir': hf_dir,
+    'final_loss': final_loss,
+  }
   if config.get('eval_limits'):
-    out['eval'] = evaluate_base(hf_dir, suite_dir, dict(config.eval_limits),
-                                dict(config.eval_max_new_tokens))
+    out['eval'] = evaluate_base(
+      hf_dir, suite_dir, dict(config.eval_limits), dict(config.eval_max_new_tokens)
+    )
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
       json.dump(out['eval'], f, indent=1)
   return out
 
 
-def evaluate_base(hf_dir: str, suite_dir: str, limits: Mapping[str, int],
-                  max_new_tokens: Mapping[str, int]) -> dict:
+def evaluate_base(
+  hf_dir: str, suite_dir: str, limits: Mapping[str, int], max_new_tokens: Mapping[str, int]
+) -> dict:
   """Harness scores of the exported model on the suite's test splits (first `limits` examples)."""
   model, params, tokenizer = hub.load_pretrained(hf_dir)
-  tasks = [tasks_lib.load_task(spec)
-           for spec in layout.eval_task_specs(suite_dir, limits, max_new_tokens)]
+  tasks = [
+    tasks_lib.load_task(spec) for spec in layout.eval_task_specs(suite_dir, limits, max_new_tokens)
+  ]
   generator = generation.Generator(model, params, tokenizer)
   return axes.evaluate_scores(generator.fn(), tasks, batch_size=64)

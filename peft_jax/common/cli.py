@@ -16,8 +16,7 @@ import difflib
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from peft_jax.common.errors import RunFailure
 
@@ -43,21 +42,30 @@ def unknown_override(config: Any, path: str) -> Optional[str]:
       continue
     if not hasattr(node, 'items') and depth > 0:
       parent = '.'.join(parts[:depth])
-      return (f'{parent} is a {type(node).__name__} ({node!r}), not a config group, so it has '
-              f'no key {part!r}')
+      return (
+        f'{parent} is a {type(node).__name__} ({node!r}), not a config group, so it has '
+        f'no key {part!r}'
+      )
     parent = '.'.join(parts[:depth])
     valid = _flatten_keys(config)
+
     # Close keys: similar to the whole path, or with a leaf similar to the one asked for.
     def score(key):
-      return max(difflib.SequenceMatcher(None, path, key).ratio(),
-                 difflib.SequenceMatcher(None, parts[-1], key.rsplit('.', 1)[-1]).ratio())
-    close = sorted((k for k in valid if k != parent and score(k) >= 0.5),
-                   key=lambda k: (-score(k), k))[:5]
+      return max(
+        difflib.SequenceMatcher(None, path, key).ratio(),
+        difflib.SequenceMatcher(None, parts[-1], key.rsplit('.', 1)[-1]).ratio(),
+      )
+
+    close = sorted(
+      (k for k in valid if k != parent and score(k) >= 0.5), key=lambda k: (-score(k), k)
+    )[:5]
     where = f'group {parent!r}' if parent else 'the config'
     group = sorted(node) if hasattr(node, 'items') else []
-    return (f'unknown config key {path!r}: {where} has no key {part!r}. '
-            + (f'Close valid keys: {", ".join(close)}. ' if close else '')
-            + (f'Keys of {where}: {", ".join(map(str, group))}.' if group else ''))
+    return (
+      f'unknown config key {path!r}: {where} has no key {part!r}. '
+      + (f'Close valid keys: {", ".join(close)}. ' if close else '')
+      + (f'Keys of {where}: {", ".join(map(str, group))}.' if group else '')
+    )
   return None
 
 
@@ -82,9 +90,9 @@ def diagnose_config_overrides(argv: Sequence[str], flag_values=flags.FLAGS) -> O
       if key == name and '=' in arg:
         file_arg = arg.split('=', 1)[1]
       elif key.startswith(name + '.'):
-        overrides.append(key[len(name) + 1:])
+        overrides.append(key[len(name) + 1 :])
       elif key.startswith('no' + name + '.'):
-        overrides.append(key[len(name) + 3:])
+        overrides.append(key[len(name) + 3 :])
     if not overrides:
       continue
     flag = flag_values[name]
@@ -111,8 +119,10 @@ def parse_flags(argv: list[str]) -> list[str]:
       if not isinstance(error, flags.Error):
         raise
       message = str(error)
-    sys.stderr.write(f'FATAL Flags parsing error: {message}\n'
-                     'Pass --helpshort or --helpfull to see help on flags.\n')
+    sys.stderr.write(
+      f'FATAL Flags parsing error: {message}\n'
+      'Pass --helpshort or --helpfull to see help on flags.\n'
+    )
     sys.exit(1)
 
 

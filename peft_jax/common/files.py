@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 def json_default(value: Any) -> Any:
   """``json.dump`` fallback for NumPy / JAX scalars and arrays."""
   import numpy as np  # pylint: disable=g-import-not-at-top  (keeps this module import-light)
+
   if isinstance(value, np.generic):
     return value.item()
   if isinstance(value, np.ndarray):
@@ -26,8 +27,9 @@ def json_default(value: Any) -> Any:
   raise TypeError(f'{type(value).__name__} is not JSON serialisable')
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], *,
-                 binary: bool = False) -> str:
+def atomic_write(
+  path: str | os.PathLike, write: Callable[[Any], Any], *, binary: bool = False
+) -> str:
   """Writes ``path`` through ``write(stream)`` on a temporary file, then ``os.replace``.
 
   Args:
@@ -40,8 +42,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], *,
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix='.tmp-',
-                                       suffix=os.path.basename(path))
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix=os.path.basename(path))
   try:
     mode = {'mode': 'wb'} if binary else {'mode': 'w', 'encoding': 'utf-8', 'newline': '\n'}
     with os.fdopen(handle, **mode) as stream:
@@ -67,17 +68,20 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> str:
   return atomic_write(path, lambda stream: stream.write(data), binary=True)
 
 
-def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 1,
-               sort_keys: bool = False) -> str:
+def write_json(
+  path: str | os.PathLike, obj: Any, *, indent: int = 1, sort_keys: bool = False
+) -> str:
   """``obj`` as JSON (NumPy values converted), atomically."""
-  return write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys,
-                                     default=json_default) + '\n')
+  return write_text(
+    path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=json_default) + '\n'
+  )
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any], *, sort_keys: bool = False) -> str:
   """One JSON object per line, atomically."""
-  return write_text(path, ''.join(json.dumps(row, sort_keys=sort_keys, default=json_default) + '\n'
-                                  for row in rows))
+  return write_text(
+    path, ''.join(json.dumps(row, sort_keys=sort_keys, default=json_default) + '\n' for row in rows)
+  )
 
 
 def temporary_directory_for(path: str | os.PathLike) -> str:

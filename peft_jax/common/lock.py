@@ -41,7 +41,6 @@ class WorkdirLocked(RunFailure, RuntimeError):
 
 
 class _Held:
-
   def __init__(self, fd: int, path: str, created_dir: bool):
     self.fd, self.path, self.created_dir, self.count = fd, path, created_dir, 1
 
@@ -95,9 +94,10 @@ def _acquire(workdir: str) -> _Held:
       if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
         raise
       raise WorkdirLocked(
-          f'workdir {workdir} is locked by {_describe(read_owner(workdir))}: another run is '
-          f'writing it. Wait for that run to finish, stop it, or use another --workdir. '
-          f'(lock file {path})') from None
+        f'workdir {workdir} is locked by {_describe(read_owner(workdir))}: another run is '
+        f'writing it. Wait for that run to finish, stop it, or use another --workdir. '
+        f'(lock file {path})'
+      ) from None
     # A holder that was releasing may have unlinked the file between our open and flock: then
     # we hold a lock on a deleted inode and must retry on the current file.
     try:
@@ -115,12 +115,20 @@ def _acquire(workdir: str) -> _Held:
       owner = None
     host = socket.gethostname()
     if isinstance(owner, dict) and owner.get('host') == host and isinstance(owner.get('pid'), int):
-      state = ('is no longer running' if not _pid_alive(owner['pid']) else
-               'is running but no longer holds the lock')
+      state = (
+        'is no longer running'
+        if not _pid_alive(owner['pid'])
+        else 'is running but no longer holds the lock'
+      )
     else:
       state = 'no longer holds the lock'
-    logging.warning('workdir %s: taking over a stale lock left by %s, which %s (it ended '
-                    'without releasing it, e.g. killed).', workdir, _describe(owner), state)
+    logging.warning(
+      'workdir %s: taking over a stale lock left by %s, which %s (it ended '
+      'without releasing it, e.g. killed).',
+      workdir,
+      _describe(owner),
+      state,
+    )
   record = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time()})
   os.ftruncate(fd, 0)
   os.pwrite(fd, record.encode() + b'\n', 0)

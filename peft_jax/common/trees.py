@@ -34,15 +34,15 @@ def path_name(path: Sequence[Any]) -> str:
   return '/'.join(parts)
 
 
-def named_leaves(tree: PyTree, is_leaf: Optional[Callable[[Any], bool]] = None
-                 ) -> dict[str, Any]:
+def named_leaves(tree: PyTree, is_leaf: Optional[Callable[[Any], bool]] = None) -> dict[str, Any]:
   """``{'/'-joined path: leaf}`` for every leaf (``None`` subtrees have no leaves)."""
   flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
   return {path_name(p): x for p, x in flat}
 
 
-def flatten_dict(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()
-                 ) -> dict[tuple[str, ...], Any]:
+def flatten_dict(
+  tree: Mapping[str, Any], prefix: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], Any]:
   """Nested dicts -> ``{('a', 'b', 'c'): leaf}``; anything not a Mapping is a leaf."""
   out = {}
   for key, value in tree.items():

@@ -37,6 +37,7 @@ BATCH_KEYS = ('tokens', 'loss_mask', 'segment_ids', 'positions')
 # Loading
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class LoadedRows:
   """SFT rows with where each came from and a fingerprint of what was read.
@@ -82,14 +83,18 @@ def _parse_json_lines(path: str, text: str) -> tuple[list, list]:
     try:
       row = json.loads(line)
     except ValueError as error:
-      raise ValueError(f'{path} line {number}: not valid JSON ({getattr(error, "msg", error)} at '
-                       f'column {getattr(error, "colno", "?")}); expected one JSON object per '
-                       f'line such as {{"prompt": ..., "completion": ...}}. Found: '
-                       f'{line[:80]!r}') from error
+      raise ValueError(
+        f'{path} line {number}: not valid JSON ({getattr(error, "msg", error)} at '
+        f'column {getattr(error, "colno", "?")}); expected one JSON object per '
+        f'line such as {{"prompt": ..., "completion": ...}}. Found: '
+        f'{line[:80]!r}'
+      ) from error
     if not isinstance(row, dict):
-      raise ValueError(f'{path} line {number}: expected a JSON object such as '
-                       f'{{"prompt": ..., "completion": ...}}, found {type(row).__name__} '
-                       f'{line[:80]!r}')
+      raise ValueError(
+        f'{path} line {number}: expected a JSON object such as '
+        f'{{"prompt": ..., "completion": ...}}, found {type(row).__name__} '
+        f'{line[:80]!r}'
+      )
     rows.append(row)
     locations.append(f'{path} line {number}')
   return rows, locations
@@ -99,31 +104,42 @@ def _read_json_file(path: str) -> tuple[list, list, dict]:
   """Rows of a JSON Lines file, or of a JSON document holding a list of row objects."""
   with open(path, 'rb') as f:
     data = f.read()
-  fingerprint = {'path': os.path.abspath(path), 'size': len(data),
-                 'sha256': hashlib.sha256(data).hexdigest()}
+  fingerprint = {
+    'path': os.path.abspath(path),
+    'size': len(data),
+    'sha256': hashlib.sha256(data).hexdigest(),
+  }
   try:
     text = data.decode('utf-8')
   except UnicodeDecodeError as error:
-    line = data[:error.start].count(b'\n') + 1
-    raise ValueError(f'{path} line {line}: not UTF-8 text ({error.reason} at byte '
-                     f'{error.start}); expected JSON Lines of SFT rows') from error
+    line = data[: error.start].count(b'\n') + 1
+    raise ValueError(
+      f'{path} line {line}: not UTF-8 text ({error.reason} at byte '
+      f'{error.start}); expected JSON Lines of SFT rows'
+    ) from error
   if not text.strip():
-    raise ValueError(f'{path} is empty; expected JSON Lines, one row per line such as '
-                     '{"prompt": ..., "completion": ...} or {"messages": [...]}')
+    raise ValueError(
+      f'{path} is empty; expected JSON Lines, one row per line such as '
+      '{"prompt": ..., "completion": ...} or {"messages": [...]}'
+    )
   stripped = text.lstrip()
   if stripped.startswith('['):  # one JSON document: a list of rows
     try:
       document = json.loads(text)
     except ValueError as error:
-      raise ValueError(f'{path} line {getattr(error, "lineno", "?")} column '
-                       f'{getattr(error, "colno", "?")}: not valid JSON '
-                       f'({getattr(error, "msg", error)}); expected a JSON list of row objects '
-                       'or JSON Lines') from error
+      raise ValueError(
+        f'{path} line {getattr(error, "lineno", "?")} column '
+        f'{getattr(error, "colno", "?")}: not valid JSON '
+        f'({getattr(error, "msg", error)}); expected a JSON list of row objects '
+        'or JSON Lines'
+      ) from error
     bad = [i for i, row in enumerate(document) if not isinstance(row, dict)]
     if bad:
-      raise ValueError(f'{path}: element {bad[0]} of the JSON list is a '
-                       f'{type(document[bad[0]]).__name__}; expected row objects such as '
-                       '{"prompt": ..., "completion": ...}')
+      raise ValueError(
+        f'{path}: element {bad[0]} of the JSON list is a '
+        f'{type(document[bad[0]]).__name__}; expected row objects such as '
+        '{"prompt": ..., "completion": ...}'
+      )
     rows, locations = document, [f'{path} row {i}' for i in range(len(document))]
   else:
     rows, locations = _parse_json_lines(path, text)
@@ -186,7 +202,8 @@ def _load_with_datasets(source: str, split: str) -> list[dict]:
       dataset = datasets.load_dataset('parquet', data_files=source, split='train')
     elif os.path.isdir(source):
       if os.path.exists(os.path.join(source, 'dataset_info.json')) or os.path.exists(
-          os.path.join(source, 'dataset_dict.json')):
+        os.path.join(source, 'dataset_dict.json')
+      ):
         dataset = datasets.load_from_disk(source)
         if isinstance(dataset, datasets.DatasetDict):
           if split not in dataset:
@@ -198,20 +215,23 @@ def _load_with_datasets(source: str, split: str) -> list[dict]:
       try:
         dataset = datasets.load_dataset(source, split=split)
       except Exception as error:  # datasets raises many types; name the source in one message
-        raise FileNotFoundError(f'SFT data {source!r} is neither a local file/directory nor a '
-                                f'cached hub dataset: {error}') from error
+        raise FileNotFoundError(
+          f'SFT data {source!r} is neither a local file/directory nor a cached hub dataset: {error}'
+        ) from error
   except (FileNotFoundError, KeyError):
     raise
   except Exception as error:  # pylint: disable=broad-except
     kind = 'parquet file' if lower.endswith('.parquet') else 'dataset directory'
-    raise ValueError(f'{source}: cannot read it as a {kind} of SFT rows: '
-                     f'{type(error).__name__}: {error}') from error
+    raise ValueError(
+      f'{source}: cannot read it as a {kind} of SFT rows: {type(error).__name__}: {error}'
+    ) from error
   return [dict(row) for row in dataset]
 
 
 # ----------------------------------------------------------------------------------------------
 # Tokenisers and formatting
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class ByteTokenizer:
@@ -238,7 +258,7 @@ class ByteTokenizer:
 
 def _render_plain(message: Mapping[str, str]) -> tuple[str, str]:
   """Plain chat format: a ``<|role|>`` header line (never a target), then the content."""
-  return f"<|{message['role']}|>\n", f"{message['content']}\n"
+  return f'<|{message["role"]}|>\n', f'{message["content"]}\n'
 
 
 def format_segments(row: Mapping[str, Any], tokenizer: Any = None) -> list[tuple[str, bool]]:
@@ -260,11 +280,13 @@ def format_segments(row: Mapping[str, Any], tokenizer: Any = None) -> list[tuple
     if template:
       previous = ''
       for i, message in enumerate(messages):
-        text = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not text.startswith(previous):
-          raise ValueError('the chat template does not render message prefixes as prefixes; '
-                           'cannot place loss masks per message')
-        segments.append((text[len(previous):], message['role'] == 'assistant'))
+          raise ValueError(
+            'the chat template does not render message prefixes as prefixes; '
+            'cannot place loss masks per message'
+          )
+        segments.append((text[len(previous) :], message['role'] == 'assistant'))
         previous = text
     else:
       for message in messages:
@@ -274,8 +296,9 @@ def format_segments(row: Mapping[str, Any], tokenizer: Any = None) -> list[tuple
     return segments
   if 'prompt' in row and 'completion' in row:
     return [(str(row['prompt']), False), (str(row['completion']), True)]
-  raise KeyError(f'SFT row has keys {sorted(row)}; expected "prompt" and "completion", or '
-                 '"messages"')
+  raise KeyError(
+    f'SFT row has keys {sorted(row)}; expected "prompt" and "completion", or "messages"'
+  )
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -284,8 +307,14 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
   return list(tokenizer(text, add_special_tokens=False)['input_ids'])
 
 
-def tokenize_row(row: Mapping[str, Any], tokenizer: Any, max_length: int, *,
-                 add_bos: bool = True, add_eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_row(
+  row: Mapping[str, Any],
+  tokenizer: Any,
+  max_length: int,
+  *,
+  add_bos: bool = True,
+  add_eos: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
   """Tokens and loss mask of one row (BOS not a target; the closing EOS is), truncated.
 
   Returns:
@@ -312,8 +341,10 @@ def tokenize_row(row: Mapping[str, Any], tokenizer: Any, max_length: int, *,
 # Packing
 # ----------------------------------------------------------------------------------------------
 
-def pack_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int,
-                  pad_id: int = 0) -> dict[str, np.ndarray]:
+
+def pack_examples(
+  examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int = 0
+) -> dict[str, np.ndarray]:
   """Greedy in-order packing of ``(tokens, loss_mask)`` examples into rows of ``seq_len``.
 
   An example goes into the current row when it fits, else it starts a new row (examples longer
@@ -336,8 +367,9 @@ def pack_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: in
   return _fill_rows(rows, seq_len, pad_id)
 
 
-def pad_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int,
-                 pad_id: int = 0) -> dict[str, np.ndarray]:
+def pad_examples(
+  examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int = 0
+) -> dict[str, np.ndarray]:
   """One example per row, right-padded (same outputs as :func:`pack_examples`)."""
   rows = [[(t[:seq_len], m[:seq_len])] for t, m in examples if m[:seq_len].any()]
   return _fill_rows(rows, seq_len, pad_id)
@@ -346,10 +378,12 @@ def pad_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int
 def _fill_rows(rows, seq_len, pad_id):
   if not rows:
     raise ValueError('no example has a target token within seq_len; nothing to train on')
-  out = {'tokens': np.full((len(rows), seq_len), pad_id, np.int32),
-         'loss_mask': np.zeros((len(rows), seq_len), np.int32),
-         'segment_ids': np.zeros((len(rows), seq_len), np.int32),
-         'positions': np.zeros((len(rows), seq_len), np.int32)}
+  out = {
+    'tokens': np.full((len(rows), seq_len), pad_id, np.int32),
+    'loss_mask': np.zeros((len(rows), seq_len), np.int32),
+    'segment_ids': np.zeros((len(rows), seq_len), np.int32),
+    'positions': np.zeros((len(rows), seq_len), np.int32),
+  }
   for r, documents in enumerate(rows):
     start = 0
     for segment, (tokens, mask) in enumerate(documents, start=1):
@@ -362,9 +396,15 @@ def _fill_rows(rows, seq_len, pad_id):
   return out
 
 
-def build_sft_arrays(rows: Iterable[Mapping[str, Any]], tokenizer: Any, seq_len: int, *,
-                     packing: bool = True, drop_truncated: bool = False,
-                     locations: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+def build_sft_arrays(
+  rows: Iterable[Mapping[str, Any]],
+  tokenizer: Any,
+  seq_len: int,
+  *,
+  packing: bool = True,
+  drop_truncated: bool = False,
+  locations: Optional[Sequence[str]] = None,
+) -> dict[str, np.ndarray]:
   """Rows -> tokenised, masked, packed (or padded) ``[num_rows, seq_len]`` arrays.
 
   Rows longer than ``seq_len`` tokens are cut to it (``drop_truncated``: left out), with a
@@ -392,18 +432,27 @@ def build_sft_arrays(rows: Iterable[Mapping[str, Any]], tokenizer: Any, seq_len:
     where, length, row = cut[0]
     example = json.dumps(row, default=str)
     logging.warning(
-        '%d of %d SFT rows are longer than seq_len=%d tokens and were %s (a cut row loses its '
-        'end, completion and EOS included). Example: %s (%d tokens): %s%s', len(cut), count,
-        seq_len, 'dropped' if drop_truncated else 'cut to seq_len', where, length,
-        example[:300] + ('...' if len(example) > 300 else ''),
-        '' if drop_truncated else '. Set config.data.drop_truncated=True to drop them instead, '
-        'or raise config.data.seq_len.')
+      '%d of %d SFT rows are longer than seq_len=%d tokens and were %s (a cut row loses its '
+      'end, completion and EOS included). Example: %s (%d tokens): %s%s',
+      len(cut),
+      count,
+      seq_len,
+      'dropped' if drop_truncated else 'cut to seq_len',
+      where,
+      length,
+      example[:300] + ('...' if len(example) > 300 else ''),
+      ''
+      if drop_truncated
+      else '. Set config.data.drop_truncated=True to drop them instead, '
+      'or raise config.data.seq_len.',
+    )
   return (pack_examples if packing else pad_examples)(examples, seq_len, pad_id)
 
 
 # ----------------------------------------------------------------------------------------------
 # Iterator
 # ----------------------------------------------------------------------------------------------
+
 
 class SFTIterator(Iterator[dict]):
   """Deterministic, resumable, per-process iterator over packed rows (module docstring).
@@ -417,18 +466,31 @@ class SFTIterator(Iterator[dict]):
     shuffle: permute rows each epoch.
   """
 
-  def __init__(self, arrays: Mapping[str, np.ndarray], global_batch_size: int, *, seed: int = 0,
-               process_index: int = 0, process_count: int = 1, shuffle: bool = True):
+  def __init__(
+    self,
+    arrays: Mapping[str, np.ndarray],
+    global_batch_size: int,
+    *,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+  ):
     num_rows = {len(v) for v in arrays.values()}
     if len(num_rows) != 1:
-      raise ValueError(f'arrays have different row counts: { {k: len(v) for k, v in arrays.items()} }')
+      raise ValueError(
+        f'arrays have different row counts: { {k: len(v) for k, v in arrays.items()} }'
+      )
     self.num_rows = num_rows.pop()
     if global_batch_size % process_count:
-      raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
-                       f'process_count={process_count}')
+      raise ValueError(
+        f'global_batch_size={global_batch_size} is not divisible by process_count={process_count}'
+      )
     if self.num_rows < global_batch_size:
-      raise ValueError(f'only {self.num_rows} packed rows, fewer than one global batch of '
-                       f'{global_batch_size}; add data or lower the batch size')
+      raise ValueError(
+        f'only {self.num_rows} packed rows, fewer than one global batch of '
+        f'{global_batch_size}; add data or lower the batch size'
+      )
     self.arrays = dict(arrays)
     self.global_batch_size = global_batch_size
     self.process_index = process_index
@@ -447,7 +509,7 @@ class SFTIterator(Iterator[dict]):
       self.epoch, self.index = self.epoch + 1, 0
     per_process = self.global_batch_size // self.process_count
     start = self.index * self.global_batch_size + self.process_index * per_process
-    rows = self._order(self.epoch)[start:start + per_process]
+    rows = self._order(self.epoch)[start : start + per_process]
     self.index += 1
     return {name: array[rows] for name, array in self.arrays.items()}
 

@@ -40,10 +40,19 @@ def target_gain(target_base: float, target_ft: float) -> float:
   return float(target_ft) - float(target_base)
 
 
-def evaluate_scores(generate_fn, tasks: Sequence[Any], batch_size: int,
-                    out_dir: Optional[str] = None) -> dict[str, Any]:
+def evaluate_scores(
+  generate_fn, tasks: Sequence[Any], batch_size: int, out_dir: Optional[str] = None
+) -> dict[str, Any]:
   """Scores of ``generate_fn`` on ``tasks``: ``{'tasks': {name: score}, 'target', 'general'}``."""
-  summary = harness.evaluate(None, None, None, tasks, key=jax.random.key(0),
-                             batch_size=batch_size, out_dir=out_dir, generate_fn=generate_fn)
+  summary = harness.evaluate(
+    None,
+    None,
+    None,
+    tasks,
+    key=jax.random.key(0),
+    batch_size=batch_size,
+    out_dir=out_dir,
+    generate_fn=generate_fn,
+  )
   scores = {name: float(r['score']) for name, r in summary['tasks'].items()}
   return {'tasks': scores, **axes_from_scores(tasks, scores)}

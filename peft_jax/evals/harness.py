@@ -37,8 +37,17 @@ def model_generate_fn(model: Any, params: Any, tokenizer: Any, **sampling: Any) 
   temperature 0)."""
 
   def generate_fn(prompts, *, max_new_tokens, chat, temperature, key):
-    return generate_text(model, params, tokenizer, list(prompts), chat=chat, key=key,
-                         max_new_tokens=max_new_tokens, temperature=temperature, **sampling)
+    return generate_text(
+      model,
+      params,
+      tokenizer,
+      list(prompts),
+      chat=chat,
+      key=key,
+      max_new_tokens=max_new_tokens,
+      temperature=temperature,
+      **sampling,
+    )
 
   return generate_fn
 
@@ -46,11 +55,12 @@ def model_generate_fn(model: Any, params: Any, tokenizer: Any, **sampling: Any) 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
   """``text`` up to (not including) the earliest occurrence of any stop string."""
   positions = [text.find(s) for s in stop if s and s in text]
-  return text[:min(positions)] if positions else text
+  return text[: min(positions)] if positions else text
 
 
-def _generate_all(generate_fn: GenerateFn, task: Task, key: jax.Array,
-                  batch_size: int) -> list[list[str]]:
+def _generate_all(
+  generate_fn: GenerateFn, task: Task, key: jax.Array, batch_size: int
+) -> list[list[str]]:
   """``[examples][num_samples]`` generations, in batches of ``batch_size`` prompts.
 
   Prompts are batched in order of length (a stable sort, so the samples of one prompt stay
@@ -60,25 +70,32 @@ def _generate_all(generate_fn: GenerateFn, task: Task, key: jax.Array,
   """
   prompts = [example.prompt for example in task.examples for _ in range(task.num_samples)]
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-  outputs: list[str] = [""] * len(prompts)
+  outputs: list[str] = [''] * len(prompts)
   for batch_index, start in enumerate(range(0, len(order), batch_size)):
-    indices = order[start:start + batch_size]
+    indices = order[start : start + batch_size]
     batch = [prompts[i] for i in indices]
     batch += [batch[-1]] * (batch_size - len(batch))
-    generated = generate_fn(batch, max_new_tokens=task.max_new_tokens, chat=task.chat,
-                            temperature=task.temperature,
-                            key=jax.random.fold_in(key, batch_index))
+    generated = generate_fn(
+      batch,
+      max_new_tokens=task.max_new_tokens,
+      chat=task.chat,
+      temperature=task.temperature,
+      key=jax.random.fold_in(key, batch_index),
+    )
     if len(generated) != len(batch):
-      raise ValueError(f"task {task.name!r}: generate_fn returned {len(generated)} texts for a "
-                       f"batch of {len(batch)} prompts")
+      raise ValueError(
+        f'task {task.name!r}: generate_fn returned {len(generated)} texts for a '
+        f'batch of {len(batch)} prompts'
+      )
     for i, text in zip(indices, generated):
       outputs[i] = truncate_at_stop(str(text), task.stop)
   n = task.num_samples
-  return [outputs[i * n:(i + 1) * n] for i in range(len(task.examples))]
+  return [outputs[i * n : (i + 1) * n] for i in range(len(task.examples))]
 
 
-def evaluate_task(generate_fn: GenerateFn, task: Task, *, key: jax.Array,
-                  batch_size: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_task(
+  generate_fn: GenerateFn, task: Task, *, key: jax.Array, batch_size: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """Generates and scores one task.
 
   Returns:
@@ -93,32 +110,52 @@ def evaluate_task(generate_fn: GenerateFn, task: Task, *, key: jax.Array,
     averaged = {name: float(np.mean([s[name] for s in sample_scores])) for name in sample_scores[0]}
     records.append(averaged)
     correct_counts.append(sum(int(s[task.scorer.correct_metric] > 0.5) for s in sample_scores))
-    rows.append({"prompt": example.prompt, "reference": example.reference,
-                 "meta": dict(example.meta), "generations": samples,
-                 "sample_scores": sample_scores, "scores": averaged})
+    rows.append(
+      {
+        'prompt': example.prompt,
+        'reference': example.reference,
+        'meta': dict(example.meta),
+        'generations': samples,
+        'sample_scores': sample_scores,
+        'scores': averaged,
+      }
+    )
   metrics = task.scorer.aggregate(records, task.examples)
   for k in task.pass_k:
     estimates = scorers.pass_at_k(task.num_samples, np.asarray(correct_counts, np.int32), k)
-    metrics[f"pass@{k}"] = float(np.mean(np.asarray(estimates)))
+    metrics[f'pass@{k}'] = float(np.mean(np.asarray(estimates)))
   metrics = {name: float(value) for name, value in metrics.items()}
-  result = {"kind": task.kind, "main_metric": task.scorer.main_metric,
-            "score": metrics[task.scorer.main_metric], "metrics": metrics,
-            "num_examples": len(task.examples), "num_samples": task.num_samples}
+  result = {
+    'kind': task.kind,
+    'main_metric': task.scorer.main_metric,
+    'score': metrics[task.scorer.main_metric],
+    'metrics': metrics,
+    'num_examples': len(task.examples),
+    'num_samples': task.num_samples,
+  }
   return result, rows
 
 
 def summarize(task_results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   """PEFT-Arena axes from per-task results: ``target``/``general`` means, 0-1 (None if no task)."""
   axes: dict[str, Any] = {}
-  for kind in ("target", "general"):
-    scores = [r["score"] for r in task_results.values() if r["kind"] == kind]
+  for kind in ('target', 'general'):
+    scores = [r['score'] for r in task_results.values() if r['kind'] == kind]
     axes[kind] = float(np.mean(scores)) if scores else None
-  return {"tasks": {name: dict(result) for name, result in task_results.items()}, **axes}
+  return {'tasks': {name: dict(result) for name, result in task_results.items()}, **axes}
 
 
-def evaluate(model: Any, params: Any, tokenizer: Any, tasks: Sequence[Task], *, key: jax.Array,
-             batch_size: int, out_dir: Optional[str] = None,
-             generate_fn: Optional[GenerateFn] = None) -> dict[str, Any]:
+def evaluate(
+  model: Any,
+  params: Any,
+  tokenizer: Any,
+  tasks: Sequence[Task],
+  *,
+  key: jax.Array,
+  batch_size: int,
+  out_dir: Optional[str] = None,
+  generate_fn: Optional[GenerateFn] = None,
+) -> dict[str, Any]:
   """Evaluates a model (or any ``generate_fn``) on ``tasks``.
 
   Args:
@@ -137,22 +174,21 @@ def evaluate(model: Any, params: Any, tokenizer: Any, tasks: Sequence[Task], *, 
   names = [task.name for task in tasks]
   duplicates = sorted({name for name in names if names.count(name) > 1})
   if duplicates:
-    raise ValueError(f"task names must be unique; repeated: {duplicates}")
+    raise ValueError(f'task names must be unique; repeated: {duplicates}')
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   if generate_fn is None:
     if model is None or tokenizer is None:
-      raise ValueError("evaluate needs model, params and tokenizer, or a generate_fn")
+      raise ValueError('evaluate needs model, params and tokenizer, or a generate_fn')
     generate_fn = model_generate_fn(model, params, tokenizer)
   task_results = {}
   for task in tasks:
     task_key = jax.random.fold_in(key, zlib.crc32(task.name.encode()) & 0x7FFFFFFF)
-    result, rows = evaluate_task(generate_fn, task, key=task_key,
-                                 batch_size=batch_size)
+    result, rows = evaluate_task(generate_fn, task, key=task_key, batch_size=batch_size)
     task_results[task.name] = result
     if out_dir is not None:
-      files.write_jsonl(os.path.join(out_dir, f"{task.name}.jsonl"), rows, sort_keys=True)
+      files.write_jsonl(os.path.join(out_dir, f'{task.name}.jsonl'), rows, sort_keys=True)
   summary = summarize(task_results)
   if out_dir is not None:
-    files.write_json(os.path.join(out_dir, "summary.json"), summary, indent=2, sort_keys=True)
+    files.write_json(os.path.join(out_dir, 'summary.json'), summary, indent=2, sort_keys=True)
   return summary

@@ -37,20 +37,23 @@ Array = jax.Array
 # A number as people write it: optional sign, thousands separators, decimals, or a simple
 # fraction a/b. The thousands group is only taken when it is exactly 3 digits so that "1,2" in a
 # list stays two numbers.
-_NUMBER_PATTERN = (r"(?<![\w.])[-−]?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-                   r"(?:\s?/\s?[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)?|(?<![\w.])[-−]?\.\d+")
+_NUMBER_PATTERN = (
+  r'(?<![\w.])[-−]?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?'
+  r'(?:\s?/\s?[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)?|(?<![\w.])[-−]?\.\d+'
+)
 _NUMBER_RE = re.compile(_NUMBER_PATTERN)
 
-_LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_LATEX_FRAC_RE = re.compile(r'\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}')
 # \frac12 and \frac{1}2 shorthands: single-character arguments without braces.
-_LATEX_FRAC_SHORT_RE = re.compile(r"\\[dt]?frac\s*(\{[^{}]*\}|\w)\s*(\{[^{}]*\}|\w)")
-_TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
+_LATEX_FRAC_SHORT_RE = re.compile(r'\\[dt]?frac\s*(\{[^{}]*\}|\w)\s*(\{[^{}]*\}|\w)')
+_TEXT_RE = re.compile(r'\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}')
 # Leading "x =" / "k=" in an answer such as \boxed{x = 5}.
-_ASSIGNMENT_RE = re.compile(r"^[a-zA-Z]\w*\s*=\s*")
+_ASSIGNMENT_RE = re.compile(r'^[a-zA-Z]\w*\s*=\s*')
 # A trailing unit: words after a space ("18 dollars", "5 cm"), or %, degrees. Letters glued to the
 # number are not a unit ("2x" is an expression, not 2).
 _UNIT_SUFFIX_RE = re.compile(
-    r"^(.*?\d)(?:\s+[a-zA-Z][a-zA-Z.\s]*|\s*(?:%|\\%|°|\^\\circ|\^\{\\circ\}))$")
+  r'^(.*?\d)(?:\s+[a-zA-Z][a-zA-Z.\s]*|\s*(?:%|\\%|°|\^\\circ|\^\{\\circ\}))$'
+)
 
 
 def extract_boxed(text: str) -> Optional[str]:
@@ -59,23 +62,23 @@ def extract_boxed(text: str) -> Optional[str]:
   ``'so \\boxed{\\frac{1}{2}}.'`` -> ``'\\frac{1}{2}'``. Also accepts the brace-less form
   ``'\\boxed 5'``. Returns ``None`` when there is no complete box.
   """
-  start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+  start = max(text.rfind('\\boxed'), text.rfind('\\fbox'))
   if start < 0:
     return None
   rest = text[start:]
-  rest = rest[len("\\boxed"):] if rest.startswith("\\boxed") else rest[len("\\fbox"):]
-  if rest.startswith(" ") and not rest.lstrip().startswith("{"):
+  rest = rest[len('\\boxed') :] if rest.startswith('\\boxed') else rest[len('\\fbox') :]
+  if rest.startswith(' ') and not rest.lstrip().startswith('{'):
     # "\boxed 5" form: the token up to the next whitespace or "$".
-    token = re.match(r"\s*([^\s$]+)", rest)
+    token = re.match(r'\s*([^\s$]+)', rest)
     return token.group(1) if token else None
   rest = rest.lstrip()
-  if not rest.startswith("{"):
+  if not rest.startswith('{'):
     return None
   depth = 0
   for position, char in enumerate(rest):
-    if char == "{":
+    if char == '{':
       depth += 1
-    elif char == "}":
+    elif char == '}':
       depth -= 1
       if depth == 0:
         return rest[1:position]
@@ -88,18 +91,18 @@ def extract_gsm8k_reference(answer: str) -> str:
   Raises:
     ValueError: if the reference has no ``####`` marker (it is not in GSM8K format).
   """
-  if "####" not in answer:
+  if '####' not in answer:
     raise ValueError(f"GSM8K reference answer has no '####' marker: {answer[-80:]!r}")
-  return answer.rsplit("####", 1)[1].strip()
+  return answer.rsplit('####', 1)[1].strip()
 
 
 def extract_last_number(text: str) -> Optional[str]:
   """The last number written in ``text`` (sign, commas, decimals, a/b kept), or ``None``."""
-  text = _LATEX_FRAC_RE.sub(lambda m: f"{m.group(1)}/{m.group(2)}", text)
+  text = _LATEX_FRAC_RE.sub(lambda m: f'{m.group(1)}/{m.group(2)}', text)
   matches = _NUMBER_RE.findall(text)
   if not matches:
     return None
-  return matches[-1].replace(" ", "")
+  return matches[-1].replace(' ', '')
 
 
 def extract_numeric_answer(text: str) -> Optional[str]:
@@ -112,17 +115,17 @@ def extract_numeric_answer(text: str) -> Optional[str]:
   boxed = extract_boxed(text)
   if boxed is not None:
     return boxed
-  if "####" in text:
-    tail = text.rsplit("####", 1)[1].strip()
-    tail = tail.split("\n", 1)[0].strip()
+  if '####' in text:
+    tail = text.rsplit('####', 1)[1].strip()
+    tail = tail.split('\n', 1)[0].strip()
     if tail:
       number = extract_last_number(tail)
       return number if number is not None else tail
   lowered = text.lower()
-  marker = lowered.rfind("answer is")
+  marker = lowered.rfind('answer is')
   if marker >= 0:
-    tail = text[marker + len("answer is"):].strip().lstrip(":").strip()
-    tail = tail.split("\n", 1)[0].strip()
+    tail = text[marker + len('answer is') :].strip().lstrip(':').strip()
+    tail = tail.split('\n', 1)[0].strip()
     number = extract_last_number(tail)
     if number is not None:
       return number
@@ -133,14 +136,13 @@ def _strip_latex_wrappers(answer: str) -> str:
   answer = answer.strip()
   # Math-mode delimiters and display wrappers that carry no value (the escaped dollar first, so
   # that its backslash does not survive the plain "$" removal).
-  for token in ("\\$", "\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle",
-                "$"):
-    answer = answer.replace(token, "")
-  answer = answer.replace("−", "-")
-  answer = answer.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+  for token in ('\\$', '\\left', '\\right', '\\!', '\\,', '\\;', '\\:', '\\displaystyle', '$'):
+    answer = answer.replace(token, '')
+  answer = answer.replace('−', '-')
+  answer = answer.replace('\\dfrac', '\\frac').replace('\\tfrac', '\\frac')
   answer = _TEXT_RE.sub(lambda m: m.group(1), answer)
   answer = answer.strip()
-  while answer.endswith(".") and not re.search(r"\d\.$", answer[:-1] + "x"):
+  while answer.endswith('.') and not re.search(r'\d\.$', answer[:-1] + 'x'):
     answer = answer[:-1].rstrip()
   return answer
 
@@ -154,29 +156,29 @@ def parse_number(answer: str) -> Optional[fractions.Fraction]:
   (also ``\\frac12``), and a sign in front of a fraction (``'-\\frac{1}{2}'``).
   """
   text = _strip_latex_wrappers(answer)
-  text = _ASSIGNMENT_RE.sub("", text)
-  text = text.rstrip(".").strip()
+  text = _ASSIGNMENT_RE.sub('', text)
+  text = text.rstrip('.').strip()
   unit_match = _UNIT_SUFFIX_RE.match(text)
   if unit_match:
     text = unit_match.group(1)
-  text = text.replace("\\%", "").replace("%", "").strip()
+  text = text.replace('\\%', '').replace('%', '').strip()
   sign = 1
-  if text.startswith("-") and text[1:].lstrip().startswith("\\frac"):
+  if text.startswith('-') and text[1:].lstrip().startswith('\\frac'):
     sign, text = -1, text[1:].lstrip()
   frac = _LATEX_FRAC_SHORT_RE.fullmatch(text)
   if frac:
-    numerator = parse_number(frac.group(1).strip("{}"))
-    denominator = parse_number(frac.group(2).strip("{}"))
+    numerator = parse_number(frac.group(1).strip('{}'))
+    denominator = parse_number(frac.group(2).strip('{}'))
     if numerator is None or denominator is None or denominator == 0:
       return None
     return sign * numerator / denominator
-  text = text.replace(" ", "")
+  text = text.replace(' ', '')
   if not re.fullmatch(_NUMBER_PATTERN, text):
     return None
-  text = text.replace(",", "")
+  text = text.replace(',', '')
   try:
-    if "/" in text:
-      numerator_text, denominator_text = text.split("/")
+    if '/' in text:
+      numerator_text, denominator_text = text.split('/')
       denominator = fractions.Fraction(denominator_text)
       if denominator == 0:
         return None
@@ -197,16 +199,16 @@ def normalize_math_answer(answer: str) -> str:
   if value is not None:
     return str(value)
   text = _strip_latex_wrappers(answer)
-  text = _ASSIGNMENT_RE.sub("", text)
-  text = text.replace(" ", "").replace("^{\\circ}", "").replace("^\\circ", "")
+  text = _ASSIGNMENT_RE.sub('', text)
+  text = text.replace(' ', '').replace('^{\\circ}', '').replace('^\\circ', '')
   # \frac12 -> \frac{1}{2} so that both spellings compare equal.
-  text = re.sub(r"\\frac(\w)(\w)", r"\\frac{\1}{\2}", text)
-  text = re.sub(r"\\frac\{([^{}]*)\}(\w)", r"\\frac{\1}{\2}", text)
+  text = re.sub(r'\\frac(\w)(\w)', r'\\frac{\1}{\2}', text)
+  text = re.sub(r'\\frac\{([^{}]*)\}(\w)', r'\\frac{\1}{\2}', text)
   # \sqrt3 -> \sqrt{3}: the brace-less argument spelling.
-  text = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", text)
+  text = re.sub(r'\\sqrt(\w)', r'\\sqrt{\1}', text)
   # x^{2} -> x^2: braces around a one-character exponent or subscript are optional in LaTeX.
-  text = re.sub(r"([\^_])\{(\w)\}", r"\1\2", text)
-  return text.rstrip(".")
+  text = re.sub(r'([\^_])\{(\w)\}', r'\1\2', text)
+  return text.rstrip('.')
 
 
 def numeric_match(prediction: str, reference: str) -> bool:
@@ -233,7 +235,7 @@ def score_numeric(generation: str, reference: str) -> float:
 # BBH: multiple choice and exact match after "So the answer is".
 # ---------------------------------------------------------------------------------------------
 
-_OPTION_RE = re.compile(r"\(([A-Z])\)")
+_OPTION_RE = re.compile(r'\(([A-Z])\)')
 
 
 def extract_bbh_answer(generation: str) -> str:
@@ -242,19 +244,19 @@ def extract_bbh_answer(generation: str) -> str:
   Without the phrase, the whole generation's first non-empty line is used.
   """
   lowered = generation.lower()
-  marker = lowered.rfind("answer is")
-  answer = generation[marker + len("answer is"):] if marker >= 0 else generation
-  answer = answer.strip().lstrip(":").strip()
-  answer = answer.split("\n", 1)[0].strip()
-  answer = answer.strip("*").strip()
-  if answer.endswith("."):
+  marker = lowered.rfind('answer is')
+  answer = generation[marker + len('answer is') :] if marker >= 0 else generation
+  answer = answer.strip().lstrip(':').strip()
+  answer = answer.split('\n', 1)[0].strip()
+  answer = answer.strip('*').strip()
+  if answer.endswith('.'):
     answer = answer[:-1].rstrip()
   return answer
 
 
 def is_multiple_choice_target(target: str) -> bool:
   """BBH multiple-choice targets are an option in parentheses, e.g. ``'(A)'``."""
-  return re.fullmatch(r"\([A-Z]\)", target.strip()) is not None
+  return re.fullmatch(r'\([A-Z]\)', target.strip()) is not None
 
 
 def score_bbh(generation: str, target: str) -> float:
@@ -268,7 +270,7 @@ def score_bbh(generation: str, target: str) -> float:
     if option:
       letter = option.group(1)
     else:
-      bare = re.match(r"^([A-Z])(?:$|[\s.:)])", answer)
+      bare = re.match(r'^([A-Z])(?:$|[\s.:)])', answer)
       letter = bare.group(1) if bare else None
     return float(letter == target[1])
   return float(answer == target)
@@ -278,35 +280,35 @@ def score_bbh(generation: str, target: str) -> float:
 # NQ-open: SQuAD-normalised exact match against any alias.
 # ---------------------------------------------------------------------------------------------
 
-_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+_ARTICLES_RE = re.compile(r'\b(a|an|the)\b')
 _PUNCTUATION = set(string.punctuation)
 
 
 def normalize_squad(text: str) -> str:
   """SQuAD answer normalisation: lower, drop punctuation, drop articles, collapse whitespace."""
   text = text.lower()
-  text = "".join(char for char in text if char not in _PUNCTUATION)
-  text = _ARTICLES_RE.sub(" ", text)
-  return " ".join(text.split())
+  text = ''.join(char for char in text if char not in _PUNCTUATION)
+  text = _ARTICLES_RE.sub(' ', text)
+  return ' '.join(text.split())
 
 
 def extract_short_answer(generation: str) -> str:
   """First non-empty line of a generation; the part after its last "answer is" if present, and
   without a leading "Answer:" label."""
-  for line in generation.strip().split("\n"):
+  for line in generation.strip().split('\n'):
     line = line.strip()
     if line:
-      marker = line.lower().rfind("answer is")
+      marker = line.lower().rfind('answer is')
       if marker >= 0:
-        line = line[marker + len("answer is"):].strip().lstrip(":").strip()
-      return re.sub(r"^answer\s*:\s*", "", line, flags=re.IGNORECASE)
-  return ""
+        line = line[marker + len('answer is') :].strip().lstrip(':').strip()
+      return re.sub(r'^answer\s*:\s*', '', line, flags=re.IGNORECASE)
+  return ''
 
 
 def score_nq(generation: str, gold_answers: Sequence[str]) -> float:
   """1.0 if the normalised short answer equals any normalised gold alias, else 0.0."""
   if isinstance(gold_answers, str):
-    raise TypeError(f"NQ gold answers must be a list of aliases, got the string {gold_answers!r}")
+    raise TypeError(f'NQ gold answers must be a list of aliases, got the string {gold_answers!r}')
   predicted = normalize_squad(extract_short_answer(generation))
   return float(any(predicted == normalize_squad(gold) for gold in gold_answers))
 
@@ -330,7 +332,7 @@ def pass_at_k(num_samples: int, num_correct: Array, k: int) -> Array:
     ``[prompts]`` float32 estimates; jit-able with ``num_samples`` and ``k`` static.
   """
   if not 1 <= k <= num_samples:
-    raise ValueError(f"pass@k needs 1 <= k <= num_samples, got k={k}, num_samples={num_samples}")
+    raise ValueError(f'pass@k needs 1 <= k <= num_samples, got k={k}, num_samples={num_samples}')
   correct = jnp.asarray(num_correct)
   i = jnp.arange(1, num_samples + 1, dtype=jnp.float32)
   log_terms = jnp.log1p(-k / i)  # -inf where i == k, only reached when n - c < k.
@@ -345,8 +347,9 @@ def mean_pass_at_k(correct_matrix: Sequence[Sequence[bool]], k: int) -> float:
   rows = [list(row) for row in correct_matrix]
   lengths = {len(row) for row in rows}
   if len(lengths) != 1:
-    raise ValueError(f"every prompt needs the same number of samples, got lengths "
-                     f"{sorted(lengths)}")
+    raise ValueError(
+      f'every prompt needs the same number of samples, got lengths {sorted(lengths)}'
+    )
   num_samples = lengths.pop()
   counts = jnp.asarray([sum(bool(v) for v in row) for row in rows], dtype=jnp.int32)
   return float(jnp.mean(pass_at_k(num_samples, counts, k)))

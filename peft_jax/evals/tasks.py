@@ -23,10 +23,9 @@ import json
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from peft_jax.evals import ifeval
-from peft_jax.evals import scorers
+from peft_jax.evals import ifeval, scorers
 
-KINDS = ("target", "general")
+KINDS = ('target', 'general')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +92,16 @@ class Task:
 
   def __post_init__(self):
     if self.kind not in KINDS:
-      raise ValueError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+      raise ValueError(f'task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}')
     if not self.examples:
-      raise ValueError(f"task {self.name!r} has no examples")
+      raise ValueError(f'task {self.name!r} has no examples')
     if self.num_samples < 1:
-      raise ValueError(f"task {self.name!r}: num_samples must be >= 1, got {self.num_samples}")
+      raise ValueError(f'task {self.name!r}: num_samples must be >= 1, got {self.num_samples}')
     bad_k = [k for k in self.pass_k if not 1 <= k <= self.num_samples]
     if bad_k:
-      raise ValueError(f"task {self.name!r}: pass_k values {bad_k} must lie in "
-                       f"[1, num_samples={self.num_samples}]")
+      raise ValueError(
+        f'task {self.name!r}: pass_k values {bad_k} must lie in [1, num_samples={self.num_samples}]'
+      )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,42 +113,59 @@ def _mean_aggregate(metric_names: Sequence[str]):
   def aggregate(records, examples):
     del examples
     return {name: sum(r[name] for r in records) / len(records) for name in metric_names}
+
   return aggregate
 
 
 NUMERIC_SCORER = Scorer(
-    score=lambda generation, example: {"accuracy": scorers.score_numeric(generation,
-                                                                        example.reference)},
-    aggregate=_mean_aggregate(["accuracy"]), main_metric="accuracy", correct_metric="accuracy")
+  score=lambda generation, example: {
+    'accuracy': scorers.score_numeric(generation, example.reference)
+  },
+  aggregate=_mean_aggregate(['accuracy']),
+  main_metric='accuracy',
+  correct_metric='accuracy',
+)
 
 NQ_SCORER = Scorer(
-    score=lambda generation, example: {"exact_match": scorers.score_nq(generation,
-                                                                      example.reference)},
-    aggregate=_mean_aggregate(["exact_match"]), main_metric="exact_match",
-    correct_metric="exact_match")
+  score=lambda generation, example: {
+    'exact_match': scorers.score_nq(generation, example.reference)
+  },
+  aggregate=_mean_aggregate(['exact_match']),
+  main_metric='exact_match',
+  correct_metric='exact_match',
+)
 
 
 def _bbh_aggregate(records, examples):
   """Accuracy per subtask, and their unweighted mean (PEFT-Arena's BBH_avg)."""
   per_subtask: dict[str, list[float]] = {}
   for record, example in zip(records, examples):
-    per_subtask.setdefault(example.meta["subtask"], []).append(record["accuracy"])
-  result = {f"accuracy/{name}": sum(v) / len(v) for name, v in sorted(per_subtask.items())}
-  result["accuracy"] = sum(sum(v) / len(v) for v in per_subtask.values()) / len(per_subtask)
+    per_subtask.setdefault(example.meta['subtask'], []).append(record['accuracy'])
+  result = {f'accuracy/{name}': sum(v) / len(v) for name, v in sorted(per_subtask.items())}
+  result['accuracy'] = sum(sum(v) / len(v) for v in per_subtask.values()) / len(per_subtask)
   return result
 
 
 BBH_SCORER = Scorer(
-    score=lambda generation, example: {"accuracy": scorers.score_bbh(generation,
-                                                                    example.reference)},
-    aggregate=_bbh_aggregate, main_metric="accuracy", correct_metric="accuracy")
+  score=lambda generation, example: {'accuracy': scorers.score_bbh(generation, example.reference)},
+  aggregate=_bbh_aggregate,
+  main_metric='accuracy',
+  correct_metric='accuracy',
+)
 
 
 def _ifeval_score(generation: str, example: Example) -> dict[str, float]:
-  result = ifeval.score_ifeval_example(generation, example.reference, example.meta["kwargs"])
-  return {name: float(result[name]) for name in (
-      "prompt_strict", "prompt_loose", "num_instructions", "inst_strict_followed",
-      "inst_loose_followed")}
+  result = ifeval.score_ifeval_example(generation, example.reference, example.meta['kwargs'])
+  return {
+    name: float(result[name])
+    for name in (
+      'prompt_strict',
+      'prompt_loose',
+      'num_instructions',
+      'inst_strict_followed',
+      'inst_loose_followed',
+    )
+  }
 
 
 def _ifeval_aggregate(records, examples):
@@ -157,8 +174,12 @@ def _ifeval_aggregate(records, examples):
 
 
 # PEFT-Arena's General axis uses IFEval instruction-level strict accuracy.
-IFEVAL_SCORER = Scorer(score=_ifeval_score, aggregate=_ifeval_aggregate,
-                       main_metric="inst_level_strict_acc", correct_metric="prompt_strict")
+IFEVAL_SCORER = Scorer(
+  score=_ifeval_score,
+  aggregate=_ifeval_aggregate,
+  main_metric='inst_level_strict_acc',
+  correct_metric='prompt_strict',
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,145 +189,191 @@ IFEVAL_SCORER = Scorer(score=_ifeval_score, aggregate=_ifeval_aggregate,
 
 def _read_jsonl(path: str, required: Sequence[str]) -> list[dict[str, Any]]:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"task file {path!r} does not exist")
+    raise FileNotFoundError(f'task file {path!r} does not exist')
   rows = []
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding='utf-8') as f:
     for line_number, line in enumerate(f, start=1):
       if not line.strip():
         continue
       try:
         row = json.loads(line)
       except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{line_number}: not valid JSON ({error})") from error
+        raise ValueError(f'{path}:{line_number}: not valid JSON ({error})') from error
       missing = [field for field in required if field not in row]
       if missing:
-        raise KeyError(f"{path}:{line_number}: missing field(s) {missing}; this format needs "
-                       f"{list(required)}, the line has {sorted(row)}")
+        raise KeyError(
+          f'{path}:{line_number}: missing field(s) {missing}; this format needs '
+          f'{list(required)}, the line has {sorted(row)}'
+        )
       rows.append(row)
   return rows
 
 
 def _read_text(path: Optional[str]) -> str:
   if not path:
-    return ""
+    return ''
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"few-shot file {path!r} does not exist")
-  with open(path, encoding="utf-8") as f:
+    raise FileNotFoundError(f'few-shot file {path!r} does not exist')
+  with open(path, encoding='utf-8') as f:
     return f.read()
 
 
-GSM8K_TEMPLATE = "Question: {question}\nAnswer:"
-MATH_TEMPLATE = ("Problem: {question}\nPut your final answer within \\boxed{{}}.\nSolution:")
-NQ_TEMPLATE = "Answer the question with a short answer.\nQuestion: {question}\nAnswer:"
+GSM8K_TEMPLATE = 'Question: {question}\nAnswer:'
+MATH_TEMPLATE = 'Problem: {question}\nPut your final answer within \\boxed{{}}.\nSolution:'
+NQ_TEMPLATE = 'Answer the question with a short answer.\nQuestion: {question}\nAnswer:'
 BBH_TEMPLATE = "Q: {question}\nA: Let's think step by step."
 
 
-def load_gsm8k(path: str, *, template: str = GSM8K_TEMPLATE, fewshot: str = "",
-               limit: Optional[int] = None) -> list[Example]:
+def load_gsm8k(
+  path: str, *, template: str = GSM8K_TEMPLATE, fewshot: str = '', limit: Optional[int] = None
+) -> list[Example]:
   """GSM8K JSONL; the reference is the final answer after ``####``."""
-  rows = _read_jsonl(path, ("question", "answer"))[:limit or None]
-  return [Example(prompt=fewshot + template.format(question=row["question"]),
-                  reference=scorers.extract_gsm8k_reference(row["answer"]),
-                  meta={"index": index}) for index, row in enumerate(rows)]
+  rows = _read_jsonl(path, ('question', 'answer'))[: limit or None]
+  return [
+    Example(
+      prompt=fewshot + template.format(question=row['question']),
+      reference=scorers.extract_gsm8k_reference(row['answer']),
+      meta={'index': index},
+    )
+    for index, row in enumerate(rows)
+  ]
 
 
-def load_math500(path: str, *, template: str = MATH_TEMPLATE, fewshot: str = "",
-                 limit: Optional[int] = None) -> list[Example]:
+def load_math500(
+  path: str, *, template: str = MATH_TEMPLATE, fewshot: str = '', limit: Optional[int] = None
+) -> list[Example]:
   """MATH-500 JSONL; the reference is the ``answer`` field."""
-  rows = _read_jsonl(path, ("problem", "solution", "answer"))[:limit or None]
-  return [Example(prompt=fewshot + template.format(question=row["problem"]),
-                  reference=str(row["answer"]),
-                  meta={"index": index, **{k: row[k] for k in ("unique_id", "level", "subject")
-                                           if k in row}})
-          for index, row in enumerate(rows)]
+  rows = _read_jsonl(path, ('problem', 'solution', 'answer'))[: limit or None]
+  return [
+    Example(
+      prompt=fewshot + template.format(question=row['problem']),
+      reference=str(row['answer']),
+      meta={'index': index, **{k: row[k] for k in ('unique_id', 'level', 'subject') if k in row}},
+    )
+    for index, row in enumerate(rows)
+  ]
 
 
 def load_ifeval(path: str, *, limit: Optional[int] = None) -> list[Example]:
   """IFEval JSONL; kwargs entries lose their ``None`` values and are validated per id."""
-  rows = _read_jsonl(path, ("key", "prompt", "instruction_id_list", "kwargs"))[:limit or None]
+  rows = _read_jsonl(path, ('key', 'prompt', 'instruction_id_list', 'kwargs'))[: limit or None]
   examples = []
   for row in rows:
-    ids, kwargs_list = list(row["instruction_id_list"]), list(row["kwargs"])
+    ids, kwargs_list = list(row['instruction_id_list']), list(row['kwargs'])
     if len(ids) != len(kwargs_list):
-      raise ValueError(f"{path}: IFEval key {row['key']}: {len(ids)} instruction ids but "
-                       f"{len(kwargs_list)} kwargs entries")
+      raise ValueError(
+        f'{path}: IFEval key {row["key"]}: {len(ids)} instruction ids but '
+        f'{len(kwargs_list)} kwargs entries'
+      )
     try:
       cleaned = [ifeval.clean_kwargs(i, k) for i, k in zip(ids, kwargs_list)]
     except KeyError as error:
-      raise KeyError(f"{path}: IFEval key {row['key']}: {error.args[0]}") from error
-    examples.append(Example(prompt=row["prompt"], reference=ids,
-                            meta={"key": row["key"], "kwargs": cleaned}))
+      raise KeyError(f'{path}: IFEval key {row["key"]}: {error.args[0]}') from error
+    examples.append(
+      Example(prompt=row['prompt'], reference=ids, meta={'key': row['key'], 'kwargs': cleaned})
+    )
   return examples
 
 
-def load_nq_open(path: str, *, template: str = NQ_TEMPLATE, fewshot: str = "",
-                 limit: Optional[int] = None) -> list[Example]:
+def load_nq_open(
+  path: str, *, template: str = NQ_TEMPLATE, fewshot: str = '', limit: Optional[int] = None
+) -> list[Example]:
   """NQ-open JSONL; the reference is the list of gold aliases."""
-  rows = _read_jsonl(path, ("question", "answer"))[:limit or None]
+  rows = _read_jsonl(path, ('question', 'answer'))[: limit or None]
   examples = []
   for index, row in enumerate(rows):
-    if not isinstance(row["answer"], list) or not row["answer"]:
-      raise ValueError(f"{path}: NQ-open row {index}: 'answer' must be a non-empty list of "
-                       f"aliases, got {row['answer']!r}")
-    examples.append(Example(prompt=fewshot + template.format(question=row["question"]),
-                            reference=[str(a) for a in row["answer"]], meta={"index": index}))
+    if not isinstance(row['answer'], list) or not row['answer']:
+      raise ValueError(
+        f"{path}: NQ-open row {index}: 'answer' must be a non-empty list of "
+        f'aliases, got {row["answer"]!r}'
+      )
+    examples.append(
+      Example(
+        prompt=fewshot + template.format(question=row['question']),
+        reference=[str(a) for a in row['answer']],
+        meta={'index': index},
+      )
+    )
   return examples
 
 
-def load_bbh(path: str, *, template: str = BBH_TEMPLATE, fewshot_dir: Optional[str] = None,
-             subtasks: Optional[Sequence[str]] = None,
-             limit: Optional[int] = None) -> list[Example]:
+def load_bbh(
+  path: str,
+  *,
+  template: str = BBH_TEMPLATE,
+  fewshot_dir: Optional[str] = None,
+  subtasks: Optional[Sequence[str]] = None,
+  limit: Optional[int] = None,
+) -> list[Example]:
   """BBH: every ``<subtask>.json`` in directory ``path`` (or the one file ``path``).
 
   ``limit`` applies per subtask. With ``fewshot_dir``, ``<fewshot_dir>/<subtask>.txt`` (the
   chain-of-thought exemplars) is prepended to each prompt, separated by a blank line.
   """
   if os.path.isdir(path):
-    files = sorted(f for f in os.listdir(path) if f.endswith(".json"))
-    available = [f[:-len(".json")] for f in files]
+    files = sorted(f for f in os.listdir(path) if f.endswith('.json'))
+    available = [f[: -len('.json')] for f in files]
     if subtasks is not None:
       unknown = sorted(set(subtasks) - set(available))
       if unknown:
-        raise KeyError(f"BBH subtasks {unknown} not found in {path!r}; available: {available}")
+        raise KeyError(f'BBH subtasks {unknown} not found in {path!r}; available: {available}')
       available = [name for name in available if name in set(subtasks)]
-    paths = [(name, os.path.join(path, name + ".json")) for name in available]
+    paths = [(name, os.path.join(path, name + '.json')) for name in available]
   elif os.path.isfile(path):
-    paths = [(os.path.basename(path).rsplit(".", 1)[0], path)]
+    paths = [(os.path.basename(path).rsplit('.', 1)[0], path)]
   else:
-    raise FileNotFoundError(f"BBH path {path!r} is neither a directory nor a file")
+    raise FileNotFoundError(f'BBH path {path!r} is neither a directory nor a file')
   if not paths:
-    raise FileNotFoundError(f"BBH directory {path!r} holds no <subtask>.json files")
+    raise FileNotFoundError(f'BBH directory {path!r} holds no <subtask>.json files')
   examples = []
   for subtask, file_path in paths:
-    with open(file_path, encoding="utf-8") as f:
+    with open(file_path, encoding='utf-8') as f:
       data = json.load(f)
-    if not isinstance(data, dict) or "examples" not in data:
+    if not isinstance(data, dict) or 'examples' not in data:
       raise KeyError(f"BBH file {file_path!r} must be an object with an 'examples' list")
-    fewshot = ""
+    fewshot = ''
     if fewshot_dir:
-      fewshot = _read_text(os.path.join(fewshot_dir, subtask + ".txt")).strip() + "\n\n"
-    for index, row in enumerate(data["examples"][:limit or None]):
-      missing = [k for k in ("input", "target") if k not in row]
+      fewshot = _read_text(os.path.join(fewshot_dir, subtask + '.txt')).strip() + '\n\n'
+    for index, row in enumerate(data['examples'][: limit or None]):
+      missing = [k for k in ('input', 'target') if k not in row]
       if missing:
-        raise KeyError(f"{file_path}: example {index} is missing {missing}")
-      examples.append(Example(prompt=fewshot + template.format(question=row["input"]),
-                              reference=str(row["target"]),
-                              meta={"subtask": subtask, "index": index}))
+        raise KeyError(f'{file_path}: example {index} is missing {missing}')
+      examples.append(
+        Example(
+          prompt=fewshot + template.format(question=row['input']),
+          reference=str(row['target']),
+          meta={'subtask': subtask, 'index': index},
+        )
+      )
   return examples
 
 
 # Per task family: loader, scorer, default kind, default max_new_tokens, default chat, default
 # stop strings (the start of the next turn of each family's prompt template).
 _FAMILIES = {
-    "gsm8k": (load_gsm8k, NUMERIC_SCORER, "target", 512, False, ("\nQuestion:",)),
-    "math500": (load_math500, NUMERIC_SCORER, "target", 1024, False, ("\nProblem:",)),
-    "ifeval": (load_ifeval, IFEVAL_SCORER, "general", 1024, True, ()),
-    "bbh": (load_bbh, BBH_SCORER, "general", 512, False, ("\nQ:",)),
-    "nq_open": (load_nq_open, NQ_SCORER, "general", 64, True, ("\nQuestion:",)),
+  'gsm8k': (load_gsm8k, NUMERIC_SCORER, 'target', 512, False, ('\nQuestion:',)),
+  'math500': (load_math500, NUMERIC_SCORER, 'target', 1024, False, ('\nProblem:',)),
+  'ifeval': (load_ifeval, IFEVAL_SCORER, 'general', 1024, True, ()),
+  'bbh': (load_bbh, BBH_SCORER, 'general', 512, False, ('\nQ:',)),
+  'nq_open': (load_nq_open, NQ_SCORER, 'general', 64, True, ('\nQuestion:',)),
 }
-_SPEC_KEYS = ("type", "name", "path", "kind", "limit", "max_new_tokens", "chat", "temperature",
-              "num_samples", "pass_k", "template", "fewshot_path", "fewshot_dir", "subtasks",
-              "stop")
+_SPEC_KEYS = (
+  'type',
+  'name',
+  'path',
+  'kind',
+  'limit',
+  'max_new_tokens',
+  'chat',
+  'temperature',
+  'num_samples',
+  'pass_k',
+  'template',
+  'fewshot_path',
+  'fewshot_dir',
+  'subtasks',
+  'stop',
+)
 
 
 def load_task(spec: Mapping[str, Any]) -> Task:
@@ -319,42 +386,44 @@ def load_task(spec: Mapping[str, Any]) -> Task:
   (text prepended to every prompt; gsm8k/math500/nq_open), ``fewshot_dir`` and ``subtasks``
   (BBH). Defaults follow PEFT-Arena: IFEval and NQ use the chat template, decoding is greedy.
   """
-  spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+  spec = dict(spec.to_dict() if hasattr(spec, 'to_dict') else spec)
   unknown = sorted(set(spec) - set(_SPEC_KEYS))
   if unknown:
-    raise KeyError(f"task spec has unknown keys {unknown}; valid keys: {list(_SPEC_KEYS)}")
-  for required in ("type", "path"):
+    raise KeyError(f'task spec has unknown keys {unknown}; valid keys: {list(_SPEC_KEYS)}')
+  for required in ('type', 'path'):
     if not spec.get(required):
-      raise KeyError(f"task spec needs {required!r}; got keys {sorted(spec)}")
-  family = spec["type"]
+      raise KeyError(f'task spec needs {required!r}; got keys {sorted(spec)}')
+  family = spec['type']
   if family not in _FAMILIES:
-    raise KeyError(f"unknown task type {family!r}; valid types: {sorted(_FAMILIES)}")
+    raise KeyError(f'unknown task type {family!r}; valid types: {sorted(_FAMILIES)}')
   loader, scorer, kind, max_new_tokens, chat, stop = _FAMILIES[family]
-  loader_kwargs: dict[str, Any] = {"limit": spec.get("limit")}
-  if spec.get("template") is not None:
-    if family == "ifeval":
+  loader_kwargs: dict[str, Any] = {'limit': spec.get('limit')}
+  if spec.get('template') is not None:
+    if family == 'ifeval':
       raise KeyError("task spec key 'template' does not apply to ifeval (prompts are used as is)")
-    loader_kwargs["template"] = spec["template"]
-  if spec.get("fewshot_path"):
-    if family not in ("gsm8k", "math500", "nq_open"):
-      raise KeyError(f"task spec key 'fewshot_path' applies to gsm8k/math500/nq_open, not {family}"
-                     + (" (BBH takes 'fewshot_dir')" if family == "bbh" else ""))
-    loader_kwargs["fewshot"] = _read_text(spec["fewshot_path"])
-  for bbh_key in ("fewshot_dir", "subtasks"):
+    loader_kwargs['template'] = spec['template']
+  if spec.get('fewshot_path'):
+    if family not in ('gsm8k', 'math500', 'nq_open'):
+      raise KeyError(
+        f"task spec key 'fewshot_path' applies to gsm8k/math500/nq_open, not {family}"
+        + (" (BBH takes 'fewshot_dir')" if family == 'bbh' else '')
+      )
+    loader_kwargs['fewshot'] = _read_text(spec['fewshot_path'])
+  for bbh_key in ('fewshot_dir', 'subtasks'):
     if spec.get(bbh_key) is not None:
-      if family != "bbh":
-        raise KeyError(f"task spec key {bbh_key!r} applies to bbh only, not {family}")
+      if family != 'bbh':
+        raise KeyError(f'task spec key {bbh_key!r} applies to bbh only, not {family}')
       loader_kwargs[bbh_key] = spec[bbh_key]
-  examples = loader(spec["path"], **loader_kwargs)
+  examples = loader(spec['path'], **loader_kwargs)
   return Task(
-      name=spec.get("name") or family,
-      kind=spec.get("kind") or kind,
-      examples=tuple(examples),
-      scorer=scorer,
-      max_new_tokens=int(spec.get("max_new_tokens") or max_new_tokens),
-      chat=bool(spec["chat"]) if spec.get("chat") is not None else chat,
-      temperature=float(spec.get("temperature") or 0.0),
-      num_samples=int(spec.get("num_samples") or 1),
-      pass_k=tuple(int(k) for k in (spec.get("pass_k") or ())),
-      stop=tuple(spec["stop"]) if spec.get("stop") is not None else stop,
+    name=spec.get('name') or family,
+    kind=spec.get('kind') or kind,
+    examples=tuple(examples),
+    scorer=scorer,
+    max_new_tokens=int(spec.get('max_new_tokens') or max_new_tokens),
+    chat=bool(spec['chat']) if spec.get('chat') is not None else chat,
+    temperature=float(spec.get('temperature') or 0.0),
+    num_samples=int(spec.get('num_samples') or 1),
+    pass_k=tuple(int(k) for k in (spec.get('pass_k') or ())),
+    stop=tuple(spec['stop']) if spec.get('stop') is not None else stop,
   )

@@ -39,29 +39,32 @@ MAX_PAIR_TOKENS = 1024
 
 def _flatten(x: Array, name: str) -> Array:
   if x.ndim < 2:
-    raise ValueError(f"{name} must be [..., n, d] token activations with d last, got shape "
-                     f"{x.shape}.")
+    raise ValueError(
+      f'{name} must be [..., n, d] token activations with d last, got shape {x.shape}.'
+    )
   return x.reshape(-1, x.shape[-1])
 
 
-def _prepare(x0: Array, x1: Array, mask: Optional[Array], *, same_dim: bool = False,
-             dtype=None):
+def _prepare(x0: Array, x1: Array, mask: Optional[Array], *, same_dim: bool = False, dtype=None):
   """Flattens ``x0 [..., d0]``, ``x1 [..., d1]`` to ``[n, d]`` and returns token weights ``[n]``."""
   if x0.shape[:-1] != x1.shape[:-1]:
-    raise ValueError(f"x0 and x1 must have the same token dims (aligned by position), got x0 "
-                     f"{x0.shape} and x1 {x1.shape}.")
+    raise ValueError(
+      f'x0 and x1 must have the same token dims (aligned by position), got x0 '
+      f'{x0.shape} and x1 {x1.shape}.'
+    )
   if same_dim and x0.shape[-1] != x1.shape[-1]:
-    raise ValueError(f"this metric needs equal feature dims, got x0 {x0.shape} and x1 {x1.shape}.")
+    raise ValueError(f'this metric needs equal feature dims, got x0 {x0.shape} and x1 {x1.shape}.')
   x0, x1 = jnp.asarray(x0), jnp.asarray(x1)
   dtype = dtype or jnp.promote_types(jnp.promote_types(x0.dtype, x1.dtype), jnp.float32)
-  a = _flatten(x0, "x0").astype(dtype)
-  b = _flatten(x1, "x1").astype(dtype)
+  a = _flatten(x0, 'x0').astype(dtype)
+  b = _flatten(x1, 'x1').astype(dtype)
   if mask is None:
     weights = jnp.ones((a.shape[0],), dtype)
   else:
     if mask.shape != x0.shape[:-1]:
-      raise ValueError(f"mask shape {mask.shape} must equal the token dims {x0.shape[:-1]} of x0 "
-                       f"{x0.shape}.")
+      raise ValueError(
+        f'mask shape {mask.shape} must equal the token dims {x0.shape[:-1]} of x0 {x0.shape}.'
+      )
     weights = mask.reshape(-1).astype(dtype)
   return a, b, weights
 
@@ -95,8 +98,10 @@ def raw_residual(x0: Array, x1: Array, *, mask: Optional[Array] = None) -> Array
 def _zero_pad_pair(a: Array, b: Array):
   """Pads the narrower of ``a [n, d0]``, ``b [n, d1]`` with zero columns to ``max(d0, d1)``."""
   width = max(a.shape[1], b.shape[1])
-  return (jnp.pad(a, ((0, 0), (0, width - a.shape[1]))),
-          jnp.pad(b, ((0, 0), (0, width - b.shape[1]))))
+  return (
+    jnp.pad(a, ((0, 0), (0, width - a.shape[1]))),
+    jnp.pad(b, ((0, 0), (0, width - b.shape[1]))),
+  )
 
 
 def procrustes_rotation(x0: Array, x1: Array, *, mask: Optional[Array] = None) -> Array:
@@ -186,15 +191,18 @@ def linear_cka_debiased(x0: Array, x1: Array, *, mask: Optional[Array] = None) -
   """
   a, b, w = _prepare(x0, x1, mask)
   if a.shape[0] < 4:
-    raise ValueError(f"linear_cka_debiased needs at least 4 tokens, got {a.shape[0]}.")
+    raise ValueError(f'linear_cka_debiased needs at least 4 tokens, got {a.shape[0]}.')
   n = jnp.sum(w)
   a, b = _center(a, w), _center(b, w)
   rows_a = jnp.sum(a**2, axis=1)
   rows_b = jnp.sum(b**2, axis=1)
 
   def debiased_dot(similarity, rows_x, rows_y):
-    return (similarity - n / (n - 2) * jnp.dot(rows_x, rows_y)
-            + jnp.sum(rows_x) * jnp.sum(rows_y) / ((n - 1) * (n - 2)))
+    return (
+      similarity
+      - n / (n - 2) * jnp.dot(rows_x, rows_y)
+      + jnp.sum(rows_x) * jnp.sum(rows_y) / ((n - 1) * (n - 2))
+    )
 
   xy = debiased_dot(jnp.sum((a.T @ b) ** 2), rows_a, rows_b)
   xx = debiased_dot(jnp.sum((a.T @ a) ** 2), rows_a, rows_a)
@@ -202,8 +210,7 @@ def linear_cka_debiased(x0: Array, x1: Array, *, mask: Optional[Array] = None) -
   return xy / jnp.sqrt(xx * yy)
 
 
-def subsample_tokens(num_tokens: int, max_tokens: int, key: Array,
-                     mask: Optional[Array] = None):
+def subsample_tokens(num_tokens: int, max_tokens: int, key: Array, mask: Optional[Array] = None):
   """Indices of at most ``max_tokens`` real tokens, drawn without replacement, sorted.
 
   PEFT-Arena draws ``np.random.default_rng(0).choice(n, 1024, replace=False)`` and sorts; we draw
@@ -229,8 +236,14 @@ def subsample_tokens(num_tokens: int, max_tokens: int, key: Array,
   return indices, weights[indices]
 
 
-def gram_distortion(x0: Array, x1: Array, *, mask: Optional[Array] = None,
-                    max_tokens: int = MAX_PAIR_TOKENS, key: Optional[Array] = None) -> Array:
+def gram_distortion(
+  x0: Array,
+  x1: Array,
+  *,
+  mask: Optional[Array] = None,
+  max_tokens: int = MAX_PAIR_TOKENS,
+  key: Optional[Array] = None,
+) -> Array:
   """Cosine-Gram distortion ``||K1 - K0||_F / (||K0||_F + ε)`` on a token subsample.
 
   Rows are L2-normalised (no centering), ``Z_t = X_t / max(||X_t||, ε)``, ``K_j = Z_j Z_jᵀ`` over at
@@ -265,11 +278,10 @@ def _top_principal_directions(x_centered: Array, k: int) -> Array:
 
 def _check_k(k: int, n: int, d: int) -> None:
   if not 1 <= k <= min(n, d):
-    raise ValueError(f"PCA subspace size k={k} must be in [1, min(n={n}, d={d})].")
+    raise ValueError(f'PCA subspace size k={k} must be in [1, min(n={n}, d={d})].')
 
 
-def pca_subspace_distance(x0: Array, x1: Array, k: int, *,
-                          mask: Optional[Array] = None) -> Array:
+def pca_subspace_distance(x0: Array, x1: Array, k: int, *, mask: Optional[Array] = None) -> Array:
   """Distance between the top-``k`` principal subspaces of ``X̄0`` and ``X̄1``.
 
   .. math:: d = \\lVert V_0V_0ᵀ - V_1V_1ᵀ\\rVert_F/\\sqrt{2k} = \\sqrt{\\tfrac1k\\sum_i \\sin^2θ_i}
@@ -318,8 +330,9 @@ def principal_angles(basis0: Array, basis1: Array) -> Array:
     ``[min(p, q)]`` angles in radians, decreasing.
   """
   if basis0.ndim != 2 or basis1.ndim != 2 or basis0.shape[0] != basis1.shape[0]:
-    raise ValueError(f"bases must be [d, p] and [d, q] with the same d, got {basis0.shape} and "
-                     f"{basis1.shape}.")
+    raise ValueError(
+      f'bases must be [d, p] and [d, q] with the same d, got {basis0.shape} and {basis1.shape}.'
+    )
   q0 = jnp.linalg.svd(basis0, full_matrices=False)[0]
   q1 = jnp.linalg.svd(basis1, full_matrices=False)[0]
   if q0.shape[1] < q1.shape[1]:
@@ -328,8 +341,9 @@ def principal_angles(basis0: Array, basis1: Array) -> Array:
   cosines = jnp.linalg.svd(overlap, compute_uv=False)[::-1]  # increasing: angles decreasing
   sines = jnp.linalg.svd(q1 - q0 @ overlap, compute_uv=False)  # decreasing: angles decreasing
   small = cosines**2 >= 0.5
-  return jnp.where(small, jnp.arcsin(jnp.clip(sines, -1.0, 1.0)),
-                   jnp.arccos(jnp.clip(cosines, -1.0, 1.0)))
+  return jnp.where(
+    small, jnp.arcsin(jnp.clip(sines, -1.0, 1.0)), jnp.arccos(jnp.clip(cosines, -1.0, 1.0))
+  )
 
 
 class PointwiseStats(NamedTuple):
@@ -356,8 +370,9 @@ def _pointwise_terms(a: Array, b: Array):
   cos = jnp.clip(jnp.sum(a * b, axis=1) / jnp.maximum(norm_a * norm_b, EPS), -1.0, 1.0)
   unit_a = a / jnp.maximum(norm_a, EPS)[:, None]
   unit_b = b / jnp.maximum(norm_b, EPS)[:, None]
-  angle = 2.0 * jnp.arctan2(jnp.linalg.norm(unit_a - unit_b, axis=1),
-                            jnp.linalg.norm(unit_a + unit_b, axis=1))
+  angle = 2.0 * jnp.arctan2(
+    jnp.linalg.norm(unit_a - unit_b, axis=1), jnp.linalg.norm(unit_a + unit_b, axis=1)
+  )
   ratio = norm_b / (norm_a + EPS)
   return cos, angle, ratio
 
@@ -381,19 +396,25 @@ def pointwise_stats(x0: Array, x1: Array, *, mask: Optional[Array] = None) -> Po
 
   ratio_mean = mean(ratio)
   return PointwiseStats(
-      mean_cos=mean(cos),
-      mean_one_minus_cos=mean(1.0 - cos),
-      mean_angle=mean(angle),
-      median_angle=jnp.nanmedian(jnp.where(w > 0, angle, jnp.nan)),
-      mean_abs_log_norm_ratio=mean(jnp.abs(jnp.log(ratio + EPS))),
-      norm_ratio_mean=ratio_mean,
-      norm_ratio_std=jnp.sqrt(jnp.maximum(mean((ratio - ratio_mean) ** 2), 0.0)),
+    mean_cos=mean(cos),
+    mean_one_minus_cos=mean(1.0 - cos),
+    mean_angle=mean(angle),
+    median_angle=jnp.nanmedian(jnp.where(w > 0, angle, jnp.nan)),
+    mean_abs_log_norm_ratio=mean(jnp.abs(jnp.log(ratio + EPS))),
+    norm_ratio_mean=ratio_mean,
+    norm_ratio_std=jnp.sqrt(jnp.maximum(mean((ratio - ratio_mean) ** 2), 0.0)),
   )
 
 
-def activation_geometry(x0: Array, x1: Array, *, mask: Optional[Array] = None,
-                        pca_ks: Sequence[int] = (32, 64), max_pair_tokens: int = MAX_PAIR_TOKENS,
-                        key: Optional[Array] = None) -> dict:
+def activation_geometry(
+  x0: Array,
+  x1: Array,
+  *,
+  mask: Optional[Array] = None,
+  pca_ks: Sequence[int] = (32, 64),
+  max_pair_tokens: int = MAX_PAIR_TOKENS,
+  key: Optional[Array] = None,
+) -> dict:
   """Every PEFT-Arena activation metric of one module, as a flat dict of scalars.
 
   Keys: ``raw_residual``, ``procrustes_residual``, ``procrustes_improvement``, ``gram_distortion``,
@@ -412,16 +433,16 @@ def activation_geometry(x0: Array, x1: Array, *, mask: Optional[Array] = None,
   procrustes = procrustes_residual(x0, x1, mask=mask)
   n, d = x0.reshape(-1, x0.shape[-1]).shape
   out = {
-      "raw_residual": raw,
-      "procrustes_residual": procrustes,
-      "procrustes_improvement": raw - procrustes,
-      "gram_distortion": gram_distortion(x0, x1, mask=mask, max_tokens=max_pair_tokens, key=key),
-      "cka": linear_cka(x0, x1, mask=mask),
-      "cka_debiased": linear_cka_debiased(x0, x1, mask=mask),
+    'raw_residual': raw,
+    'procrustes_residual': procrustes,
+    'procrustes_improvement': raw - procrustes,
+    'gram_distortion': gram_distortion(x0, x1, mask=mask, max_tokens=max_pair_tokens, key=key),
+    'cka': linear_cka(x0, x1, mask=mask),
+    'cka_debiased': linear_cka_debiased(x0, x1, mask=mask),
   }
   for k in pca_ks:
     if k <= min(n, d):
-      out[f"pca_distance_k{k}"] = pca_subspace_distance(x0, x1, k, mask=mask)
+      out[f'pca_distance_k{k}'] = pca_subspace_distance(x0, x1, k, mask=mask)
   out.update(pointwise_stats(x0, x1, mask=mask)._asdict())
   return out
 
@@ -450,14 +471,23 @@ def activation_stats_init(d0: int, d1: int, dtype=jnp.float32) -> ActivationStat
   """Empty accumulator for ``x0 [., d0]`` and ``x1 [., d1]`` in ``dtype``."""
   zero = jnp.zeros((), dtype)
   return ActivationStatsState(
-      count=zero, mean0=jnp.zeros((d0,), dtype), mean1=jnp.zeros((d1,), dtype),
-      comoment00=jnp.zeros((d0, d0), dtype), comoment11=jnp.zeros((d1, d1), dtype),
-      comoment01=jnp.zeros((d0, d1), dtype), cos_sum=zero, angle_sum=zero,
-      abs_log_ratio_sum=zero, ratio_sum=zero, ratio_sq_sum=zero)
+    count=zero,
+    mean0=jnp.zeros((d0,), dtype),
+    mean1=jnp.zeros((d1,), dtype),
+    comoment00=jnp.zeros((d0, d0), dtype),
+    comoment11=jnp.zeros((d1, d1), dtype),
+    comoment01=jnp.zeros((d0, d1), dtype),
+    cos_sum=zero,
+    angle_sum=zero,
+    abs_log_ratio_sum=zero,
+    ratio_sum=zero,
+    ratio_sq_sum=zero,
+  )
 
 
-def activation_stats_update(state: ActivationStatsState, x0: Array, x1: Array, *,
-                            mask: Optional[Array] = None) -> ActivationStatsState:
+def activation_stats_update(
+  state: ActivationStatsState, x0: Array, x1: Array, *, mask: Optional[Array] = None
+) -> ActivationStatsState:
   """Adds one batch of aligned tokens to the accumulator.
 
   Merges the batch's own centered co-moments ``M_b`` with the running ``M_a``:
@@ -473,8 +503,10 @@ def activation_stats_update(state: ActivationStatsState, x0: Array, x1: Array, *
     the new state.
   """
   if x0.shape[-1] != state.mean0.shape[0] or x1.shape[-1] != state.mean1.shape[0]:
-    raise ValueError(f"batch dims x0 {x0.shape}, x1 {x1.shape} do not match the accumulator's "
-                     f"(d0={state.mean0.shape[0]}, d1={state.mean1.shape[0]}).")
+    raise ValueError(
+      f"batch dims x0 {x0.shape}, x1 {x1.shape} do not match the accumulator's "
+      f'(d0={state.mean0.shape[0]}, d1={state.mean1.shape[0]}).'
+    )
   a, b, w = _prepare(x0, x1, mask, dtype=state.mean0.dtype)
   n_b = jnp.sum(w)
   safe_n_b = jnp.maximum(n_b, 1.0)
@@ -491,28 +523,31 @@ def activation_stats_update(state: ActivationStatsState, x0: Array, x1: Array, *
 
   if a.shape[1] == b.shape[1]:
     cos, angle, ratio = _pointwise_terms(a, b)
-    pointwise = (jnp.sum(w * cos), jnp.sum(w * angle),
-                 jnp.sum(w * jnp.abs(jnp.log(ratio + EPS))), jnp.sum(w * ratio),
-                 jnp.sum(w * ratio**2))
+    pointwise = (
+      jnp.sum(w * cos),
+      jnp.sum(w * angle),
+      jnp.sum(w * jnp.abs(jnp.log(ratio + EPS))),
+      jnp.sum(w * ratio),
+      jnp.sum(w * ratio**2),
+    )
   else:
     pointwise = (0.0,) * 5
   return ActivationStatsState(
-      count=n,
-      mean0=state.mean0 + delta0 * n_b / safe_n,
-      mean1=state.mean1 + delta1 * n_b / safe_n,
-      comoment00=state.comoment00 + ac.T @ ac + scale * jnp.outer(delta0, delta0),
-      comoment11=state.comoment11 + bc.T @ bc + scale * jnp.outer(delta1, delta1),
-      comoment01=state.comoment01 + ac.T @ bc + scale * jnp.outer(delta0, delta1),
-      cos_sum=state.cos_sum + pointwise[0],
-      angle_sum=state.angle_sum + pointwise[1],
-      abs_log_ratio_sum=state.abs_log_ratio_sum + pointwise[2],
-      ratio_sum=state.ratio_sum + pointwise[3],
-      ratio_sq_sum=state.ratio_sq_sum + pointwise[4],
+    count=n,
+    mean0=state.mean0 + delta0 * n_b / safe_n,
+    mean1=state.mean1 + delta1 * n_b / safe_n,
+    comoment00=state.comoment00 + ac.T @ ac + scale * jnp.outer(delta0, delta0),
+    comoment11=state.comoment11 + bc.T @ bc + scale * jnp.outer(delta1, delta1),
+    comoment01=state.comoment01 + ac.T @ bc + scale * jnp.outer(delta0, delta1),
+    cos_sum=state.cos_sum + pointwise[0],
+    angle_sum=state.angle_sum + pointwise[1],
+    abs_log_ratio_sum=state.abs_log_ratio_sum + pointwise[2],
+    ratio_sum=state.ratio_sum + pointwise[3],
+    ratio_sq_sum=state.ratio_sq_sum + pointwise[4],
   )
 
 
-def activation_stats_finalize(state: ActivationStatsState, *,
-                              pca_ks: Sequence[int] = ()) -> dict:
+def activation_stats_finalize(state: ActivationStatsState, *, pca_ks: Sequence[int] = ()) -> dict:
   """Metrics from the accumulated ``d x d`` statistics.
 
   With ``C_ij = X̄_iᵀ X̄_j``:
@@ -540,31 +575,34 @@ def activation_stats_finalize(state: ActivationStatsState, *,
   nuclear = jnp.sum(jnp.linalg.svd(state.comoment01, compute_uv=False))
   procrustes = jnp.sqrt(jnp.maximum(trace0 + trace1 - 2.0 * nuclear, 0.0)) / (norm0 + EPS)
   out = {
-      "cka": jnp.sum(state.comoment01**2) / (jnp.linalg.norm(state.comoment00)
-                                             * jnp.linalg.norm(state.comoment11) + EPS),
-      "procrustes_residual": procrustes,
+    'cka': jnp.sum(state.comoment01**2)
+    / (jnp.linalg.norm(state.comoment00) * jnp.linalg.norm(state.comoment11) + EPS),
+    'procrustes_residual': procrustes,
   }
   d0, d1 = state.mean0.shape[0], state.mean1.shape[0]
   if d0 == d1:
     raw = jnp.sqrt(jnp.maximum(trace0 + trace1 - 2.0 * jnp.trace(state.comoment01), 0.0)) / (
-        norm0 + EPS)
+      norm0 + EPS
+    )
     count = state.count
     ratio_mean = state.ratio_sum / count
-    out.update({
-        "raw_residual": raw,
-        "procrustes_improvement": raw - procrustes,
-        "mean_cos": state.cos_sum / count,
-        "mean_one_minus_cos": 1.0 - state.cos_sum / count,
-        "mean_angle": state.angle_sum / count,
-        "mean_abs_log_norm_ratio": state.abs_log_ratio_sum / count,
-        "norm_ratio_mean": ratio_mean,
-        "norm_ratio_std": jnp.sqrt(jnp.maximum(state.ratio_sq_sum / count - ratio_mean**2, 0.0)),
-    })
+    out.update(
+      {
+        'raw_residual': raw,
+        'procrustes_improvement': raw - procrustes,
+        'mean_cos': state.cos_sum / count,
+        'mean_one_minus_cos': 1.0 - state.cos_sum / count,
+        'mean_angle': state.angle_sum / count,
+        'mean_abs_log_norm_ratio': state.abs_log_ratio_sum / count,
+        'norm_ratio_mean': ratio_mean,
+        'norm_ratio_std': jnp.sqrt(jnp.maximum(state.ratio_sq_sum / count - ratio_mean**2, 0.0)),
+      }
+    )
     for k in pca_ks:
       _check_k(k, d0, d0)
       v0 = jnp.linalg.eigh(state.comoment00)[1][:, ::-1][:, :k]
       v1 = jnp.linalg.eigh(state.comoment11)[1][:, ::-1][:, :k]
-      out[f"pca_distance_k{k}"] = _subspace_distance(v0, v1)
+      out[f'pca_distance_k{k}'] = _subspace_distance(v0, v1)
   elif pca_ks:
-    raise ValueError(f"pca_ks={tuple(pca_ks)} needs equal feature dims, got d0={d0}, d1={d1}.")
+    raise ValueError(f'pca_ks={tuple(pca_ks)} needs equal feature dims, got d0={d0}, d1={d1}.')
   return out

@@ -53,14 +53,16 @@ def _flat_tokens(h: Array, mask: Optional[Array], compute_dtype):
     weights = jnp.ones((h2.shape[0],), jnp.float32)
   else:
     if mask.shape != h.shape[:-1]:
-      raise ValueError(f"mask shape {mask.shape} must equal the token dims of h {h.shape[:-1]} "
-                       f"(h: {h.shape}).")
+      raise ValueError(
+        f'mask shape {mask.shape} must equal the token dims of h {h.shape[:-1]} (h: {h.shape}).'
+      )
     weights = mask.reshape(-1).astype(compute_dtype)
   return h2, weights
 
 
-def csd(h: Array, w0: Array, w1: Array, *, mask: Optional[Array] = None,
-        layout: str = "flax") -> CSDResult:
+def csd(
+  h: Array, w0: Array, w1: Array, *, mask: Optional[Array] = None, layout: str = 'flax'
+) -> CSDResult:
   """CSD (abs, rel, un) of the update ``w1 - w0`` on input activations ``h``.
 
   Args:
@@ -74,13 +76,15 @@ def csd(h: Array, w0: Array, w1: Array, *, mask: Optional[Array] = None,
     :class:`CSDResult` of scalars.
   """
   if w0.shape != w1.shape:
-    raise ValueError(f"w0 and w1 must have the same shape, got {w0.shape} and {w1.shape}.")
+    raise ValueError(f'w0 and w1 must have the same shape, got {w0.shape} and {w1.shape}.')
   dtype = jnp.result_type(spectral.compute_dtype(w0), spectral.compute_dtype(h))
   w0_t = spectral.as_torch_layout(w0, layout).astype(dtype)
   dw_t = spectral.as_torch_layout(w1, layout).astype(dtype) - w0_t
   if h.shape[-1] != w0_t.shape[1]:
-    raise ValueError(f"h's last dim {h.shape[-1]} must equal the module's d_in {w0_t.shape[1]} "
-                     f"(h: {h.shape}, w0: {w0.shape}, layout={layout!r}).")
+    raise ValueError(
+      f"h's last dim {h.shape[-1]} must equal the module's d_in {w0_t.shape[1]} "
+      f'(h: {h.shape}, w0: {w0.shape}, layout={layout!r}).'
+    )
   h2, weights = _flat_tokens(h, mask, dtype)
   count = jnp.sum(weights)
   update_out = h2 @ dw_t.T  # [n, d_out] = ΔW h_t for every token
@@ -90,16 +94,22 @@ def csd(h: Array, w0: Array, w1: Array, *, mask: Optional[Array] = None,
   mean_input_sq = jnp.sum(weights * jnp.sum(h2**2, axis=-1)) / count
   dw_fro_sq = jnp.sum(dw_t**2)
   return CSDResult(
-      abs=mean_update_sq,
-      rel=mean_update_sq / (mean_base_sq + CSD_EPS),
-      un=mean_update_sq / ((dw_fro_sq + CSD_EPS) * (mean_input_sq + CSD_EPS)),
+    abs=mean_update_sq,
+    rel=mean_update_sq / (mean_base_sq + CSD_EPS),
+    un=mean_update_sq / ((dw_fro_sq + CSD_EPS) * (mean_input_sq + CSD_EPS)),
   )
 
 
-def csd_general_vs_target(h_general: Array, h_target: Array, w0: Array, w1: Array, *,
-                          general_mask: Optional[Array] = None,
-                          target_mask: Optional[Array] = None,
-                          layout: str = "flax") -> CSDComparison:
+def csd_general_vs_target(
+  h_general: Array,
+  h_target: Array,
+  w0: Array,
+  w1: Array,
+  *,
+  general_mask: Optional[Array] = None,
+  target_mask: Optional[Array] = None,
+  layout: str = 'flax',
+) -> CSDComparison:
   """CSD on general and on target inputs of the same module, and the general/target ratios.
 
   Args:
@@ -117,15 +127,16 @@ def csd_general_vs_target(h_general: Array, h_target: Array, w0: Array, w1: Arra
   general = csd(h_general, w0, w1, mask=general_mask, layout=layout)
   target = csd(h_target, w0, w1, mask=target_mask, layout=layout)
   return CSDComparison(
-      general=general,
-      target=target,
-      rel_ratio=general.rel / (target.rel + CSD_EPS),
-      un_ratio=general.un / (target.un + CSD_EPS),
+    general=general,
+    target=target,
+    rel_ratio=general.rel / (target.rel + CSD_EPS),
+    un_ratio=general.un / (target.un + CSD_EPS),
   )
 
 
-def csd_from_moments(count: Array, mean: Array, comoment: Array, w0: Array, w1: Array, *,
-                     layout: str = "flax") -> CSDResult:
+def csd_from_moments(
+  count: Array, mean: Array, comoment: Array, w0: Array, w1: Array, *, layout: str = 'flax'
+) -> CSDResult:
   """CSD from streamed input moments (memory ``d_in x d_in``, any number of tokens).
 
   With the uncentered second moment ``S = M / n + μ μᵀ`` (``M = Σ_t (h_t - μ)(h_t - μ)ᵀ``),
@@ -146,19 +157,21 @@ def csd_from_moments(count: Array, mean: Array, comoment: Array, w0: Array, w1: 
     :class:`CSDResult`, equal to :func:`csd` on the streamed tokens.
   """
   if w0.shape != w1.shape:
-    raise ValueError(f"w0 and w1 must have the same shape, got {w0.shape} and {w1.shape}.")
+    raise ValueError(f'w0 and w1 must have the same shape, got {w0.shape} and {w1.shape}.')
   dtype = jnp.result_type(spectral.compute_dtype(w0), comoment.dtype)
   w0_t = spectral.as_torch_layout(w0, layout).astype(dtype)
   dw_t = spectral.as_torch_layout(w1, layout).astype(dtype) - w0_t
   if comoment.shape != (w0_t.shape[1],) * 2 or mean.shape != (w0_t.shape[1],):
-    raise ValueError(f"mean {mean.shape} / comoment {comoment.shape} must be [d_in] / "
-                     f"[d_in, d_in] with the module's d_in = {w0_t.shape[1]}.")
+    raise ValueError(
+      f'mean {mean.shape} / comoment {comoment.shape} must be [d_in] / '
+      f"[d_in, d_in] with the module's d_in = {w0_t.shape[1]}."
+    )
   second_moment = comoment / count + jnp.outer(mean, mean)
   mean_update_sq = jnp.sum((dw_t @ second_moment) * dw_t)
   mean_base_sq = jnp.sum((w0_t @ second_moment) * w0_t)
   mean_input_sq = jnp.trace(second_moment)
   return CSDResult(
-      abs=mean_update_sq,
-      rel=mean_update_sq / (mean_base_sq + CSD_EPS),
-      un=mean_update_sq / ((jnp.sum(dw_t**2) + CSD_EPS) * (mean_input_sq + CSD_EPS)),
+    abs=mean_update_sq,
+    rel=mean_update_sq / (mean_base_sq + CSD_EPS),
+    un=mean_update_sq / ((jnp.sum(dw_t**2) + CSD_EPS) * (mean_input_sq + CSD_EPS)),
   )

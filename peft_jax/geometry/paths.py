@@ -29,13 +29,16 @@ PyTree = Any
 def _check_same_structure(theta0: PyTree, theta1: PyTree) -> None:
   s0, s1 = jax.tree.structure(theta0), jax.tree.structure(theta1)
   if s0 != s1:
-    raise ValueError(f"theta0 and theta1 must have the same tree structure; got\n{s0}\nand\n{s1}.")
-  for path_and_leaf0, leaf1 in zip(jax.tree_util.tree_leaves_with_path(theta0),
-                                   jax.tree.leaves(theta1)):
+    raise ValueError(f'theta0 and theta1 must have the same tree structure; got\n{s0}\nand\n{s1}.')
+  for path_and_leaf0, leaf1 in zip(
+    jax.tree_util.tree_leaves_with_path(theta0), jax.tree.leaves(theta1)
+  ):
     path, leaf0 = path_and_leaf0
     if jnp.shape(leaf0) != jnp.shape(leaf1):
-      raise ValueError(f"leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf0)} in theta0 "
-                       f"but {jnp.shape(leaf1)} in theta1.")
+      raise ValueError(
+        f'leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf0)} in theta0 '
+        f'but {jnp.shape(leaf1)} in theta1.'
+      )
 
 
 def interpolate(theta0: PyTree, theta1: PyTree, alpha: Array | float) -> PyTree:
@@ -49,8 +52,7 @@ def interpolate(theta0: PyTree, theta1: PyTree, alpha: Array | float) -> PyTree:
     pytree like ``theta0``; each leaf keeps ``theta0``'s dtype.
   """
   _check_same_structure(theta0, theta1)
-  return jax.tree.map(lambda a, b: (a + alpha * (b - a)).astype(jnp.result_type(a)), theta0,
-                      theta1)
+  return jax.tree.map(lambda a, b: (a + alpha * (b - a)).astype(jnp.result_type(a)), theta0, theta1)
 
 
 def alpha_grid_params(theta0: PyTree, theta1: PyTree, alphas: Array) -> PyTree:
@@ -63,14 +65,18 @@ def alpha_grid_params(theta0: PyTree, theta1: PyTree, alphas: Array) -> PyTree:
   """
   alphas = jnp.asarray(alphas)
   if alphas.ndim != 1:
-    raise ValueError(f"alphas must be 1-D [num_alphas], got shape {alphas.shape}.")
+    raise ValueError(f'alphas must be 1-D [num_alphas], got shape {alphas.shape}.')
   _check_same_structure(theta0, theta1)
   return jax.vmap(lambda a: interpolate(theta0, theta1, a))(alphas)
 
 
-def method_path_grid(tree: PyTree, alphas: Array,
-                     path_fn: Callable[[PyTree, Array], PyTree], *,
-                     schedule: Optional[Callable[[Array], Array]] = None) -> PyTree:
+def method_path_grid(
+  tree: PyTree,
+  alphas: Array,
+  path_fn: Callable[[PyTree, Array], PyTree],
+  *,
+  schedule: Optional[Callable[[Array], Array]] = None,
+) -> PyTree:
   """A method's own path at every α, stacked along a leading ``[num_alphas]`` axis.
 
   Args:
@@ -86,35 +92,36 @@ def method_path_grid(tree: PyTree, alphas: Array,
   """
   alphas = jnp.asarray(alphas)
   if alphas.ndim != 1:
-    raise ValueError(f"alphas must be 1-D [num_alphas], got shape {alphas.shape}.")
+    raise ValueError(f'alphas must be 1-D [num_alphas], got shape {alphas.shape}.')
   positions = alphas if schedule is None else jax.vmap(schedule)(alphas)
   return jax.vmap(lambda t: path_fn(tree, t))(positions)
 
 
-@functools.partial(jax.jit, static_argnames=("eval_fn", "mode"))
+@functools.partial(jax.jit, static_argnames=('eval_fn', 'mode'))
 def _evaluate_stacked_jit(stacked_params, *, eval_fn, mode):
-  if mode == "vmap":
+  if mode == 'vmap':
     return jax.vmap(eval_fn)(stacked_params)
   return jax.lax.map(eval_fn, stacked_params)
 
 
-@functools.partial(jax.jit, static_argnames=("eval_fn", "mode"))
+@functools.partial(jax.jit, static_argnames=('eval_fn', 'mode'))
 def _evaluate_alpha_grid_jit(theta0, theta1, alphas, *, eval_fn, mode):
   def at_alpha(alpha):
     return eval_fn(interpolate(theta0, theta1, alpha))
 
-  if mode == "vmap":
+  if mode == 'vmap':
     return jax.vmap(at_alpha)(alphas)
   return jax.lax.map(at_alpha, alphas)
 
 
 def _check_mode(mode: str) -> None:
-  if mode not in ("vmap", "map"):
+  if mode not in ('vmap', 'map'):
     raise ValueError(f"mode={mode!r} is not valid; valid modes are ('vmap', 'map').")
 
 
-def evaluate_stacked(eval_fn: Callable[[PyTree], Any], stacked_params: PyTree, *,
-                     mode: str = "vmap") -> Any:
+def evaluate_stacked(
+  eval_fn: Callable[[PyTree], Any], stacked_params: PyTree, *, mode: str = 'vmap'
+) -> Any:
   """Runs ``eval_fn`` on every slice of a stacked params pytree as one compiled program.
 
   The compiled program is cached on ``(eval_fn, mode, shapes)``: calling again with the same
@@ -133,8 +140,14 @@ def evaluate_stacked(eval_fn: Callable[[PyTree], Any], stacked_params: PyTree, *
   return _evaluate_stacked_jit(stacked_params, eval_fn=eval_fn, mode=mode)
 
 
-def evaluate_alpha_grid(eval_fn: Callable[[PyTree], Any], theta0: PyTree, theta1: PyTree,
-                        alphas: Array, *, mode: str = "vmap") -> Any:
+def evaluate_alpha_grid(
+  eval_fn: Callable[[PyTree], Any],
+  theta0: PyTree,
+  theta1: PyTree,
+  alphas: Array,
+  *,
+  mode: str = 'vmap',
+) -> Any:
   """Evaluates the additive path at every α as one compiled program.
 
   The grid of params is built inside the same jit as the evaluation, so only ``theta0``,
@@ -152,7 +165,7 @@ def evaluate_alpha_grid(eval_fn: Callable[[PyTree], Any], theta0: PyTree, theta1
   _check_mode(mode)
   alphas = jnp.asarray(alphas)
   if alphas.ndim != 1:
-    raise ValueError(f"alphas must be 1-D [num_alphas], got shape {alphas.shape}.")
+    raise ValueError(f'alphas must be 1-D [num_alphas], got shape {alphas.shape}.')
   _check_same_structure(theta0, theta1)
   return _evaluate_alpha_grid_jit(theta0, theta1, alphas, eval_fn=eval_fn, mode=mode)
 
@@ -169,7 +182,7 @@ def pareto_front(points: Array) -> Array:
   """
   points = jnp.asarray(points)
   if points.ndim != 2:
-    raise ValueError(f"points must be [num_points, num_objectives], got shape {points.shape}.")
+    raise ValueError(f'points must be [num_points, num_objectives], got shape {points.shape}.')
   geq = jnp.all(points[:, None, :] >= points[None, :, :], axis=-1)  # [j, i]: p_j >= p_i
   gt = jnp.any(points[:, None, :] > points[None, :, :], axis=-1)
   dominated = jnp.any(geq & gt, axis=0)
@@ -189,11 +202,13 @@ def best_tradeoff(alphas: Array, target: Array, general: Array, weight: float = 
     ``(alpha, index, score)`` scalars.
   """
   if not 0.0 <= weight <= 1.0:
-    raise ValueError(f"weight must be in [0, 1], got {weight}.")
+    raise ValueError(f'weight must be in [0, 1], got {weight}.')
   alphas, target, general = (jnp.asarray(alphas), jnp.asarray(target), jnp.asarray(general))
   if not alphas.shape == target.shape == general.shape or alphas.ndim != 1:
-    raise ValueError(f"alphas, target, general must be equal-length 1-D arrays, got "
-                     f"{alphas.shape}, {target.shape}, {general.shape}.")
+    raise ValueError(
+      f'alphas, target, general must be equal-length 1-D arrays, got '
+      f'{alphas.shape}, {target.shape}, {general.shape}.'
+    )
   scores = weight * target + (1.0 - weight) * general
   index = jnp.argmax(scores)
   return alphas[index], index, scores[index]
@@ -202,5 +217,5 @@ def best_tradeoff(alphas: Array, target: Array, general: Array, weight: float = 
 def linspace_alphas(num: int = 11) -> np.ndarray:
   """``num`` equally spaced α in ``[0, 1]`` (11 gives steps of 0.1), float32."""
   if num < 2:
-    raise ValueError(f"num must be >= 2, got {num}.")
+    raise ValueError(f'num must be >= 2, got {num}.')
   return np.linspace(0.0, 1.0, num, dtype=np.float32)

@@ -15,10 +15,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from peft_jax.geometry import activations
-from peft_jax.geometry import spectral
-
 from peft_jax.common.trees import path_name
+from peft_jax.geometry import activations, spectral
 
 Array = jax.Array
 PyTree = Any
@@ -29,7 +27,7 @@ def flat_kernels(params: PyTree) -> dict[str, Array]:
   out = {}
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     name = path_name(key_path)
-    if name.split("/")[-1] == "kernel" and jnp.ndim(leaf) == 2:
+    if name.split('/')[-1] == 'kernel' and jnp.ndim(leaf) == 2:
       out[name] = leaf
   return out
 
@@ -43,17 +41,22 @@ def _grouped_apply(fn: Callable, named_args: Mapping[str, tuple]) -> dict[str, A
   batched = jax.jit(jax.vmap(fn))
   out = {}
   for names in groups.values():
-    stacked = [jnp.stack([named_args[n][i] for n in names])
-               for i in range(len(named_args[names[0]]))]
+    stacked = [
+      jnp.stack([named_args[n][i] for n in names]) for i in range(len(named_args[names[0]]))
+    ]
     result = batched(*stacked)
     for index, name in enumerate(names):
       out[name] = jax.tree.map(lambda leaf, index=index: leaf[index], result)
   return out
 
 
-def spectral_summary_tree(theta0: PyTree, theta1: PyTree, *,
-                          include: Optional[Callable[[str], bool]] = None,
-                          window: int = 5) -> dict[str, spectral.SpectralSummary]:
+def spectral_summary_tree(
+  theta0: PyTree,
+  theta1: PyTree,
+  *,
+  include: Optional[Callable[[str], bool]] = None,
+  window: int = 5,
+) -> dict[str, spectral.SpectralSummary]:
   """:func:`spectral.spectral_summary` of every 2-D ``kernel`` of a params tree.
 
   Args:
@@ -69,23 +72,32 @@ def spectral_summary_tree(theta0: PyTree, theta1: PyTree, *,
   kernels0, kernels1 = flat_kernels(theta0), flat_kernels(theta1)
   selected = [p for p in sorted(kernels0) if include is None or include(p)]
   if not selected:
-    raise ValueError(f"no kernel selected; kernels are: {', '.join(sorted(kernels0))}")
+    raise ValueError(f'no kernel selected; kernels are: {", ".join(sorted(kernels0))}')
   for path in selected:
     if path not in kernels1:
-      raise ValueError(f"kernel {path!r} is missing from theta1 (merge adapted trees first); "
-                       f"theta1 kernels: {', '.join(sorted(kernels1))}")
+      raise ValueError(
+        f'kernel {path!r} is missing from theta1 (merge adapted trees first); '
+        f'theta1 kernels: {", ".join(sorted(kernels1))}'
+      )
     if jnp.shape(kernels0[path]) != jnp.shape(kernels1[path]):
-      raise ValueError(f"kernel {path!r} has shape {jnp.shape(kernels0[path])} in theta0 but "
-                       f"{jnp.shape(kernels1[path])} in theta1.")
+      raise ValueError(
+        f'kernel {path!r} has shape {jnp.shape(kernels0[path])} in theta0 but '
+        f'{jnp.shape(kernels1[path])} in theta1.'
+      )
   fn = functools.partial(spectral.spectral_summary, window=window)
   return _grouped_apply(fn, {p: (kernels0[p], kernels1[p]) for p in selected})
 
 
-def activation_geometry_dict(captures0: Mapping[str, Array], captures1: Mapping[str, Array], *,
-                             mask: Optional[Array] = None, pca_ks: Sequence[int] = (32, 64),
-                             max_pair_tokens: int = activations.MAX_PAIR_TOKENS,
-                             key: Optional[Array] = None,
-                             keys: Optional[Sequence[str]] = None) -> dict[str, dict]:
+def activation_geometry_dict(
+  captures0: Mapping[str, Array],
+  captures1: Mapping[str, Array],
+  *,
+  mask: Optional[Array] = None,
+  pca_ks: Sequence[int] = (32, 64),
+  max_pair_tokens: int = activations.MAX_PAIR_TOKENS,
+  key: Optional[Array] = None,
+  keys: Optional[Sequence[str]] = None,
+) -> dict[str, dict]:
   """:func:`activations.activation_geometry` for every captured module, batched by shape.
 
   Args:
@@ -102,15 +114,19 @@ def activation_geometry_dict(captures0: Mapping[str, Array], captures1: Mapping[
   names = sorted(set(captures0) & set(captures1)) if keys is None else list(keys)
   for name in names:
     if name not in captures0 or name not in captures1:
-      raise ValueError(f"capture {name!r} is missing; base has {sorted(captures0)}, fine-tuned "
-                       f"has {sorted(captures1)}.")
+      raise ValueError(
+        f'capture {name!r} is missing; base has {sorted(captures0)}, fine-tuned '
+        f'has {sorted(captures1)}.'
+      )
   if not names:
-    raise ValueError(f"no common capture names between {sorted(captures0)} and "
-                     f"{sorted(captures1)}.")
+    raise ValueError(
+      f'no common capture names between {sorted(captures0)} and {sorted(captures1)}.'
+    )
   key = jax.random.key(0) if key is None else key
 
   def fn(x0, x1):
-    return activations.activation_geometry(x0, x1, mask=mask, pca_ks=pca_ks,
-                                           max_pair_tokens=max_pair_tokens, key=key)
+    return activations.activation_geometry(
+      x0, x1, mask=mask, pca_ks=pca_ks, max_pair_tokens=max_pair_tokens, key=key
+    )
 
   return _grouped_apply(fn, {n: (captures0[n], captures1[n]) for n in names})

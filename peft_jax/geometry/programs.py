@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from peft_jax.geometry import activations
-from peft_jax.geometry import spectral
+from peft_jax.geometry import activations, spectral
+
 # By name: the package re-exports a function called `csd` over the module's name.
 from peft_jax.geometry.csd import csd_general_vs_target
 
@@ -28,13 +28,17 @@ def weight_programs():
 
   @jax.jit
   def weight_metrics(w0, w1):
-    return (spectral.spectral_summary(w0, w1), spectral.retention_profile(w0, w1),
-            spectral.update_energy_profile(w0, w1))
+    return (
+      spectral.spectral_summary(w0, w1),
+      spectral.retention_profile(w0, w1),
+      spectral.update_energy_profile(w0, w1),
+    )
 
   @jax.jit
   def csd_metrics(h_general, h_target, w0, w1, general_mask, target_mask):
-    return csd_general_vs_target(h_general, h_target, w0, w1, general_mask=general_mask,
-                                 target_mask=target_mask)
+    return csd_general_vs_target(
+      h_general, h_target, w0, w1, general_mask=general_mask, target_mask=target_mask
+    )
 
   return weight_metrics, csd_metrics
 
@@ -45,11 +49,12 @@ def activation_program(gram_max_tokens: int):
   linear CKA, Procrustes residual, raw residual and Gram distortion of base vs fine-tuned."""
 
   def one_layer(x0, x1, mask, key):
-    return {'cka': activations.linear_cka(x0, x1, mask=mask),
-            'procrustes': activations.procrustes_residual(x0, x1, mask=mask),
-            'raw': activations.raw_residual(x0, x1, mask=mask),
-            'gram': activations.gram_distortion(x0, x1, mask=mask, key=key,
-                                                max_tokens=gram_max_tokens)}
+    return {
+      'cka': activations.linear_cka(x0, x1, mask=mask),
+      'procrustes': activations.procrustes_residual(x0, x1, mask=mask),
+      'raw': activations.raw_residual(x0, x1, mask=mask),
+      'gram': activations.gram_distortion(x0, x1, mask=mask, key=key, max_tokens=gram_max_tokens),
+    }
 
   return jax.jit(jax.vmap(one_layer, in_axes=(0, 0, None, None)))
 
@@ -71,5 +76,7 @@ def same_stack(a: Any, b: Any, tol: float = 1e-6) -> bool:
   """Whether two stacked params trees hold the same arrays (relative max-abs ``tol``)."""
   if jax.tree.structure(a) != jax.tree.structure(b):
     return False
-  return all(float(jnp.max(jnp.abs(x - y))) <= tol * (1.0 + float(jnp.max(jnp.abs(y))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return all(
+    float(jnp.max(jnp.abs(x - y))) <= tol * (1.0 + float(jnp.max(jnp.abs(y))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )

@@ -26,18 +26,21 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-_LAYOUTS = ("flax", "torch")
+_LAYOUTS = ('flax', 'torch')
 
 
 def as_torch_layout(kernel: Array, layout: str) -> Array:
   """``W [d_out, d_in]`` from a kernel in ``layout`` ('flax' ``[d_in, d_out]`` or 'torch')."""
   if layout not in _LAYOUTS:
-    raise ValueError(f"layout={layout!r} is not valid; valid layouts are {_LAYOUTS} "
-                     "('flax': kernel [d_in, d_out]; 'torch': W [d_out, d_in]).")
+    raise ValueError(
+      f'layout={layout!r} is not valid; valid layouts are {_LAYOUTS} '
+      "('flax': kernel [d_in, d_out]; 'torch': W [d_out, d_in])."
+    )
   if kernel.ndim != 2:
-    raise ValueError(f"expected a 2-D weight, got shape {kernel.shape}; batch over layers with "
-                     "jax.vmap.")
-  return kernel.T if layout == "flax" else kernel
+    raise ValueError(
+      f'expected a 2-D weight, got shape {kernel.shape}; batch over layers with jax.vmap.'
+    )
+  return kernel.T if layout == 'flax' else kernel
 
 
 def compute_dtype(x: Array):
@@ -47,7 +50,7 @@ def compute_dtype(x: Array):
 
 def _check_pair(w0: Array, w1: Array) -> None:
   if w0.shape != w1.shape:
-    raise ValueError(f"w0 and w1 must have the same shape, got w0 {w0.shape} and w1 {w1.shape}.")
+    raise ValueError(f'w0 and w1 must have the same shape, got w0 {w0.shape} and w1 {w1.shape}.')
 
 
 def pretrained_svd(w0: Array):
@@ -56,7 +59,7 @@ def pretrained_svd(w0: Array):
   return u, s, vh.T
 
 
-def retention_profile(w0: Array, w1: Array, *, layout: str = "flax") -> Array:
+def retention_profile(w0: Array, w1: Array, *, layout: str = 'flax') -> Array:
   """View I: how much each pretrained singular direction's gain changed.
 
   .. math:: ΔP(i) = |u_iᵀ W_1 v_i - σ_i| = |u_iᵀ ΔW v_i|
@@ -76,7 +79,7 @@ def retention_profile(w0: Array, w1: Array, *, layout: str = "flax") -> Array:
   return jnp.abs(jnp.sum(u * (dw @ v), axis=0))
 
 
-def update_energy_profile(w0: Array, w1: Array, *, layout: str = "flax") -> Array:
+def update_energy_profile(w0: Array, w1: Array, *, layout: str = 'flax') -> Array:
   """View II: the energy of the update along each pretrained input singular direction.
 
   .. math:: E(i) = \\lVert ΔW v_i \\rVert_2
@@ -109,7 +112,7 @@ def stable_rank(dw: Array) -> Array:
     scalar.
   """
   if dw.ndim != 2:
-    raise ValueError(f"stable_rank expects a 2-D update, got shape {dw.shape}.")
+    raise ValueError(f'stable_rank expects a 2-D update, got shape {dw.shape}.')
   s = jnp.linalg.svd(dw.astype(compute_dtype(dw)), compute_uv=False)
   top = s[0]
   return jnp.where(top > 0, jnp.sum(s**2) / jnp.where(top > 0, top**2, 1.0), 0.0)
@@ -133,20 +136,21 @@ def spectral_smoothness(profile: Array, window: int = 5) -> Array:
     scalar.
   """
   if profile.ndim != 1:
-    raise ValueError(f"spectral_smoothness expects a 1-D profile [k], got shape {profile.shape}.")
+    raise ValueError(f'spectral_smoothness expects a 1-D profile [k], got shape {profile.shape}.')
   if window < 1:
-    raise ValueError(f"window must be >= 1, got {window}.")
+    raise ValueError(f'window must be >= 1, got {window}.')
   k = profile.shape[0]
   if k < window:
     return jnp.zeros((), profile.dtype)
   pad = window // 2
-  padded = jnp.pad(profile, (pad, pad), mode="reflect")
-  moving_average = jnp.convolve(padded, jnp.ones((window,), profile.dtype) / window,
-                                mode="valid")[:k]
+  padded = jnp.pad(profile, (pad, pad), mode='reflect')
+  moving_average = jnp.convolve(padded, jnp.ones((window,), profile.dtype) / window, mode='valid')[
+    :k
+  ]
   return jnp.mean(jnp.abs(profile - moving_average))
 
 
-def singular_vector_alignment(w0: Array, w1: Array, *, layout: str = "flax") -> Array:
+def singular_vector_alignment(w0: Array, w1: Array, *, layout: str = 'flax') -> Array:
   """SVA (used for OFT): per index, ``|cos(v_i^{pre}, v_i^{ft})|``.
 
   ``v_i^{pre}`` and ``v_i^{ft}`` are the unit input-side right singular vectors of ``W0`` and ``W1``
@@ -179,8 +183,9 @@ class SpectralSummary(NamedTuple):
   smoothness_adaptation: Array  # shape=(), spectral_smoothness(E)
 
 
-def spectral_summary(w0: Array, w1: Array, *, layout: str = "flax",
-                     window: int = 5) -> SpectralSummary:
+def spectral_summary(
+  w0: Array, w1: Array, *, layout: str = 'flax', window: int = 5
+) -> SpectralSummary:
   """All PEFT-Arena summary scalars of one weight from one SVD of ``W0`` and one of ``ΔW``.
 
   .. note:: PEFT-Arena lists the saved key (docs/METRICS.md, "Summary scalars") ``delta_sv_top5`` without its formula; we define
@@ -201,8 +206,9 @@ def spectral_summary(w0: Array, w1: Array, *, layout: str = "flax",
   return summary_from_pretrained_svd(u, v, dw, window=window)
 
 
-def summary_from_pretrained_svd(u: Array, v: Array, dw: Array, *,
-                                window: int = 5) -> SpectralSummary:
+def summary_from_pretrained_svd(
+  u: Array, v: Array, dw: Array, *, window: int = 5
+) -> SpectralSummary:
   """:func:`spectral_summary` given ``W0``'s singular vectors (reuse one SVD for many ``ΔW``).
 
   Args:
@@ -218,12 +224,12 @@ def summary_from_pretrained_svd(u: Array, v: Array, dw: Array, *,
   top = delta_sv[0]
   effective_rank = jnp.where(top > 0, jnp.sum(delta_sv**2) / jnp.where(top > 0, top**2, 1.0), 0.0)
   return SpectralSummary(
-      delta_P_diag_mean=jnp.mean(retention),
-      delta_P_diag_max=jnp.max(retention),
-      E_delta_mean=jnp.mean(energy),
-      E_delta_max=jnp.max(energy),
-      delta_sv_top5=delta_sv[:5],
-      effective_rank=effective_rank,
-      smoothness_retention=spectral_smoothness(retention, window),
-      smoothness_adaptation=spectral_smoothness(energy, window),
+    delta_P_diag_mean=jnp.mean(retention),
+    delta_P_diag_max=jnp.max(retention),
+    E_delta_mean=jnp.mean(energy),
+    E_delta_max=jnp.max(energy),
+    delta_sv_top5=delta_sv[:5],
+    effective_rank=effective_rank,
+    smoothness_retention=spectral_smoothness(retention, window),
+    smoothness_adaptation=spectral_smoothness(energy, window),
   )

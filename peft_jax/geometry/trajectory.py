@@ -12,8 +12,7 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from peft_jax.geometry import activations
-from peft_jax.geometry import spectral
+from peft_jax.geometry import activations, spectral
 
 Array = jax.Array
 PyTree = Any
@@ -22,12 +21,14 @@ PyTree = Any
 def stack_snapshots(snapshots: Sequence[PyTree]) -> PyTree:
   """Stacks a list of equal-structure pytrees into one with leaves ``[num_snapshots, ...]``."""
   if not snapshots:
-    raise ValueError("stack_snapshots needs at least one snapshot, got an empty sequence.")
+    raise ValueError('stack_snapshots needs at least one snapshot, got an empty sequence.')
   first = jax.tree.structure(snapshots[0])
   for index, snapshot in enumerate(snapshots[1:], start=1):
     if jax.tree.structure(snapshot) != first:
-      raise ValueError(f"snapshot {index} has tree structure {jax.tree.structure(snapshot)}, "
-                       f"snapshot 0 has {first}.")
+      raise ValueError(
+        f'snapshot {index} has tree structure {jax.tree.structure(snapshot)}, '
+        f'snapshot 0 has {first}.'
+      )
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *snapshots)
 
 
@@ -44,23 +45,30 @@ def params_distance_trajectory(theta0: PyTree, stacked: PyTree) -> dict:
     ``{'distance_from_base': [s], 'relative_distance_from_base': [s]}``.
   """
   if jax.tree.structure(theta0) != jax.tree.structure(stacked):
-    raise ValueError("stacked snapshots must have theta0's tree structure; got "
-                     f"{jax.tree.structure(stacked)} vs {jax.tree.structure(theta0)}.")
+    raise ValueError(
+      "stacked snapshots must have theta0's tree structure; got "
+      f'{jax.tree.structure(stacked)} vs {jax.tree.structure(theta0)}.'
+    )
 
   def distance(theta):
-    squares = jax.tree.map(lambda a, b: jnp.sum((b.astype(jnp.float32) - a.astype(jnp.float32))**2),
-                           theta0, theta)
+    squares = jax.tree.map(
+      lambda a, b: jnp.sum((b.astype(jnp.float32) - a.astype(jnp.float32)) ** 2), theta0, theta
+    )
     return jnp.sqrt(sum(jax.tree.leaves(squares)))
 
-  base_norm = jnp.sqrt(sum(jnp.sum(leaf.astype(jnp.float32)**2)
-                          for leaf in jax.tree.leaves(theta0)))
+  base_norm = jnp.sqrt(
+    sum(jnp.sum(leaf.astype(jnp.float32) ** 2) for leaf in jax.tree.leaves(theta0))
+  )
   distances = jax.vmap(distance)(stacked)
-  return {"distance_from_base": distances,
-          "relative_distance_from_base": distances / (base_norm + activations.EPS)}
+  return {
+    'distance_from_base': distances,
+    'relative_distance_from_base': distances / (base_norm + activations.EPS),
+  }
 
 
-def weight_trajectory(w0: Array, snapshots: Array, *, layout: str = "flax",
-                      window: int = 5) -> dict:
+def weight_trajectory(
+  w0: Array, snapshots: Array, *, layout: str = 'flax', window: int = 5
+) -> dict:
   """Spectral summary and distance from base of one weight at every snapshot.
 
   One SVD of ``W0`` serves every snapshot; each snapshot adds the SVD of its ``ΔW``.
@@ -76,25 +84,28 @@ def weight_trajectory(w0: Array, snapshots: Array, *, layout: str = "flax",
     ``relative_distance_from_base`` ``||ΔW||_F / ||W0||_F``.
   """
   if snapshots.ndim != 3 or snapshots.shape[1:] != w0.shape:
-    raise ValueError(f"snapshots must be [num_snapshots, *w0.shape] = [s, {w0.shape}], got "
-                     f"{snapshots.shape}.")
+    raise ValueError(
+      f'snapshots must be [num_snapshots, *w0.shape] = [s, {w0.shape}], got {snapshots.shape}.'
+    )
   w0_t = spectral.as_torch_layout(w0, layout).astype(spectral.compute_dtype(w0))
   u, _, v = spectral.pretrained_svd(w0_t)
 
   def one(w1):
     dw = spectral.as_torch_layout(w1, layout).astype(w0_t.dtype) - w0_t
     out = spectral.summary_from_pretrained_svd(u, v, dw, window=window)._asdict()
-    out["distance_from_base"] = jnp.linalg.norm(dw)
+    out['distance_from_base'] = jnp.linalg.norm(dw)
     return out
 
   out = jax.vmap(one)(snapshots)
-  out["relative_distance_from_base"] = out["distance_from_base"] / (
-      jnp.linalg.norm(w0_t) + activations.EPS)
+  out['relative_distance_from_base'] = out['distance_from_base'] / (
+    jnp.linalg.norm(w0_t) + activations.EPS
+  )
   return out
 
 
-def activation_trajectory(x0: Array, x1_snapshots: Array, *, mask: Optional[Array] = None,
-                          pca_ks: Sequence[int] = ()) -> dict:
+def activation_trajectory(
+  x0: Array, x1_snapshots: Array, *, mask: Optional[Array] = None, pca_ks: Sequence[int] = ()
+) -> dict:
   """Activation metrics of every snapshot's activations against the base's, on the same prompts.
 
   Args:
@@ -107,20 +118,25 @@ def activation_trajectory(x0: Array, x1_snapshots: Array, *, mask: Optional[Arra
     ``raw_residual`` and ``pca_distance_k{k}``.
   """
   if x1_snapshots.shape[1:-1] != x0.shape[:-1]:
-    raise ValueError(f"x1_snapshots must be [num_snapshots, {x0.shape[:-1]}, d1], got "
-                     f"{x1_snapshots.shape}.")
+    raise ValueError(
+      f'x1_snapshots must be [num_snapshots, {x0.shape[:-1]}, d1], got {x1_snapshots.shape}.'
+    )
   same_dim = x1_snapshots.shape[-1] == x0.shape[-1]
 
   def one(x1):
-    out = {"cka": activations.linear_cka(x0, x1, mask=mask),
-           "procrustes_residual": activations.procrustes_residual(x0, x1, mask=mask)}
+    out = {
+      'cka': activations.linear_cka(x0, x1, mask=mask),
+      'procrustes_residual': activations.procrustes_residual(x0, x1, mask=mask),
+    }
     if same_dim:
-      out["raw_residual"] = activations.raw_residual(x0, x1, mask=mask)
+      out['raw_residual'] = activations.raw_residual(x0, x1, mask=mask)
       for k in pca_ks:
-        out[f"pca_distance_k{k}"] = activations.pca_subspace_distance(x0, x1, k, mask=mask)
+        out[f'pca_distance_k{k}'] = activations.pca_subspace_distance(x0, x1, k, mask=mask)
     elif pca_ks:
-      raise ValueError(f"pca_ks={tuple(pca_ks)} needs equal feature dims, got x0 {x0.shape} and "
-                       f"snapshots {x1_snapshots.shape}.")
+      raise ValueError(
+        f'pca_ks={tuple(pca_ks)} needs equal feature dims, got x0 {x0.shape} and '
+        f'snapshots {x1_snapshots.shape}.'
+      )
     return out
 
   return jax.vmap(one)(x1_snapshots)

@@ -24,44 +24,42 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
-# By name: `peft_jax.adapters.inject` is also the re-exported inject function.
-from peft_jax.common.trees import flatten_names as flatten_params
-from peft_jax.common.trees import set_path
-from peft_jax.adapters.inject import adapted_nodes
-from peft_jax.adapters.inject import default_module_name
-from peft_jax.adapters.inject import linear_modules
 from peft_jax.adapters.core import Adapted
 from peft_jax.adapters.dora import DoRA
+from peft_jax.adapters.inject import adapted_nodes, default_module_name, linear_modules
 from peft_jax.adapters.lora import LoRA
 from peft_jax.adapters.miss import MiSS
 from peft_jax.adapters.oft import OFT
 from peft_jax.adapters.pissa import PiSSA
 from peft_jax.adapters.vera import VeRA
+
+# By name: `peft_jax.adapters.inject` is also the re-exported inject function.
+from peft_jax.common.trees import flatten_names as flatten_params
+from peft_jax.common.trees import set_path
 from peft_jax.hub.checkpoint import read_json, read_safetensors_header
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-_PREFIX = "base_model.model."
+CONFIG_NAME = 'adapter_config.json'
+WEIGHTS_NAME = 'adapter_model.safetensors'
+_PREFIX = 'base_model.model.'
 # PEFT types this module writes (a method object names its own in ``peft_type``).
-PEFT_TYPES = ("LORA", "VERA", "OFT", "MISS")
-PEFT_VERSION = "0.21.2"
+PEFT_TYPES = ('LORA', 'VERA', 'OFT', 'MISS')
+PEFT_VERSION = '0.21.2'
 
 # Per-module tensor suffixes of each PEFT type (after the module name).
 _SUFFIXES = {
-    "LORA": (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"),
-    "VERA": (".vera_lambda_b", ".vera_lambda_d"),
-    "OFT": (".oft_R.weight",),
-    "MISS": (".miss_block",),
+  'LORA': ('.lora_A.weight', '.lora_B.weight', '.lora_magnitude_vector'),
+  'VERA': ('.vera_lambda_b', '.vera_lambda_d'),
+  'OFT': ('.oft_R.weight',),
+  'MISS': ('.miss_block',),
 }
 
 
 def _pattern_value(pattern: Mapping[str, Any], module_name: str, default: Any) -> Any:
   """PEFT ``get_pattern_key``: first key with ``re.match(rf"(.*\\.)?({key})$", name)``."""
   for key, value in (pattern or {}).items():
-    if re.match(rf"(.*\.)?({key})$", module_name):
+    if re.match(rf'(.*\.)?({key})$', module_name):
       return value
   return default
 
@@ -70,57 +68,71 @@ def _group_by_module(tensors: Mapping[str, np.ndarray], peft_type: str) -> dict[
   suffixes = _SUFFIXES[peft_type]
   modules: dict[str, dict] = {}
   for key, value in tensors.items():
-    if key in ("base_model.vera_A", "base_model.vera_B", "vera_A", "vera_B"):
+    if key in ('base_model.vera_A', 'base_model.vera_B', 'vera_A', 'vera_B'):
       continue
-    name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+    name = key[len(_PREFIX) :] if key.startswith(_PREFIX) else key
     for suffix in suffixes:
       if name.endswith(suffix):
         modules.setdefault(name[: -len(suffix)], {})[suffix] = (key, value)
         break
     else:
-      raise ValueError(f"adapter tensor {key!r} is not a {peft_type} tensor this loader "
-                       f"understands; expected names ending in {suffixes}")
+      raise ValueError(
+        f'adapter tensor {key!r} is not a {peft_type} tensor this loader '
+        f'understands; expected names ending in {suffixes}'
+      )
   return modules
 
 
 def _check_shape(key: str, value: np.ndarray, expected: tuple, module: str, w_shape) -> None:
   if tuple(value.shape) != tuple(expected):
     raise ValueError(
-        f"adapter tensor {key!r} has shape {tuple(value.shape)} but the base weight of {module!r} "
-        f"(kernel [d_in, d_out] = {tuple(w_shape)}) needs {tuple(expected)}: this adapter was "
-        f"made for a different base model")
+      f'adapter tensor {key!r} has shape {tuple(value.shape)} but the base weight of {module!r} '
+      f'(kernel [d_in, d_out] = {tuple(w_shape)}) needs {tuple(expected)}: this adapter was '
+      f'made for a different base model'
+    )
 
 
 def _lora_node(config, module, tensors, w0, key):
-  (a_key, a), (b_key, b) = tensors[".lora_A.weight"], tensors[".lora_B.weight"]
+  (a_key, a), (b_key, b) = tensors['.lora_A.weight'], tensors['.lora_B.weight']
   d_in, d_out = w0.shape
-  rank = int(_pattern_value(config.get("rank_pattern"), module, config["r"]))
-  alpha = float(_pattern_value(config.get("alpha_pattern"), module, config["lora_alpha"]))
+  rank = int(_pattern_value(config.get('rank_pattern'), module, config['r']))
+  alpha = float(_pattern_value(config.get('alpha_pattern'), module, config['lora_alpha']))
   _check_shape(a_key, a, (rank, d_in), module, w0.shape)
   _check_shape(b_key, b, (d_out, rank), module, w0.shape)
-  if config.get("lora_bias"):
-    raise ValueError("adapter_config.json: lora_bias=True is not supported (valid: false)")
-  hyper = dict(rank=rank, alpha=alpha, dropout=float(config.get("lora_dropout", 0.0)),
-               use_rslora=bool(config.get("use_rslora", False)))
-  params = {"lora_a": jnp.asarray(a.T, jnp.float32), "lora_b": jnp.asarray(b.T, jnp.float32)}
-  init = config.get("init_lora_weights", True)
-  if ".lora_magnitude_vector" in tensors:
-    m_key, m = tensors[".lora_magnitude_vector"]
+  if config.get('lora_bias'):
+    raise ValueError('adapter_config.json: lora_bias=True is not supported (valid: false)')
+  hyper = dict(
+    rank=rank,
+    alpha=alpha,
+    dropout=float(config.get('lora_dropout', 0.0)),
+    use_rslora=bool(config.get('use_rslora', False)),
+  )
+  params = {'lora_a': jnp.asarray(a.T, jnp.float32), 'lora_b': jnp.asarray(b.T, jnp.float32)}
+  init = config.get('init_lora_weights', True)
+  if '.lora_magnitude_vector' in tensors:
+    m_key, m = tensors['.lora_magnitude_vector']
     _check_shape(m_key, m, (d_out,), module, w0.shape)
-    params["magnitude"] = jnp.asarray(m, jnp.float32)
+    params['magnitude'] = jnp.asarray(m, jnp.float32)
     return Adapted(w0, params, {}, DoRA(**hyper))
-  if init == "pissa":
+  if init == 'pissa':
     node = PiSSA(**hyper).init(key, w0)  # re-derive the residual from the original W0, as PEFT
     return Adapted(node.base, params, node.frozen, node.method)
-  if init in (True, False, "gaussian"):
+  if init in (True, False, 'gaussian'):
     return Adapted(w0, params, {}, LoRA(**hyper))
-  raise ValueError(f"adapter_config.json: init_lora_weights={init!r} is not supported when "
-                   f"loading (it re-initialises the base weight); valid: true, false, 'gaussian', "
-                   f"'pissa' (or save with PEFT's conversion to plain LoRA)")
+  raise ValueError(
+    f'adapter_config.json: init_lora_weights={init!r} is not supported when '
+    f"loading (it re-initialises the base weight); valid: true, false, 'gaussian', "
+    f"'pissa' (or save with PEFT's conversion to plain LoRA)"
+  )
 
 
-def load_adapter(params: Mapping, path: str, *, key: Optional[jax.Array] = None,
-                 module_name_fn: Callable[[str], str] = default_module_name) -> dict:
+def load_adapter(
+  params: Mapping,
+  path: str,
+  *,
+  key: Optional[jax.Array] = None,
+  module_name_fn: Callable[[str], str] = default_module_name,
+) -> dict:
   """Loads a PEFT adapter directory onto base ``params``; returns the adapted tree.
 
   Args:
@@ -138,34 +150,41 @@ def load_adapter(params: Mapping, path: str, *, key: Optional[jax.Array] = None,
   weights_path = os.path.join(path, WEIGHTS_NAME)
   for p in (config_path, weights_path):
     if not os.path.exists(p):
-      raise FileNotFoundError(f"PEFT adapter file {p!r} not found (need {CONFIG_NAME} and "
-                              f"{WEIGHTS_NAME}; .bin checkpoints are not supported)")
+      raise FileNotFoundError(
+        f'PEFT adapter file {p!r} not found (need {CONFIG_NAME} and '
+        f'{WEIGHTS_NAME}; .bin checkpoints are not supported)'
+      )
   config = read_json(config_path, 'a PEFT adapter config object (peft_type, r, ...)')
-  peft_type = str(config.get("peft_type", "")).upper()
+  peft_type = str(config.get('peft_type', '')).upper()
   if peft_type not in _SUFFIXES:
-    raise ValueError(f"{config_path}: peft_type={config.get('peft_type')!r} is not supported; "
-                     f"valid: {sorted(_SUFFIXES)}")
+    raise ValueError(
+      f'{config_path}: peft_type={config.get("peft_type")!r} is not supported; '
+      f'valid: {sorted(_SUFFIXES)}'
+    )
   tensors = _load_weights(weights_path)
   modules = _group_by_module(tensors, peft_type)
   available = linear_modules(params, module_name_fn)
   flat = flatten_params(params)
   shared = None
-  if peft_type == "VERA":
-    shared = _vera_shared(config, tensors, [flat[available[m]].shape for m in modules
-                                            if m in available])
+  if peft_type == 'VERA':
+    shared = _vera_shared(
+      config, tensors, [flat[available[m]].shape for m in modules if m in available]
+    )
   out = dict(params)
   for module, module_tensors in sorted(modules.items()):
     if module not in available:
-      raise ValueError(f"adapter module {module!r} (tensors "
-                       f"{sorted(k for k, _ in module_tensors.values())}) has no matching linear "
-                       f"weight in the base params; available: {', '.join(sorted(available))}")
+      raise ValueError(
+        f'adapter module {module!r} (tensors '
+        f'{sorted(k for k, _ in module_tensors.values())}) has no matching linear '
+        f'weight in the base params; available: {", ".join(sorted(available))}'
+      )
     kernel_path = available[module]
     w0 = flat[kernel_path]
-    if peft_type == "LORA":
+    if peft_type == 'LORA':
       node = _lora_node(config, module, module_tensors, w0, jax.random.key(0))
-    elif peft_type == "VERA":
+    elif peft_type == 'VERA':
       node = _vera_node(config, module, module_tensors, w0, shared)
-    elif peft_type == "OFT":
+    elif peft_type == 'OFT':
       node = _oft_node(config, module, module_tensors, w0)
     else:
       node = _miss_node(config, module, module_tensors, w0)
@@ -183,72 +202,95 @@ def _load_weights(path: str) -> dict[str, np.ndarray]:
 
 
 def _vera_shared(config, tensors, shapes):
-  a = tensors.get("base_model.vera_A", tensors.get("vera_A"))
-  b = tensors.get("base_model.vera_B", tensors.get("vera_B"))
+  a = tensors.get('base_model.vera_A', tensors.get('vera_A'))
+  b = tensors.get('base_model.vera_B', tensors.get('vera_B'))
   if a is None or b is None:
-    raise ValueError("VeRA adapter without saved projections (save_projection=False): PEFT "
-                     "regenerates them with torch's RNG, which JAX cannot reproduce; re-save "
-                     "the adapter with save_projection=True")
-  rank = int(config["r"])
+    raise ValueError(
+      'VeRA adapter without saved projections (save_projection=False): PEFT '
+      "regenerates them with torch's RNG, which JAX cannot reproduce; re-save "
+      'the adapter with save_projection=True'
+    )
+  rank = int(config['r'])
   max_in = max(s[0] for s in shapes)
   max_out = max(s[1] for s in shapes)
   if a.shape[0] != rank or a.shape[1] < max_in:
-    raise ValueError(f"adapter tensor 'base_model.vera_A' has shape {a.shape}; needs "
-                     f"({rank}, >= {max_in}) for r={rank} and the targeted base weights")
+    raise ValueError(
+      f"adapter tensor 'base_model.vera_A' has shape {a.shape}; needs "
+      f'({rank}, >= {max_in}) for r={rank} and the targeted base weights'
+    )
   if b.shape[1] != rank or b.shape[0] < max_out:
-    raise ValueError(f"adapter tensor 'base_model.vera_B' has shape {b.shape}; needs "
-                     f"(>= {max_out}, {rank}) for r={rank} and the targeted base weights")
-  return {"vera_a": jnp.asarray(a.T, jnp.float32), "vera_b": jnp.asarray(b.T, jnp.float32)}
+    raise ValueError(
+      f"adapter tensor 'base_model.vera_B' has shape {b.shape}; needs "
+      f'(>= {max_out}, {rank}) for r={rank} and the targeted base weights'
+    )
+  return {'vera_a': jnp.asarray(a.T, jnp.float32), 'vera_b': jnp.asarray(b.T, jnp.float32)}
 
 
 def _vera_node(config, module, tensors, w0, shared):
-  rank = int(config["r"])
+  rank = int(config['r'])
   d_out = w0.shape[1]
-  (lb_key, lb), (ld_key, ld) = tensors[".vera_lambda_b"], tensors[".vera_lambda_d"]
+  (lb_key, lb), (ld_key, ld) = tensors['.vera_lambda_b'], tensors['.vera_lambda_d']
   _check_shape(lb_key, lb, (d_out,), module, w0.shape)
   _check_shape(ld_key, ld, (rank,), module, w0.shape)
-  method = VeRA(rank=rank, dropout=float(config.get("vera_dropout", 0.0)),
-                d_initial=float(config.get("d_initial", 0.1)),
-                projection_prng_key=int(config.get("projection_prng_key", 0)))
-  return Adapted(w0, {"lambda_d": jnp.asarray(ld, jnp.float32),
-                      "lambda_b": jnp.asarray(lb, jnp.float32)},
-                 {"vera_a": shared["vera_a"], "vera_b": shared["vera_b"]}, method)
+  method = VeRA(
+    rank=rank,
+    dropout=float(config.get('vera_dropout', 0.0)),
+    d_initial=float(config.get('d_initial', 0.1)),
+    projection_prng_key=int(config.get('projection_prng_key', 0)),
+  )
+  return Adapted(
+    w0,
+    {'lambda_d': jnp.asarray(ld, jnp.float32), 'lambda_b': jnp.asarray(lb, jnp.float32)},
+    {'vera_a': shared['vera_a'], 'vera_b': shared['vera_b']},
+    method,
+  )
 
 
 def _oft_node(config, module, tensors, w0):
   d_in = w0.shape[0]
-  block_size = int(config.get("oft_block_size") or 0)
-  r = int(config.get("r") or 0)
+  block_size = int(config.get('oft_block_size') or 0)
+  r = int(config.get('r') or 0)
   if not block_size:
     if not r:
-      raise ValueError("adapter_config.json: OFT needs oft_block_size or r (both are 0/missing)")
+      raise ValueError('adapter_config.json: OFT needs oft_block_size or r (both are 0/missing)')
     block_size = d_in // r
-  method = OFT(block_size=block_size,
-               use_cayley_neumann=bool(config.get("use_cayley_neumann", True)),
-               num_neumann_terms=int(config.get("num_cayley_neumann_terms", 5)),
-               block_share=bool(config.get("block_share", False)),
-               coft=bool(config.get("coft", False)), eps=float(config.get("eps", 6e-5)))
-  w_key, w = tensors[".oft_R.weight"]
+  method = OFT(
+    block_size=block_size,
+    use_cayley_neumann=bool(config.get('use_cayley_neumann', True)),
+    num_neumann_terms=int(config.get('num_cayley_neumann_terms', 5)),
+    block_share=bool(config.get('block_share', False)),
+    coft=bool(config.get('coft', False)),
+    eps=float(config.get('eps', 6e-5)),
+  )
+  w_key, w = tensors['.oft_R.weight']
   if d_in % block_size:
-    raise ValueError(f"adapter tensor {w_key!r}: oft_block_size={block_size} does not divide "
-                     f"d_in={d_in} of {module!r}: this adapter was made for a different base")
+    raise ValueError(
+      f'adapter tensor {w_key!r}: oft_block_size={block_size} does not divide '
+      f'd_in={d_in} of {module!r}: this adapter was made for a different base'
+    )
   rows = 1 if method.block_share else d_in // block_size
   _check_shape(w_key, w, (rows, block_size * (block_size - 1) // 2), module, w0.shape)
-  return Adapted(w0, {"oft_r": jnp.asarray(w, jnp.float32)}, {}, method)
+  return Adapted(w0, {'oft_r': jnp.asarray(w, jnp.float32)}, {}, method)
 
 
 def _miss_node(config, module, tensors, w0):
-  init = config.get("init_weights", True)
-  mode = {True: "balance", False: "balance", "bat": "bat", "mini": "mini"}.get(init)
+  init = config.get('init_weights', True)
+  mode = {True: 'balance', False: 'balance', 'bat': 'bat', 'mini': 'mini'}.get(init)
   if mode is None:
-    raise ValueError(f"adapter_config.json: MiSS init_weights={init!r} is not supported; valid: "
-                     f"true, false, 'bat', 'mini'")
-  method = MiSS(rank=int(config["r"]), mode=mode, mini_r=int(config.get("mini_r", 1)),
-                dropout=float(config.get("miss_dropout", 0.0)))
-  w_key, w = tensors[".miss_block"]
-  expected = method.init(None, w0).params["miss_block"].shape
+    raise ValueError(
+      f'adapter_config.json: MiSS init_weights={init!r} is not supported; valid: '
+      f"true, false, 'bat', 'mini'"
+    )
+  method = MiSS(
+    rank=int(config['r']),
+    mode=mode,
+    mini_r=int(config.get('mini_r', 1)),
+    dropout=float(config.get('miss_dropout', 0.0)),
+  )
+  w_key, w = tensors['.miss_block']
+  expected = method.init(None, w0).params['miss_block'].shape
   _check_shape(w_key, w, expected, module, w0.shape)
-  return Adapted(w0, {"miss_block": jnp.asarray(w, jnp.float32)}, {}, method)
+  return Adapted(w0, {'miss_block': jnp.asarray(w, jnp.float32)}, {}, method)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,20 +298,34 @@ def _miss_node(config, module, tensors, w0):
 
 
 def _base_config(peft_type: str, targets: list[str], base_model_name_or_path, task_type):
-  return {"peft_type": peft_type, "task_type": task_type, "inference_mode": True,
-          "base_model_name_or_path": base_model_name_or_path, "revision": None,
-          "auto_mapping": None, "peft_version": PEFT_VERSION, "target_modules": targets,
-          "layers_to_transform": None, "layers_pattern": None, "modules_to_save": None,
-          "bias": "none"}
+  return {
+    'peft_type': peft_type,
+    'task_type': task_type,
+    'inference_mode': True,
+    'base_model_name_or_path': base_model_name_or_path,
+    'revision': None,
+    'auto_mapping': None,
+    'peft_version': PEFT_VERSION,
+    'target_modules': targets,
+    'layers_to_transform': None,
+    'layers_pattern': None,
+    'modules_to_save': None,
+    'bias': 'none',
+  }
 
 
 def _np(x) -> np.ndarray:
   return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 
-def save_adapter(tree: Mapping, path: str, base_model_name_or_path: Optional[str] = None, *,
-                 task_type: Optional[str] = "CAUSAL_LM",
-                 module_name_fn: Callable[[str], str] = default_module_name) -> None:
+def save_adapter(
+  tree: Mapping,
+  path: str,
+  base_model_name_or_path: Optional[str] = None,
+  *,
+  task_type: Optional[str] = 'CAUSAL_LM',
+  module_name_fn: Callable[[str], str] = default_module_name,
+) -> None:
   """Writes the adapted nodes of ``tree`` in PEFT's format (so ``PeftModel.from_pretrained`` loads
   them on the original base model).
 
@@ -280,20 +336,27 @@ def save_adapter(tree: Mapping, path: str, base_model_name_or_path: Optional[str
   """
   nodes = adapted_nodes(tree)
   if not nodes:
-    raise ValueError("save_adapter: the tree holds no adapted weights (run inject first)")
-  names = {p: module_name_fn(p[: -len("/kernel")]) for p in nodes}
+    raise ValueError('save_adapter: the tree holds no adapted weights (run inject first)')
+  names = {p: module_name_fn(p[: -len('/kernel')]) for p in nodes}
   # The method object says which PEFT type it saves as (``peft_type``; the LoRA family adds its
   # factors through ``lora_factors`` and DoRA its magnitude through ``use_dora``).
   kinds = {type(n.method).__name__ for n in nodes.values()}
-  unsupported = sorted({type(n.method).__name__ for n in nodes.values()
-                        if getattr(n.method, "peft_type", None) not in PEFT_TYPES})
+  unsupported = sorted(
+    {
+      type(n.method).__name__
+      for n in nodes.values()
+      if getattr(n.method, 'peft_type', None) not in PEFT_TYPES
+    }
+  )
   if unsupported:
-    raise ValueError(f"save_adapter: methods {unsupported} have no PEFT file format (their "
-                     f"peft_type is not one of {PEFT_TYPES})")
+    raise ValueError(
+      f'save_adapter: methods {unsupported} have no PEFT file format (their '
+      f'peft_type is not one of {PEFT_TYPES})'
+    )
   peft_types = {n.method.peft_type for n in nodes.values()}
-  use_dora = {bool(getattr(n.method, "use_dora", False)) for n in nodes.values()}
+  use_dora = {bool(getattr(n.method, 'use_dora', False)) for n in nodes.values()}
   if len(peft_types) != 1 or len(use_dora) != 1:
-    raise ValueError(f"save_adapter: one PEFT adapter holds one method, got {sorted(kinds)}")
+    raise ValueError(f'save_adapter: one PEFT adapter holds one method, got {sorted(kinds)}')
   peft_type = peft_types.pop()
   targets = sorted(names.values())
   config = _base_config(peft_type, targets, base_model_name_or_path, task_type)
@@ -304,71 +367,98 @@ def save_adapter(tree: Mapping, path: str, base_model_name_or_path: Optional[str
   def single(field_fn, what):
     values = {field_fn(m) for m in methods}
     if len(values) != 1:
-      raise ValueError(f"save_adapter: all {peft_type} nodes must share {what}, got {values}")
+      raise ValueError(f'save_adapter: all {peft_type} nodes must share {what}, got {values}')
     return values.pop()
 
-  if peft_type == "LORA":
+  if peft_type == 'LORA':
     entries = []
     for p, node in ordered:
       m = node.method
       a, b, rank, alpha = m.lora_factors(node)
       key = _PREFIX + names[p]
-      tensors[key + ".lora_A.weight"] = _np(a).T
-      tensors[key + ".lora_B.weight"] = _np(b).T
+      tensors[key + '.lora_A.weight'] = _np(a).T
+      tensors[key + '.lora_B.weight'] = _np(b).T
       if m.use_dora:
-        tensors[key + ".lora_magnitude_vector"] = _np(node.params["magnitude"])
+        tensors[key + '.lora_magnitude_vector'] = _np(node.params['magnitude'])
       entries.append((names[p], rank, alpha))
     base_rank, base_alpha = entries[0][1], entries[0][2]
     config.update(
-        r=base_rank, lora_alpha=base_alpha,
-        rank_pattern={re.escape(n): r for n, r, _ in entries if r != base_rank},
-        alpha_pattern={re.escape(n): a for n, _, a in entries if a != base_alpha},
-        lora_dropout=single(lambda m: m.dropout, "dropout"),
-        use_rslora=single(lambda m: m.use_rslora, "use_rslora"),
-        use_dora=use_dora.pop(), exclude_modules=None, fan_in_fan_out=False,
-        init_lora_weights=True, lora_bias=False,
-        layer_replication=None, loftq_config={}, megatron_config=None,
-        megatron_core="megatron.core", target_parameters=None, trainable_token_indices=None)
-  elif peft_type == "VERA":
+      r=base_rank,
+      lora_alpha=base_alpha,
+      rank_pattern={re.escape(n): r for n, r, _ in entries if r != base_rank},
+      alpha_pattern={re.escape(n): a for n, _, a in entries if a != base_alpha},
+      lora_dropout=single(lambda m: m.dropout, 'dropout'),
+      use_rslora=single(lambda m: m.use_rslora, 'use_rslora'),
+      use_dora=use_dora.pop(),
+      exclude_modules=None,
+      fan_in_fan_out=False,
+      init_lora_weights=True,
+      lora_bias=False,
+      layer_replication=None,
+      loftq_config={},
+      megatron_config=None,
+      megatron_core='megatron.core',
+      target_parameters=None,
+      trainable_token_indices=None,
+    )
+  elif peft_type == 'VERA':
     first = ordered[0][1]
     for _, node in ordered:
-      for k in ("vera_a", "vera_b"):
+      for k in ('vera_a', 'vera_b'):
         if node.frozen[k] is not first.frozen[k] and not bool(
-            jnp.array_equal(node.frozen[k], first.frozen[k])):
-          raise ValueError(f"save_adapter: VeRA nodes hold different shared projections {k!r}; "
-                           f"PEFT stores one pair per model")
-    tensors["base_model.vera_A"] = _np(first.frozen["vera_a"]).T
-    tensors["base_model.vera_B"] = _np(first.frozen["vera_b"]).T
+          jnp.array_equal(node.frozen[k], first.frozen[k])
+        ):
+          raise ValueError(
+            f'save_adapter: VeRA nodes hold different shared projections {k!r}; '
+            f'PEFT stores one pair per model'
+          )
+    tensors['base_model.vera_A'] = _np(first.frozen['vera_a']).T
+    tensors['base_model.vera_B'] = _np(first.frozen['vera_b']).T
     for p, node in ordered:
       key = _PREFIX + names[p]
-      tensors[key + ".vera_lambda_b"] = _np(node.params["lambda_b"])
-      tensors[key + ".vera_lambda_d"] = _np(node.params["lambda_d"])
-    config.update(r=single(lambda m: m.rank, "rank"),
-                  vera_dropout=single(lambda m: m.dropout, "dropout"),
-                  d_initial=single(lambda m: m.d_initial, "d_initial"),
-                  projection_prng_key=single(lambda m: m.projection_prng_key,
-                                             "projection_prng_key"),
-                  save_projection=True, init_weights=True, fan_in_fan_out=False)
-  elif peft_type == "OFT":
+      tensors[key + '.vera_lambda_b'] = _np(node.params['lambda_b'])
+      tensors[key + '.vera_lambda_d'] = _np(node.params['lambda_d'])
+    config.update(
+      r=single(lambda m: m.rank, 'rank'),
+      vera_dropout=single(lambda m: m.dropout, 'dropout'),
+      d_initial=single(lambda m: m.d_initial, 'd_initial'),
+      projection_prng_key=single(lambda m: m.projection_prng_key, 'projection_prng_key'),
+      save_projection=True,
+      init_weights=True,
+      fan_in_fan_out=False,
+    )
+  elif peft_type == 'OFT':
     for p, node in ordered:
-      tensors[_PREFIX + names[p] + ".oft_R.weight"] = _np(node.params["oft_r"])
-    config.update(r=0, oft_block_size=single(lambda m: m.block_size, "block_size"),
-                  use_cayley_neumann=single(lambda m: m.use_cayley_neumann, "use_cayley_neumann"),
-                  num_cayley_neumann_terms=single(lambda m: m.num_neumann_terms,
-                                                  "num_neumann_terms"),
-                  block_share=single(lambda m: m.block_share, "block_share"),
-                  coft=single(lambda m: m.coft, "coft"), eps=single(lambda m: m.eps, "eps"),
-                  module_dropout=0.0, init_weights=True, exclude_modules=None,
-                  fan_in_fan_out=False)
+      tensors[_PREFIX + names[p] + '.oft_R.weight'] = _np(node.params['oft_r'])
+    config.update(
+      r=0,
+      oft_block_size=single(lambda m: m.block_size, 'block_size'),
+      use_cayley_neumann=single(lambda m: m.use_cayley_neumann, 'use_cayley_neumann'),
+      num_cayley_neumann_terms=single(lambda m: m.num_neumann_terms, 'num_neumann_terms'),
+      block_share=single(lambda m: m.block_share, 'block_share'),
+      coft=single(lambda m: m.coft, 'coft'),
+      eps=single(lambda m: m.eps, 'eps'),
+      module_dropout=0.0,
+      init_weights=True,
+      exclude_modules=None,
+      fan_in_fan_out=False,
+    )
   else:
     for p, node in ordered:
-      tensors[_PREFIX + names[p] + ".miss_block"] = _np(node.params["miss_block"])
-    mode = single(lambda m: m.mode, "mode")
-    config.update(r=single(lambda m: m.rank, "rank"), mini_r=single(lambda m: m.mini_r, "mini_r"),
-                  miss_dropout=single(lambda m: m.dropout, "dropout"),
-                  init_weights=True if mode == "balance" else mode, exclude_modules=None)
+      tensors[_PREFIX + names[p] + '.miss_block'] = _np(node.params['miss_block'])
+    mode = single(lambda m: m.mode, 'mode')
+    config.update(
+      r=single(lambda m: m.rank, 'rank'),
+      mini_r=single(lambda m: m.mini_r, 'mini_r'),
+      miss_dropout=single(lambda m: m.dropout, 'dropout'),
+      init_weights=True if mode == 'balance' else mode,
+      exclude_modules=None,
+    )
   os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, CONFIG_NAME), "w") as f:
+  with open(os.path.join(path, CONFIG_NAME), 'w') as f:
     json.dump(config, f, indent=2, sort_keys=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-            os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
+  save_file(
+    {k: np.ascontiguousarray(v) for k, v in tensors.items()},
+    os.path.join(path, WEIGHTS_NAME),
+    metadata={'format': 'pt'},
+  )

@@ -7,12 +7,12 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from peft_jax.hub import checkpoint
-from peft_jax.hub import gguf
+from peft_jax.hub import checkpoint, gguf
 
 
-def load_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32, shardings: Any = None,
-                    **config_overrides: Any):
+def load_pretrained(
+  path: str | os.PathLike, dtype: Any = jnp.float32, shardings: Any = None, **config_overrides: Any
+):
   """Loads an HF checkpoint directory (or ``'bundled:NAME'``).
 
   Args:

@@ -19,19 +19,25 @@ def load_tokenizer(path: str | os.PathLike):
   padding side is set to left, which generation needs.
   """
   import transformers  # pylint: disable=g-import-not-at-top  (slow import, only when used)
+
   text = str(path)
   if not text.startswith('bundled:') and not os.path.isdir(text):
-    raise FileNotFoundError(f'tokenizer directory {text} does not exist (expected a directory '
-                            f'holding {" or ".join(TOKENIZER_FILES)})')
+    raise FileNotFoundError(
+      f'tokenizer directory {text} does not exist (expected a directory '
+      f'holding {" or ".join(TOKENIZER_FILES)})'
+    )
   directory = resolve_path(path)
   if not any((directory / f).is_file() for f in TOKENIZER_FILES):
-    raise FileNotFoundError(f'{directory} holds no tokenizer: expected one of {TOKENIZER_FILES}, '
-                            f'found {sorted(p.name for p in directory.iterdir())[:12]}')
+    raise FileNotFoundError(
+      f'{directory} holds no tokenizer: expected one of {TOKENIZER_FILES}, '
+      f'found {sorted(p.name for p in directory.iterdir())[:12]}'
+    )
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
   except Exception as error:  # pylint: disable=broad-except  (transformers raises many types)
-    raise ValueError(f'cannot load the tokenizer in {directory}: {type(error).__name__}: '
-                     f'{error}') from error
+    raise ValueError(
+      f'cannot load the tokenizer in {directory}: {type(error).__name__}: {error}'
+    ) from error
   if tokenizer.pad_token is None and tokenizer.eos_token is not None:
     tokenizer.pad_token = tokenizer.eos_token
   tokenizer.padding_side = 'left'
@@ -47,9 +53,14 @@ def _added_bos(tokenizer: Any):
   return bos if ids and ids[0] == bos else None
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[dict[str, str]]], *,
-                   chat: bool = True, pad_to_multiple_of: int = 1,
-                   add_generation_prompt: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def encode_prompts(
+  tokenizer: Any,
+  prompts: Sequence[str | Sequence[dict[str, str]]],
+  *,
+  chat: bool = True,
+  pad_to_multiple_of: int = 1,
+  add_generation_prompt: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
   """Tokenises prompts into a left-padded batch.
 
   Args:
@@ -69,8 +80,9 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[dict[str, st
   for prompt in prompts:
     if use_template:
       messages = [{'role': 'user', 'content': prompt}] if isinstance(prompt, str) else list(prompt)
-      ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                          tokenize=True, return_dict=False)
+      ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+      )
       if isinstance(ids, dict) or hasattr(ids, 'keys'):
         ids = ids['input_ids']
       # A template that leaves bos out (ours does, so SFT rendering and tokenize_row agree) still
@@ -80,8 +92,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[dict[str, st
         ids = [bos, *ids]
     else:
       if not isinstance(prompt, str):
-        raise ValueError('message-list prompts need chat=True and a tokenizer with a chat '
-                         'template')
+        raise ValueError('message-list prompts need chat=True and a tokenizer with a chat template')
       ids = tokenizer(prompt, add_special_tokens=True)['input_ids']
     rows.append([int(i) for i in ids])
   if any(not r for r in rows):
@@ -94,6 +105,6 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[dict[str, st
   tokens = np.full((len(rows), length), pad_id, np.int32)
   mask = np.zeros((len(rows), length), np.int32)
   for i, row in enumerate(rows):
-    tokens[i, length - len(row):] = row
-    mask[i, length - len(row):] = 1
+    tokens[i, length - len(row) :] = row
+    mask[i, length - len(row) :] = 1
   return tokens, mask

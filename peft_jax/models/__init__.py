@@ -2,13 +2,23 @@
 capture programs, logical axes. Text in and out (tokenisation) lives in ``peft_jax.evals.generation``."""
 
 from peft_jax.models.axes import param_logical_axes
+from peft_jax.models.capture import capture_activations, capture_program, masked_tokens
 from peft_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from peft_jax.models.decoder import Decoder, init_cache, init_params
-from peft_jax.models.capture import capture_activations, capture_program, masked_tokens
 from peft_jax.models.generate import GenerationOutput, decode, generate, sample_logits
 
 __all__ = [
-    'SUPPORTED_MODEL_TYPES', 'ModelConfig', 'Decoder', 'init_cache', 'init_params',
-    'param_logical_axes', 'GenerationOutput', 'decode', 'generate', 'sample_logits',
-    'capture_activations', 'capture_program', 'masked_tokens',
+  'SUPPORTED_MODEL_TYPES',
+  'ModelConfig',
+  'Decoder',
+  'init_cache',
+  'init_params',
+  'param_logical_axes',
+  'GenerationOutput',
+  'decode',
+  'generate',
+  'sample_logits',
+  'capture_activations',
+  'capture_program',
+  'masked_tokens',
 ]

@@ -18,12 +18,14 @@ from peft_jax.models.decoder import declared_axes
 
 Axes = tuple[Optional[str], ...]
 
+
 def _shape(x: Any) -> tuple[int, ...]:
   return tuple(x.shape) if hasattr(x, 'shape') else tuple(np.shape(x))
 
 
-def _adapter_array_axes(shape: tuple[int, ...], base_shape: tuple[int, ...],
-                        base_axes: Axes) -> Axes:
+def _adapter_array_axes(
+  shape: tuple[int, ...], base_shape: tuple[int, ...], base_axes: Axes
+) -> Axes:
   """Axes of one adapter array from its shape relative to the base kernel ``[d_in, d_out]``.
 
   ``[d_in, d_out]`` -> base axes; ``[d_in, r]`` -> (in, 'rank'); ``[r, d_out]`` -> ('rank', out);
@@ -72,8 +74,10 @@ def param_logical_axes(params: Mapping[str, Any], config: ModelConfig) -> Any:
   def base_axes(path: tuple[str, ...], ndim: int) -> Axes:
     name = '/'.join(path)
     if name not in declared:
-      raise KeyError(f'param {name!r} is not a parameter of the {config.model_type} decoder; '
-                     f'declared: {sorted(declared)[:12]} ...')
+      raise KeyError(
+        f'param {name!r} is not a parameter of the {config.model_type} decoder; '
+        f'declared: {sorted(declared)[:12]} ...'
+      )
     axes = declared[name]
     if len(axes) != ndim:
       raise ValueError(f'param {name!r} has {ndim} dims but its declared axes are {axes}')
@@ -88,8 +92,7 @@ def param_logical_axes(params: Mapping[str, Any], config: ModelConfig) -> Any:
         # The method knows its own layout (peft_jax.adapters methods define param_axes).
         params_axes, frozen_axes = method_axes(node, *base)
         return Adapted(base, params_axes, frozen_axes, node.method)
-      sub = lambda d: {k: _adapter_array_axes(_shape(v), base_shape, base)
-                       for k, v in d.items()}
+      sub = lambda d: {k: _adapter_array_axes(_shape(v), base_shape, base) for k, v in d.items()}
       return Adapted(base, sub(node.params), sub(node.frozen), node.method)
     if isinstance(node, Mapping):
       return {k: visit(v, path + (k,)) for k, v in node.items()}

@@ -32,8 +32,9 @@ def capture_program(config: ModelConfig, names: tuple[str, ...]):
   return forward
 
 
-def capture_activations(config: ModelConfig, params: Any, tokens: Any, mask: Any,
-                        names: Sequence[str]) -> dict[str, np.ndarray]:
+def capture_activations(
+  config: ModelConfig, params: Any, tokens: Any, mask: Any, names: Sequence[str]
+) -> dict[str, np.ndarray]:
   """The captured activations of one batch, as float32 host arrays."""
   captures = capture_program(config, tuple(names))(params, jnp.asarray(tokens), jnp.asarray(mask))
   return {k: np.asarray(v, np.float32) for k, v in captures.items()}

@@ -80,18 +80,30 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
-      raise ValueError(f'ModelConfig.model_type={self.model_type!r} is not supported; supported: '
-                       f'{SUPPORTED_MODEL_TYPES}')
-    for name in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_layers', 'num_heads',
-                 'num_kv_heads', 'head_dim'):
+      raise ValueError(
+        f'ModelConfig.model_type={self.model_type!r} is not supported; supported: '
+        f'{SUPPORTED_MODEL_TYPES}'
+      )
+    for name in (
+      'vocab_size',
+      'hidden_size',
+      'intermediate_size',
+      'num_layers',
+      'num_heads',
+      'num_kv_heads',
+      'head_dim',
+    ):
       if int(getattr(self, name)) <= 0:
         raise ValueError(f'ModelConfig.{name} must be positive, got {getattr(self, name)}')
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f'ModelConfig.num_heads={self.num_heads} must be a multiple of '
-                       f'num_kv_heads={self.num_kv_heads}')
+      raise ValueError(
+        f'ModelConfig.num_heads={self.num_heads} must be a multiple of '
+        f'num_kv_heads={self.num_kv_heads}'
+      )
     if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-      raise ValueError(f'ModelConfig.hidden_act={self.hidden_act!r}; supported: '
-                       f'{SUPPORTED_ACTIVATIONS}')
+      raise ValueError(
+        f'ModelConfig.hidden_act={self.hidden_act!r}; supported: {SUPPORTED_ACTIVATIONS}'
+      )
     if self.dtype not in ('float32', 'bfloat16'):
       raise ValueError(f"ModelConfig.dtype={self.dtype!r}; valid: 'float32', 'bfloat16'")
     if self.layer_types is None:
@@ -99,21 +111,27 @@ class ModelConfig:
       object.__setattr__(self, 'layer_types', (kind,) * self.num_layers)
     object.__setattr__(self, 'layer_types', tuple(self.layer_types))
     if len(self.layer_types) != self.num_layers:
-      raise ValueError(f'ModelConfig.layer_types has {len(self.layer_types)} entries, expected '
-                       f'num_layers={self.num_layers}')
+      raise ValueError(
+        f'ModelConfig.layer_types has {len(self.layer_types)} entries, expected '
+        f'num_layers={self.num_layers}'
+      )
     bad = [t for t in self.layer_types if t not in LAYER_TYPES]
     if bad:
       raise ValueError(f'ModelConfig.layer_types has {bad[0]!r}; valid: {LAYER_TYPES}')
     if 'sliding_attention' in self.layer_types and not self.sliding_window:
-      raise ValueError('ModelConfig.layer_types has sliding_attention layers but sliding_window '
-                       f'is {self.sliding_window!r}')
+      raise ValueError(
+        'ModelConfig.layer_types has sliding_attention layers but sliding_window '
+        f'is {self.sliding_window!r}'
+      )
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, 'rope_scaling', tuple(sorted(self.rope_scaling.items())))
     if self.rope_scaling is not None:
       rope_type = self.rope_scaling_dict.get('rope_type', 'default')
       if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ValueError(f'ModelConfig.rope_scaling rope_type={rope_type!r} is not supported; '
-                         f'supported: {SUPPORTED_ROPE_TYPES}')
+        raise ValueError(
+          f'ModelConfig.rope_scaling rope_type={rope_type!r} is not supported; '
+          f'supported: {SUPPORTED_ROPE_TYPES}'
+        )
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, 'eos_token_id', tuple(self.eos_token_id))
 

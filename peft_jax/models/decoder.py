@@ -34,8 +34,16 @@ from peft_jax.models.config import ModelConfig
 
 Array = jax.Array
 
-LINEAR_NAMES = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj',
-                'lm_head')
+LINEAR_NAMES = (
+  'q_proj',
+  'k_proj',
+  'v_proj',
+  'o_proj',
+  'gate_proj',
+  'up_proj',
+  'down_proj',
+  'lm_head',
+)
 # Large negative score for masked keys: finite so a fully masked (padding) query row gives a
 # uniform softmax instead of NaN.
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -90,8 +98,9 @@ def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
   return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
-def default_positions(attention_mask: Optional[Array], segment_ids: Optional[Array],
-                      shape: tuple[int, int]) -> Array:
+def default_positions(
+  attention_mask: Optional[Array], segment_ids: Optional[Array], shape: tuple[int, int]
+) -> Array:
   """Positions ``[B, T]`` int32: restart at 0 per segment; else count real tokens from 0.
 
   With segments, ``pos[t] = t - start(segment of t)``. With a mask only,
@@ -140,8 +149,9 @@ class _Captures:
 Axes = tuple[Optional[str], ...]
 
 
-def _weight(module: nn.Module, name: str, init: Callable, shape: tuple[int, ...],
-            axes: Axes) -> Any:
+def _weight(
+  module: nn.Module, name: str, init: Callable, shape: tuple[int, ...], axes: Axes
+) -> Any:
   """Param ``name`` of ``module`` as the plain weight to compute with.
 
   The stored leaf is read with ``get_variable`` when it exists, so an ``Adapted`` node (full
@@ -171,16 +181,19 @@ class Dense(nn.Module):
     if self.has_variable('params', 'kernel'):
       kernel = self.get_variable('params', 'kernel')
     else:
-      kernel = self.param('kernel', nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                                 self.kernel_axes),
-                          (x.shape[-1], self.features), jnp.float32)
+      kernel = self.param(
+        'kernel',
+        nn.with_logical_partitioning(nn.initializers.lecun_normal(), self.kernel_axes),
+        (x.shape[-1], self.features),
+        jnp.float32,
+      )
     # Only adapters use dropout (on their input); plain kernels need no rng.
-    dropout_rng = (None if deterministic or not adapters_core.is_adapted(kernel)
-                   else self.make_rng('dropout'))
+    dropout_rng = (
+      None if deterministic or not adapters_core.is_adapted(kernel) else self.make_rng('dropout')
+    )
     y = adapters_core.matmul(x, kernel, dropout_rng=dropout_rng, dtype=self.dtype)
     if self.use_bias:
-      bias = _weight(self, 'bias', nn.initializers.zeros, (self.features,),
-                     self.kernel_axes[1:])
+      bias = _weight(self, 'bias', nn.initializers.zeros, (self.features,), self.kernel_axes[1:])
       y = y + bias.astype(y.dtype)
     return y
 
@@ -214,8 +227,13 @@ class Embedding(nn.Module):
 
   @nn.compact
   def __call__(self) -> Array:
-    return _weight(self, 'embedding', nn.initializers.normal(0.02),
-                   (self.vocab_size, self.features), ('vocab', 'embed'))
+    return _weight(
+      self,
+      'embedding',
+      nn.initializers.normal(0.02),
+      (self.vocab_size, self.features),
+      ('vocab', 'embed'),
+    )
 
 
 class Attention(nn.Module):
@@ -225,8 +243,15 @@ class Attention(nn.Module):
   layer_index: int
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, mask_info: Mapping[str, Array],
-               deterministic: bool, captures: _Captures, layer_cache: Optional[dict]):
+  def __call__(
+    self,
+    x: Array,
+    positions: Array,
+    mask_info: Mapping[str, Array],
+    deterministic: bool,
+    captures: _Captures,
+    layer_cache: Optional[dict],
+  ):
     """x: [B, T, d]; positions: [B, T] -> ([B, T, d], updated layer cache or None)."""
     cfg = self.config
     dtype = _compute_dtype(cfg)
@@ -256,10 +281,12 @@ class Attention(nn.Module):
       key_positions = positions
     else:
       index = mask_info['index']
-      keys = jax.lax.dynamic_update_slice(layer_cache['k'], k.astype(layer_cache['k'].dtype),
-                                          (0, index, 0, 0))
-      values = jax.lax.dynamic_update_slice(layer_cache['v'], v.astype(layer_cache['v'].dtype),
-                                            (0, index, 0, 0))
+      keys = jax.lax.dynamic_update_slice(
+        layer_cache['k'], k.astype(layer_cache['k'].dtype), (0, index, 0, 0)
+      )
+      values = jax.lax.dynamic_update_slice(
+        layer_cache['v'], v.astype(layer_cache['v'].dtype), (0, index, 0, 0)
+      )
       layer_cache = {'k': keys, 'v': values}
       allowed = mask_info['allowed']  # [B, T, S]
       key_positions = mask_info['key_positions']
@@ -271,13 +298,21 @@ class Attention(nn.Module):
     groups = heads // kv_heads
     q = q.reshape(batch, length, kv_heads, groups, hd)
     # Query head h = kv * groups + g reads kv head `kv` (HF repeat_kv order).
-    scores = jnp.einsum('btkgd,bskd->bkgts', q.astype(dtype), keys.astype(dtype),
-                        preferred_element_type=jnp.float32) * scale
+    scores = (
+      jnp.einsum(
+        'btkgd,bskd->bkgts', q.astype(dtype), keys.astype(dtype), preferred_element_type=jnp.float32
+      )
+      * scale
+    )
     scores = _softcap(scores, cfg.attn_logit_softcapping)
     scores = jnp.where(allowed[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum('bkgts,bskd->btkgd', probs.astype(dtype), values.astype(dtype),
-                     preferred_element_type=jnp.float32).astype(dtype)
+    out = jnp.einsum(
+      'bkgts,bskd->btkgd',
+      probs.astype(dtype),
+      values.astype(dtype),
+      preferred_element_type=jnp.float32,
+    ).astype(dtype)
     out = out.reshape(batch, length, heads * hd)
     return linear('o_proj', out, cfg.hidden_size, False, ('heads', 'embed')), layer_cache
 
@@ -301,7 +336,7 @@ class MLP(nn.Module):
 
     gate = linear('gate_proj', x, cfg.intermediate_size, ('embed', 'mlp'))
     up = linear('up_proj', x, cfg.intermediate_size, ('embed', 'mlp'))
-    hidden = (_activation(cfg.hidden_act, gate.astype(jnp.float32)).astype(dtype) * up)
+    hidden = _activation(cfg.hidden_act, gate.astype(jnp.float32)).astype(dtype) * up
     return linear('down_proj', hidden, cfg.hidden_size, ('mlp', 'embed'))
 
 
@@ -313,22 +348,31 @@ class DecoderLayer(nn.Module):
   capture: tuple[str, ...] = ()
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, mask_info: Mapping[str, Array],
-               deterministic: bool, layer_cache: Optional[dict]):
+  def __call__(
+    self,
+    x: Array,
+    positions: Array,
+    mask_info: Mapping[str, Array],
+    deterministic: bool,
+    layer_cache: Optional[dict],
+  ):
     cfg = self.config
     captures = _Captures(self.capture)
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.norm_plus_one, name=name)
     attn_out, layer_cache = Attention(cfg, self.layer_index, name='self_attn')(
-        norm('input_layernorm')(x), positions, mask_info, deterministic, captures, layer_cache)
+      norm('input_layernorm')(x), positions, mask_info, deterministic, captures, layer_cache
+    )
     if cfg.sandwich_norms:
       h = x + norm('post_attention_layernorm')(attn_out)
-      mlp_out = MLP(cfg, self.layer_index, name='mlp')(norm('pre_feedforward_layernorm')(h),
-                                                       deterministic, captures)
+      mlp_out = MLP(cfg, self.layer_index, name='mlp')(
+        norm('pre_feedforward_layernorm')(h), deterministic, captures
+      )
       y = h + norm('post_feedforward_layernorm')(mlp_out)
     else:
       h = x + attn_out
-      y = h + MLP(cfg, self.layer_index, name='mlp')(norm('post_attention_layernorm')(h),
-                                                     deterministic, captures)
+      y = h + MLP(cfg, self.layer_index, name='mlp')(
+        norm('post_attention_layernorm')(h), deterministic, captures
+      )
     return y, captures.store, layer_cache
 
 
@@ -352,10 +396,16 @@ class Decoder(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens: Array, positions: Optional[Array] = None,
-               segment_ids: Optional[Array] = None, attention_mask: Optional[Array] = None,
-               capture: Sequence[str] = (), deterministic: bool = True,
-               cache: Optional[dict] = None):
+  def __call__(
+    self,
+    tokens: Array,
+    positions: Optional[Array] = None,
+    segment_ids: Optional[Array] = None,
+    attention_mask: Optional[Array] = None,
+    capture: Sequence[str] = (),
+    deterministic: bool = True,
+    cache: Optional[dict] = None,
+  ):
     cfg = self.config
     dtype = _compute_dtype(cfg)
     capture = tuple([capture] if isinstance(capture, str) else capture)
@@ -381,7 +431,8 @@ class Decoder(nn.Module):
     for i in range(cfg.num_layers):
       layer_cache = None if cache is None else cache['layers'][i]
       x, layer_captures, layer_cache = layer_cls(cfg, i, capture, name=f'layers_{i}')(
-          x, positions, mask_info, deterministic, layer_cache)
+        x, positions, mask_info, deterministic, layer_cache
+      )
       captured.update(layer_captures)
       if want_residual:
         captured[f'layers_{i}/residual'] = x
@@ -393,7 +444,8 @@ class Decoder(nn.Module):
       logits = adapters_core.dense_matmul(h, table.T, dtype)
     else:
       logits = Dense(cfg.vocab_size, ('embed', 'vocab'), dtype=dtype, name='lm_head')(
-          h, deterministic)
+        h, deterministic
+      )
       if any(c in ('all', 'lm_head') for c in capture):
         captured['lm_head/in'], captured['lm_head/out'] = h, logits
     logits = _softcap(logits.astype(jnp.float32), cfg.final_logit_softcapping)
@@ -414,8 +466,10 @@ def _validate_capture(capture: tuple[str, ...], cfg: ModelConfig):
     if name in ('residual', 'all'):
       continue
     if not any(p == name or p.endswith('/' + name) for p in valid_paths):
-      raise ValueError(f'capture name {name!r} matches no module; valid: residual, all, '
-                       f'{", ".join(LINEAR_NAMES)} or a full path such as {valid_paths[0]!r}')
+      raise ValueError(
+        f'capture name {name!r} matches no module; valid: residual, all, '
+        f'{", ".join(LINEAR_NAMES)} or a full path such as {valid_paths[0]!r}'
+      )
 
 
 def _mask_info(tokens, positions, segment_ids, attention_mask, cache):
@@ -433,16 +487,23 @@ def _mask_info(tokens, positions, segment_ids, attention_mask, cache):
     same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
     return {'allowed': causal & same}, None
   index = cache['index']
-  real = (jnp.ones((batch, length), jnp.int32) if attention_mask is None
-          else attention_mask.astype(jnp.int32))
+  real = (
+    jnp.ones((batch, length), jnp.int32)
+    if attention_mask is None
+    else attention_mask.astype(jnp.int32)
+  )
   key_valid = jax.lax.dynamic_update_slice(cache['key_valid'], real.astype(bool), (0, index))
   key_positions = jax.lax.dynamic_update_slice(cache['key_positions'], positions, (0, index))
   slots = cache['key_valid'].shape[1]
   query_slot = index + jnp.arange(length)
   causal = query_slot[None, :, None] >= jnp.arange(slots)[None, None, :]
   allowed = causal & key_valid[:, None, :]
-  new_cache = {'index': index + length, 'key_valid': key_valid, 'key_positions': key_positions,
-               'layers': []}
+  new_cache = {
+    'index': index + length,
+    'key_valid': key_valid,
+    'key_positions': key_positions,
+    'layers': [],
+  }
   return {'allowed': allowed, 'index': index, 'key_positions': key_positions}, new_cache
 
 
@@ -454,11 +515,14 @@ def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = No
   """
   dtype = dtype or _compute_dtype(config)
   shape = (batch, max_length, config.num_kv_heads, config.head_dim)
-  return {'index': jnp.zeros((), jnp.int32),
-          'key_valid': jnp.zeros((batch, max_length), bool),
-          'key_positions': jnp.zeros((batch, max_length), jnp.int32),
-          'layers': [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
-                     for _ in range(config.num_layers)]}
+  return {
+    'index': jnp.zeros((), jnp.int32),
+    'key_valid': jnp.zeros((batch, max_length), bool),
+    'key_positions': jnp.zeros((batch, max_length), jnp.int32),
+    'layers': [
+      {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)} for _ in range(config.num_layers)
+    ],
+  }
 
 
 def init_params(config: ModelConfig, key: Array, batch: int = 1, length: int = 8) -> dict:
@@ -479,7 +543,8 @@ def declared_axes(config: ModelConfig) -> dict:
   tokens = jnp.zeros((1, 8), jnp.int32)
   boxed = jax.eval_shape(lambda: Decoder(config).init(jax.random.key(0), tokens)['params'])
   flat = jax.tree_util.tree_flatten_with_path(
-      boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+    boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+  )[0]
   out = {}
   for path, leaf in flat:
     name = '/'.join(str(getattr(k, 'key', k)) for k in path)

@@ -36,8 +36,9 @@ class GenerationOutput(NamedTuple):
   lengths: Array
 
 
-def sample_logits(logits: Array, key: Array, *, temperature: float, top_k: int,
-                  top_p: float) -> Array:
+def sample_logits(
+  logits: Array, key: Array, *, temperature: float, top_k: int, top_p: float
+) -> Array:
   """Draws token ids ``[B]`` from ``logits [B, V]``.
 
   ``temperature == 0``: argmax. Otherwise ``softmax(logits / temperature)`` restricted to the
@@ -61,17 +62,39 @@ def sample_logits(logits: Array, key: Array, *, temperature: float, top_k: int,
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'max_new_tokens', 'temperature', 'top_k',
-                                             'top_p', 'eos_token_ids', 'pad_token_id'))
-def decode(params, tokens, attention_mask, key, *, config: ModelConfig, max_new_tokens: int,
-              temperature: float, top_k: int, top_p: float, eos_token_ids: tuple[int, ...],
-              pad_token_id: int) -> GenerationOutput:
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    'config',
+    'max_new_tokens',
+    'temperature',
+    'top_k',
+    'top_p',
+    'eos_token_ids',
+    'pad_token_id',
+  ),
+)
+def decode(
+  params,
+  tokens,
+  attention_mask,
+  key,
+  *,
+  config: ModelConfig,
+  max_new_tokens: int,
+  temperature: float,
+  top_k: int,
+  top_p: float,
+  eos_token_ids: tuple[int, ...],
+  pad_token_id: int,
+) -> GenerationOutput:
   model = Decoder(config)
   batch, prompt_length = tokens.shape
   cache = init_cache(config, batch, prompt_length + max_new_tokens)
   positions = default_positions(attention_mask, None, (batch, prompt_length))
-  logits, cache = model.apply({'params': params}, tokens, positions=positions,
-                              attention_mask=attention_mask, cache=cache)
+  logits, cache = model.apply(
+    {'params': params}, tokens, positions=positions, attention_mask=attention_mask, cache=cache
+  )
   # Left padding: the last slot of every row is its last real token.
   last_logits = logits[:, -1]
   next_position = positions[:, -1] + 1
@@ -83,33 +106,66 @@ def decode(params, tokens, attention_mask, key, *, config: ModelConfig, max_new_
 
   def body(state):
     step, cache, last_logits, next_position, done, out_tokens, out_log_probs, lengths, key = state
-    token = sample_logits(last_logits, jax.random.fold_in(key, step), temperature=temperature,
-                          top_k=top_k, top_p=top_p)
-    log_prob = jnp.take_along_axis(jax.nn.log_softmax(last_logits, axis=-1), token[:, None],
-                                   axis=-1)[:, 0]
+    token = sample_logits(
+      last_logits, jax.random.fold_in(key, step), temperature=temperature, top_k=top_k, top_p=top_p
+    )
+    log_prob = jnp.take_along_axis(
+      jax.nn.log_softmax(last_logits, axis=-1), token[:, None], axis=-1
+    )[:, 0]
     token = jnp.where(done, pad_token_id, token)
     log_prob = jnp.where(done, 0.0, log_prob)
     out_tokens = jax.lax.dynamic_update_slice(out_tokens, token[:, None], (0, step))
     out_log_probs = jax.lax.dynamic_update_slice(out_log_probs, log_prob[:, None], (0, step))
     lengths = lengths + (~done).astype(jnp.int32)
     done = done | jnp.any(token[:, None] == eos[None, :], axis=-1)
-    logits, cache = model.apply({'params': params}, token[:, None],
-                                positions=next_position[:, None],
-                                attention_mask=jnp.ones((batch, 1), jnp.int32), cache=cache)
-    return (step + 1, cache, logits[:, -1], next_position + 1, done, out_tokens, out_log_probs,
-            lengths, key)
+    logits, cache = model.apply(
+      {'params': params},
+      token[:, None],
+      positions=next_position[:, None],
+      attention_mask=jnp.ones((batch, 1), jnp.int32),
+      cache=cache,
+    )
+    return (
+      step + 1,
+      cache,
+      logits[:, -1],
+      next_position + 1,
+      done,
+      out_tokens,
+      out_log_probs,
+      lengths,
+      key,
+    )
 
-  state = (jnp.zeros((), jnp.int32), cache, last_logits, next_position,
-           jnp.zeros((batch,), bool), jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32),
-           jnp.zeros((batch, max_new_tokens), jnp.float32), jnp.zeros((batch,), jnp.int32), key)
+  state = (
+    jnp.zeros((), jnp.int32),
+    cache,
+    last_logits,
+    next_position,
+    jnp.zeros((batch,), bool),
+    jnp.full((batch, max_new_tokens), pad_token_id, jnp.int32),
+    jnp.zeros((batch, max_new_tokens), jnp.float32),
+    jnp.zeros((batch,), jnp.int32),
+    key,
+  )
   state = jax.lax.while_loop(cond, body, state)
   return GenerationOutput(tokens=state[5], log_probs=state[6], lengths=state[7])
 
 
-def generate(model: Decoder, params: Any, tokens: Any, attention_mask: Any, *, key: Array,
-             max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             eos_token_id: Optional[int | Sequence[int]] = None,
-             pad_token_id: Optional[int] = None) -> GenerationOutput:
+def generate(
+  model: Decoder,
+  params: Any,
+  tokens: Any,
+  attention_mask: Any,
+  *,
+  key: Array,
+  max_new_tokens: int,
+  temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  eos_token_id: Optional[int | Sequence[int]] = None,
+  pad_token_id: Optional[int] = None,
+) -> GenerationOutput:
   """Decodes ``max_new_tokens`` after each left-padded prompt.
 
   Args:
@@ -139,20 +195,36 @@ def generate(model: Decoder, params: Any, tokens: Any, attention_mask: Any, *, k
   if max_new_tokens <= 0:
     raise ValueError(f'max_new_tokens must be positive, got {max_new_tokens}')
   if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
-    raise ValueError(f'invalid sampling settings temperature={temperature} (>= 0), '
-                     f'top_k={top_k} (>= 0), top_p={top_p} (in (0, 1])')
+    raise ValueError(
+      f'invalid sampling settings temperature={temperature} (>= 0), '
+      f'top_k={top_k} (>= 0), top_p={top_p} (in (0, 1])'
+    )
   tokens = jnp.asarray(tokens, jnp.int32)
   attention_mask = jnp.asarray(attention_mask, jnp.int32)
   if tokens.shape != attention_mask.shape or tokens.ndim != 2:
-    raise ValueError(f'tokens {tokens.shape} and attention_mask {attention_mask.shape} must both '
-                     'be [batch, prompt_length]')
+    raise ValueError(
+      f'tokens {tokens.shape} and attention_mask {attention_mask.shape} must both '
+      'be [batch, prompt_length]'
+    )
   # Checked only on concrete masks (generate may also run under an outer jit/vmap).
-  last_column = (None if isinstance(attention_mask, jax.core.Tracer)
-                 else np.asarray(attention_mask[:, -1]))
+  last_column = (
+    None if isinstance(attention_mask, jax.core.Tracer) else np.asarray(attention_mask[:, -1])
+  )
   if last_column is not None and not last_column.all():
-    raise ValueError('generate needs left-padded prompts: attention_mask[:, -1] must be 1 in every '
-                     f'row, but rows {np.flatnonzero(last_column == 0).tolist()} end in padding')
-  return decode(params, tokens, attention_mask, key, config=config,
-                   max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                   top_k=int(top_k), top_p=float(top_p), eos_token_ids=eos_ids,
-                   pad_token_id=int(pad_token_id))
+    raise ValueError(
+      'generate needs left-padded prompts: attention_mask[:, -1] must be 1 in every '
+      f'row, but rows {np.flatnonzero(last_column == 0).tolist()} end in padding'
+    )
+  return decode(
+    params,
+    tokens,
+    attention_mask,
+    key,
+    config=config,
+    max_new_tokens=int(max_new_tokens),
+    temperature=float(temperature),
+    top_k=int(top_k),
+    top_p=float(top_p),
+    eos_token_ids=eos_ids,
+    pad_token_id=int(pad_token_id),
+  )

@@ -34,23 +34,26 @@ BATCH_MESH_AXES = ('data', 'fsdp')
 # Weights: FSDP shards the model dimension, tensor parallelism the wide projections.
 # Adapter ranks, norms and OFT blocks are small: replicated.
 DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    # activations / inputs
-    ('batch', ('data', 'fsdp')),
-    ('length', None),
-    # weights
-    ('embed', 'fsdp'),
-    ('mlp', 'tensor'),
-    ('heads', 'tensor'),
-    ('kv', 'tensor'),
-    ('vocab', 'tensor'),
-    ('rank', None),
-    ('norm', None),
-    ('blocks', None),
+  # activations / inputs
+  ('batch', ('data', 'fsdp')),
+  ('length', None),
+  # weights
+  ('embed', 'fsdp'),
+  ('mlp', 'tensor'),
+  ('heads', 'tensor'),
+  ('kv', 'tensor'),
+  ('vocab', 'tensor'),
+  ('rank', None),
+  ('norm', None),
+  ('blocks', None),
 )
 
 
-def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Optional[Sequence[Any]] = None,
-              axis_names: Sequence[str] = MESH_AXES) -> Mesh:
+def make_mesh(
+  shape: Sequence[int] = (-1, 1, 1),
+  devices: Optional[Sequence[Any]] = None,
+  axis_names: Sequence[str] = MESH_AXES,
+) -> Mesh:
   """Builds a ``('data', 'fsdp', 'tensor')`` mesh over ``devices`` (default: all devices).
 
   Args:
@@ -76,8 +79,9 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Optional[Sequence[Any]
     shape[shape.index(-1)] = len(devices) // known
   if any(s <= 0 for s in shape) or math.prod(shape) != len(devices):
     raise ValueError(
-        f'mesh shape {dict(zip(axis_names, shape))} has product {math.prod(shape)} but there are '
-        f'{len(devices)} devices; the product of (data, fsdp, tensor) must equal the device count')
+      f'mesh shape {dict(zip(axis_names, shape))} has product {math.prod(shape)} but there are '
+      f'{len(devices)} devices; the product of (data, fsdp, tensor) must equal the device count'
+    )
   return Mesh(np.asarray(devices, dtype=object).reshape(shape), tuple(axis_names))
 
 
@@ -100,8 +104,12 @@ def normalize_rules(rules: Optional[Iterable[Sequence[Any]]]) -> tuple[tuple[str
   return tuple(out)
 
 
-def logical_to_spec(axes: Sequence[Optional[str]], shape: Optional[Sequence[int]], mesh: Mesh,
-                    rules: Optional[Iterable[Sequence[Any]]] = None) -> PartitionSpec:
+def logical_to_spec(
+  axes: Sequence[Optional[str]],
+  shape: Optional[Sequence[int]],
+  mesh: Mesh,
+  rules: Optional[Iterable[Sequence[Any]]] = None,
+) -> PartitionSpec:
   """The ``PartitionSpec`` of one array from its logical axis names (module docstring rules).
 
   Args:
@@ -143,9 +151,12 @@ def _is_axes_leaf(x: Any) -> bool:
   return x is None or (isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x))
 
 
-def logical_to_sharding(axes_tree: PyTree, mesh: Mesh,
-                        rules: Optional[Iterable[Sequence[Any]]] = None,
-                        shapes: Optional[PyTree] = None) -> PyTree:
+def logical_to_sharding(
+  axes_tree: PyTree,
+  mesh: Mesh,
+  rules: Optional[Iterable[Sequence[Any]]] = None,
+  shapes: Optional[PyTree] = None,
+) -> PyTree:
   """``NamedSharding`` tree from a tree of logical-axis tuples (divisibility-aware).
 
   Args:
@@ -160,14 +171,19 @@ def logical_to_sharding(axes_tree: PyTree, mesh: Mesh,
   """
   rules = normalize_rules(rules)
   if shapes is None:
-    return jax.tree.map(lambda axes: NamedSharding(mesh, logical_to_spec(axes, None, mesh, rules)),
-                        axes_tree, is_leaf=_is_axes_leaf)
+    return jax.tree.map(
+      lambda axes: NamedSharding(mesh, logical_to_spec(axes, None, mesh, rules)),
+      axes_tree,
+      is_leaf=_is_axes_leaf,
+    )
   axes_by_path = dict(jax.tree_util.tree_flatten_with_path(axes_tree, is_leaf=_is_axes_leaf)[0])
 
   def one(path, leaf):
     if path not in axes_by_path:
-      raise KeyError(f'no logical axes for parameter {path_name(path)!r}; axes are given for: '
-                     f'{sorted(path_name(p) for p in axes_by_path)[:20]}')
+      raise KeyError(
+        f'no logical axes for parameter {path_name(path)!r}; axes are given for: '
+        f'{sorted(path_name(p) for p in axes_by_path)[:20]}'
+      )
     return NamedSharding(mesh, logical_to_spec(axes_by_path[path], leaf.shape, mesh, rules))
 
   return jax.tree_util.tree_map_with_path(one, shapes)
@@ -191,8 +207,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def opt_state_shardings(optimizer: optax.GradientTransformation, params_shape: PyTree,
-                        params_shardings: PyTree, mesh: Mesh) -> PyTree:
+def opt_state_shardings(
+  optimizer: optax.GradientTransformation,
+  params_shape: PyTree,
+  params_shardings: PyTree,
+  mesh: Mesh,
+) -> PyTree:
   """Shardings of ``optimizer.init(params)``: each moment mirrors the param it belongs to; scalars
   (counts) and anything not shaped like a param are replicated.
 
@@ -204,16 +224,21 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, params_shape: P
   """
   state_shape = jax.eval_shape(optimizer.init, params_shape)
   shardings = optax.tree_map_params(
-      optimizer, lambda _, sharding: sharding, state_shape, params_shardings,
-      transform_non_params=lambda _: replicated(mesh),
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+    optimizer,
+    lambda _, sharding: sharding,
+    state_shape,
+    params_shardings,
+    transform_non_params=lambda _: replicated(mesh),
+    is_leaf=lambda x: isinstance(x, NamedSharding),
+  )
   # Anything tree_map_params left as a shape (e.g. masked-out nodes) is replicated.
   return jax.tree.map(
-      lambda s: s if isinstance(s, NamedSharding) else replicated(mesh), shardings,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+    lambda s: s if isinstance(s, NamedSharding) else replicated(mesh),
+    shardings,
+    is_leaf=lambda x: isinstance(x, NamedSharding),
+  )
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Inputs ``[batch, ...]``: the batch dimension split over ``('data', 'fsdp')``."""
   return NamedSharding(mesh, PartitionSpec(BATCH_MESH_AXES, *([None] * (ndim - 1))))
-

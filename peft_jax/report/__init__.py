@@ -69,14 +69,15 @@ from peft_jax.report.results import assemble_results, write_drift_heatmap
 from peft_jax.report.schema import ResultsSchemaError, validate_results
 
 __all__ = [
-    "assemble_results", "write_drift_heatmap",
-    "FIGURE_FILES",
-    "ResultsSchemaError",
-    "SECTIONS",
-    "build_document",
-    "print_summary_table",
-    "render_html",
-    "render_markdown",
-    "validate_results",
-    "write_report",
+  'assemble_results',
+  'write_drift_heatmap',
+  'FIGURE_FILES',
+  'ResultsSchemaError',
+  'SECTIONS',
+  'build_document',
+  'print_summary_table',
+  'render_html',
+  'render_markdown',
+  'validate_results',
+  'write_report',
 ]

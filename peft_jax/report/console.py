@@ -8,7 +8,7 @@ from typing import Any, TextIO
 from peft_jax.report import formatting as fmt
 from peft_jax.report.schema import validate_results
 
-_COLUMNS = ("method", "target", "general", "forget", "params", "time")
+_COLUMNS = ('method', 'target', 'general', 'forget', 'params', 'time')
 _RIGHT = (False, True, True, True, True, True)
 
 
@@ -35,20 +35,36 @@ def print_summary_table(results: Mapping[str, Any], *, file: TextIO | None = Non
     ResultsSchemaError: (a `KeyError`) naming the missing or malformed key.
   """
   validate_results(results)
-  base = results["base"]
-  rows = [("base", fmt.fmt_score(base["target"]), fmt.fmt_score(base["general"]),
-           fmt.fmt_points(0.0), "—", "—")]
-  for name, m in results["methods"].items():
-    rows.append((name, fmt.fmt_score(m["target"]), fmt.fmt_score(m["general"]),
-                 fmt.fmt_points(m["forget"]), fmt.fmt_params(m["trainable_params"]),
-                 fmt.fmt_seconds(m["train_time_s"])))
+  base = results['base']
+  rows = [
+    (
+      'base',
+      fmt.fmt_score(base['target']),
+      fmt.fmt_score(base['general']),
+      fmt.fmt_points(0.0),
+      '—',
+      '—',
+    )
+  ]
+  for name, m in results['methods'].items():
+    rows.append(
+      (
+        name,
+        fmt.fmt_score(m['target']),
+        fmt.fmt_score(m['general']),
+        fmt.fmt_points(m['forget']),
+        fmt.fmt_params(m['trainable_params']),
+        fmt.fmt_seconds(m['train_time_s']),
+      )
+    )
   widths = [max(len(r[i]) for r in [_COLUMNS, *rows]) for i in range(len(_COLUMNS))]
 
   def line(cells) -> str:
-    return "  ".join(c.rjust(w) if right else c.ljust(w)
-                     for c, w, right in zip(cells, widths, _RIGHT)).rstrip()
+    return '  '.join(
+      c.rjust(w) if right else c.ljust(w) for c, w, right in zip(cells, widths, _RIGHT)
+    ).rstrip()
 
-  table = "\n".join([line(_COLUMNS), line(["-" * w for w in widths]), *map(line, rows)])
+  table = '\n'.join([line(_COLUMNS), line(['-' * w for w in widths]), *map(line, rows)])
   if file is not None:
     print(table, file=file)
   return table

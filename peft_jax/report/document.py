@@ -20,16 +20,18 @@ import numpy as np
 
 from peft_jax.report import formatting as fmt
 
-DASH = "—"
+DASH = '—'
 
 
 class Paragraph(NamedTuple):
   """A paragraph of plain text."""
+
   text: str
 
 
 class Note(NamedTuple):
   """A highlighted remark. kind: ``"not-run"`` (section skipped), ``"partial"`` or ``"info"``."""
+
   kind: str
   text: str
 
@@ -40,6 +42,7 @@ class Table(NamedTuple):
   align holds one of ``"l"``/``"r"`` per column; flagged marks rows to highlight (one bool per
   row, or empty).
   """
+
   table_id: str
   caption: str
   columns: tuple[str, ...]
@@ -50,6 +53,7 @@ class Table(NamedTuple):
 
 class Image(NamedTuple):
   """A figure file beside the report (``src`` is relative to the report directory)."""
+
   src: str
   alt: str
   caption: str
@@ -57,12 +61,14 @@ class Image(NamedTuple):
 
 class Code(NamedTuple):
   """A preformatted block (language: a Markdown fence hint such as ``"json"``)."""
+
   language: str
   text: str
 
 
 class Bullets(NamedTuple):
   """A bulleted list of plain-text items."""
+
   items: tuple[str, ...]
 
 
@@ -71,6 +77,7 @@ Block = Paragraph | Note | Table | Image | Code | Bullets
 
 class Section(NamedTuple):
   """A titled section; anchor is its HTML id."""
+
   anchor: str
   title: str
   blocks: tuple[Block, ...]
@@ -78,6 +85,7 @@ class Section(NamedTuple):
 
 class Document(NamedTuple):
   """The whole report."""
+
   title: str
   subtitle: str
   sections: tuple[Section, ...]
@@ -85,42 +93,42 @@ class Document(NamedTuple):
 
 # (anchor, heading) in report order; the headings are part of the report's contract.
 SECTIONS = (
-    ("summary", "Summary"),
-    ("stability-plasticity", "Stability–plasticity"),
-    ("methods", "Methods table"),
-    ("paths", "Paths"),
-    ("weight-spectra", "Weight spectra"),
-    ("activation-geometry", "Activation geometry"),
-    ("csd", "CSD"),
-    ("disel-gates", "DISeL gates"),
-    ("capability-drift", "Capability drift"),
-    ("training", "Training"),
-    ("configuration", "Configuration"),
-    ("versions-timing", "Versions & timing"),
+  ('summary', 'Summary'),
+  ('stability-plasticity', 'Stability–plasticity'),
+  ('methods', 'Methods table'),
+  ('paths', 'Paths'),
+  ('weight-spectra', 'Weight spectra'),
+  ('activation-geometry', 'Activation geometry'),
+  ('csd', 'CSD'),
+  ('disel-gates', 'DISeL gates'),
+  ('capability-drift', 'Capability drift'),
+  ('training', 'Training'),
+  ('configuration', 'Configuration'),
+  ('versions-timing', 'Versions & timing'),
 )
 
 # Figure name -> file name; the names are the keys `write_report` returns.
 FIGURE_FILES = {
-    "stability_plasticity": "stability_plasticity.png",
-    "paths": "paths.png",
-    "spectra": "spectra.png",
-    "activation_geometry": "activation_geometry.png",
-    "csd": "csd.png",
-    "disel_gates": "disel_gates.png",
-    "capability_drift": "capability_drift.png",
-    "training_loss": "training_loss.png",
+  'stability_plasticity': 'stability_plasticity.png',
+  'paths': 'paths.png',
+  'spectra': 'spectra.png',
+  'activation_geometry': 'activation_geometry.png',
+  'csd': 'csd.png',
+  'disel_gates': 'disel_gates.png',
+  'capability_drift': 'capability_drift.png',
+  'training_loss': 'training_loss.png',
 }
 
 
 def _not_run(what: str) -> Note:
-  return Note("not-run", f"Not run: {what}.")
+  return Note('not-run', f'Not run: {what}.')
 
 
 def _partial(methods: Sequence[str], key: str, having: Sequence[str]) -> list[Note]:
   missing = [m for m in methods if m not in having]
   if not missing or not having:
     return []
-  return [Note("partial", f"No {key} data for: {', '.join(missing)}.")]
+  return [Note('partial', f'No {key} data for: {", ".join(missing)}.')]
 
 
 def _image(figures: Mapping[str, str], name: str, alt: str, caption: str) -> list[Image]:
@@ -134,20 +142,23 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _task_order(results: Mapping[str, Any]) -> list[str]:
-  order = list(dict.fromkeys([*results["target_tasks"], *results["general_tasks"]]))
-  for scores in [results["base"], *results["methods"].values()]:
-    order.extend(t for t in scores["tasks"] if t not in order)
+  order = list(dict.fromkeys([*results['target_tasks'], *results['general_tasks']]))
+  for scores in [results['base'], *results['methods'].values()]:
+    order.extend(t for t in scores['tasks'] if t not in order)
   return order
 
 
 def _pareto_front(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
   front = []
   for name, m in methods.items():
-    t, g = float(m["target"]), float(m["general"])
+    t, g = float(m['target']), float(m['general'])
     dominated = any(
-        float(o["target"]) >= t and float(o["general"]) >= g
-        and (float(o["target"]) > t or float(o["general"]) > g)
-        for other, o in methods.items() if other != name)
+      float(o['target']) >= t
+      and float(o['general']) >= g
+      and (float(o['target']) > t or float(o['general']) > g)
+      for other, o in methods.items()
+      if other != name
+    )
     if not dominated and math.isfinite(t) and math.isfinite(g):
       front.append(name)
   return front
@@ -162,91 +173,147 @@ def _best(methods: Mapping[str, Mapping[str, Any]], key: str, *, lowest: bool = 
 
 
 def _summary(results: Mapping[str, Any]) -> Section:
-  base, methods = results["base"], results["methods"]
-  best_target = _best(methods, "target")
-  least_forget = _best(methods, "forget", lowest=True)
-  fewest = min(methods, key=lambda n: int(methods[n]["trainable_params"]))
-  drift = results.get("drift")
+  base, methods = results['base'], results['methods']
+  best_target = _best(methods, 'target')
+  least_forget = _best(methods, 'forget', lowest=True)
+  fewest = min(methods, key=lambda n: int(methods[n]['trainable_params']))
+  drift = results.get('drift')
   rows = [
-      ("Target task", results["target_task"]),
-      ("Target tasks", ", ".join(results["target_tasks"]) or DASH),
-      ("General tasks", ", ".join(results["general_tasks"]) or DASH),
-      ("Methods", f"{len(methods)}: {', '.join(methods)}"),
-      ("Base Target / General",
-       f"{fmt.fmt_score(base['target'])} / {fmt.fmt_score(base['general'])}"),
-      ("Best Target",
-       DASH if best_target == DASH else
-       f"{best_target} ({fmt.fmt_score(methods[best_target]['target'])})"),
-      ("Least forgetting",
-       DASH if least_forget == DASH else
-       f"{least_forget} ({fmt.fmt_points(methods[least_forget]['forget'])} points)"),
-      ("Fewest trainable params",
-       f"{fewest} ({fmt.fmt_params(methods[fewest]['trainable_params'])})"),
-      ("Pareto front (Target, General)", ", ".join(_pareto_front(methods)) or DASH),
-      ("Flagged adapters (drift)",
-       "not run" if drift is None else (", ".join(drift["flagged"]) or "none")),
+    ('Target task', results['target_task']),
+    ('Target tasks', ', '.join(results['target_tasks']) or DASH),
+    ('General tasks', ', '.join(results['general_tasks']) or DASH),
+    ('Methods', f'{len(methods)}: {", ".join(methods)}'),
+    (
+      'Base Target / General',
+      f'{fmt.fmt_score(base["target"])} / {fmt.fmt_score(base["general"])}',
+    ),
+    (
+      'Best Target',
+      DASH
+      if best_target == DASH
+      else f'{best_target} ({fmt.fmt_score(methods[best_target]["target"])})',
+    ),
+    (
+      'Least forgetting',
+      DASH
+      if least_forget == DASH
+      else f'{least_forget} ({fmt.fmt_points(methods[least_forget]["forget"])} points)',
+    ),
+    (
+      'Fewest trainable params',
+      f'{fewest} ({fmt.fmt_params(methods[fewest]["trainable_params"])})',
+    ),
+    ('Pareto front (Target, General)', ', '.join(_pareto_front(methods)) or DASH),
+    (
+      'Flagged adapters (drift)',
+      'not run' if drift is None else (', '.join(drift['flagged']) or 'none'),
+    ),
   ]
   blocks: list[Block] = [
-      Paragraph(f"Arena run of {len(methods)} fine-tuning methods on the target domain "
-                f"'{results['target_task']}'. Scores are on a 0–1 scale (3 decimals). Forget is "
-                "(General_base − General) × 100 in percentage points (1 decimal); positive means "
-                "general capability was lost."),
-      Table("summary-table", "Key facts", ("Item", "Value"), tuple(rows), ("l", "l")),
+    Paragraph(
+      f'Arena run of {len(methods)} fine-tuning methods on the target domain '
+      f"'{results['target_task']}'. Scores are on a 0–1 scale (3 decimals). Forget is "
+      '(General_base − General) × 100 in percentage points (1 decimal); positive means '
+      'general capability was lost.'
+    ),
+    Table('summary-table', 'Key facts', ('Item', 'Value'), tuple(rows), ('l', 'l')),
   ]
-  return Section("summary", "Summary", tuple(blocks))
+  return Section('summary', 'Summary', tuple(blocks))
 
 
 def _stability(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
   return [
-      Paragraph("Each method is a point at (General, Target); the star is the base model. Moving "
-                "right keeps general capability (stability), moving up gains on the target "
-                "(plasticity). The top axis reads General as Forget points."),
-      *_image(figures, "stability_plasticity", "Stability–plasticity plane",
-              "General vs Target per method; arrows start at the base model."),
+    Paragraph(
+      'Each method is a point at (General, Target); the star is the base model. Moving '
+      'right keeps general capability (stability), moving up gains on the target '
+      '(plasticity). The top axis reads General as Forget points.'
+    ),
+    *_image(
+      figures,
+      'stability_plasticity',
+      'Stability–plasticity plane',
+      'General vs Target per method; arrows start at the base model.',
+    ),
   ]
 
 
 def _methods_tables(results: Mapping[str, Any]) -> list[Block]:
-  base, methods = results["base"], results["methods"]
-  columns = ("Method", "Target", "Target gain (pts)", "General", "Forget (pts)",
-             "Trainable params", "Total params", "Trainable %", "Train time", "Peak memory")
-  rows = [("base", fmt.fmt_score(base["target"]), DASH, fmt.fmt_score(base["general"]),
-           fmt.fmt_points(0.0), DASH, DASH, DASH, DASH, DASH)]
+  base, methods = results['base'], results['methods']
+  columns = (
+    'Method',
+    'Target',
+    'Target gain (pts)',
+    'General',
+    'Forget (pts)',
+    'Trainable params',
+    'Total params',
+    'Trainable %',
+    'Train time',
+    'Peak memory',
+  )
+  rows = [
+    (
+      'base',
+      fmt.fmt_score(base['target']),
+      DASH,
+      fmt.fmt_score(base['general']),
+      fmt.fmt_points(0.0),
+      DASH,
+      DASH,
+      DASH,
+      DASH,
+      DASH,
+    )
+  ]
   for name, m in methods.items():
-    rows.append((
+    rows.append(
+      (
         name,
-        fmt.fmt_score(m["target"]),
-        fmt.fmt_signed_points(float(m["target"]) - float(base["target"])),
-        fmt.fmt_score(m["general"]),
-        fmt.fmt_points(m["forget"]),
-        fmt.fmt_params(m["trainable_params"]),
-        fmt.fmt_params(m["total_params"]),
-        fmt.fmt_percent(m["trainable_params"], m["total_params"]),
-        fmt.fmt_seconds(m["train_time_s"]),
-        fmt.fmt_megabytes(m["peak_memory_mb"]),
-    ))
-  main = Table("methods-table", "Scores and cost per method (base model first)", columns,
-               tuple(rows), ("l",) + ("r",) * (len(columns) - 1))
+        fmt.fmt_score(m['target']),
+        fmt.fmt_signed_points(float(m['target']) - float(base['target'])),
+        fmt.fmt_score(m['general']),
+        fmt.fmt_points(m['forget']),
+        fmt.fmt_params(m['trainable_params']),
+        fmt.fmt_params(m['total_params']),
+        fmt.fmt_percent(m['trainable_params'], m['total_params']),
+        fmt.fmt_seconds(m['train_time_s']),
+        fmt.fmt_megabytes(m['peak_memory_mb']),
+      )
+    )
+  main = Table(
+    'methods-table',
+    'Scores and cost per method (base model first)',
+    columns,
+    tuple(rows),
+    ('l',) + ('r',) * (len(columns) - 1),
+  )
 
   tasks = _task_order(results)
-  target_tasks = set(results["target_tasks"])
-  general_tasks = set(results["general_tasks"])
+  target_tasks = set(results['target_tasks'])
+  general_tasks = set(results['general_tasks'])
   task_rows = []
   for task in tasks:
-    kind = "target" if task in target_tasks else "general" if task in general_tasks else "other"
+    kind = 'target' if task in target_tasks else 'general' if task in general_tasks else 'other'
     cells = [task, kind]
     for scores in [base, *methods.values()]:
-      cells.append(fmt.fmt_score(scores["tasks"][task]) if task in scores["tasks"] else DASH)
+      cells.append(fmt.fmt_score(scores['tasks'][task]) if task in scores['tasks'] else DASH)
     task_rows.append(tuple(cells))
   blocks: list[Block] = [
-      Paragraph("Target and General are averages over the target and general task scores; "
-                "Target gain is (Target − Target_base) × 100 points. Trainable % is trainable "
-                "over total parameters; time and memory are for the training stage."),
-      main,
+    Paragraph(
+      'Target and General are averages over the target and general task scores; '
+      'Target gain is (Target − Target_base) × 100 points. Trainable % is trainable '
+      'over total parameters; time and memory are for the training stage.'
+    ),
+    main,
   ]
   if task_rows:
-    task_table = Table("tasks-table", "Score per task", ("Task", "Kind", "base", *methods),
-                       tuple(task_rows), ("l", "l") + ("r",) * (1 + len(methods)))
+    task_table = Table(
+      'tasks-table',
+      'Score per task',
+      ('Task', 'Kind', 'base', *methods),
+      tuple(task_rows),
+      ('l', 'l') + ('r',) * (1 + len(methods)),
+    )
     blocks.append(task_table)
   return blocks
 
@@ -256,230 +323,365 @@ def _argbest(alpha: Sequence[float], values: Sequence[float]) -> str:
   if not np.isfinite(array).any():
     return fmt.NOT_AVAILABLE
   index = int(np.nanargmax(array))
-  return f"{fmt.fmt_score(array[index])} (α={float(alpha[index]):.2f})"
+  return f'{fmt.fmt_score(array[index])} (α={float(alpha[index]):.2f})'
 
 
 def _paths(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
-  methods = results["methods"]
-  having = [n for n, m in methods.items()
-            if m.get("interpolation") is not None or m.get("rewind") is not None]
+  methods = results['methods']
+  having = [
+    n
+    for n, m in methods.items()
+    if m.get('interpolation') is not None or m.get('rewind') is not None
+  ]
   if not having:
-    return [_not_run("no method has interpolation or rewind data "
-                     "(results['methods'][name]['interpolation'] / ['rewind'] absent)")]
+    return [
+      _not_run(
+        'no method has interpolation or rewind data '
+        "(results['methods'][name]['interpolation'] / ['rewind'] absent)"
+      )
+    ]
   rows = []
   for name in having:
     cells = [name]
-    rewind = methods[name].get("rewind")
-    cells.append(DASH if rewind is None else rewind["kind"])
-    for key in ("interpolation", "rewind"):
+    rewind = methods[name].get('rewind')
+    cells.append(DASH if rewind is None else rewind['kind'])
+    for key in ('interpolation', 'rewind'):
       curve = methods[name].get(key)
       if curve is None:
         cells += [DASH, DASH]
         continue
-      alpha = [float(a) for a in curve["alpha"]]
-      cells += [_argbest(alpha, curve["target"]), _argbest(alpha, curve["general"])]
+      alpha = [float(a) for a in curve['alpha']]
+      cells += [_argbest(alpha, curve['target']), _argbest(alpha, curve['general'])]
     rows.append(tuple(cells))
   return [
-      Paragraph("Scores along the path from the base (α = 0) to the fine-tuned model (α = 1). "
-                "Interpolation scales the merged update ΔW (solid); rewinding follows the "
-                "method's own path (dashed): additive for additive methods, the scaled Cayley "
-                "generator for OFT."),
-      *_image(figures, "paths", "Interpolation and rewinding curves",
-              "Target and General vs α per method."),
-      *_partial(list(methods), "path", having),
-      Table("paths-table", "Best score reached on each path, with the α where it is reached",
-            ("Method", "Rewind path", "Interp. max Target", "Interp. max General",
-             "Rewind max Target", "Rewind max General"), tuple(rows),
-            ("l", "l", "r", "r", "r", "r")),
+    Paragraph(
+      'Scores along the path from the base (α = 0) to the fine-tuned model (α = 1). '
+      'Interpolation scales the merged update ΔW (solid); rewinding follows the '
+      "method's own path (dashed): additive for additive methods, the scaled Cayley "
+      'generator for OFT.'
+    ),
+    *_image(
+      figures, 'paths', 'Interpolation and rewinding curves', 'Target and General vs α per method.'
+    ),
+    *_partial(list(methods), 'path', having),
+    Table(
+      'paths-table',
+      'Best score reached on each path, with the α where it is reached',
+      (
+        'Method',
+        'Rewind path',
+        'Interp. max Target',
+        'Interp. max General',
+        'Rewind max Target',
+        'Rewind max General',
+      ),
+      tuple(rows),
+      ('l', 'l', 'r', 'r', 'r', 'r'),
+    ),
   ]
 
 
 def _spectra(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
-  methods = results["methods"]
-  having = [n for n, m in methods.items() if m.get("spectral") is not None]
+  methods = results['methods']
+  having = [n for n, m in methods.items() if m.get('spectral') is not None]
   if not having:
-    return [_not_run("no method has weight-spectrum data "
-                     "(results['methods'][name]['spectral'] absent)")]
-  keys = list(dict.fromkeys(k for n in having for k in methods[n]["spectral"]["summary"]))
+    return [
+      _not_run("no method has weight-spectrum data (results['methods'][name]['spectral'] absent)")
+    ]
+  keys = list(dict.fromkeys(k for n in having for k in methods[n]['spectral']['summary']))
   rows = []
   for name in having:
-    spectral = methods[name]["spectral"]
-    rows.append((name, spectral["module"],
-                 *(fmt.fmt_metric(spectral["summary"][k]) if k in spectral["summary"] else DASH
-                   for k in keys)))
+    spectral = methods[name]['spectral']
+    rows.append(
+      (
+        name,
+        spectral['module'],
+        *(
+          fmt.fmt_metric(spectral['summary'][k]) if k in spectral['summary'] else DASH for k in keys
+        ),
+      )
+    )
   return [
-      Paragraph("Dual-view spectral analysis of ΔW = W_ft − W0 in the SVD basis of the pretrained "
-                "weight W0 = U diag(σ) Vᵀ: the retention profile ΔP_diag(i) = |u_iᵀ ΔW v_i| and "
-                "the update-energy profile E_Δ(i) = ‖ΔW v_i‖ (plotted as a share of Σ E_Δ)."),
-      *_image(figures, "spectra", "Retention and update-energy profiles",
-              "Per singular index of W0, one line per method."),
-      *_partial(list(methods), "spectral", having),
-      Table("spectra-table", "Spectral summary per method", ("Method", "Module", *keys),
-            tuple(rows), ("l", "l") + ("r",) * len(keys)),
+    Paragraph(
+      'Dual-view spectral analysis of ΔW = W_ft − W0 in the SVD basis of the pretrained '
+      'weight W0 = U diag(σ) Vᵀ: the retention profile ΔP_diag(i) = |u_iᵀ ΔW v_i| and '
+      'the update-energy profile E_Δ(i) = ‖ΔW v_i‖ (plotted as a share of Σ E_Δ).'
+    ),
+    *_image(
+      figures,
+      'spectra',
+      'Retention and update-energy profiles',
+      'Per singular index of W0, one line per method.',
+    ),
+    *_partial(list(methods), 'spectral', having),
+    Table(
+      'spectra-table',
+      'Spectral summary per method',
+      ('Method', 'Module', *keys),
+      tuple(rows),
+      ('l', 'l') + ('r',) * len(keys),
+    ),
   ]
 
 
 def _activation(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
-  methods = results["methods"]
-  having = [n for n, m in methods.items() if m.get("activation") is not None]
+  methods = results['methods']
+  having = [n for n, m in methods.items() if m.get('activation') is not None]
   if not having:
-    return [_not_run("no method has activation-geometry data "
-                     "(results['methods'][name]['activation'] absent)")]
+    return [
+      _not_run(
+        "no method has activation-geometry data (results['methods'][name]['activation'] absent)"
+      )
+    ]
   rows = []
   for name in having:
-    activation = methods[name]["activation"]
-    rows.append((name, str(len(activation["layers"])), fmt.fmt_metric(_mean(activation["cka"])),
-                 fmt.fmt_metric(_mean(activation["procrustes"])),
-                 fmt.fmt_metric(_mean(activation["gram"])),
-                 fmt.fmt_points(methods[name]["forget"])))
+    activation = methods[name]['activation']
+    rows.append(
+      (
+        name,
+        str(len(activation['layers'])),
+        fmt.fmt_metric(_mean(activation['cka'])),
+        fmt.fmt_metric(_mean(activation['procrustes'])),
+        fmt.fmt_metric(_mean(activation['gram'])),
+        fmt.fmt_points(methods[name]['forget']),
+      )
+    )
   return [
-      Paragraph("Base (X0) vs fine-tuned (X1) activations on the same prompts, per layer: linear "
-                "CKA (similarity, 1 = unchanged up to rotation and scale), orthogonal Procrustes "
-                "residual and Gram (cosine) distortion (distances, 0 = unchanged)."),
-      *_image(figures, "activation_geometry", "CKA, Procrustes and Gram per layer",
-              "One line per method."),
-      *_partial(list(methods), "activation", having),
-      Table("activation-table", "Mean over layers, beside forgetting",
-            ("Method", "Layers", "CKA", "Procrustes", "Gram", "Forget (pts)"), tuple(rows),
-            ("l",) + ("r",) * 5),
+    Paragraph(
+      'Base (X0) vs fine-tuned (X1) activations on the same prompts, per layer: linear '
+      'CKA (similarity, 1 = unchanged up to rotation and scale), orthogonal Procrustes '
+      'residual and Gram (cosine) distortion (distances, 0 = unchanged).'
+    ),
+    *_image(
+      figures, 'activation_geometry', 'CKA, Procrustes and Gram per layer', 'One line per method.'
+    ),
+    *_partial(list(methods), 'activation', having),
+    Table(
+      'activation-table',
+      'Mean over layers, beside forgetting',
+      ('Method', 'Layers', 'CKA', 'Procrustes', 'Gram', 'Forget (pts)'),
+      tuple(rows),
+      ('l',) + ('r',) * 5,
+    ),
   ]
 
 
 def _csd(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
-  methods = results["methods"]
-  having = [n for n, m in methods.items() if m.get("csd") is not None]
+  methods = results['methods']
+  having = [n for n, m in methods.items() if m.get('csd') is not None]
   if not having:
     return [_not_run("no method has CSD data (results['methods'][name]['csd'] absent)")]
   rows = []
   for name in having:
-    csd = methods[name]["csd"]
-    rows.append((name, str(len(csd["modules"])), fmt.fmt_metric(_mean(csd["general"])),
-                 fmt.fmt_metric(_mean(csd["target"])), fmt.fmt_metric(_mean(csd["ratio"])),
-                 fmt.fmt_points(methods[name]["forget"])))
+    csd = methods[name]['csd']
+    rows.append(
+      (
+        name,
+        str(len(csd['modules'])),
+        fmt.fmt_metric(_mean(csd['general'])),
+        fmt.fmt_metric(_mean(csd['target'])),
+        fmt.fmt_metric(_mean(csd['ratio'])),
+        fmt.fmt_points(methods[name]['forget']),
+      )
+    )
   return [
-      Paragraph("Capability-conditioned drift: how strongly the update ΔW moves a module's "
-                "output on inputs h collected from the base model on general vs target prompts, "
-                "CSD(D) = E‖ΔW h‖² / E‖W0 h‖². A ratio CSD_G / CSD_T above 1 means the update "
-                "acts more on general inputs than on target ones."),
-      *_image(figures, "csd", "CSD general vs target", "Per module (left) and mean ratio "
-              "(right)."),
-      *_partial(list(methods), "CSD", having),
-      Table("csd-table", "Mean over modules", ("Method", "Modules", "CSD general", "CSD target",
-            "Ratio G/T", "Forget (pts)"), tuple(rows), ("l",) + ("r",) * 5),
+    Paragraph(
+      "Capability-conditioned drift: how strongly the update ΔW moves a module's "
+      'output on inputs h collected from the base model on general vs target prompts, '
+      'CSD(D) = E‖ΔW h‖² / E‖W0 h‖². A ratio CSD_G / CSD_T above 1 means the update '
+      'acts more on general inputs than on target ones.'
+    ),
+    *_image(figures, 'csd', 'CSD general vs target', 'Per module (left) and mean ratio (right).'),
+    *_partial(list(methods), 'CSD', having),
+    Table(
+      'csd-table',
+      'Mean over modules',
+      ('Method', 'Modules', 'CSD general', 'CSD target', 'Ratio G/T', 'Forget (pts)'),
+      tuple(rows),
+      ('l',) + ('r',) * 5,
+    ),
   ]
 
 
 def _disel(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
-  gates = results.get("disel_gates")
+  gates = results.get('disel_gates')
   if gates is None:
     return [_not_run("no DISeL gate statistics (results['disel_gates'] absent)")]
-  general = np.asarray(gates["general"], dtype=np.float64)
-  target = np.asarray(gates["target"], dtype=np.float64)
+  general = np.asarray(gates['general'], dtype=np.float64)
+  target = np.asarray(gates['target'], dtype=np.float64)
   rows = []
-  for i, module in enumerate(gates["layers"]):
+  for i, module in enumerate(gates['layers']):
     selectivity = target[i] - general[i]
     top = int(np.nanargmax(np.abs(selectivity))) if np.isfinite(selectivity).any() else -1
-    rows.append((module, fmt.fmt_score(_mean(general[i])), fmt.fmt_score(_mean(target[i])),
-                 fmt.fmt_signed_score(_mean(selectivity)),
-                 DASH if top < 0 else f"{top} ({fmt.fmt_signed_score(selectivity[top])})"))
+    rows.append(
+      (
+        module,
+        fmt.fmt_score(_mean(general[i])),
+        fmt.fmt_score(_mean(target[i])),
+        fmt.fmt_signed_score(_mean(selectivity)),
+        DASH if top < 0 else f'{top} ({fmt.fmt_signed_score(selectivity[top])})',
+      )
+    )
   return [
-      Paragraph("Token-averaged sigmoid gate ḡ of each rank component of the DISeL adapter, on "
-                "general and on target prompts. Selectivity = ḡ(target) − ḡ(general): positive "
-                "components open more on the domain they were trained for."),
-      *_image(figures, "disel_gates", "DISeL gate heatmaps",
-              "Modules × rank components; general and target share one colour scale."),
-      Table("disel-table", "Mean gate per module (over rank components)",
-            ("Module", "Gate general", "Gate target", "Selectivity", "Most selective component"),
-            tuple(rows), ("l", "r", "r", "r", "r")),
+    Paragraph(
+      'Token-averaged sigmoid gate ḡ of each rank component of the DISeL adapter, on '
+      'general and on target prompts. Selectivity = ḡ(target) − ḡ(general): positive '
+      'components open more on the domain they were trained for.'
+    ),
+    *_image(
+      figures,
+      'disel_gates',
+      'DISeL gate heatmaps',
+      'Modules × rank components; general and target share one colour scale.',
+    ),
+    Table(
+      'disel-table',
+      'Mean gate per module (over rank components)',
+      ('Module', 'Gate general', 'Gate target', 'Selectivity', 'Most selective component'),
+      tuple(rows),
+      ('l', 'r', 'r', 'r', 'r'),
+    ),
   ]
 
 
 def _drift(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
-  drift = results.get("drift")
+  drift = results.get('drift')
   if drift is None:
     return [_not_run("no capability-drift matrix (results['drift'] absent)")]
-  flagged = drift["flagged"]
-  labels = drift["labels"]
+  flagged = drift['flagged']
+  labels = drift['labels']
   blocks: list[Block] = [
-      Paragraph("Realized gain Δ = score(adapter) − score(base) of each adapter on each task, in "
-                "the tasks' native 0–1 units. An adapter is flagged when its realized gains do "
-                "not match its nominal label (capability drift)."),
-      *_image(figures, "capability_drift", "Capability-drift heatmap",
-              "Adapters × tasks; flagged adapters are marked ⚑ in red."),
+    Paragraph(
+      'Realized gain Δ = score(adapter) − score(base) of each adapter on each task, in '
+      "the tasks' native 0–1 units. An adapter is flagged when its realized gains do "
+      'not match its nominal label (capability drift).'
+    ),
+    *_image(
+      figures,
+      'capability_drift',
+      'Capability-drift heatmap',
+      'Adapters × tasks; flagged adapters are marked ⚑ in red.',
+    ),
   ]
   if flagged:
-    blocks.append(Paragraph(f"Flagged adapters ({len(flagged)}):"))
-    blocks.append(Bullets(tuple(
-        f"⚑ {name} [{labels.get(name, DASH)}]: {'; '.join(reasons) or 'no reason given'}"
-        for name, reasons in flagged.items())))
+    blocks.append(Paragraph(f'Flagged adapters ({len(flagged)}):'))
+    blocks.append(
+      Bullets(
+        tuple(
+          f'⚑ {name} [{labels.get(name, DASH)}]: {"; ".join(reasons) or "no reason given"}'
+          for name, reasons in flagged.items()
+        )
+      )
+    )
   else:
-    blocks.append(Note("info", "No adapter was flagged."))
+    blocks.append(Note('info', 'No adapter was flagged.'))
   rows = []
-  for name, deltas in zip(drift["adapters"], drift["delta"]):
-    rows.append((name, labels[name], *(fmt.fmt_signed_score(d) for d in deltas),
-                 "⚑ yes" if name in flagged else "no"))
-  blocks.append(Table("drift-table", "Δ score vs base per task",
-                      ("Adapter", "Label", *drift["tasks"], "Flagged"), tuple(rows),
-                      ("l", "l") + ("r",) * len(drift["tasks"]) + ("l",),
-                      tuple(name in flagged for name in drift["adapters"])))
+  for name, deltas in zip(drift['adapters'], drift['delta']):
+    rows.append(
+      (
+        name,
+        labels[name],
+        *(fmt.fmt_signed_score(d) for d in deltas),
+        '⚑ yes' if name in flagged else 'no',
+      )
+    )
+  blocks.append(
+    Table(
+      'drift-table',
+      'Δ score vs base per task',
+      ('Adapter', 'Label', *drift['tasks'], 'Flagged'),
+      tuple(rows),
+      ('l', 'l') + ('r',) * len(drift['tasks']) + ('l',),
+      tuple(name in flagged for name in drift['adapters']),
+    )
+  )
   return blocks
 
 
 def _training(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
-  methods = results["methods"]
-  having = [n for n, m in methods.items() if m.get("train_loss") is not None]
+  methods = results['methods']
+  having = [n for n, m in methods.items() if m.get('train_loss') is not None]
   if not having:
     return [_not_run("no training-loss curves (results['methods'][name]['train_loss'] absent)")]
   rows = []
   for name in having:
-    loss = np.asarray(methods[name]["train_loss"], dtype=np.float64)
+    loss = np.asarray(methods[name]['train_loss'], dtype=np.float64)
     finite = loss[np.isfinite(loss)]
-    rows.append((name, f"{loss.size:,}", fmt.fmt_metric(loss[0]), fmt.fmt_metric(loss[-1]),
-                 fmt.fmt_metric(finite.min()) if finite.size else fmt.NOT_AVAILABLE,
-                 fmt.fmt_seconds(methods[name]["train_time_s"])))
+    rows.append(
+      (
+        name,
+        f'{loss.size:,}',
+        fmt.fmt_metric(loss[0]),
+        fmt.fmt_metric(loss[-1]),
+        fmt.fmt_metric(finite.min()) if finite.size else fmt.NOT_AVAILABLE,
+        fmt.fmt_seconds(methods[name]['train_time_s']),
+      )
+    )
   return [
-      *_image(figures, "training_loss", "Training loss curves", "Loss per step, one line per "
-              "method."),
-      *_partial(list(methods), "train_loss", having),
-      Table("training-table", "Training summary", ("Method", "Steps", "First loss",
-            "Final loss", "Min loss", "Train time"), tuple(rows), ("l",) + ("r",) * 5),
+    *_image(
+      figures, 'training_loss', 'Training loss curves', 'Loss per step, one line per method.'
+    ),
+    *_partial(list(methods), 'train_loss', having),
+    Table(
+      'training-table',
+      'Training summary',
+      ('Method', 'Steps', 'First loss', 'Final loss', 'Min loss', 'Train time'),
+      tuple(rows),
+      ('l',) + ('r',) * 5,
+    ),
   ]
 
 
 def _json_default(value: Any) -> Any:
-  if hasattr(value, "tolist"):
+  if hasattr(value, 'tolist'):
     return value.tolist()
-  if hasattr(value, "to_dict"):
+  if hasattr(value, 'to_dict'):
     return value.to_dict()
   return str(value)
 
 
 def _configuration(results: Mapping[str, Any]) -> list[Block]:
-  config = results.get("config")
+  config = results.get('config')
   if config is None:
     return [_not_run("no resolved config recorded (results['config'] absent)")]
   text = json.dumps(config, indent=2, default=_json_default, ensure_ascii=False)
-  return [Paragraph("The resolved configuration of the run."), Code("json", text)]
+  return [Paragraph('The resolved configuration of the run.'), Code('json', text)]
 
 
 def _versions_timing(results: Mapping[str, Any]) -> list[Block]:
   blocks: list[Block] = []
-  versions = results.get("versions")
+  versions = results.get('versions')
   if versions is None:
     blocks.append(_not_run("no package versions recorded (results['versions'] absent)"))
   else:
-    blocks.append(Table("versions-table", "Package versions", ("Package", "Version"),
-                        tuple((k, v) for k, v in versions.items()), ("l", "l")))
-  timing = results.get("timing")
+    blocks.append(
+      Table(
+        'versions-table',
+        'Package versions',
+        ('Package', 'Version'),
+        tuple((k, v) for k, v in versions.items()),
+        ('l', 'l'),
+      )
+    )
+  timing = results.get('timing')
   if timing is None:
     blocks.append(_not_run("no stage timings recorded (results['timing'] absent)"))
   else:
-    total = float(timing["total_s"])
-    rows = [(stage, fmt.fmt_seconds(seconds), fmt.fmt_percent(seconds, total))
-            for stage, seconds in timing["stages"].items()]
-    rows.append(("total", fmt.fmt_seconds(total), fmt.fmt_percent(total, total)))
-    blocks.append(Table("timing-table", "Wall time per stage", ("Stage", "Time", "Share"),
-                        tuple(rows), ("l", "r", "r")))
+    total = float(timing['total_s'])
+    rows = [
+      (stage, fmt.fmt_seconds(seconds), fmt.fmt_percent(seconds, total))
+      for stage, seconds in timing['stages'].items()
+    ]
+    rows.append(('total', fmt.fmt_seconds(total), fmt.fmt_percent(total, total)))
+    blocks.append(
+      Table(
+        'timing-table',
+        'Wall time per stage',
+        ('Stage', 'Time', 'Share'),
+        tuple(rows),
+        ('l', 'r', 'r'),
+      )
+    )
   return blocks
 
 
@@ -495,20 +697,22 @@ def build_document(results: Mapping[str, Any], figures: Mapping[str, str]) -> Do
     The `Document`, with one `Section` per entry of `SECTIONS`, in that order.
   """
   bodies = {
-      "stability-plasticity": _stability(results, figures),
-      "methods": _methods_tables(results),
-      "paths": _paths(results, figures),
-      "weight-spectra": _spectra(results, figures),
-      "activation-geometry": _activation(results, figures),
-      "csd": _csd(results, figures),
-      "disel-gates": _disel(results, figures),
-      "capability-drift": _drift(results, figures),
-      "training": _training(results, figures),
-      "configuration": _configuration(results),
-      "versions-timing": _versions_timing(results),
+    'stability-plasticity': _stability(results, figures),
+    'methods': _methods_tables(results),
+    'paths': _paths(results, figures),
+    'weight-spectra': _spectra(results, figures),
+    'activation-geometry': _activation(results, figures),
+    'csd': _csd(results, figures),
+    'disel-gates': _disel(results, figures),
+    'capability-drift': _drift(results, figures),
+    'training': _training(results, figures),
+    'configuration': _configuration(results),
+    'versions-timing': _versions_timing(results),
   }
   sections = [_summary(results)]
   sections += [Section(anchor, title, tuple(bodies[anchor])) for anchor, title in SECTIONS[1:]]
-  subtitle = (f"Created {results['created']} · target task {results['target_task']} · "
-              f"{len(results['methods'])} methods")
-  return Document(results["title"], subtitle, tuple(sections))
+  subtitle = (
+    f'Created {results["created"]} · target task {results["target_task"]} · '
+    f'{len(results["methods"])} methods'
+  )
+  return Document(results['title'], subtitle, tuple(sections))

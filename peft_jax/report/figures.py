@@ -24,8 +24,8 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib import patheffects
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -35,30 +35,30 @@ from peft_jax.adapters.api import method_names
 from peft_jax.common.files import atomic_write
 
 DPI = 110
-FLAG_MARK = "⚑"
+FLAG_MARK = '⚑'
 
-_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "h", "<", ">", "p", "*")
-_TARGET_COLOR = "#1f77b4"
-_GENERAL_COLOR = "#d62728"
+_MARKERS = ('o', 's', 'D', '^', 'v', 'P', 'X', 'h', '<', '>', 'p', '*')
+_TARGET_COLOR = '#1f77b4'
+_GENERAL_COLOR = '#d62728'
 # A white outline keeps point labels legible where they cross arrows or grid lines.
-_HALO = [patheffects.withStroke(linewidth=3.0, foreground="white")]
+_HALO = [patheffects.withStroke(linewidth=3.0, foreground='white')]
 _RC = {
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.titleweight": "bold",
-    "axes.labelsize": 10,
-    "legend.fontsize": 9,
-    "xtick.labelsize": 9,
-    "ytick.labelsize": 9,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linewidth": 0.6,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "legend.frameon": False,
-    "figure.dpi": DPI,
-    "savefig.dpi": DPI,
-    "savefig.facecolor": "white",
+  'font.size': 10,
+  'axes.titlesize': 11,
+  'axes.titleweight': 'bold',
+  'axes.labelsize': 10,
+  'legend.fontsize': 9,
+  'xtick.labelsize': 9,
+  'ytick.labelsize': 9,
+  'axes.grid': True,
+  'grid.alpha': 0.3,
+  'grid.linewidth': 0.6,
+  'axes.spines.top': False,
+  'axes.spines.right': False,
+  'legend.frameon': False,
+  'figure.dpi': DPI,
+  'savefig.dpi': DPI,
+  'savefig.facecolor': 'white',
 }
 
 
@@ -72,8 +72,8 @@ def method_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
     ``{name: (hex colour, matplotlib marker)}``. Registered methods (``peft_jax.adapters.METHODS``)
     take the palette in registry order; other names take the remaining colours in the order given.
   """
-  palette = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
-  palette += [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["Dark2"].colors]
+  palette = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps['tab10'].colors]
+  palette += [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps['Dark2'].colors]
   order = method_names()
   styles, extra = {}, len(order)
   for name in names:
@@ -91,21 +91,22 @@ def short_module_name(name: str) -> str:
   ``layers_3/self_attn/q_proj/kernel`` and ``model.layers.3.self_attn.q_proj`` both become
   ``L3 q_proj``; names without a layer index are returned without a trailing ``/kernel``.
   """
-  match = re.search(r"layers[._](\d+)", name)
-  leaf = re.split(r"[./]", re.sub(r"[./](kernel|weight)$", "", name))[-1]
-  return f"L{match.group(1)} {leaf}" if match else re.sub(r"[./](kernel|weight)$", "", name)
+  match = re.search(r'layers[._](\d+)', name)
+  leaf = re.split(r'[./]', re.sub(r'[./](kernel|weight)$', '', name))[-1]
+  return f'L{match.group(1)} {leaf}' if match else re.sub(r'[./](kernel|weight)$', '', name)
 
 
 def _new_figure(width: float, height: float) -> Figure:
-  figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+  figure = Figure(figsize=(width, height), dpi=DPI, layout='constrained')
   FigureCanvasAgg(figure)
   figure.get_layout_engine().set(w_pad=0.06, h_pad=0.06)
   return figure
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> str:
-  return atomic_write(path, lambda stream: figure.savefig(stream, format="png", dpi=DPI),
-                      binary=True)
+  return atomic_write(
+    path, lambda stream: figure.savefig(stream, format='png', dpi=DPI), binary=True
+  )
 
 
 def _with_key(methods: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def _with_key(methods: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 def _require_any(data: Mapping[str, Any], what: str) -> None:
   if not data:
-    raise ValueError(f"no method has {what} data to plot")
+    raise ValueError(f'no method has {what} data to plot')
 
 
 def _as_array(values: Any) -> np.ndarray:
@@ -150,20 +151,39 @@ def _centred_mean(values: np.ndarray, window: int) -> np.ndarray:
   index = np.arange(values.size)
   lo, hi = np.maximum(index - half, 0), np.minimum(index + half + 1, values.size)
   count = counts[hi] - counts[lo]
-  with np.errstate(invalid="ignore", divide="ignore"):
+  with np.errstate(invalid='ignore', divide='ignore'):
     return np.where(count > 0, (sums[hi] - sums[lo]) / np.maximum(count, 1), np.nan)
 
 
-def _method_legend(figure: Figure, names: Sequence[str], styles: Mapping[str, tuple[str, str]],
-                   *, linestyle: str = "-") -> None:
-  handles = [Line2D([], [], color=styles[n][0], marker=styles[n][1], linestyle=linestyle,
-                    markersize=6, label=n) for n in names]
-  figure.legend(handles=handles, loc="outside lower center", ncol=min(len(names), 8),
-                title="method", title_fontsize=9)
+def _method_legend(
+  figure: Figure,
+  names: Sequence[str],
+  styles: Mapping[str, tuple[str, str]],
+  *,
+  linestyle: str = '-',
+) -> None:
+  handles = [
+    Line2D(
+      [], [], color=styles[n][0], marker=styles[n][1], linestyle=linestyle, markersize=6, label=n
+    )
+    for n in names
+  ]
+  figure.legend(
+    handles=handles,
+    loc='outside lower center',
+    ncol=min(len(names), 8),
+    title='method',
+    title_fontsize=9,
+  )
 
 
-def _place_point_labels(figure: Figure, ax, points: Sequence[tuple[float, float]],
-                        labels: Sequence[str], colors: Sequence[str]) -> None:
+def _place_point_labels(
+  figure: Figure,
+  ax,
+  points: Sequence[tuple[float, float]],
+  labels: Sequence[str],
+  colors: Sequence[str],
+) -> None:
   """Labels scatter points, choosing offsets that avoid other labels, markers and the frame.
 
   Greedy: each label tries offsets around its point at growing radii and keeps the first whose
@@ -175,22 +195,40 @@ def _place_point_labels(figure: Figure, ax, points: Sequence[tuple[float, float]
   pixels = ax.transData.transform(np.asarray(points, dtype=np.float64))
   half = 6.0 * DPI / 72.0  # half the marker size (s=80 points² → ~9 pt wide), plus a margin
   obstacles = [Bbox.from_extents(x - half, y - half, x + half, y + half) for x, y in pixels]
-  directions = [(1, 1, "left", "bottom"), (1, -1, "left", "top"), (-1, 1, "right", "bottom"),
-                (-1, -1, "right", "top"), (0, 1, "center", "bottom"), (0, -1, "center", "top"),
-                (1, 0, "left", "center"), (-1, 0, "right", "center")]
+  directions = [
+    (1, 1, 'left', 'bottom'),
+    (1, -1, 'left', 'top'),
+    (-1, 1, 'right', 'bottom'),
+    (-1, -1, 'right', 'top'),
+    (0, 1, 'center', 'bottom'),
+    (0, -1, 'center', 'top'),
+    (1, 0, 'left', 'center'),
+    (-1, 0, 'right', 'center'),
+  ]
   for point, label, color in zip(points, labels, colors):
     placed = None
     for radius in (9, 18, 30, 44):
       for dx, dy, ha, va in directions:
         annotation = ax.annotate(
-            label, point, xytext=(dx * radius, dy * radius), textcoords="offset points",
-            ha=ha, va=va, fontsize=9, fontweight="bold", color=color, zorder=6,
-            path_effects=_HALO,
-            arrowprops=None if radius < 18 else dict(arrowstyle="-", color=color, lw=0.7,
-                                                      shrinkA=0, shrinkB=4))
+          label,
+          point,
+          xytext=(dx * radius, dy * radius),
+          textcoords='offset points',
+          ha=ha,
+          va=va,
+          fontsize=9,
+          fontweight='bold',
+          color=color,
+          zorder=6,
+          path_effects=_HALO,
+          arrowprops=None
+          if radius < 18
+          else dict(arrowstyle='-', color=color, lw=0.7, shrinkA=0, shrinkB=4),
+        )
         box = annotation.get_window_extent(renderer)
-        inside = (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0
-                  and box.y1 <= frame.y1)
+        inside = (
+          box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
+        )
         # Only the text box matters for collisions; a leader line may cross a marker.
         text_box = matplotlib.text.Text.get_window_extent(annotation, renderer)
         if inside and not any(text_box.overlaps(o) for o in obstacles):
@@ -201,14 +239,27 @@ def _place_point_labels(figure: Figure, ax, points: Sequence[tuple[float, float]
       if placed is not None:
         break
     if placed is None:
-      annotation = ax.annotate(label, point, xytext=(9, 9), textcoords="offset points",
-                               fontsize=9, fontweight="bold", color=color, zorder=6,
-                               path_effects=_HALO)
+      annotation = ax.annotate(
+        label,
+        point,
+        xytext=(9, 9),
+        textcoords='offset points',
+        fontsize=9,
+        fontweight='bold',
+        color=color,
+        zorder=6,
+        path_effects=_HALO,
+      )
       obstacles.append(matplotlib.text.Text.get_window_extent(annotation, renderer))
 
 
-def plot_stability_plasticity(base: Mapping[str, Any], methods: Mapping[str, Mapping[str, Any]],
-                              path: str | os.PathLike, *, target_task: str | None = None) -> str:
+def plot_stability_plasticity(
+  base: Mapping[str, Any],
+  methods: Mapping[str, Mapping[str, Any]],
+  path: str | os.PathLike,
+  *,
+  target_task: str | None = None,
+) -> str:
   """General vs Target scores: the stability–plasticity plane.
 
   The base model is a star; each method is a point joined to the base by an arrow. Dashed lines
@@ -226,14 +277,17 @@ def plot_stability_plasticity(base: Mapping[str, Any], methods: Mapping[str, Map
   Returns:
     `path`.
   """
-  _require_any(methods, "score")
+  _require_any(methods, 'score')
   styles = method_styles(list(methods))
   # A method whose score is NaN (evaluation failed) has no place on the plane.
-  names = [n for n in methods if math.isfinite(float(methods[n]["general"]))
-           and math.isfinite(float(methods[n]["target"]))]
-  base_general, base_target = float(base["general"]), float(base["target"])
-  xs = np.array([float(methods[n]["general"]) for n in names])
-  ys = np.array([float(methods[n]["target"]) for n in names])
+  names = [
+    n
+    for n in methods
+    if math.isfinite(float(methods[n]['general'])) and math.isfinite(float(methods[n]['target']))
+  ]
+  base_general, base_target = float(base['general']), float(base['target'])
+  xs = np.array([float(methods[n]['general']) for n in names])
+  ys = np.array([float(methods[n]['target']) for n in names])
   with matplotlib.rc_context(_RC):
     figure = _new_figure(9.0, 6.6)
     ax = figure.add_subplot()
@@ -245,36 +299,76 @@ def plot_stability_plasticity(base: Mapping[str, Any], methods: Mapping[str, Map
     y_lo, y_hi = all_y.min() - 0.14 * span_y, all_y.max() + 0.14 * span_y
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, y_hi)
-    ax.fill_between([base_general, x_hi], [base_target] * 2, [y_hi] * 2, color="#2ca02c",
-                    alpha=0.07, zorder=0, linewidth=0)
-    ax.annotate("target gain,\nno forgetting", (x_hi, y_hi), xytext=(-5, -5),
-                textcoords="offset points", ha="right", va="top", fontsize=8.5, style="italic",
-                color="#2b7a2b")
-    ax.axvline(base_general, color="0.45", linestyle="--", linewidth=0.9, zorder=1)
-    ax.axhline(base_target, color="0.45", linestyle="--", linewidth=0.9, zorder=1)
+    ax.fill_between(
+      [base_general, x_hi],
+      [base_target] * 2,
+      [y_hi] * 2,
+      color='#2ca02c',
+      alpha=0.07,
+      zorder=0,
+      linewidth=0,
+    )
+    ax.annotate(
+      'target gain,\nno forgetting',
+      (x_hi, y_hi),
+      xytext=(-5, -5),
+      textcoords='offset points',
+      ha='right',
+      va='top',
+      fontsize=8.5,
+      style='italic',
+      color='#2b7a2b',
+    )
+    ax.axvline(base_general, color='0.45', linestyle='--', linewidth=0.9, zorder=1)
+    ax.axhline(base_target, color='0.45', linestyle='--', linewidth=0.9, zorder=1)
     for name, x, y in zip(names, xs, ys):
       color, marker = styles[name]
-      ax.annotate("", xy=(x, y), xytext=(base_general, base_target), zorder=2,
-                  arrowprops=dict(arrowstyle="-|>", color=color, alpha=0.45, lw=1.1,
-                                  shrinkA=9, shrinkB=6, mutation_scale=11))
-      ax.scatter([x], [y], s=80, color=color, marker=marker, edgecolor="black", linewidth=0.6,
-                 zorder=4)
-    ax.scatter([base_general], [base_target], s=320, marker="*", color="#ffd700",
-               edgecolor="black", linewidth=0.9, zorder=5)
-    ax.set_xlabel("General score (held-out capabilities)  →  more stable")
-    target_name = f" ({target_task})" if target_task else ""
-    ax.set_ylabel(f"Target score{target_name}  →  more plastic")
-    ax.set_title("Stability–plasticity plane")
-    top = ax.secondary_xaxis("top", functions=(lambda g: (base_general - g) * 100.0,
-                                               lambda f: base_general - f / 100.0))
-    top.set_xlabel("Forget (points) = (General_base − General) × 100")
-    _place_point_labels(figure, ax, [(base_general, base_target), *zip(xs, ys)],
-                        ["base", *names], ["black", *[styles[n][0] for n in names]])
+      ax.annotate(
+        '',
+        xy=(x, y),
+        xytext=(base_general, base_target),
+        zorder=2,
+        arrowprops=dict(
+          arrowstyle='-|>', color=color, alpha=0.45, lw=1.1, shrinkA=9, shrinkB=6, mutation_scale=11
+        ),
+      )
+      ax.scatter(
+        [x], [y], s=80, color=color, marker=marker, edgecolor='black', linewidth=0.6, zorder=4
+      )
+    ax.scatter(
+      [base_general],
+      [base_target],
+      s=320,
+      marker='*',
+      color='#ffd700',
+      edgecolor='black',
+      linewidth=0.9,
+      zorder=5,
+    )
+    ax.set_xlabel('General score (held-out capabilities)  →  more stable')
+    target_name = f' ({target_task})' if target_task else ''
+    ax.set_ylabel(f'Target score{target_name}  →  more plastic')
+    ax.set_title('Stability–plasticity plane')
+    top = ax.secondary_xaxis(
+      'top', functions=(lambda g: (base_general - g) * 100.0, lambda f: base_general - f / 100.0)
+    )
+    top.set_xlabel('Forget (points) = (General_base − General) × 100')
+    _place_point_labels(
+      figure,
+      ax,
+      [(base_general, base_target), *zip(xs, ys)],
+      ['base', *names],
+      ['black', *[styles[n][0] for n in names]],
+    )
     return _save(figure, path)
 
 
-def plot_paths(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike, *,
-               base: Mapping[str, Any] | None = None) -> str:
+def plot_paths(
+  methods: Mapping[str, Mapping[str, Any]],
+  path: str | os.PathLike,
+  *,
+  base: Mapping[str, Any] | None = None,
+) -> str:
   """Interpolation (solid) and rewinding (dashed) curves, one small panel per method.
 
   Each panel plots the target and general scores against α, the position on the path from the
@@ -290,9 +384,12 @@ def plot_paths(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike
   Returns:
     `path`.
   """
-  names = [n for n, m in methods.items()
-           if m.get("interpolation") is not None or m.get("rewind") is not None]
-  _require_any(names, "interpolation or rewind")
+  names = [
+    n
+    for n, m in methods.items()
+    if m.get('interpolation') is not None or m.get('rewind') is not None
+  ]
+  _require_any(names, 'interpolation or rewind')
   columns = min(4, len(names))
   rows = math.ceil(len(names) / columns)
   with matplotlib.rc_context(_RC):
@@ -305,43 +402,73 @@ def plot_paths(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike
       name = names[index]
       method = methods[name]
       title = name
-      for key, linestyle in (("interpolation", "-"), ("rewind", "--")):
+      for key, linestyle in (('interpolation', '-'), ('rewind', '--')):
         curve = method.get(key)
         if curve is None:
           continue
-        alpha = _as_array(curve["alpha"])
+        alpha = _as_array(curve['alpha'])
         order = np.argsort(alpha)
-        ax.plot(alpha[order], _as_array(curve["target"])[order], linestyle=linestyle,
-                color=_TARGET_COLOR, marker="o", markersize=3.5, linewidth=1.6)
-        ax.plot(alpha[order], _as_array(curve["general"])[order], linestyle=linestyle,
-                color=_GENERAL_COLOR, marker="s", markersize=3.5, linewidth=1.6)
-        if key == "rewind":
-          title = f"{name} (rewind: {curve['kind']})"
+        ax.plot(
+          alpha[order],
+          _as_array(curve['target'])[order],
+          linestyle=linestyle,
+          color=_TARGET_COLOR,
+          marker='o',
+          markersize=3.5,
+          linewidth=1.6,
+        )
+        ax.plot(
+          alpha[order],
+          _as_array(curve['general'])[order],
+          linestyle=linestyle,
+          color=_GENERAL_COLOR,
+          marker='s',
+          markersize=3.5,
+          linewidth=1.6,
+        )
+        if key == 'rewind':
+          title = f'{name} (rewind: {curve["kind"]})'
       if base is not None:
-        ax.axhline(float(base["target"]), color=_TARGET_COLOR, linestyle=":", linewidth=0.9,
-                   alpha=0.7)
-        ax.axhline(float(base["general"]), color=_GENERAL_COLOR, linestyle=":", linewidth=0.9,
-                   alpha=0.7)
+        ax.axhline(
+          float(base['target']), color=_TARGET_COLOR, linestyle=':', linewidth=0.9, alpha=0.7
+        )
+        ax.axhline(
+          float(base['general']), color=_GENERAL_COLOR, linestyle=':', linewidth=0.9, alpha=0.7
+        )
       ax.set_title(title, fontsize=10)
       if index // columns == rows - 1 or index + columns >= len(names):
-        ax.set_xlabel("α (0 = base, 1 = fine-tuned)")
+        ax.set_xlabel('α (0 = base, 1 = fine-tuned)')
         ax.tick_params(labelbottom=True)
       if index % columns == 0:
-        ax.set_ylabel("score")
+        ax.set_ylabel('score')
     handles = [
-        Line2D([], [], color=_TARGET_COLOR, marker="o", markersize=4,
-               label="target, interpolation"),
-        Line2D([], [], color=_TARGET_COLOR, marker="o", markersize=4, linestyle="--",
-               label="target, rewind"),
-        Line2D([], [], color=_GENERAL_COLOR, marker="s", markersize=4,
-               label="general, interpolation"),
-        Line2D([], [], color=_GENERAL_COLOR, marker="s", markersize=4, linestyle="--",
-               label="general, rewind"),
+      Line2D([], [], color=_TARGET_COLOR, marker='o', markersize=4, label='target, interpolation'),
+      Line2D(
+        [],
+        [],
+        color=_TARGET_COLOR,
+        marker='o',
+        markersize=4,
+        linestyle='--',
+        label='target, rewind',
+      ),
+      Line2D(
+        [], [], color=_GENERAL_COLOR, marker='s', markersize=4, label='general, interpolation'
+      ),
+      Line2D(
+        [],
+        [],
+        color=_GENERAL_COLOR,
+        marker='s',
+        markersize=4,
+        linestyle='--',
+        label='general, rewind',
+      ),
     ]
     if base is not None:
-      handles.append(Line2D([], [], color="0.4", linestyle=":", label="base score"))
-    figure.legend(handles=handles, loc="outside lower center", ncol=len(handles))
-    figure.suptitle("Interpolation and rewinding paths", fontweight="bold")
+      handles.append(Line2D([], [], color='0.4', linestyle=':', label='base score'))
+    figure.legend(handles=handles, loc='outside lower center', ncol=len(handles))
+    figure.suptitle('Interpolation and rewinding paths', fontweight='bold')
     return _save(figure, path)
 
 
@@ -360,18 +487,18 @@ def plot_spectra(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLi
   Returns:
     `path`.
   """
-  spectral = _with_key(methods, "spectral")
-  _require_any(spectral, "spectral")
+  spectral = _with_key(methods, 'spectral')
+  _require_any(spectral, 'spectral')
   names = list(spectral)
   styles = method_styles(list(methods))
-  modules = sorted({s["module"] for s in spectral.values()})
+  modules = sorted({s['module'] for s in spectral.values()})
   with matplotlib.rc_context(_RC):
     figure = _new_figure(12.0, 4.9)
     retention_ax, energy_ax = figure.subplots(1, 2)
-    retention = {n: _as_array(spectral[n]["retention"]) for n in names}
+    retention = {n: _as_array(spectral[n]['retention']) for n in names}
     energy = {}
     for n in names:
-      values = _as_array(spectral[n]["energy"])
+      values = _as_array(spectral[n]['energy'])
       total = np.nansum(values)
       energy[n] = values / total if total > 0 else values
     for ax, profile in ((retention_ax, retention), (energy_ax, energy)):
@@ -380,22 +507,30 @@ def plot_spectra(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLi
         values = _positive_or_nan(profile[n]) if log else profile[n]
         color, marker = styles[n]
         index = np.arange(values.size)
-        ax.plot(index, values, color=color, linewidth=1.4,
-                marker=marker if values.size <= 40 else None, markersize=3.5, markevery=1)
+        ax.plot(
+          index,
+          values,
+          color=color,
+          linewidth=1.4,
+          marker=marker if values.size <= 40 else None,
+          markersize=3.5,
+          markevery=1,
+        )
       if log:
-        ax.set_yscale("log")
-      ax.set_xlabel("singular index i of W0 (largest σ first)")
-    retention_ax.set_ylabel("ΔP_diag(i) = |u_iᵀ ΔW v_i|")
-    retention_ax.set_title("Retention profile")
-    energy_ax.set_ylabel("share of update energy  E_Δ(i) / Σ_j E_Δ(j)")
-    energy_ax.set_title("Update-energy profile, E_Δ(i) = ‖ΔW v_i‖")
-    figure.suptitle(f"Weight spectra of {', '.join(modules)}", fontweight="bold")
+        ax.set_yscale('log')
+      ax.set_xlabel('singular index i of W0 (largest σ first)')
+    retention_ax.set_ylabel('ΔP_diag(i) = |u_iᵀ ΔW v_i|')
+    retention_ax.set_title('Retention profile')
+    energy_ax.set_ylabel('share of update energy  E_Δ(i) / Σ_j E_Δ(j)')
+    energy_ax.set_title('Update-energy profile, E_Δ(i) = ‖ΔW v_i‖')
+    figure.suptitle(f'Weight spectra of {", ".join(modules)}', fontweight='bold')
     _method_legend(figure, names, styles)
     return _save(figure, path)
 
 
-def plot_activation_geometry(methods: Mapping[str, Mapping[str, Any]],
-                             path: str | os.PathLike) -> str:
+def plot_activation_geometry(
+  methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike
+) -> str:
   """Linear CKA, Procrustes residual and Gram distortion per layer, one line per method.
 
   All three compare the activations of the base model (X0) and the fine-tuned model (X1) on the
@@ -410,28 +545,36 @@ def plot_activation_geometry(methods: Mapping[str, Mapping[str, Any]],
   Returns:
     `path`.
   """
-  activation = _with_key(methods, "activation")
-  _require_any(activation, "activation")
+  activation = _with_key(methods, 'activation')
+  _require_any(activation, 'activation')
   names = list(activation)
   styles = method_styles(list(methods))
-  panels = (("cka", "Linear CKA (X0, X1)", "higher = more similar"),
-            ("procrustes", "Procrustes residual", "lower = more similar"),
-            ("gram", "Gram (cosine) distortion", "lower = more similar"))
-  all_layers = sorted({int(l) for a in activation.values() for l in a["layers"]})
+  panels = (
+    ('cka', 'Linear CKA (X0, X1)', 'higher = more similar'),
+    ('procrustes', 'Procrustes residual', 'lower = more similar'),
+    ('gram', 'Gram (cosine) distortion', 'lower = more similar'),
+  )
+  all_layers = sorted({int(l) for a in activation.values() for l in a['layers']})
   with matplotlib.rc_context(_RC):
     figure = _new_figure(12.0, 4.6)
     axes = figure.subplots(1, 3)
     for ax, (key, title, hint) in zip(axes, panels):
       for n in names:
         color, marker = styles[n]
-        ax.plot([int(l) for l in activation[n]["layers"]], _as_array(activation[n][key]),
-                color=color, marker=marker, markersize=5, linewidth=1.4)
+        ax.plot(
+          [int(l) for l in activation[n]['layers']],
+          _as_array(activation[n][key]),
+          color=color,
+          marker=marker,
+          markersize=5,
+          linewidth=1.4,
+        )
       ax.set_title(title)
-      ax.set_xlabel("layer")
-      ax.set_ylabel(f"{key} ({hint})")
+      ax.set_xlabel('layer')
+      ax.set_ylabel(f'{key} ({hint})')
       if len(all_layers) <= 16:
         ax.set_xticks(all_layers)
-    figure.suptitle("Activation geometry, base vs fine-tuned", fontweight="bold")
+    figure.suptitle('Activation geometry, base vs fine-tuned', fontweight='bold')
     _method_legend(figure, names, styles)
     return _save(figure, path)
 
@@ -451,57 +594,93 @@ def plot_csd(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) 
   Returns:
     `path`.
   """
-  csd = _with_key(methods, "csd")
-  _require_any(csd, "CSD")
+  csd = _with_key(methods, 'csd')
+  _require_any(csd, 'CSD')
   names = list(csd)
   styles = method_styles(list(methods))
   with matplotlib.rc_context(_RC):
     figure = _new_figure(12.0, 5.2)
     scatter_ax, ratio_ax = figure.subplots(1, 2, width_ratios=(1.15, 1.0))
-    general = {n: _as_array(csd[n]["general"]) for n in names}
-    target = {n: _as_array(csd[n]["target"]) for n in names}
+    general = {n: _as_array(csd[n]['general']) for n in names}
+    target = {n: _as_array(csd[n]['target']) for n in names}
     log = _use_log_scale(list(general.values()) + list(target.values()), min_decades=1.0)
     for n in names:
       color, marker = styles[n]
-      scatter_ax.scatter(general[n], target[n], s=42, color=color, marker=marker,
-                         edgecolor="black", linewidth=0.4, alpha=0.9, zorder=3)
+      scatter_ax.scatter(
+        general[n],
+        target[n],
+        s=42,
+        color=color,
+        marker=marker,
+        edgecolor='black',
+        linewidth=0.4,
+        alpha=0.9,
+        zorder=3,
+      )
     values = np.concatenate(list(general.values()) + list(target.values()))
     values = values[np.isfinite(values) & ((values > 0) if log else True)]
     lo, hi = (values.min(), values.max()) if values.size else (0.0, 1.0)
     if log:
-      scatter_ax.set_xscale("log")
-      scatter_ax.set_yscale("log")
+      scatter_ax.set_xscale('log')
+      scatter_ax.set_yscale('log')
       lo, hi = lo / 1.6, hi * 1.6
     else:
       pad = 0.06 * (hi - lo or 1.0)
       lo, hi = lo - pad, hi + pad
-    scatter_ax.plot([lo, hi], [lo, hi], color="0.3", linestyle="--", linewidth=1.0, zorder=2)
-    scatter_ax.text(hi, hi, "y = x ", ha="right", va="bottom", fontsize=8.5, color="0.3",
-                    rotation=0)
+    scatter_ax.plot([lo, hi], [lo, hi], color='0.3', linestyle='--', linewidth=1.0, zorder=2)
+    scatter_ax.text(
+      hi, hi, 'y = x ', ha='right', va='bottom', fontsize=8.5, color='0.3', rotation=0
+    )
     scatter_ax.set_xlim(lo, hi)
     scatter_ax.set_ylim(lo, hi)
-    scatter_ax.annotate("acts more on\ntarget inputs", (0.03, 0.97), xycoords="axes fraction",
-                        ha="left", va="top", fontsize=8.5, style="italic", color="0.35")
-    scatter_ax.annotate("acts more on\ngeneral inputs", (0.97, 0.03), xycoords="axes fraction",
-                        ha="right", va="bottom", fontsize=8.5, style="italic", color="0.35")
-    scatter_ax.set_xlabel("CSD on general inputs")
-    scatter_ax.set_ylabel("CSD on target inputs")
-    scatter_ax.set_title("CSD per module: general vs target")
+    scatter_ax.annotate(
+      'acts more on\ntarget inputs',
+      (0.03, 0.97),
+      xycoords='axes fraction',
+      ha='left',
+      va='top',
+      fontsize=8.5,
+      style='italic',
+      color='0.35',
+    )
+    scatter_ax.annotate(
+      'acts more on\ngeneral inputs',
+      (0.97, 0.03),
+      xycoords='axes fraction',
+      ha='right',
+      va='bottom',
+      fontsize=8.5,
+      style='italic',
+      color='0.35',
+    )
+    scatter_ax.set_xlabel('CSD on general inputs')
+    scatter_ax.set_ylabel('CSD on target inputs')
+    scatter_ax.set_title('CSD per module: general vs target')
 
-    means = np.array([_finite_mean(_as_array(csd[n]["ratio"])) for n in names])
+    means = np.array([_finite_mean(_as_array(csd[n]['ratio'])) for n in names])
     positions = np.arange(len(names))
-    ratio_ax.bar(positions, means, color=[styles[n][0] for n in names], edgecolor="black",
-                 linewidth=0.5, zorder=3)
+    ratio_ax.bar(
+      positions,
+      means,
+      color=[styles[n][0] for n in names],
+      edgecolor='black',
+      linewidth=0.5,
+      zorder=3,
+    )
     if _use_log_scale([means], min_decades=1.0):
-      ratio_ax.set_yscale("log")
-    ratio_ax.axhline(1.0, color="0.3", linestyle="--", linewidth=1.0, zorder=2)
-    ratio_ax.set_xticks(positions, names, rotation=30 if max(map(len, names)) > 5 else 0,
-                        ha="right" if max(map(len, names)) > 5 else "center")
-    ratio_ax.grid(axis="x", visible=False)
-    ratio_ax.set_ylabel("mean over modules of CSD_G / CSD_T")
-    ratio_ax.set_title("General / target ratio (1 = no preference)")
-    figure.suptitle("Capability-conditioned drift (CSD)", fontweight="bold")
-    _method_legend(figure, names, styles, linestyle="none")
+      ratio_ax.set_yscale('log')
+    ratio_ax.axhline(1.0, color='0.3', linestyle='--', linewidth=1.0, zorder=2)
+    ratio_ax.set_xticks(
+      positions,
+      names,
+      rotation=30 if max(map(len, names)) > 5 else 0,
+      ha='right' if max(map(len, names)) > 5 else 'center',
+    )
+    ratio_ax.grid(axis='x', visible=False)
+    ratio_ax.set_ylabel('mean over modules of CSD_G / CSD_T')
+    ratio_ax.set_title('General / target ratio (1 = no preference)')
+    figure.suptitle('Capability-conditioned drift (CSD)', fontweight='bold')
+    _method_legend(figure, names, styles, linestyle='none')
     return _save(figure, path)
 
 
@@ -519,43 +698,54 @@ def plot_disel_gates(gates: Mapping[str, Any], path: str | os.PathLike) -> str:
   Returns:
     `path`.
   """
-  modules = list(gates["layers"])
-  general = _as_array(gates["general"])
-  target = _as_array(gates["target"])
+  modules = list(gates['layers'])
+  general = _as_array(gates['general'])
+  target = _as_array(gates['target'])
   if general.shape != target.shape or general.ndim != 2:
-    raise ValueError(f"gate matrices must be [modules, rank] of one shape; got general "
-                     f"{general.shape} and target {target.shape}")
+    raise ValueError(
+      f'gate matrices must be [modules, rank] of one shape; got general '
+      f'{general.shape} and target {target.shape}'
+    )
   difference = target - general
   rows, rank = general.shape
   with matplotlib.rc_context(_RC):
-    figure = _new_figure(min(13.0, max(11.5, 0.3 * rank * 3 + 4.5)),
-                         min(14.0, max(3.6, 0.32 * rows + 2.0)))
+    figure = _new_figure(
+      min(13.0, max(11.5, 0.3 * rank * 3 + 4.5)), min(14.0, max(3.6, 0.32 * rows + 2.0))
+    )
     axes = figure.subplots(1, 3, sharey=True)
     finite = np.concatenate([general[np.isfinite(general)], target[np.isfinite(target)]])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if vmax <= vmin:
       vmax = vmin + 1e-6
     image = None
-    for ax, data, title in ((axes[0], general, "general prompts"),
-                            (axes[1], target, "target prompts")):
-      image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
-                        interpolation="nearest")
-      ax.set_title(f"mean gate ḡ, {title}")
+    for ax, data, title in (
+      (axes[0], general, 'general prompts'),
+      (axes[1], target, 'target prompts'),
+    ):
+      image = ax.imshow(
+        data, aspect='auto', cmap='viridis', vmin=vmin, vmax=vmax, interpolation='nearest'
+      )
+      ax.set_title(f'mean gate ḡ, {title}')
     bound = float(np.nanmax(np.abs(difference))) if np.isfinite(difference).any() else 1.0
     bound = bound or 1e-6
-    selectivity = axes[2].imshow(difference, aspect="auto", cmap="RdBu_r", interpolation="nearest",
-                                 norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
-    axes[2].set_title("selectivity ḡ(target) − ḡ(general)")
+    selectivity = axes[2].imshow(
+      difference,
+      aspect='auto',
+      cmap='RdBu_r',
+      interpolation='nearest',
+      norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound),
+    )
+    axes[2].set_title('selectivity ḡ(target) − ḡ(general)')
     step = max(1, math.ceil(rank / 16))
     for ax in axes:
       ax.grid(False)
       ax.set_xticks(np.arange(0, rank, step))
-      ax.set_xlabel("rank component i")
+      ax.set_xlabel('rank component i')
     axes[0].set_yticks(np.arange(rows), [short_module_name(m) for m in modules])
-    axes[0].set_ylabel("module")
-    figure.colorbar(image, ax=axes[:2].tolist(), shrink=0.9, pad=0.02, label="mean gate ḡ")
-    figure.colorbar(selectivity, ax=axes[2], shrink=0.9, pad=0.02, label="Δ mean gate")
-    figure.suptitle("DISeL gates by module and rank component", fontweight="bold")
+    axes[0].set_ylabel('module')
+    figure.colorbar(image, ax=axes[:2].tolist(), shrink=0.9, pad=0.02, label='mean gate ḡ')
+    figure.colorbar(selectivity, ax=axes[2], shrink=0.9, pad=0.02, label='Δ mean gate')
+    figure.suptitle('DISeL gates by module and rank component', fontweight='bold')
     return _save(figure, path)
 
 
@@ -573,48 +763,67 @@ def plot_capability_drift(drift: Mapping[str, Any], path: str | os.PathLike) -> 
   Returns:
     `path`.
   """
-  adapters, tasks = list(drift["adapters"]), list(drift["tasks"])
-  delta = _as_array(drift["delta"])
+  adapters, tasks = list(drift['adapters']), list(drift['tasks'])
+  delta = _as_array(drift['delta'])
   if delta.shape != (len(adapters), len(tasks)):
-    raise ValueError(f"drift delta must be [{len(adapters)} adapters, {len(tasks)} tasks], got "
-                     f"{delta.shape}")
-  flagged = set(drift.get("flagged") or {})
-  labels = drift.get("labels") or {}
+    raise ValueError(
+      f'drift delta must be [{len(adapters)} adapters, {len(tasks)} tasks], got {delta.shape}'
+    )
+  flagged = set(drift.get('flagged') or {})
+  labels = drift.get('labels') or {}
   bound = float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0
   bound = bound or 1e-6
   with matplotlib.rc_context(_RC):
-    figure = _new_figure(min(13.0, max(7.5, 1.05 * len(tasks) + 4.2)),
-                         min(14.0, max(3.4, 0.5 * len(adapters) + 2.0)))
+    figure = _new_figure(
+      min(13.0, max(7.5, 1.05 * len(tasks) + 4.2)), min(14.0, max(3.4, 0.5 * len(adapters) + 2.0))
+    )
     ax = figure.add_subplot()
     ax.grid(False)
-    image = ax.imshow(delta, aspect="auto", cmap="RdBu",
-                      norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound),
-                      interpolation="nearest")
+    image = ax.imshow(
+      delta,
+      aspect='auto',
+      cmap='RdBu',
+      norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound),
+      interpolation='nearest',
+    )
     fontsize = 9 if len(tasks) <= 8 else 7.5 if len(tasks) <= 14 else 6
     for row in range(delta.shape[0]):
       for col in range(delta.shape[1]):
         value = delta[row, col]
-        text = "n/a" if not np.isfinite(value) else f"{value:+.3f}"
+        text = 'n/a' if not np.isfinite(value) else f'{value:+.3f}'
         dark = np.isfinite(value) and abs(value) > 0.55 * bound
-        ax.text(col, row, text, ha="center", va="center", fontsize=fontsize,
-                color="white" if dark else "black")
+        ax.text(
+          col,
+          row,
+          text,
+          ha='center',
+          va='center',
+          fontsize=fontsize,
+          color='white' if dark else 'black',
+        )
     long_task = max(map(len, tasks)) > 6
-    ax.set_xticks(np.arange(len(tasks)), tasks, rotation=35 if long_task else 0,
-                  ha="right" if long_task else "center", rotation_mode="anchor")
+    ax.set_xticks(
+      np.arange(len(tasks)),
+      tasks,
+      rotation=35 if long_task else 0,
+      ha='right' if long_task else 'center',
+      rotation_mode='anchor',
+    )
     tick_labels = []
     for adapter in adapters:
-      label = f" [{labels[adapter]}]" if adapter in labels else ""
-      tick_labels.append(f"{FLAG_MARK} {adapter}{label}" if adapter in flagged
-                         else f"{adapter}{label}")
+      label = f' [{labels[adapter]}]' if adapter in labels else ''
+      tick_labels.append(
+        f'{FLAG_MARK} {adapter}{label}' if adapter in flagged else f'{adapter}{label}'
+      )
     ax.set_yticks(np.arange(len(adapters)), tick_labels)
     for tick, adapter in zip(ax.get_yticklabels(), adapters):
       if adapter in flagged:
-        tick.set_color("#c00000")
-        tick.set_fontweight("bold")
-    ax.set_xlabel("task")
-    ax.set_ylabel("adapter [nominal label]")
-    ax.set_title(f"Capability drift: Δ score vs base ({FLAG_MARK} = flagged)")
-    figure.colorbar(image, ax=ax, shrink=0.9, pad=0.02, label="Δ score (adapter − base)")
+        tick.set_color('#c00000')
+        tick.set_fontweight('bold')
+    ax.set_xlabel('task')
+    ax.set_ylabel('adapter [nominal label]')
+    ax.set_title(f'Capability drift: Δ score vs base ({FLAG_MARK} = flagged)')
+    figure.colorbar(image, ax=ax, shrink=0.9, pad=0.02, label='Δ score (adapter − base)')
     return _save(figure, path)
 
 
@@ -632,8 +841,8 @@ def plot_training_loss(methods: Mapping[str, Mapping[str, Any]], path: str | os.
   Returns:
     `path`.
   """
-  losses = {n: _as_array(v) for n, v in _with_key(methods, "train_loss").items()}
-  _require_any(losses, "train_loss")
+  losses = {n: _as_array(v) for n, v in _with_key(methods, 'train_loss').items()}
+  _require_any(losses, 'train_loss')
   names = list(losses)
   styles = method_styles(list(methods))
   with matplotlib.rc_context(_RC):
@@ -648,13 +857,17 @@ def plot_training_loss(methods: Mapping[str, Mapping[str, Any]], path: str | os.
         smoothed = _centred_mean(values, max(3, values.size // 15))
         ax.plot(steps, smoothed, color=color, linewidth=1.7, label=n)
       else:
-        ax.plot(steps, values, color=color, linewidth=1.7, marker=styles[n][1], markersize=3.5,
-                label=n)
+        ax.plot(
+          steps, values, color=color, linewidth=1.7, marker=styles[n][1], markersize=3.5, label=n
+        )
     if _use_log_scale(list(losses.values())):
-      ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("training loss (cross-entropy)")
-    ax.set_title("Training loss (raw faint, centred moving average solid)"
-                 if max(v.size for v in losses.values()) > 30 else "Training loss")
-    figure.legend(loc="outside right upper", title="method", title_fontsize=9)
+      ax.set_yscale('log')
+    ax.set_xlabel('training step')
+    ax.set_ylabel('training loss (cross-entropy)')
+    ax.set_title(
+      'Training loss (raw faint, centred moving average solid)'
+      if max(v.size for v in losses.values()) > 30
+      else 'Training loss'
+    )
+    figure.legend(loc='outside right upper', title='method', title_fontsize=9)
     return _save(figure, path)

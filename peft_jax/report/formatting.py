@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-NOT_AVAILABLE = "n/a"
+NOT_AVAILABLE = 'n/a'
 
 
 def _finite(value: Any) -> float | None:
@@ -26,31 +26,31 @@ def _finite(value: Any) -> float | None:
 def fmt_score(value: Any) -> str:
   """A 0–1 score with 3 decimals: ``0.412``."""
   number = _finite(value)
-  return NOT_AVAILABLE if number is None else f"{number:.3f}"
+  return NOT_AVAILABLE if number is None else f'{number:.3f}'
 
 
 def fmt_signed_score(value: Any) -> str:
   """A score difference with sign and 3 decimals: ``+0.041``, ``-0.107``."""
   number = _finite(value)
-  return NOT_AVAILABLE if number is None else f"{number:+.3f}"
+  return NOT_AVAILABLE if number is None else f'{number:+.3f}'
 
 
 def fmt_points(value: Any) -> str:
   """A 0-1 difference (forgetting) shown as percentage points, 1 decimal: ``0.078`` -> ``7.8``."""
   number = _finite(value)
-  return NOT_AVAILABLE if number is None else f"{100.0 * number:.1f}"
+  return NOT_AVAILABLE if number is None else f'{100.0 * number:.1f}'
 
 
 def fmt_signed_points(value: Any) -> str:
   """A signed 0-1 difference (target gain) as percentage points, 1 decimal: ``+3.1``."""
   number = _finite(value)
-  return NOT_AVAILABLE if number is None else f"{100.0 * number:+.1f}"
+  return NOT_AVAILABLE if number is None else f'{100.0 * number:+.1f}'
 
 
 def fmt_params(value: Any) -> str:
   """A parameter count with thousands separators: ``1,234,567``."""
   number = _finite(value)
-  return NOT_AVAILABLE if number is None else f"{int(round(number)):,}"
+  return NOT_AVAILABLE if number is None else f'{int(round(number)):,}'
 
 
 def fmt_percent(part: Any, whole: Any) -> str:
@@ -58,19 +58,19 @@ def fmt_percent(part: Any, whole: Any) -> str:
   numerator, denominator = _finite(part), _finite(whole)
   if numerator is None or denominator is None or denominator == 0:
     return NOT_AVAILABLE
-  return f"{100.0 * numerator / denominator:.3f}%"
+  return f'{100.0 * numerator / denominator:.3f}%'
 
 
 def fmt_seconds(value: Any) -> str:
   """Seconds with 1 decimal: ``12.3 s``."""
   number = _finite(value)
-  return NOT_AVAILABLE if number is None else f"{number:,.1f} s"
+  return NOT_AVAILABLE if number is None else f'{number:,.1f} s'
 
 
 def fmt_megabytes(value: Any) -> str:
   """Megabytes with 1 decimal: ``512.0 MB``."""
   number = _finite(value)
-  return NOT_AVAILABLE if number is None else f"{number:,.1f} MB"
+  return NOT_AVAILABLE if number is None else f'{number:,.1f} MB'
 
 
 def fmt_metric(value: Any) -> str:
@@ -84,11 +84,11 @@ def fmt_metric(value: Any) -> str:
     return NOT_AVAILABLE
   magnitude = abs(number)
   if number != 0 and (magnitude < 1e-3 or magnitude >= 1e5):
-    return f"{number:.3e}"
+    return f'{number:.3e}'
   if magnitude >= 100:
-    return f"{number:.1f}"
+    return f'{number:.1f}'
   if magnitude >= 10:
-    return f"{number:.2f}"
+    return f'{number:.2f}'
   if magnitude >= 1:
-    return f"{number:.3f}"
-  return f"{number:.4f}"
+    return f'{number:.3f}'
+  return f'{number:.4f}'

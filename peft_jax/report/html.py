@@ -13,10 +13,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from peft_jax.common.files import write_text as atomic_write_text
 from peft_jax.report import document as doc
 from peft_jax.report import figures as figs
 from peft_jax.report import markdown as md
-from peft_jax.common.files import write_text as atomic_write_text
 from peft_jax.report.schema import validate_results
 
 _CSS = """
@@ -73,43 +73,45 @@ def _escape(text: str) -> str:
 def _table(table: doc.Table) -> str:
   out = [f'<div class="table-wrap"><table id="{_escape(table.table_id)}">']
   if table.caption:
-    out.append(f"<caption>{_escape(table.caption)}</caption>")
-  out.append("<thead><tr>")
+    out.append(f'<caption>{_escape(table.caption)}</caption>')
+  out.append('<thead><tr>')
   for column, align in zip(table.columns, table.align):
-    klass = ' class="num"' if align == "r" else ""
+    klass = ' class="num"' if align == 'r' else ''
     out.append(f'<th scope="col"{klass}>{_escape(column)}</th>')
-  out.append("</tr></thead><tbody>")
+  out.append('</tr></thead><tbody>')
   for index, row in enumerate(table.rows):
     flagged = bool(table.flagged) and table.flagged[index]
-    out.append('<tr class="flagged">' if flagged else "<tr>")
+    out.append('<tr class="flagged">' if flagged else '<tr>')
     for cell, align in zip(row, table.align):
-      klass = ' class="num"' if align == "r" else ""
-      out.append(f"<td{klass}>{_escape(cell)}</td>")
-    out.append("</tr>")
-  out.append("</tbody></table></div>")
-  return "".join(out)
+      klass = ' class="num"' if align == 'r' else ''
+      out.append(f'<td{klass}>{_escape(cell)}</td>')
+    out.append('</tr>')
+  out.append('</tbody></table></div>')
+  return ''.join(out)
 
 
 def _block(block: doc.Block) -> str:
   if isinstance(block, doc.Paragraph):
-    return f"<p>{_escape(block.text)}</p>"
+    return f'<p>{_escape(block.text)}</p>'
   if isinstance(block, doc.Note):
     text = _escape(block.text)
-    if block.kind == "not-run" and block.text.startswith("Not run: "):
-      text = f"<strong>Not run:</strong> {_escape(block.text[len('Not run: '):])}"
+    if block.kind == 'not-run' and block.text.startswith('Not run: '):
+      text = f'<strong>Not run:</strong> {_escape(block.text[len("Not run: ") :])}'
     return f'<p class="note {_escape(block.kind)}">{text}</p>'
   if isinstance(block, doc.Table):
     return _table(block)
   if isinstance(block, doc.Image):
-    return (f'<figure><img src="{_escape(block.src)}" alt="{_escape(block.alt)}" loading="lazy">'
-            f"<figcaption>{_escape(block.caption)}</figcaption></figure>")
+    return (
+      f'<figure><img src="{_escape(block.src)}" alt="{_escape(block.alt)}" loading="lazy">'
+      f'<figcaption>{_escape(block.caption)}</figcaption></figure>'
+    )
   if isinstance(block, doc.Code):
     language = _escape(block.language)
     return f'<pre><code class="language-{language}">{_escape(block.text)}</code></pre>'
   if isinstance(block, doc.Bullets):
-    items = "".join(f"<li>{_escape(item)}</li>" for item in block.items)
+    items = ''.join(f'<li>{_escape(item)}</li>' for item in block.items)
     return f'<ul class="flags">{items}</ul>'
-  raise TypeError(f"unknown report block {type(block).__name__}")
+  raise TypeError(f'unknown report block {type(block).__name__}')
 
 
 def render_html(document: doc.Document) -> str:
@@ -121,49 +123,54 @@ def render_html(document: doc.Document) -> str:
   Returns:
     The HTML text. Images are referenced by their relative ``src``; nothing else is external.
   """
-  nav = "".join(f'<a href="#{s.anchor}">{_escape(s.title)}</a>' for s in document.sections)
+  nav = ''.join(f'<a href="#{s.anchor}">{_escape(s.title)}</a>' for s in document.sections)
   body = []
   for section in document.sections:
     body.append(f'<section id="{section.anchor}"><h2>{_escape(section.title)}</h2>')
     body.extend(_block(b) for b in section.blocks)
-    body.append("</section>")
+    body.append('</section>')
   return (
-      "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-      "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-      f"<title>{_escape(document.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-      f"<header><h1>{_escape(document.title)}</h1><p>{_escape(document.subtitle)}</p></header>\n"
-      f"<nav>{nav}</nav>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
+    '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+    '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+    f'<title>{_escape(document.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n'
+    f'<header><h1>{_escape(document.title)}</h1><p>{_escape(document.subtitle)}</p></header>\n'
+    f'<nav>{nav}</nav>\n<main>\n' + '\n'.join(body) + '\n</main>\n</body>\n</html>\n'
+  )
 
 
 def _draw_figures(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
   """Draws every figure whose data are present; returns {figure name: absolute path}."""
-  methods = results["methods"]
-  base = results["base"]
+  methods = results['methods']
+  base = results['base']
 
   def path(name: str) -> str:
     return os.path.join(out_dir, doc.FIGURE_FILES[name])
 
   drawn = {
-      "stability_plasticity": figs.plot_stability_plasticity(
-          base, methods, path("stability_plasticity"), target_task=results["target_task"]),
+    'stability_plasticity': figs.plot_stability_plasticity(
+      base, methods, path('stability_plasticity'), target_task=results['target_task']
+    ),
   }
-  if any(m.get("interpolation") is not None or m.get("rewind") is not None
-         for m in methods.values()):
-    drawn["paths"] = figs.plot_paths(methods, path("paths"), base=base)
-  if any(m.get("spectral") is not None for m in methods.values()):
-    drawn["spectra"] = figs.plot_spectra(methods, path("spectra"))
-  if any(m.get("activation") is not None for m in methods.values()):
-    drawn["activation_geometry"] = figs.plot_activation_geometry(methods,
-                                                                 path("activation_geometry"))
-  if any(m.get("csd") is not None for m in methods.values()):
-    drawn["csd"] = figs.plot_csd(methods, path("csd"))
-  if results.get("disel_gates") is not None:
-    drawn["disel_gates"] = figs.plot_disel_gates(results["disel_gates"], path("disel_gates"))
-  if results.get("drift") is not None:
-    drawn["capability_drift"] = figs.plot_capability_drift(results["drift"],
-                                                           path("capability_drift"))
-  if any(m.get("train_loss") is not None for m in methods.values()):
-    drawn["training_loss"] = figs.plot_training_loss(methods, path("training_loss"))
+  if any(
+    m.get('interpolation') is not None or m.get('rewind') is not None for m in methods.values()
+  ):
+    drawn['paths'] = figs.plot_paths(methods, path('paths'), base=base)
+  if any(m.get('spectral') is not None for m in methods.values()):
+    drawn['spectra'] = figs.plot_spectra(methods, path('spectra'))
+  if any(m.get('activation') is not None for m in methods.values()):
+    drawn['activation_geometry'] = figs.plot_activation_geometry(
+      methods, path('activation_geometry')
+    )
+  if any(m.get('csd') is not None for m in methods.values()):
+    drawn['csd'] = figs.plot_csd(methods, path('csd'))
+  if results.get('disel_gates') is not None:
+    drawn['disel_gates'] = figs.plot_disel_gates(results['disel_gates'], path('disel_gates'))
+  if results.get('drift') is not None:
+    drawn['capability_drift'] = figs.plot_capability_drift(
+      results['drift'], path('capability_drift')
+    )
+  if any(m.get('train_loss') is not None for m in methods.values()):
+    drawn['training_loss'] = figs.plot_training_loss(methods, path('training_loss'))
   return drawn
 
 
@@ -196,9 +203,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> dict
       os.remove(stale)
   document = doc.build_document(results, {name: os.path.basename(p) for name, p in drawn.items()})
   paths = {
-      "html": atomic_write_text(os.path.join(out_dir, "index.html"), render_html(document)),
-      "markdown": atomic_write_text(os.path.join(out_dir, "index.md"),
-                                    md.render_markdown(document)),
+    'html': atomic_write_text(os.path.join(out_dir, 'index.html'), render_html(document)),
+    'markdown': atomic_write_text(os.path.join(out_dir, 'index.md'), md.render_markdown(document)),
   }
   paths.update(drawn)
   return paths

@@ -12,42 +12,42 @@ from peft_jax.report import document as doc
 
 def _cell(text: str) -> str:
   # A pipe would end the cell and a newline the row.
-  return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+  return text.replace('\\', '\\\\').replace('|', '\\|').replace('\n', ' ')
 
 
 def _table(table: doc.Table) -> str:
-  lines = [f"**{_cell(table.caption)}**", ""] if table.caption else []
-  lines.append("| " + " | ".join(_cell(c) for c in table.columns) + " |")
-  lines.append("|" + "|".join("---:" if a == "r" else ":---" for a in table.align) + "|")
+  lines = [f'**{_cell(table.caption)}**', ''] if table.caption else []
+  lines.append('| ' + ' | '.join(_cell(c) for c in table.columns) + ' |')
+  lines.append('|' + '|'.join('---:' if a == 'r' else ':---' for a in table.align) + '|')
   for row in table.rows:
-    lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
-  return "\n".join(lines)
+    lines.append('| ' + ' | '.join(_cell(c) for c in row) + ' |')
+  return '\n'.join(lines)
 
 
 def _fence(text: str) -> str:
-  longest = max((len(run) for run in text.split("\n") if set(run) == {"`"}), default=0)
-  return "`" * max(3, longest + 1)
+  longest = max((len(run) for run in text.split('\n') if set(run) == {'`'}), default=0)
+  return '`' * max(3, longest + 1)
 
 
 def _block(block: doc.Block) -> str:
   if isinstance(block, doc.Paragraph):
     return block.text
   if isinstance(block, doc.Note):
-    label = {"not-run": "Not run", "partial": "Partial", "info": "Note"}[block.kind]
+    label = {'not-run': 'Not run', 'partial': 'Partial', 'info': 'Note'}[block.kind]
     text = block.text
-    if block.kind == "not-run" and text.startswith("Not run: "):
-      text = text[len("Not run: "):]
-    return f"> **{label}:** {text}"
+    if block.kind == 'not-run' and text.startswith('Not run: '):
+      text = text[len('Not run: ') :]
+    return f'> **{label}:** {text}'
   if isinstance(block, doc.Table):
     return _table(block)
   if isinstance(block, doc.Image):
-    return f"![{block.alt}]({block.src})\n\n*{block.caption}*"
+    return f'![{block.alt}]({block.src})\n\n*{block.caption}*'
   if isinstance(block, doc.Code):
     fence = _fence(block.text)
-    return f"{fence}{block.language}\n{block.text}\n{fence}"
+    return f'{fence}{block.language}\n{block.text}\n{fence}'
   if isinstance(block, doc.Bullets):
-    return "\n".join(f"- {item}" for item in block.items)
-  raise TypeError(f"unknown report block {type(block).__name__}")
+    return '\n'.join(f'- {item}' for item in block.items)
+  raise TypeError(f'unknown report block {type(block).__name__}')
 
 
 def render_markdown(document: doc.Document) -> str:
@@ -59,10 +59,10 @@ def render_markdown(document: doc.Document) -> str:
   Returns:
     The Markdown text, ending with a newline.
   """
-  parts = [f"# {document.title}", "", f"*{document.subtitle}*", "", "## Contents", ""]
-  parts += [f"{i}. [{s.title}](#{s.anchor})" for i, s in enumerate(document.sections, 1)]
+  parts = [f'# {document.title}', '', f'*{document.subtitle}*', '', '## Contents', '']
+  parts += [f'{i}. [{s.title}](#{s.anchor})' for i, s in enumerate(document.sections, 1)]
   for section in document.sections:
-    parts += ["", f'<a id="{section.anchor}"></a>', "", f"## {section.title}"]
+    parts += ['', f'<a id="{section.anchor}"></a>', '', f'## {section.title}']
     for block in section.blocks:
-      parts += ["", _block(block)]
-  return "\n".join(parts) + "\n"
+      parts += ['', _block(block)]
+  return '\n'.join(parts) + '\n'

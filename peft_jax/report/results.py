@@ -34,34 +34,45 @@ def method_entry(base: Mapping[str, Any], stage: Mapping[str, Any], target: str)
   ev, tr, geo, paths = stage['eval'], stage['train'], stage['geometry'], stage['paths']
   csd_rows = geo['csd']
   return {
-      'target': ev['tasks'][target], 'general': ev[axes.GENERAL_KIND],
-      'forget': axes.forget(base[axes.GENERAL_KIND], ev[axes.GENERAL_KIND]),
-      'tasks': ev['tasks'],
-      'trainable_params': tr['trainable_params'], 'total_params': tr['total_params'],
-      'train_time_s': tr['train_time_s'], 'peak_memory_mb': tr['peak_memory_mb'],
-      'train_loss': tr['train_loss'],
-      'interpolation': {k: paths['interpolation'][k] for k in ('target', 'general')} | {
-          'alpha': paths['alpha']},
-      'rewind': {k: paths['rewind'][k] for k in ('target', 'general')} | {
-          'alpha': paths['alpha'], 'kind': paths['rewind']['kind']},
-      'spectral': {'module': geo['chosen_module'], 'retention': geo['retention'],
-                   'energy': geo['energy'], 'summary': geo['spectral'][geo['chosen_module']]},
-      'activation': {k: geo['activation'][k] for k in ('layers', 'cka', 'procrustes', 'gram')},
-      'csd': {'modules': [row['module'] for row in csd_rows],
-              'general': [row['general/rel'] for row in csd_rows],
-              'target': [row['target/rel'] for row in csd_rows],
-              'ratio': [row['rel_ratio'] for row in csd_rows]},
+    'target': ev['tasks'][target],
+    'general': ev[axes.GENERAL_KIND],
+    'forget': axes.forget(base[axes.GENERAL_KIND], ev[axes.GENERAL_KIND]),
+    'tasks': ev['tasks'],
+    'trainable_params': tr['trainable_params'],
+    'total_params': tr['total_params'],
+    'train_time_s': tr['train_time_s'],
+    'peak_memory_mb': tr['peak_memory_mb'],
+    'train_loss': tr['train_loss'],
+    'interpolation': {k: paths['interpolation'][k] for k in ('target', 'general')}
+    | {'alpha': paths['alpha']},
+    'rewind': {k: paths['rewind'][k] for k in ('target', 'general')}
+    | {'alpha': paths['alpha'], 'kind': paths['rewind']['kind']},
+    'spectral': {
+      'module': geo['chosen_module'],
+      'retention': geo['retention'],
+      'energy': geo['energy'],
+      'summary': geo['spectral'][geo['chosen_module']],
+    },
+    'activation': {k: geo['activation'][k] for k in ('layers', 'cka', 'procrustes', 'gram')},
+    'csd': {
+      'modules': [row['module'] for row in csd_rows],
+      'general': [row['general/rel'] for row in csd_rows],
+      'target': [row['target/rel'] for row in csd_rows],
+      'ratio': [row['rel_ratio'] for row in csd_rows],
+    },
   }
 
 
 def drift_entry(drift_result: Mapping[str, Any]) -> dict:
   """The report's ``drift`` entry from a ``peft_jax.evals.drift.drift_report``."""
   adapters = drift_result['adapters']
-  return {'adapters': [a['name'] for a in adapters],
-          'labels': {a['name']: a['label'] for a in adapters},
-          'tasks': drift_result['tasks'],
-          'delta': [[a['deltas'][t] for t in drift_result['tasks']] for a in adapters],
-          'flagged': {a['name']: a['flags'] for a in adapters if a['flags']}}
+  return {
+    'adapters': [a['name'] for a in adapters],
+    'labels': {a['name']: a['label'] for a in adapters},
+    'tasks': drift_result['tasks'],
+    'delta': [[a['deltas'][t] for t in drift_result['tasks']] for a in adapters],
+    'flagged': {a['name']: a['flags'] for a in adapters if a['flags']},
+  }
 
 
 def write_drift_heatmap(drift_result: Mapping[str, Any], path: str) -> str:
@@ -69,10 +80,18 @@ def write_drift_heatmap(drift_result: Mapping[str, Any], path: str) -> str:
   return figures.plot_capability_drift(drift_entry(drift_result), path)
 
 
-def assemble_results(*, title: str, target: str, tasks, base: Mapping[str, Any],
-                     per_method: Mapping[str, Mapping[str, Any]], drift_result: Mapping[str, Any],
-                     gates: Optional[Mapping[str, Any]], config: Mapping[str, Any],
-                     timing: Mapping[str, Any]) -> dict:
+def assemble_results(
+  *,
+  title: str,
+  target: str,
+  tasks,
+  base: Mapping[str, Any],
+  per_method: Mapping[str, Mapping[str, Any]],
+  drift_result: Mapping[str, Any],
+  gates: Optional[Mapping[str, Any]],
+  config: Mapping[str, Any],
+  timing: Mapping[str, Any],
+) -> dict:
   """The report's results dict (schema: ``peft_jax.report``).
 
   Args:
@@ -86,16 +105,21 @@ def assemble_results(*, title: str, target: str, tasks, base: Mapping[str, Any],
     timing: ``{'total_s', 'stages'}``.
   """
   results = {
-      'title': title,
-      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'base': {'target': base['tasks'][target], 'general': base[axes.GENERAL_KIND],
-               'tasks': base['tasks']},
-      'target_task': target,
-      'general_tasks': [t.name for t in tasks if t.kind == axes.GENERAL_KIND],
-      'target_tasks': [t.name for t in tasks if t.kind == axes.TARGET_KIND],
-      'methods': {m: method_entry(base, r, target) for m, r in per_method.items()},
-      'drift': drift_entry(drift_result),
-      'config': dict(config), 'versions': versions(), 'timing': dict(timing),
+    'title': title,
+    'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+    'base': {
+      'target': base['tasks'][target],
+      'general': base[axes.GENERAL_KIND],
+      'tasks': base['tasks'],
+    },
+    'target_task': target,
+    'general_tasks': [t.name for t in tasks if t.kind == axes.GENERAL_KIND],
+    'target_tasks': [t.name for t in tasks if t.kind == axes.TARGET_KIND],
+    'methods': {m: method_entry(base, r, target) for m, r in per_method.items()},
+    'drift': drift_entry(drift_result),
+    'config': dict(config),
+    'versions': versions(),
+    'timing': dict(timing),
   }
   if gates is not None:
     results['disel_gates'] = gates

@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # Optional per-method entries, in report order.
-OPTIONAL_METHOD_KEYS = ("train_loss", "interpolation", "rewind", "spectral", "activation", "csd")
+OPTIONAL_METHOD_KEYS = ('train_loss', 'interpolation', 'rewind', 'spectral', 'activation', 'csd')
 # Optional top-level entries.
-OPTIONAL_TOP_KEYS = ("disel_gates", "drift", "config", "versions", "timing")
-REWIND_KINDS = ("cayley", "additive", "magnitude_direction", "gated")
+OPTIONAL_TOP_KEYS = ('disel_gates', 'drift', 'config', 'versions', 'timing')
+REWIND_KINDS = ('cayley', 'additive', 'magnitude_direction', 'gated')
 
 
 class ResultsSchemaError(KeyError):
@@ -33,28 +33,29 @@ class ResultsSchemaError(KeyError):
   """
 
   def __str__(self) -> str:
-    return str(self.args[0]) if self.args else ""
+    return str(self.args[0]) if self.args else ''
 
 
 def _path(parts: Sequence[str | int]) -> str:
-  return "results" + "".join(f"[{p!r}]" for p in parts)
+  return 'results' + ''.join(f'[{p!r}]' for p in parts)
 
 
 def _fail(parts: Sequence[str | int], message: str) -> None:
-  raise ResultsSchemaError(f"{_path(parts)}: {message}")
+  raise ResultsSchemaError(f'{_path(parts)}: {message}')
 
 
 def _require_mapping(value: Any, parts: Sequence[str | int]) -> Mapping:
   if not isinstance(value, Mapping):
-    _fail(parts, f"expected a dict, got {type(value).__name__}")
+    _fail(parts, f'expected a dict, got {type(value).__name__}')
   return value
 
 
 def _require_key(mapping: Mapping, key: str, parts: Sequence[str | int]) -> Any:
   if key not in mapping or mapping[key] is None:
-    present = ", ".join(sorted(map(str, mapping))) or "(none)"
+    present = ', '.join(sorted(map(str, mapping))) or '(none)'
     raise ResultsSchemaError(
-        f"missing required key {_path([*parts, key])}; keys present at {_path(parts)}: {present}")
+      f'missing required key {_path([*parts, key])}; keys present at {_path(parts)}: {present}'
+    )
   return mapping[key]
 
 
@@ -65,38 +66,39 @@ def _is_number(value: Any) -> bool:
 
 def _require_number(value: Any, parts: Sequence[str | int]) -> float:
   if not _is_number(value):
-    _fail(parts, f"expected a number, got {type(value).__name__} ({value!r})")
+    _fail(parts, f'expected a number, got {type(value).__name__} ({value!r})')
   return float(value)
 
 
 def _require_int(value: Any, parts: Sequence[str | int]) -> int:
   if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-    _fail(parts, f"expected an integer, got {type(value).__name__} ({value!r})")
+    _fail(parts, f'expected an integer, got {type(value).__name__} ({value!r})')
   return int(value)
 
 
 def _require_str(value: Any, parts: Sequence[str | int]) -> str:
   if not isinstance(value, str):
-    _fail(parts, f"expected a string, got {type(value).__name__} ({value!r})")
+    _fail(parts, f'expected a string, got {type(value).__name__} ({value!r})')
   return value
 
 
 def _require_sequence(value: Any, parts: Sequence[str | int]) -> Sequence:
   # numpy arrays are accepted through tolist(); strings are not sequences of values here.
-  if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+  if hasattr(value, 'tolist') and not isinstance(value, (str, bytes)):
     value = value.tolist()
   if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-    _fail(parts, f"expected a list, got {type(value).__name__}")
+    _fail(parts, f'expected a list, got {type(value).__name__}')
   return value
 
 
-def _require_numbers(value: Any, parts: Sequence[str | int], *, length: int | None = None,
-                     nonempty: bool = True) -> list[float]:
+def _require_numbers(
+  value: Any, parts: Sequence[str | int], *, length: int | None = None, nonempty: bool = True
+) -> list[float]:
   seq = _require_sequence(value, parts)
   if nonempty and not seq:
-    _fail(parts, "expected a non-empty list of numbers")
+    _fail(parts, 'expected a non-empty list of numbers')
   if length is not None and len(seq) != length:
-    _fail(parts, f"expected {length} values, got {len(seq)}")
+    _fail(parts, f'expected {length} values, got {len(seq)}')
   return [_require_number(v, [*parts, i]) for i, v in enumerate(seq)]
 
 
@@ -105,11 +107,12 @@ def _require_strings(value: Any, parts: Sequence[str | int]) -> list[str]:
   return [_require_str(v, [*parts, i]) for i, v in enumerate(seq)]
 
 
-def _require_matrix(value: Any, parts: Sequence[str | int], rows: int,
-                    cols: int | None = None) -> list[list[float]]:
+def _require_matrix(
+  value: Any, parts: Sequence[str | int], rows: int, cols: int | None = None
+) -> list[list[float]]:
   seq = _require_sequence(value, parts)
   if len(seq) != rows:
-    _fail(parts, f"expected {rows} rows, got {len(seq)}")
+    _fail(parts, f'expected {rows} rows, got {len(seq)}')
   matrix = []
   for i, row in enumerate(seq):
     matrix.append(_require_numbers(row, [*parts, i], length=cols))
@@ -119,119 +122,128 @@ def _require_matrix(value: Any, parts: Sequence[str | int], rows: int,
 
 
 def _check_scores(mapping: Mapping, parts: Sequence[str | int]) -> None:
-  _require_number(_require_key(mapping, "target", parts), [*parts, "target"])
-  _require_number(_require_key(mapping, "general", parts), [*parts, "general"])
-  tasks = _require_mapping(_require_key(mapping, "tasks", parts), [*parts, "tasks"])
+  _require_number(_require_key(mapping, 'target', parts), [*parts, 'target'])
+  _require_number(_require_key(mapping, 'general', parts), [*parts, 'general'])
+  tasks = _require_mapping(_require_key(mapping, 'tasks', parts), [*parts, 'tasks'])
   for task, score in tasks.items():
-    _require_number(score, [*parts, "tasks", task])
+    _require_number(score, [*parts, 'tasks', task])
 
 
 def _check_curve(curve: Any, parts: Sequence[str | int]) -> None:
   curve = _require_mapping(curve, parts)
-  alpha = _require_numbers(_require_key(curve, "alpha", parts), [*parts, "alpha"])
-  for key in ("target", "general"):
+  alpha = _require_numbers(_require_key(curve, 'alpha', parts), [*parts, 'alpha'])
+  for key in ('target', 'general'):
     _require_numbers(_require_key(curve, key, parts), [*parts, key], length=len(alpha))
 
 
 def _check_method(name: str, method: Any) -> None:
-  parts = ["methods", name]
+  parts = ['methods', name]
   method = _require_mapping(method, parts)
   _check_scores(method, parts)
-  _require_number(_require_key(method, "forget", parts), [*parts, "forget"])
-  trainable = _require_int(_require_key(method, "trainable_params", parts),
-                           [*parts, "trainable_params"])
-  total = _require_int(_require_key(method, "total_params", parts), [*parts, "total_params"])
+  _require_number(_require_key(method, 'forget', parts), [*parts, 'forget'])
+  trainable = _require_int(
+    _require_key(method, 'trainable_params', parts), [*parts, 'trainable_params']
+  )
+  total = _require_int(_require_key(method, 'total_params', parts), [*parts, 'total_params'])
   if total <= 0:
-    _fail([*parts, "total_params"], f"expected a positive count, got {total}")
+    _fail([*parts, 'total_params'], f'expected a positive count, got {total}')
   if trainable < 0:
-    _fail([*parts, "trainable_params"], f"expected a non-negative count, got {trainable}")
-  _require_number(_require_key(method, "train_time_s", parts), [*parts, "train_time_s"])
-  _require_number(_require_key(method, "peak_memory_mb", parts), [*parts, "peak_memory_mb"])
+    _fail([*parts, 'trainable_params'], f'expected a non-negative count, got {trainable}')
+  _require_number(_require_key(method, 'train_time_s', parts), [*parts, 'train_time_s'])
+  _require_number(_require_key(method, 'peak_memory_mb', parts), [*parts, 'peak_memory_mb'])
 
-  if method.get("train_loss") is not None:
-    _require_numbers(method["train_loss"], [*parts, "train_loss"])
-  if method.get("interpolation") is not None:
-    _check_curve(method["interpolation"], [*parts, "interpolation"])
-  if method.get("rewind") is not None:
-    _check_curve(method["rewind"], [*parts, "rewind"])
-    kind = _require_str(_require_key(method["rewind"], "kind", [*parts, "rewind"]),
-                        [*parts, "rewind", "kind"])
+  if method.get('train_loss') is not None:
+    _require_numbers(method['train_loss'], [*parts, 'train_loss'])
+  if method.get('interpolation') is not None:
+    _check_curve(method['interpolation'], [*parts, 'interpolation'])
+  if method.get('rewind') is not None:
+    _check_curve(method['rewind'], [*parts, 'rewind'])
+    kind = _require_str(
+      _require_key(method['rewind'], 'kind', [*parts, 'rewind']), [*parts, 'rewind', 'kind']
+    )
     if kind not in REWIND_KINDS:
-      _fail([*parts, "rewind", "kind"], f"expected one of {REWIND_KINDS}, got {kind!r}")
-  if method.get("spectral") is not None:
-    sp_parts = [*parts, "spectral"]
-    spectral = _require_mapping(method["spectral"], sp_parts)
-    _require_str(_require_key(spectral, "module", sp_parts), [*sp_parts, "module"])
-    retention = _require_numbers(_require_key(spectral, "retention", sp_parts),
-                                 [*sp_parts, "retention"])
-    _require_numbers(_require_key(spectral, "energy", sp_parts), [*sp_parts, "energy"],
-                     length=len(retention))
-    summary = _require_mapping(_require_key(spectral, "summary", sp_parts),
-                               [*sp_parts, "summary"])
+      _fail([*parts, 'rewind', 'kind'], f'expected one of {REWIND_KINDS}, got {kind!r}')
+  if method.get('spectral') is not None:
+    sp_parts = [*parts, 'spectral']
+    spectral = _require_mapping(method['spectral'], sp_parts)
+    _require_str(_require_key(spectral, 'module', sp_parts), [*sp_parts, 'module'])
+    retention = _require_numbers(
+      _require_key(spectral, 'retention', sp_parts), [*sp_parts, 'retention']
+    )
+    _require_numbers(
+      _require_key(spectral, 'energy', sp_parts), [*sp_parts, 'energy'], length=len(retention)
+    )
+    summary = _require_mapping(_require_key(spectral, 'summary', sp_parts), [*sp_parts, 'summary'])
     for key, value in summary.items():
-      _require_number(value, [*sp_parts, "summary", key])
-  if method.get("activation") is not None:
-    ac_parts = [*parts, "activation"]
-    activation = _require_mapping(method["activation"], ac_parts)
-    layers = _require_sequence(_require_key(activation, "layers", ac_parts), [*ac_parts, "layers"])
+      _require_number(value, [*sp_parts, 'summary', key])
+  if method.get('activation') is not None:
+    ac_parts = [*parts, 'activation']
+    activation = _require_mapping(method['activation'], ac_parts)
+    layers = _require_sequence(_require_key(activation, 'layers', ac_parts), [*ac_parts, 'layers'])
     if not layers:
-      _fail([*ac_parts, "layers"], "expected a non-empty list of layer indices")
+      _fail([*ac_parts, 'layers'], 'expected a non-empty list of layer indices')
     for i, layer in enumerate(layers):
-      _require_int(layer, [*ac_parts, "layers", i])
-    for key in ("cka", "procrustes", "gram"):
-      _require_numbers(_require_key(activation, key, ac_parts), [*ac_parts, key],
-                       length=len(layers))
-  if method.get("csd") is not None:
-    csd_parts = [*parts, "csd"]
-    csd = _require_mapping(method["csd"], csd_parts)
-    modules = _require_strings(_require_key(csd, "modules", csd_parts), [*csd_parts, "modules"])
+      _require_int(layer, [*ac_parts, 'layers', i])
+    for key in ('cka', 'procrustes', 'gram'):
+      _require_numbers(
+        _require_key(activation, key, ac_parts), [*ac_parts, key], length=len(layers)
+      )
+  if method.get('csd') is not None:
+    csd_parts = [*parts, 'csd']
+    csd = _require_mapping(method['csd'], csd_parts)
+    modules = _require_strings(_require_key(csd, 'modules', csd_parts), [*csd_parts, 'modules'])
     if not modules:
-      _fail([*csd_parts, "modules"], "expected a non-empty list of module names")
-    for key in ("general", "target", "ratio"):
+      _fail([*csd_parts, 'modules'], 'expected a non-empty list of module names')
+    for key in ('general', 'target', 'ratio'):
       _require_numbers(_require_key(csd, key, csd_parts), [*csd_parts, key], length=len(modules))
 
 
 def _check_disel_gates(gates: Any) -> None:
-  parts = ["disel_gates"]
+  parts = ['disel_gates']
   gates = _require_mapping(gates, parts)
-  layers = _require_strings(_require_key(gates, "layers", parts), [*parts, "layers"])
+  layers = _require_strings(_require_key(gates, 'layers', parts), [*parts, 'layers'])
   if not layers:
-    _fail([*parts, "layers"], "expected a non-empty list of module names")
-  general = _require_matrix(_require_key(gates, "general", parts), [*parts, "general"],
-                            rows=len(layers))
-  _require_matrix(_require_key(gates, "target", parts), [*parts, "target"], rows=len(layers),
-                  cols=len(general[0]))
+    _fail([*parts, 'layers'], 'expected a non-empty list of module names')
+  general = _require_matrix(
+    _require_key(gates, 'general', parts), [*parts, 'general'], rows=len(layers)
+  )
+  _require_matrix(
+    _require_key(gates, 'target', parts), [*parts, 'target'], rows=len(layers), cols=len(general[0])
+  )
 
 
 def _check_drift(drift: Any) -> None:
-  parts = ["drift"]
+  parts = ['drift']
   drift = _require_mapping(drift, parts)
-  adapters = _require_strings(_require_key(drift, "adapters", parts), [*parts, "adapters"])
+  adapters = _require_strings(_require_key(drift, 'adapters', parts), [*parts, 'adapters'])
   if not adapters:
-    _fail([*parts, "adapters"], "expected a non-empty list of adapter names")
-  tasks = _require_strings(_require_key(drift, "tasks", parts), [*parts, "tasks"])
+    _fail([*parts, 'adapters'], 'expected a non-empty list of adapter names')
+  tasks = _require_strings(_require_key(drift, 'tasks', parts), [*parts, 'tasks'])
   if not tasks:
-    _fail([*parts, "tasks"], "expected a non-empty list of task names")
-  _require_matrix(_require_key(drift, "delta", parts), [*parts, "delta"], rows=len(adapters),
-                  cols=len(tasks))
-  labels = _require_mapping(_require_key(drift, "labels", parts), [*parts, "labels"])
+    _fail([*parts, 'tasks'], 'expected a non-empty list of task names')
+  _require_matrix(
+    _require_key(drift, 'delta', parts), [*parts, 'delta'], rows=len(adapters), cols=len(tasks)
+  )
+  labels = _require_mapping(_require_key(drift, 'labels', parts), [*parts, 'labels'])
   for adapter in adapters:
-    _require_str(_require_key(labels, adapter, [*parts, "labels"]), [*parts, "labels", adapter])
-  flagged = _require_mapping(_require_key(drift, "flagged", parts), [*parts, "flagged"])
+    _require_str(_require_key(labels, adapter, [*parts, 'labels']), [*parts, 'labels', adapter])
+  flagged = _require_mapping(_require_key(drift, 'flagged', parts), [*parts, 'flagged'])
   for adapter, reasons in flagged.items():
     if adapter not in adapters:
-      _fail([*parts, "flagged", adapter],
-            f"flagged adapter is not in results['drift']['adapters'] ({', '.join(adapters)})")
-    _require_strings(reasons, [*parts, "flagged", adapter])
+      _fail(
+        [*parts, 'flagged', adapter],
+        f"flagged adapter is not in results['drift']['adapters'] ({', '.join(adapters)})",
+      )
+    _require_strings(reasons, [*parts, 'flagged', adapter])
 
 
 def _check_timing(timing: Any) -> None:
-  parts = ["timing"]
+  parts = ['timing']
   timing = _require_mapping(timing, parts)
-  _require_number(_require_key(timing, "total_s", parts), [*parts, "total_s"])
-  stages = _require_mapping(_require_key(timing, "stages", parts), [*parts, "stages"])
+  _require_number(_require_key(timing, 'total_s', parts), [*parts, 'total_s'])
+  stages = _require_mapping(_require_key(timing, 'stages', parts), [*parts, 'stages'])
   for stage, seconds in stages.items():
-    _require_number(seconds, [*parts, "stages", stage])
+    _require_number(seconds, [*parts, 'stages', stage])
 
 
 def validate_results(results: Mapping[str, Any]) -> None:
@@ -245,32 +257,32 @@ def validate_results(results: Mapping[str, Any]) -> None:
       ``missing required key results['methods']['lora']['forget']``.
   """
   results = _require_mapping(results, [])
-  _require_str(_require_key(results, "title", []), ["title"])
-  _require_str(_require_key(results, "created", []), ["created"])
-  _require_str(_require_key(results, "target_task", []), ["target_task"])
-  _require_strings(_require_key(results, "general_tasks", []), ["general_tasks"])
-  _require_strings(_require_key(results, "target_tasks", []), ["target_tasks"])
-  base = _require_mapping(_require_key(results, "base", []), ["base"])
-  _check_scores(base, ["base"])
-  methods = _require_mapping(_require_key(results, "methods", []), ["methods"])
+  _require_str(_require_key(results, 'title', []), ['title'])
+  _require_str(_require_key(results, 'created', []), ['created'])
+  _require_str(_require_key(results, 'target_task', []), ['target_task'])
+  _require_strings(_require_key(results, 'general_tasks', []), ['general_tasks'])
+  _require_strings(_require_key(results, 'target_tasks', []), ['target_tasks'])
+  base = _require_mapping(_require_key(results, 'base', []), ['base'])
+  _check_scores(base, ['base'])
+  methods = _require_mapping(_require_key(results, 'methods', []), ['methods'])
   if not methods:
-    _fail(["methods"], "expected at least one method")
+    _fail(['methods'], 'expected at least one method')
   for name, method in methods.items():
-    _require_str(name, ["methods", name])
+    _require_str(name, ['methods', name])
     _check_method(name, method)
 
-  if results.get("disel_gates") is not None:
-    _check_disel_gates(results["disel_gates"])
-  if results.get("drift") is not None:
-    _check_drift(results["drift"])
-  if results.get("config") is not None:
-    _require_mapping(results["config"], ["config"])
-  if results.get("versions") is not None:
-    versions = _require_mapping(results["versions"], ["versions"])
+  if results.get('disel_gates') is not None:
+    _check_disel_gates(results['disel_gates'])
+  if results.get('drift') is not None:
+    _check_drift(results['drift'])
+  if results.get('config') is not None:
+    _require_mapping(results['config'], ['config'])
+  if results.get('versions') is not None:
+    versions = _require_mapping(results['versions'], ['versions'])
     for key, value in versions.items():
-      _require_str(value, ["versions", key])
-  if results.get("timing") is not None:
-    _check_timing(results["timing"])
+      _require_str(value, ['versions', key])
+  if results.get('timing') is not None:
+    _check_timing(results['timing'])
 
 
 def is_finite(value: Any) -> bool:

@@ -28,18 +28,18 @@ import numpy as np
 Array = jax.Array
 Captures = Mapping[str, Array]
 
-NORMALIZATIONS = ("none", "center", "unit_mean_norm", "center_unit_mean_norm")
+NORMALIZATIONS = ('none', 'center', 'unit_mean_norm', 'center_unit_mean_norm')
 _EPS = 1e-12
 
 
 class NormStats(NamedTuple):
   """How :func:`normalize_activations` mapped ``x`` to ``(x - mean) * scale``."""
 
-  mean: Array   # shape=[d]; zeros unless centering
+  mean: Array  # shape=[d]; zeros unless centering
   scale: Array  # shape=(); 1 unless rescaling
 
 
-def normalize_activations(x: Array, method: str = "none") -> tuple[Array, NormStats]:
+def normalize_activations(x: Array, method: str = 'none') -> tuple[Array, NormStats]:
   """Normalises token activations ``x: [n, d]`` before SAE training.
 
   Methods:
@@ -55,15 +55,15 @@ def normalize_activations(x: Array, method: str = "none") -> tuple[Array, NormSt
     ``x_normalized = (x - mean) * scale``.
   """
   if method not in NORMALIZATIONS:
-    raise ValueError(f"normalize={method!r} is not supported; valid: {NORMALIZATIONS}.")
+    raise ValueError(f'normalize={method!r} is not supported; valid: {NORMALIZATIONS}.')
   if x.ndim != 2:
-    raise ValueError(f"x must be [n, d] token rows, got shape {x.shape}.")
+    raise ValueError(f'x must be [n, d] token rows, got shape {x.shape}.')
   dtype = jnp.result_type(x.dtype, jnp.float32)
   x = x.astype(dtype)
   d = x.shape[-1]
-  mean = jnp.mean(x, axis=0) if "center" in method else jnp.zeros((d,), dtype)
+  mean = jnp.mean(x, axis=0) if 'center' in method else jnp.zeros((d,), dtype)
   centered = x - mean
-  if "unit_mean_norm" in method:
+  if 'unit_mean_norm' in method:
     mean_norm = jnp.mean(jnp.linalg.norm(centered, axis=-1))
     scale = jnp.sqrt(jnp.asarray(d, dtype)) / jnp.maximum(mean_norm, _EPS)
   else:
@@ -74,8 +74,10 @@ def normalize_activations(x: Array, method: str = "none") -> tuple[Array, NormSt
 def delta_activations(h_base: Array, h_adapted: Array) -> Array:
   """``Δh = h_adapted - h_base`` in float32 (or wider); both ``[..., d]`` on the same tokens."""
   if h_base.shape != h_adapted.shape:
-    raise ValueError(f"base and adapted activations must be aligned token by token with equal "
-                     f"shapes, got base {h_base.shape} and adapted {h_adapted.shape}.")
+    raise ValueError(
+      f'base and adapted activations must be aligned token by token with equal '
+      f'shapes, got base {h_base.shape} and adapted {h_adapted.shape}.'
+    )
   dtype = jnp.result_type(h_base.dtype, h_adapted.dtype, jnp.float32)
   return h_adapted.astype(dtype) - h_base.astype(dtype)
 
@@ -83,11 +85,13 @@ def delta_activations(h_base: Array, h_adapted: Array) -> Array:
 def _lookup(captures: Union[Captures, Array], key_name: Optional[str], which: str) -> Array:
   if isinstance(captures, Mapping):
     if key_name is None:
-      raise ValueError(f"{which} is a capture dict, so key_name is required; keys are "
-                       f"{sorted(captures)}.")
+      raise ValueError(
+        f'{which} is a capture dict, so key_name is required; keys are {sorted(captures)}.'
+      )
     if key_name not in captures:
-      raise KeyError(f"key_name {key_name!r} is not in the {which} captures; keys are "
-                     f"{sorted(captures)}.")
+      raise KeyError(
+        f'key_name {key_name!r} is not in the {which} captures; keys are {sorted(captures)}.'
+      )
     return jnp.asarray(captures[key_name])
   return jnp.asarray(captures)
 
@@ -98,21 +102,27 @@ def select_tokens(x: Array, mask: Optional[Array] = None) -> Array:
   Without a mask every token is kept. Token order is row-major over the leading dims.
   """
   if x.ndim < 2:
-    raise ValueError(f"activations must be [..., d] with token dims first, got shape {x.shape}.")
+    raise ValueError(f'activations must be [..., d] with token dims first, got shape {x.shape}.')
   if mask is None:
     return x.reshape(-1, x.shape[-1])
   mask = np.asarray(mask)
   if mask.shape != x.shape[:-1]:
-    raise ValueError(f"mask must have the token shape {x.shape[:-1]} of the activations, got "
-                     f"{mask.shape}.")
+    raise ValueError(
+      f'mask must have the token shape {x.shape[:-1]} of the activations, got {mask.shape}.'
+    )
   keep = np.flatnonzero(mask.reshape(-1) != 0)
   if keep.size == 0:
-    raise ValueError("mask selects no tokens.")
+    raise ValueError('mask selects no tokens.')
   return jnp.take(x.reshape(-1, x.shape[-1]), jnp.asarray(keep), axis=0)
 
 
-def collect_activations(captures: Union[Captures, Array], mask: Optional[Array] = None,
-                        key_name: Optional[str] = None, *, normalize: str = "none") -> Array:
+def collect_activations(
+  captures: Union[Captures, Array],
+  mask: Optional[Array] = None,
+  key_name: Optional[str] = None,
+  *,
+  normalize: str = 'none',
+) -> Array:
   """Real-token activations ``[n, d]`` of one capture (e.g. the base model's residual stream).
 
   Args:
@@ -121,13 +131,18 @@ def collect_activations(captures: Union[Captures, Array], mask: Optional[Array] 
     key_name: e.g. ``'layers_3/residual'``.
     normalize: see :func:`normalize_activations`.
   """
-  x = select_tokens(_lookup(captures, key_name, "captures"), mask)
+  x = select_tokens(_lookup(captures, key_name, 'captures'), mask)
   return normalize_activations(x.astype(jnp.result_type(x.dtype, jnp.float32)), normalize)[0]
 
 
-def collect_delta(base_captures: Union[Captures, Array], adapted_captures: Union[Captures, Array],
-                  mask: Optional[Array] = None, key_name: Optional[str] = None, *,
-                  normalize: str = "none") -> Array:
+def collect_delta(
+  base_captures: Union[Captures, Array],
+  adapted_captures: Union[Captures, Array],
+  mask: Optional[Array] = None,
+  key_name: Optional[str] = None,
+  *,
+  normalize: str = 'none',
+) -> Array:
   """Residual delta ``Δh = h_adapted - h_base`` on the real tokens, as rows ``[n, d]``.
 
   Args:
@@ -141,14 +156,20 @@ def collect_delta(base_captures: Union[Captures, Array], adapted_captures: Union
   Returns:
     ``Δh: [n, d]`` with ``n`` the number of real tokens.
   """
-  h_base = _lookup(base_captures, key_name, "base")
-  h_adapted = _lookup(adapted_captures, key_name, "adapted")
+  h_base = _lookup(base_captures, key_name, 'base')
+  h_adapted = _lookup(adapted_captures, key_name, 'adapted')
   delta = delta_activations(h_base, h_adapted)
   return normalize_activations(select_tokens(delta, mask), normalize)[0]
 
 
-def module_delta(captures: Captures, base_kernel: Array, module_path: str,
-                 mask: Optional[Array] = None, *, normalize: str = "none") -> Array:
+def module_delta(
+  captures: Captures,
+  base_kernel: Array,
+  module_path: str,
+  mask: Optional[Array] = None,
+  *,
+  normalize: str = 'none',
+) -> Array:
   """Module delta ``s B A x = y_adapted - x W_0`` of one adapted linear module, rows ``[n, d_out]``.
 
   ``x`` and ``y_adapted`` are the module's input and output captured in the adapted model
@@ -162,12 +183,14 @@ def module_delta(captures: Captures, base_kernel: Array, module_path: str,
     mask: token mask, or None.
     normalize: see :func:`normalize_activations`.
   """
-  x = _lookup(captures, f"{module_path}/in", "adapted")
-  y = _lookup(captures, f"{module_path}/out", "adapted")
+  x = _lookup(captures, f'{module_path}/in', 'adapted')
+  y = _lookup(captures, f'{module_path}/out', 'adapted')
   base_kernel = jnp.asarray(base_kernel)
   if base_kernel.shape != (x.shape[-1], y.shape[-1]):
-    raise ValueError(f"base_kernel must be [d_in, d_out] = [{x.shape[-1]}, {y.shape[-1]}] for "
-                     f"{module_path!r}, got {base_kernel.shape}.")
+    raise ValueError(
+      f'base_kernel must be [d_in, d_out] = [{x.shape[-1]}, {y.shape[-1]}] for '
+      f'{module_path!r}, got {base_kernel.shape}.'
+    )
   dtype = jnp.result_type(x.dtype, jnp.float32)
   x_rows = select_tokens(x, mask).astype(dtype)
   y_rows = select_tokens(y, mask).astype(dtype)

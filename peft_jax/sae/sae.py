@@ -46,41 +46,47 @@ Array = jax.Array
 # {'W_enc': [d, m], 'b_enc': [m], 'W_dec': [m, d], 'b_dec': [d]} (+ 'log_threshold': [m], JumpReLU)
 SAEParams = dict
 
-ACTIVATIONS = ("relu", "topk", "jumprelu")
+ACTIVATIONS = ('relu', 'topk', 'jumprelu')
 _EPS = 1e-12
 
 
 def _check_activation(activation: str, k: Optional[int], m: Optional[int] = None) -> None:
   if activation not in ACTIVATIONS:
-    raise ValueError(f"activation={activation!r} is not supported; valid: {ACTIVATIONS}.")
-  if activation == "topk":
+    raise ValueError(f'activation={activation!r} is not supported; valid: {ACTIVATIONS}.')
+  if activation == 'topk':
     if k is None or int(k) < 1:
       raise ValueError(f"activation='topk' needs k >= 1, got k={k!r}.")
     if m is not None and k > m:
-      raise ValueError(f"TopK k={k} exceeds the number of features m={m}.")
+      raise ValueError(f'TopK k={k} exceeds the number of features m={m}.')
 
 
 def _check_params(params: SAEParams, activation: str) -> None:
-  required = ("W_enc", "b_enc", "W_dec", "b_dec")
-  if activation == "jumprelu":
-    required += ("log_threshold",)
+  required = ('W_enc', 'b_enc', 'W_dec', 'b_dec')
+  if activation == 'jumprelu':
+    required += ('log_threshold',)
   if not isinstance(params, dict):
-    raise TypeError(f"SAE params must be a dict with keys {required}, got {type(params).__name__}.")
+    raise TypeError(f'SAE params must be a dict with keys {required}, got {type(params).__name__}.')
   missing = [name for name in required if name not in params]
   if missing:
-    raise ValueError(f"SAE params lack {missing} for activation={activation!r}; they have "
-                     f"{sorted(params)}.")
-  d, m = params["W_enc"].shape
-  if (params["W_dec"].shape != (m, d) or params["b_enc"].shape != (m,)
-      or params["b_dec"].shape != (d,)):
-    raise ValueError("inconsistent SAE shapes: W_enc "
-                     f"{params['W_enc'].shape} (want [d, m]), b_enc {params['b_enc'].shape} (want "
-                     f"[m]), W_dec {params['W_dec'].shape} (want [m, d]), b_dec "
-                     f"{params['b_dec'].shape} (want [d]).")
+    raise ValueError(
+      f'SAE params lack {missing} for activation={activation!r}; they have {sorted(params)}.'
+    )
+  d, m = params['W_enc'].shape
+  if (
+    params['W_dec'].shape != (m, d)
+    or params['b_enc'].shape != (m,)
+    or params['b_dec'].shape != (d,)
+  ):
+    raise ValueError(
+      'inconsistent SAE shapes: W_enc '
+      f'{params["W_enc"].shape} (want [d, m]), b_enc {params["b_enc"].shape} (want '
+      f'[m]), W_dec {params["W_dec"].shape} (want [m, d]), b_dec '
+      f'{params["b_dec"].shape} (want [d]).'
+    )
 
 
 def _check_x(params: SAEParams, x: Array) -> None:
-  d = params["W_enc"].shape[0]
+  d = params['W_enc'].shape[0]
   if x.ndim < 1 or x.shape[-1] != d:
     raise ValueError(f"x must be [..., d] with d={d} (the SAE's input width), got shape {x.shape}.")
 
@@ -89,9 +95,16 @@ def _check_x(params: SAEParams, x: Array) -> None:
 # Parameters.
 
 
-def init_sae(key: Array, d: int, m: int, *, activation: str = "relu",
-             init_threshold: float = 1e-3, b_dec: Optional[Array] = None,
-             dtype: Any = jnp.float32) -> SAEParams:
+def init_sae(
+  key: Array,
+  d: int,
+  m: int,
+  *,
+  activation: str = 'relu',
+  init_threshold: float = 1e-3,
+  b_dec: Optional[Array] = None,
+  dtype: Any = jnp.float32,
+) -> SAEParams:
   """Initialises an SAE with ``d`` input dims and ``m`` features.
 
   Decoder rows are independent Gaussian directions scaled to unit norm; the encoder is tied at
@@ -111,26 +124,31 @@ def init_sae(key: Array, d: int, m: int, *, activation: str = "relu",
     ``{'W_enc': [d, m], 'b_enc': [m], 'W_dec': [m, d], 'b_dec': [d]}`` (+ ``'log_threshold': [m]``).
   """
   if activation not in ACTIVATIONS:
-    raise ValueError(f"activation={activation!r} is not supported; valid: {ACTIVATIONS}.")
+    raise ValueError(f'activation={activation!r} is not supported; valid: {ACTIVATIONS}.')
   if int(d) < 1 or int(m) < 1:
-    raise ValueError(f"d and m must be >= 1, got d={d}, m={m}.")
+    raise ValueError(f'd and m must be >= 1, got d={d}, m={m}.')
   w_dec = jax.random.normal(key, (m, d), jnp.float32)
   w_dec = w_dec / jnp.linalg.norm(w_dec, axis=-1, keepdims=True)
   if b_dec is None:
     b_dec = jnp.zeros((d,), jnp.float32)
   elif jnp.shape(b_dec) != (d,):
-    raise ValueError(f"b_dec must have shape [d]=({d},), got {jnp.shape(b_dec)}.")
-  params = {"W_enc": w_dec.T.astype(dtype), "b_enc": jnp.zeros((m,), dtype),
-            "W_dec": w_dec.astype(dtype), "b_dec": jnp.asarray(b_dec, dtype)}
-  if activation == "jumprelu":
+    raise ValueError(f'b_dec must have shape [d]=({d},), got {jnp.shape(b_dec)}.')
+  params = {
+    'W_enc': w_dec.T.astype(dtype),
+    'b_enc': jnp.zeros((m,), dtype),
+    'W_dec': w_dec.astype(dtype),
+    'b_dec': jnp.asarray(b_dec, dtype),
+  }
+  if activation == 'jumprelu':
     if init_threshold <= 0:
-      raise ValueError(f"init_threshold must be > 0, got {init_threshold}.")
-    params["log_threshold"] = jnp.full((m,), np.log(init_threshold), dtype)
+      raise ValueError(f'init_threshold must be > 0, got {init_threshold}.')
+    params['log_threshold'] = jnp.full((m,), np.log(init_threshold), dtype)
   return params
 
 
-def from_uncentered_encoder(w_enc: Array, b_enc: Array, w_dec: Array, b_dec: Array,
-                            threshold: Optional[Array] = None) -> SAEParams:
+def from_uncentered_encoder(
+  w_enc: Array, b_enc: Array, w_dec: Array, b_dec: Array, threshold: Optional[Array] = None
+) -> SAEParams:
   """Params for an SAE whose encoder is ``z = x W_enc + b_enc`` (e.g. Gemma Scope's JumpReLU).
 
   Folds the decoder bias so that :func:`encode` (which subtracts ``b_dec``) gives the same ``z``:
@@ -141,21 +159,21 @@ def from_uncentered_encoder(w_enc: Array, b_enc: Array, w_dec: Array, b_dec: Arr
     threshold: optional JumpReLU thresholds ``θ: [m]`` (> 0), stored as ``log_threshold``.
   """
   w_enc, b_enc, w_dec, b_dec = (jnp.asarray(a) for a in (w_enc, b_enc, w_dec, b_dec))
-  params = {"W_enc": w_enc, "b_enc": b_enc + b_dec @ w_enc, "W_dec": w_dec, "b_dec": b_dec}
+  params = {'W_enc': w_enc, 'b_enc': b_enc + b_dec @ w_enc, 'W_dec': w_dec, 'b_dec': b_dec}
   if threshold is not None:
     threshold = jnp.asarray(threshold)
     if bool(jnp.any(threshold <= 0)):
-      raise ValueError("JumpReLU thresholds must be > 0 to be stored as log_threshold.")
-    params["log_threshold"] = jnp.log(threshold)
-  _check_params(params, "jumprelu" if threshold is not None else "relu")
+      raise ValueError('JumpReLU thresholds must be > 0 to be stored as log_threshold.')
+    params['log_threshold'] = jnp.log(threshold)
+  _check_params(params, 'jumprelu' if threshold is not None else 'relu')
   return params
 
 
 def normalize_decoder(params: SAEParams) -> SAEParams:
   """Rescales every decoder row to unit L2 norm: ``W_dec[i] ← W_dec[i] / ||W_dec[i]||``."""
-  w_dec = params["W_dec"]
+  w_dec = params['W_dec']
   norms = jnp.linalg.norm(w_dec, axis=-1, keepdims=True)
-  return {**params, "W_dec": w_dec / jnp.maximum(norms, _EPS)}
+  return {**params, 'W_dec': w_dec / jnp.maximum(norms, _EPS)}
 
 
 def remove_parallel_decoder_grad(params: SAEParams, grads: SAEParams) -> SAEParams:
@@ -168,10 +186,10 @@ def remove_parallel_decoder_grad(params: SAEParams, grads: SAEParams) -> SAEPara
   So a step moves each row along the sphere's tangent plane and only rotates it; the row norm is
   then restored by :func:`normalize_decoder`.
   """
-  w = params["W_dec"]
+  w = params['W_dec']
   w = w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), _EPS)
-  g = grads["W_dec"]
-  return {**grads, "W_dec": g - jnp.sum(g * w, axis=-1, keepdims=True) * w}
+  g = grads['W_dec']
+  return {**grads, 'W_dec': g - jnp.sum(g * w, axis=-1, keepdims=True) * w}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,30 +247,41 @@ def pre_activations(params: SAEParams, x: Array) -> Array:
   """``z = (x - b_dec) W_enc + b_enc``: ``x: [..., d]`` → ``[..., m]``."""
   _check_x(params, x)
   lead = x.shape[:-1]
-  x2 = (x - params["b_dec"]).reshape(-1, x.shape[-1])
-  z = x2 @ params["W_enc"] + params["b_enc"]
+  x2 = (x - params['b_dec']).reshape(-1, x.shape[-1])
+  z = x2 @ params['W_enc'] + params['b_enc']
   return z.reshape(*lead, z.shape[-1])
 
 
 def _topk(z: Array, k: int) -> Array:
   values, indices = jax.lax.top_k(z, k)
-  return jnp.put_along_axis(jnp.zeros_like(z), indices, jax.nn.relu(values), axis=-1,
-                            inplace=False)
+  return jnp.put_along_axis(jnp.zeros_like(z), indices, jax.nn.relu(values), axis=-1, inplace=False)
 
 
-def activate(params: SAEParams, z: Array, activation: str = "relu", *, k: Optional[int] = None,
-             bandwidth: float = 1e-3) -> Array:
+def activate(
+  params: SAEParams,
+  z: Array,
+  activation: str = 'relu',
+  *,
+  k: Optional[int] = None,
+  bandwidth: float = 1e-3,
+) -> Array:
   """Applies the encoder non-linearity ``σ`` to pre-activations ``z: [..., m]``."""
   _check_activation(activation, k, z.shape[-1])
-  if activation == "relu":
+  if activation == 'relu':
     return jax.nn.relu(z)
-  if activation == "topk":
+  if activation == 'topk':
     return _topk(z, int(k))
-  return _jumprelu(z, jnp.exp(params["log_threshold"]), bandwidth)
+  return _jumprelu(z, jnp.exp(params['log_threshold']), bandwidth)
 
 
-def encode(params: SAEParams, x: Array, activation: str = "relu", *, k: Optional[int] = None,
-           bandwidth: float = 1e-3) -> Array:
+def encode(
+  params: SAEParams,
+  x: Array,
+  activation: str = 'relu',
+  *,
+  k: Optional[int] = None,
+  bandwidth: float = 1e-3,
+) -> Array:
   """Feature activations ``f = σ((x - b_dec) W_enc + b_enc)``.
 
   Args:
@@ -272,11 +301,11 @@ def encode(params: SAEParams, x: Array, activation: str = "relu", *, k: Optional
 
 def decode(params: SAEParams, f: Array) -> Array:
   """Reconstruction ``x̂ = f W_dec + b_dec``: ``f: [..., m]`` → ``[..., d]``."""
-  m, d = params["W_dec"].shape
+  m, d = params['W_dec'].shape
   if f.ndim < 1 or f.shape[-1] != m:
-    raise ValueError(f"f must be [..., m] with m={m} features, got shape {f.shape}.")
+    raise ValueError(f'f must be [..., m] with m={m} features, got shape {f.shape}.')
   lead = f.shape[:-1]
-  x_hat = f.reshape(-1, m) @ params["W_dec"] + params["b_dec"]
+  x_hat = f.reshape(-1, m) @ params['W_dec'] + params['b_dec']
   return x_hat.reshape(*lead, d)
 
 
@@ -289,8 +318,15 @@ def fraction_of_variance_unexplained(x: Array, x_hat: Array) -> Array:
   return residual / jnp.maximum(total, _EPS)
 
 
-def sae_loss(params: SAEParams, x: Array, l1_coeff: float, activation: str = "relu", *,
-             k: Optional[int] = None, bandwidth: float = 1e-3) -> tuple[Array, dict[str, Array]]:
+def sae_loss(
+  params: SAEParams,
+  x: Array,
+  l1_coeff: float,
+  activation: str = 'relu',
+  *,
+  k: Optional[int] = None,
+  bandwidth: float = 1e-3,
+) -> tuple[Array, dict[str, Array]]:
   """SAE training loss on a batch of tokens, with diagnostics.
 
   With per-token means over the ``n`` tokens of ``x``:
@@ -322,19 +358,24 @@ def sae_loss(params: SAEParams, x: Array, l1_coeff: float, activation: str = "re
   x_hat = decode(params, f)
   n = x2.shape[0]
   mse = jnp.sum((x2 - x_hat) ** 2) / n
-  dec_norms = jnp.linalg.norm(params["W_dec"], axis=-1)
+  dec_norms = jnp.linalg.norm(params['W_dec'], axis=-1)
   l1 = jnp.sum(jnp.abs(f) * dec_norms) / n
   active = f > 0
   l0 = jnp.sum(active) / n
-  if activation == "jumprelu":
-    sparsity = jnp.sum(_heaviside(z, jnp.exp(params["log_threshold"]), bandwidth)) / n
+  if activation == 'jumprelu':
+    sparsity = jnp.sum(_heaviside(z, jnp.exp(params['log_threshold']), bandwidth)) / n
   else:
     sparsity = l1
   loss = mse + l1_coeff * sparsity
   count = jnp.sum(active, axis=0)
-  aux = {"mse": mse, "l1": l1, "l0": l0.astype(mse.dtype),
-         "fvu": jax.lax.stop_gradient(fraction_of_variance_unexplained(x2, x_hat)),
-         "feature_fired": count > 0, "feature_count": count}
+  aux = {
+    'mse': mse,
+    'l1': l1,
+    'l0': l0.astype(mse.dtype),
+    'fvu': jax.lax.stop_gradient(fraction_of_variance_unexplained(x2, x_hat)),
+    'feature_fired': count > 0,
+    'feature_count': count,
+  }
   return loss, aux
 
 
@@ -365,7 +406,7 @@ class SAEConfig:
   """
 
   num_features: int
-  activation: str = "topk"
+  activation: str = 'topk'
   k: Optional[int] = 8
   l1_coeff: float = 0.0
   learning_rate: float = 1e-3
@@ -377,30 +418,41 @@ class SAEConfig:
   dead_after: int = 200
   resample_every: int = 0
   resample_pool: int = 1024
-  init_b_dec: str = "mean"
+  init_b_dec: str = 'mean'
 
   def __post_init__(self):
     _check_activation(self.activation, self.k, self.num_features)
-    for name in ("num_features", "num_steps", "batch_size", "log_every", "dead_after",
-                 "resample_pool"):
+    for name in (
+      'num_features',
+      'num_steps',
+      'batch_size',
+      'log_every',
+      'dead_after',
+      'resample_pool',
+    ):
       if int(getattr(self, name)) < 1:
-        raise ValueError(f"SAEConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        raise ValueError(f'SAEConfig.{name} must be >= 1, got {getattr(self, name)}.')
     if self.num_steps % self.log_every:
-      raise ValueError(f"SAEConfig.num_steps={self.num_steps} must be a multiple of "
-                       f"log_every={self.log_every}.")
+      raise ValueError(
+        f'SAEConfig.num_steps={self.num_steps} must be a multiple of log_every={self.log_every}.'
+      )
     if self.resample_every < 0 or (self.resample_every and self.resample_every % self.log_every):
-      raise ValueError(f"SAEConfig.resample_every={self.resample_every} must be 0 or a positive "
-                       f"multiple of log_every={self.log_every}.")
+      raise ValueError(
+        f'SAEConfig.resample_every={self.resample_every} must be 0 or a positive '
+        f'multiple of log_every={self.log_every}.'
+      )
     if self.learning_rate <= 0 or self.l1_coeff < 0 or self.bandwidth <= 0:
-      raise ValueError("SAEConfig needs learning_rate > 0, l1_coeff >= 0 and bandwidth > 0, got "
-                       f"{self.learning_rate}, {self.l1_coeff}, {self.bandwidth}.")
-    if self.init_b_dec not in ("mean", "zeros"):
+      raise ValueError(
+        'SAEConfig needs learning_rate > 0, l1_coeff >= 0 and bandwidth > 0, got '
+        f'{self.learning_rate}, {self.l1_coeff}, {self.bandwidth}.'
+      )
+    if self.init_b_dec not in ('mean', 'zeros'):
       raise ValueError(f"SAEConfig.init_b_dec={self.init_b_dec!r}; valid: ('mean', 'zeros').")
 
   @property
   def encoder_kwargs(self) -> dict[str, Any]:
     """``activation``/``k``/``bandwidth`` keywords for :func:`encode` and :func:`sae_loss`."""
-    return {"activation": self.activation, "k": self.k, "bandwidth": self.bandwidth}
+    return {'activation': self.activation, 'k': self.k, 'bandwidth': self.bandwidth}
 
 
 class _StepSpec(NamedTuple):
@@ -415,8 +467,14 @@ class _StepSpec(NamedTuple):
 
 
 def _step_spec(config: SAEConfig) -> _StepSpec:
-  return _StepSpec(config.activation, config.k, config.batch_size, config.log_every,
-                   config.bandwidth, config.dead_after)
+  return _StepSpec(
+    config.activation,
+    config.k,
+    config.batch_size,
+    config.log_every,
+    config.bandwidth,
+    config.dead_after,
+  )
 
 
 # Adam without the learning rate, so the rate stays a traced scalar and a new rate (or a new λ, or a
@@ -429,44 +487,48 @@ def _train_step(spec: _StepSpec, acts, learning_rate, l1_coeff, carry, step_key)
   idx = jax.random.randint(step_key, (spec.batch_size,), 0, acts.shape[0])
   x = jnp.take(acts, idx, axis=0)
   (loss, aux), grads = jax.value_and_grad(sae_loss, has_aux=True)(
-      params, x, l1_coeff, spec.activation, k=spec.k, bandwidth=spec.bandwidth)
+    params, x, l1_coeff, spec.activation, k=spec.k, bandwidth=spec.bandwidth
+  )
   grads = remove_parallel_decoder_grad(params, grads)
   updates, opt_state = _ADAM.update(grads, opt_state, params)
   updates = jax.tree.map(lambda u: -learning_rate * u, updates)
   params = normalize_decoder(optax.apply_updates(params, updates))
-  since_fired = jnp.where(aux["feature_fired"], 0, since_fired + 1)
-  metrics = {"loss": loss, "mse": aux["mse"], "l1": aux["l1"], "l0": aux["l0"], "fvu": aux["fvu"]}
+  since_fired = jnp.where(aux['feature_fired'], 0, since_fired + 1)
+  metrics = {'loss': loss, 'mse': aux['mse'], 'l1': aux['l1'], 'l0': aux['l0'], 'fvu': aux['fvu']}
   return (params, opt_state, since_fired), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
-def _train_chunk(params, opt_state, since_fired, acts, key, learning_rate, l1_coeff, *,
-                 spec: _StepSpec):
+@functools.partial(jax.jit, static_argnames=('spec',))
+def _train_chunk(
+  params, opt_state, since_fired, acts, key, learning_rate, l1_coeff, *, spec: _StepSpec
+):
   """``spec.log_every`` steps under one ``lax.scan``; returns the carry and chunk-mean metrics."""
   keys = jax.random.split(key, spec.log_every)
   step = functools.partial(_train_step, spec, acts, learning_rate, l1_coeff)
   (params, opt_state, since_fired), metrics = jax.lax.scan(
-      step, (params, opt_state, since_fired), keys)
+    step, (params, opt_state, since_fired), keys
+  )
   metrics = jax.tree.map(jnp.mean, metrics)
-  metrics["dead_fraction"] = jnp.mean(since_fired >= spec.dead_after)
+  metrics['dead_fraction'] = jnp.mean(since_fired >= spec.dead_after)
   return params, opt_state, since_fired, metrics
 
 
 def _zero_feature_entries(path, leaf, dead):
   """Zeros the entries of one params-shaped optimizer leaf that belong to dead features."""
-  name = getattr(path[-1], "key", None) if path else None
-  if name == "W_dec":
+  name = getattr(path[-1], 'key', None) if path else None
+  if name == 'W_dec':
     return jnp.where(dead[:, None], 0, leaf)
-  if name == "W_enc":
+  if name == 'W_enc':
     return jnp.where(dead[None, :], 0, leaf)
-  if name in ("b_enc", "log_threshold"):
+  if name in ('b_enc', 'log_threshold'):
     return jnp.where(dead, 0, leaf)
   return leaf
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "num_features", "pool"))
-def _resample_dead(params, opt_state, since_fired, acts, key, *, spec: _StepSpec,
-                   num_features: int, pool: int):
+@functools.partial(jax.jit, static_argnames=('spec', 'num_features', 'pool'))
+def _resample_dead(
+  params, opt_state, since_fired, acts, key, *, spec: _StepSpec, num_features: int, pool: int
+):
   """Re-initialises dead features towards badly reconstructed inputs (Anthropic, 2023).
 
   Candidates ``x`` are drawn from ``acts`` and scored by ``||x - x̂||²``; each dead feature gets
@@ -479,19 +541,20 @@ def _resample_dead(params, opt_state, since_fired, acts, key, *, spec: _StepSpec
   idx = jax.random.randint(pool_key, (pool,), 0, acts.shape[0])
   x = jnp.take(acts, idx, axis=0)
   residual = x - decode(params, encode(params, x, spec.activation, k=spec.k))
-  sq = jnp.sum(residual ** 2, axis=-1)
-  picks = jax.random.categorical(pick_key, jnp.log(sq ** 2 + _EPS), shape=(num_features,))
+  sq = jnp.sum(residual**2, axis=-1)
+  picks = jax.random.categorical(pick_key, jnp.log(sq**2 + _EPS), shape=(num_features,))
   dirs = residual[picks] / jnp.maximum(jnp.sqrt(sq[picks]), _EPS)[:, None]
-  enc_norms = jnp.linalg.norm(params["W_enc"], axis=0)
+  enc_norms = jnp.linalg.norm(params['W_enc'], axis=0)
   alive = ~dead
   alive_mean = jnp.sum(enc_norms * alive) / jnp.maximum(jnp.sum(alive), 1)
   alive_norm = jnp.where(jnp.any(alive), alive_mean, 1.0)
   new = dict(params)
-  new["W_dec"] = jnp.where(dead[:, None], dirs, params["W_dec"])
-  new["W_enc"] = jnp.where(dead[None, :], dirs.T * 0.2 * alive_norm, params["W_enc"])
-  new["b_enc"] = jnp.where(dead, 0.0, params["b_enc"])
+  new['W_dec'] = jnp.where(dead[:, None], dirs, params['W_dec'])
+  new['W_enc'] = jnp.where(dead[None, :], dirs.T * 0.2 * alive_norm, params['W_enc'])
+  new['b_enc'] = jnp.where(dead, 0.0, params['b_enc'])
   opt_state = jax.tree_util.tree_map_with_path(
-      lambda p, leaf: _zero_feature_entries(p, leaf, dead), opt_state)
+    lambda p, leaf: _zero_feature_entries(p, leaf, dead), opt_state
+  )
   return new, opt_state, jnp.where(dead, 0, since_fired), jnp.sum(dead)
 
 
@@ -515,46 +578,61 @@ def train_sae(acts: Array, config: SAEConfig, key: Array) -> tuple[SAEParams, di
     ``'dead_fraction'`` at the chunk's end, and ``'resampled'`` (features resampled there).
   """
   if not isinstance(config, SAEConfig):
-    raise TypeError(f"config must be an SAEConfig, got {type(config).__name__}.")
+    raise TypeError(f'config must be an SAEConfig, got {type(config).__name__}.')
   acts = jnp.asarray(acts)
   if acts.ndim < 2 or acts.shape[0] == 0:
-    raise ValueError(f"acts must be [n, d] with n >= 1, got shape {acts.shape}.")
+    raise ValueError(f'acts must be [n, d] with n >= 1, got shape {acts.shape}.')
   acts = acts.reshape(-1, acts.shape[-1])
   if not jnp.issubdtype(acts.dtype, jnp.floating):
-    raise TypeError(f"acts must be floating point, got {acts.dtype}.")
+    raise TypeError(f'acts must be floating point, got {acts.dtype}.')
   if not bool(jnp.all(jnp.isfinite(acts))):
-    raise ValueError("acts contain NaN or inf.")
+    raise ValueError('acts contain NaN or inf.')
   acts = acts.astype(jnp.float32)
   d = acts.shape[-1]
   init_key, key = jax.random.split(key)
-  b_dec = jnp.mean(acts, axis=0) if config.init_b_dec == "mean" else None
-  params = init_sae(init_key, d, config.num_features, activation=config.activation,
-                    init_threshold=config.init_threshold, b_dec=b_dec)
+  b_dec = jnp.mean(acts, axis=0) if config.init_b_dec == 'mean' else None
+  params = init_sae(
+    init_key,
+    d,
+    config.num_features,
+    activation=config.activation,
+    init_threshold=config.init_threshold,
+    b_dec=b_dec,
+  )
   opt_state = _ADAM.init(params)
   spec = _step_spec(config)
   learning_rate = jnp.asarray(config.learning_rate, jnp.float32)
   l1_coeff = jnp.asarray(config.l1_coeff, jnp.float32)
   since_fired = jnp.zeros((config.num_features,), jnp.int32)
-  history: dict[str, list] = {name: [] for name in
-                              ("step", "loss", "mse", "l1", "l0", "fvu", "dead_fraction",
-                               "resampled")}
+  history: dict[str, list] = {
+    name: [] for name in ('step', 'loss', 'mse', 'l1', 'l0', 'fvu', 'dead_fraction', 'resampled')
+  }
   for chunk in range(config.num_steps // config.log_every):
     step = (chunk + 1) * config.log_every
     chunk_key = jax.random.fold_in(key, chunk)
     params, opt_state, since_fired, metrics = _train_chunk(
-        params, opt_state, since_fired, acts, chunk_key, learning_rate, l1_coeff, spec=spec)
+      params, opt_state, since_fired, acts, chunk_key, learning_rate, l1_coeff, spec=spec
+    )
     resampled = 0
     if config.resample_every and step % config.resample_every == 0 and step < config.num_steps:
       params, opt_state, since_fired, count = _resample_dead(
-          params, opt_state, since_fired, acts, jax.random.fold_in(chunk_key, 1), spec=spec,
-          num_features=config.num_features, pool=config.resample_pool)
+        params,
+        opt_state,
+        since_fired,
+        acts,
+        jax.random.fold_in(chunk_key, 1),
+        spec=spec,
+        num_features=config.num_features,
+        pool=config.resample_pool,
+      )
       resampled = int(count)
     metrics = jax.device_get(metrics)
-    if not np.isfinite(metrics["loss"]):
-      raise FloatingPointError(f"SAE loss became {metrics['loss']} in steps "
-                               f"{step - config.log_every}..{step}.")
-    history["step"].append(step)
-    for name in ("loss", "mse", "l1", "l0", "fvu", "dead_fraction"):
+    if not np.isfinite(metrics['loss']):
+      raise FloatingPointError(
+        f'SAE loss became {metrics["loss"]} in steps {step - config.log_every}..{step}.'
+      )
+    history['step'].append(step)
+    for name in ('loss', 'mse', 'l1', 'l0', 'fvu', 'dead_fraction'):
       history[name].append(float(metrics[name]))
-    history["resampled"].append(resampled)
+    history['resampled'].append(resampled)
   return params, history

@@ -35,9 +35,18 @@ PyTree = Any
 CONFIG_FILE = 'config.json'
 # Keys that may change between a run and its resumption: they do not change the numbers.
 # (total_steps is not among them: it shapes the learning-rate schedule.)
-RESUME_SAFE_KEYS = ('log_every', 'checkpoint.every_steps', 'checkpoint.keep', 'export',
-                    'progress_bar', 'throttle_s', 'peak_flops_per_device', 'guard',
-                    'metric_timeout_s', 'data.allow_changed_data')
+RESUME_SAFE_KEYS = (
+  'log_every',
+  'checkpoint.every_steps',
+  'checkpoint.keep',
+  'export',
+  'progress_bar',
+  'throttle_s',
+  'peak_flops_per_device',
+  'guard',
+  'metric_timeout_s',
+  'data.allow_changed_data',
+)
 # Keys added to the config after runs were already written, with the value that reproduces the
 # older behaviour: a config (saved or new) lacking one of them is read as holding this value.
 ADDED_KEYS = {'data.drop_truncated': False}
@@ -92,23 +101,30 @@ def is_disk_full(error: BaseException) -> bool:
   return False
 
 
-def _save_error(step: int, directory: str, error: BaseException,
-                kept: Optional[int]) -> CheckpointSaveError:
+def _save_error(
+  step: int, directory: str, error: BaseException, kept: Optional[int]
+) -> CheckpointSaveError:
   path = os.path.join(directory, str(step))
   what = 'disk full / cannot write' if is_disk_full(error) else 'cannot write'
   detail = str(error)
   if len(detail) > 400:
     detail = detail[:400] + '...'
-  kept_text = (f'the last complete checkpoint (step {kept}) is kept in {directory}, and a '
-               'rerun of the same command resumes from it' if kept is not None else
-               f'no complete checkpoint exists yet in {directory}, so a rerun starts afresh')
-  return CheckpointSaveError(f'checkpoint save of step {step} failed: {what} {path}: '
-                             f'{type(error).__name__}: {detail}. The run stops; {kept_text}.')
+  kept_text = (
+    f'the last complete checkpoint (step {kept}) is kept in {directory}, and a '
+    'rerun of the same command resumes from it'
+    if kept is not None
+    else f'no complete checkpoint exists yet in {directory}, so a rerun starts afresh'
+  )
+  return CheckpointSaveError(
+    f'checkpoint save of step {step} failed: {what} {path}: '
+    f'{type(error).__name__}: {detail}. The run stops; {kept_text}.'
+  )
 
 
 def _valid_data_state(data: Any) -> bool:
-  return isinstance(data, Mapping) and all(isinstance(data.get(k), int)
-                                           for k in ('epoch', 'index', 'seed'))
+  return isinstance(data, Mapping) and all(
+    isinstance(data.get(k), int) for k in ('epoch', 'index', 'seed')
+  )
 
 
 class StateCheckpointer:
@@ -127,8 +143,12 @@ class StateCheckpointer:
     if self._saving is not None:
       self.wait()  # orbax waits for the previous save anyway; this names its step if it failed
     try:
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(_flat(state)), data=ocp.args.JsonSave(dict(data_state))))
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_flat(state)), data=ocp.args.JsonSave(dict(data_state))
+        ),
+      )
     except Exception as error:  # pylint: disable=broad-except
       raise _save_error(step, self.directory, error, self.manager.latest_step()) from error
     self._saving = step
@@ -148,8 +168,12 @@ class StateCheckpointer:
 
   def restore(self, step: int, like: PyTree) -> tuple[PyTree, dict]:
     """Restores step ``step`` onto the shapes/shardings of the live state ``like``."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(_flat(like))), data=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(_flat(like))), data=ocp.args.JsonRestore()
+      ),
+    )
     return _unflat(restored['state'], like), dict(restored['data'])
 
   def restore_latest(self, like: PyTree) -> tuple[int, PyTree, Optional[dict]]:
@@ -168,8 +192,9 @@ class StateCheckpointer:
       try:
         state, data_state = self.restore(step, like)
         if not _valid_data_state(data_state):
-          raise ValueError(f'its data-iterator state {data_state!r} lacks integer '
-                           '"epoch", "index", "seed"')
+          raise ValueError(
+            f'its data-iterator state {data_state!r} lacks integer "epoch", "index", "seed"'
+          )
       except Exception as error:  # pylint: disable=broad-except
         bad.append((step, path, f'{type(error).__name__}: {str(error)[:300]}'))
         continue
@@ -179,13 +204,15 @@ class StateCheckpointer:
     if bad:
       details = '; '.join(f'step {s} at {p}: {e}' for s, p, e in bad)
       raise CheckpointCorruptError(
-          f'no checkpoint in {self.directory} can be read ({details}). Nothing was changed; '
-          'move the directory aside to start afresh, or restore it from a backup.')
+        f'no checkpoint in {self.directory} can be read ({details}). Nothing was changed; '
+        'move the directory aside to start afresh, or restore it from a backup.'
+      )
     return 0, like, None
 
   def _quarantine(self, bad, good_step: int) -> None:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       multihost_utils.sync_global_devices('peft_jax_restore_latest')  # all have read
     target_root = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)
     for step, path, error in bad:
@@ -193,11 +220,18 @@ class StateCheckpointer:
       if jax.process_index() == 0:
         os.makedirs(target_root, exist_ok=True)
         shutil.move(path, target)
-      logging.warning('checkpoint step %d at %s is unreadable (%s); falling back to the previous '
-                      'intact checkpoint, step %d. The bad one is moved (not deleted) to %s.',
-                      step, path, error, good_step, target)
+      logging.warning(
+        'checkpoint step %d at %s is unreadable (%s); falling back to the previous '
+        'intact checkpoint, step %d. The bad one is moved (not deleted) to %s.',
+        step,
+        path,
+        error,
+        good_step,
+        target,
+      )
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       multihost_utils.sync_global_devices('peft_jax_quarantine')
     self.manager.reload()
 
@@ -248,9 +282,10 @@ def load_trajectory(directory: str, like: PyTree) -> dict[int, PyTree]:
   """``{step: trainable params}`` of every snapshot, shaped like ``like`` (live or abstract)."""
   manager = ocp.CheckpointManager(os.path.abspath(directory))
   out = {}
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                       sharding=getattr(x, 'sharding', None)),
-                        _flat(like))
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+    _flat(like),
+  )
   for step in manager.all_steps():
     out[step] = _unflat(manager.restore(step, args=ocp.args.StandardRestore(target)), like)
   manager.close()
@@ -280,13 +315,16 @@ def _read_json(path: str, what: str) -> Any:
   except ValueError as error:
     line = getattr(error, 'lineno', '?')
     column = getattr(error, 'colno', '?')
-    raise ValueError(f'{path} line {line} column {column}: not valid JSON '
-                     f'({getattr(error, "msg", error)}); expected {what}. Found: '
-                     f'{text[:80]!r}') from error
+    raise ValueError(
+      f'{path} line {line} column {column}: not valid JSON '
+      f'({getattr(error, "msg", error)}); expected {what}. Found: '
+      f'{text[:80]!r}'
+    ) from error
 
 
-def check_or_write_config(workdir: str, config_dict: Mapping[str, Any], *,
-                          allow_changed: tuple[str, ...] = ()) -> None:
+def check_or_write_config(
+  workdir: str, config_dict: Mapping[str, Any], *, allow_changed: tuple[str, ...] = ()
+) -> None:
   """Writes ``<workdir>/config.json`` or, when one exists, refuses a resume with another config.
 
   ``config_dict`` may hold a :data:`FINGERPRINT_KEY` entry (the training data's path, size and
@@ -306,37 +344,51 @@ def check_or_write_config(workdir: str, config_dict: Mapping[str, Any], *,
   if os.path.exists(path):
     saved = _read_json(path, 'the JSON object launch.train wrote for this run')
     if not isinstance(saved, Mapping):
-      raise ValueError(f'{path}: expected a JSON object (the run config), found '
-                       f'{type(saved).__name__}')
+      raise ValueError(
+        f'{path}: expected a JSON object (the run config), found {type(saved).__name__}'
+      )
     old_flat, new_flat = _flatten_config(saved), _flatten_config(new)
     for key, value in ADDED_KEYS.items():  # absent (an older run, or a config built without
-      old_flat.setdefault(key, value)      # the key) reads as the behaviour-preserving value
+      old_flat.setdefault(key, value)  # the key) reads as the behaviour-preserving value
       new_flat.setdefault(key, value)
     if not any(k.startswith(FINGERPRINT_KEY + '.') for k in old_flat):
       # A run written before data fingerprints existed: record this one from now on.
       for key in [k for k in new_flat if k.startswith(FINGERPRINT_KEY + '.')]:
         old_flat[key] = new_flat[key]
-    differing = sorted(k for k in set(old_flat) | set(new_flat)
-                       if not _safe(k) and old_flat.get(k, '<absent>') != new_flat.get(k, '<absent>'))
-    allowed = [k for k in differing
-               if any(k == a or k.startswith(a + '.') for a in allow_changed)]
+    differing = sorted(
+      k
+      for k in set(old_flat) | set(new_flat)
+      if not _safe(k) and old_flat.get(k, '<absent>') != new_flat.get(k, '<absent>')
+    )
+    allowed = [k for k in differing if any(k == a or k.startswith(a + '.') for a in allow_changed)]
     if allowed:
-      logging.warning('workdir %s: resuming although %s changed (allowed by the config): %s',
-                      workdir, ', '.join(allowed), '; '.join(
-                          f'{k}: saved {old_flat.get(k, "<absent>")!r} -> new '
-                          f'{new_flat.get(k, "<absent>")!r}' for k in allowed))
+      logging.warning(
+        'workdir %s: resuming although %s changed (allowed by the config): %s',
+        workdir,
+        ', '.join(allowed),
+        '; '.join(
+          f'{k}: saved {old_flat.get(k, "<absent>")!r} -> new {new_flat.get(k, "<absent>")!r}'
+          for k in allowed
+        ),
+      )
     differing = [k for k in differing if k not in allowed]
     if differing:
-      details = '; '.join(f'{k}: saved {old_flat.get(k, "<absent>")!r} != new '
-                          f'{new_flat.get(k, "<absent>")!r}' for k in differing)
+      details = '; '.join(
+        f'{k}: saved {old_flat.get(k, "<absent>")!r} != new {new_flat.get(k, "<absent>")!r}'
+        for k in differing
+      )
       hint = ''
       if any(k.startswith(FINGERPRINT_KEY + '.') for k in differing):
-        hint = (' The training data changed since this run started (path, size or content '
-                'hash); pass --config.data.allow_changed_data=True to resume on the new data '
-                'anyway.')
-      raise ValueError(f'workdir {workdir!r} holds a run with a different config; refusing to '
-                       f'resume. Differing keys: {details}.{hint} Use a new workdir (keys that '
-                       f'may change on resume: {RESUME_SAFE_KEYS})')
+        hint = (
+          ' The training data changed since this run started (path, size or content '
+          'hash); pass --config.data.allow_changed_data=True to resume on the new data '
+          'anyway.'
+        )
+      raise ValueError(
+        f'workdir {workdir!r} holds a run with a different config; refusing to '
+        f'resume. Differing keys: {details}.{hint} Use a new workdir (keys that '
+        f'may change on resume: {RESUME_SAFE_KEYS})'
+      )
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     tmp = path + '.tmp'

@@ -15,11 +15,22 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Model: a tiny random decoder, or a Hugging Face directory when `path` is set
   # (then the size fields below are ignored; dtype/remat still apply).
-  config.model = ml_collections.ConfigDict(dict(
-      path='', model_type='llama', vocab_size=64, hidden_size=32, intermediate_size=64,
-      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+  config.model = ml_collections.ConfigDict(
+    dict(
+      path='',
+      model_type='llama',
+      vocab_size=64,
+      hidden_size=32,
+      intermediate_size=64,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=8,
       # Compute dtype; trainable params stay float32 either way.
-      dtype='float32', remat=False))
+      dtype='float32',
+      remat=False,
+    )
+  )
 
   # Adapter: a registered method (peft_jax.adapters.METHODS) injected with PEFT target
   # semantics: `targets` is a list (exact or '.'-suffix match of HF module names); a non-empty
@@ -27,42 +38,68 @@ def default_config() -> ml_collections.ConfigDict:
   # 'everything')) trains every parameter whatever the targets; kwargs=dict(scope='linear')
   # restricts it to the targeted kernels. A method's own parameter groups (DISeL's gates: lr x
   # gate_lr_mult, no decay) come from the method object.
-  config.adapter = ml_collections.ConfigDict(dict(
-      method='lora', targets=('q_proj', 'v_proj'), target_regex='',
-      kwargs=dict(rank=4, alpha=8.0)))
+  config.adapter = ml_collections.ConfigDict(
+    dict(
+      method='lora', targets=('q_proj', 'v_proj'), target_regex='', kwargs=dict(rank=4, alpha=8.0)
+    )
+  )
 
   # Data: a local JSONL/JSON/Parquet file or dataset directory of {"prompt","completion"} or
   # {"messages"} rows. tokenizer: 'byte' (ByteTokenizer over the model vocab), 'model' (the HF
   # directory's tokenizer) or a tokenizer directory. Rows longer than seq_len are cut (counted,
   # with a warning) or, with drop_truncated, left out. The data's fingerprint (path, size, hash)
   # is part of the resume guard; allow_changed_data resumes on a changed file anyway.
-  config.data = ml_collections.ConfigDict(dict(
-      path='', split='train', tokenizer='byte', seq_len=32, packing=True, shuffle=True,
-      drop_truncated=False, allow_changed_data=False))
+  config.data = ml_collections.ConfigDict(
+    dict(
+      path='',
+      split='train',
+      tokenizer='byte',
+      seq_len=32,
+      packing=True,
+      shuffle=True,
+      drop_truncated=False,
+      allow_changed_data=False,
+    )
+  )
 
   config.batch_size = 8  # global rows per step
   config.grad_accum_steps = 1  # microbatches per step (inner scan)
   config.total_steps = 20
 
-  config.optimizer = ml_collections.ConfigDict(dict(
-      peak_lr=3e-3, warmup_steps=2, decay='cosine', final_lr_fraction=0.0, b1=0.9, b2=0.999,
-      eps=1e-8, weight_decay=0.0, clip_norm=1.0,
+  config.optimizer = ml_collections.ConfigDict(
+    dict(
+      peak_lr=3e-3,
+      warmup_steps=2,
+      decay='cosine',
+      final_lr_fraction=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      clip_norm=1.0,
       no_decay_patterns=DEFAULT_NO_DECAY_PATTERNS,
       # (regex on '/'-joined param names, lr multiplier); first match wins.
-      lr_groups=()))
+      lr_groups=(),
+    )
+  )
 
   # Mesh (data, fsdp, tensor); -1 takes the remaining devices. Empty rules: the built-in table.
   config.mesh_shape = (-1, 1, 1)
   config.logical_axis_rules = ()
 
-  config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=10, keep=3,
+  config.checkpoint = ml_collections.ConfigDict(
+    dict(
+      every_steps=10,
+      keep=3,
       # Adapter snapshots every K steps (0: off), all kept, under <workdir>/trajectory.
-      snapshot_every=0))
+      snapshot_every=0,
+    )
+  )
   # Divergence guard: a non-finite loss / grad / update / param norm always stops the run; so
   # does one above its bound here (0: no bound). Defaults sit far above any healthy run.
-  config.guard = ml_collections.ConfigDict(dict(
-      max_loss=0.0, max_grad_norm=0.0, max_update_norm=1e6, max_param_norm=1e8))
+  config.guard = ml_collections.ConfigDict(
+    dict(max_loss=0.0, max_grad_norm=0.0, max_update_norm=1e6, max_param_norm=1e8)
+  )
   config.log_every = 1
   # Seconds the metric writer may stall (hung filesystem) before the run fails.
   config.metric_timeout_s = 60.0
@@ -79,8 +116,9 @@ def default_config() -> ml_collections.ConfigDict:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails early with the bad key and the valid values."""
   if config.adapter.method not in adapter_api.METHODS:
-    raise ValueError(f'config.adapter.method={config.adapter.method!r}; valid: '
-                     f'{adapter_api.method_names()}')
+    raise ValueError(
+      f'config.adapter.method={config.adapter.method!r}; valid: {adapter_api.method_names()}'
+    )
   if not config.data.path:
     raise ValueError('config.data.path is empty; give a JSONL/JSON/Parquet file or dataset dir')
   for key in ('total_steps', 'batch_size', 'grad_accum_steps', 'log_every', 'data.seq_len'):
@@ -90,8 +128,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(node, int) or isinstance(node, bool) or node <= 0:
       raise ValueError(f'config.{key}={node!r} must be a positive integer')
   if config.batch_size % config.grad_accum_steps:
-    raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
-                     f'config.grad_accum_steps={config.grad_accum_steps}')
+    raise ValueError(
+      f'config.batch_size={config.batch_size} is not divisible by '
+      f'config.grad_accum_steps={config.grad_accum_steps}'
+    )
   if config.checkpoint.every_steps <= 0:
     raise ValueError(f'config.checkpoint.every_steps={config.checkpoint.every_steps} must be > 0')
 
@@ -101,8 +141,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 REPLACED_WHOLE = ('adapter.kwargs',)
 
 
-def with_overrides(config: ml_collections.ConfigDict, overrides, where: str = 'overrides'
-                   ) -> ml_collections.ConfigDict:
+def with_overrides(
+  config: ml_collections.ConfigDict, overrides, where: str = 'overrides'
+) -> ml_collections.ConfigDict:
   """A copy of ``config`` with the nested ``overrides`` (dict or ConfigDict) applied.
 
   Sub-configs merge key by key; a key the config does not have is an error naming it, with the
@@ -114,11 +155,16 @@ def with_overrides(config: ml_collections.ConfigDict, overrides, where: str = 'o
     for key, value in dict(values).items():
       name = f'{prefix}{key}'
       if key not in target:
-        raise KeyError(f'{where}: {name!r} is not a train config key; valid at this level: '
-                       f'{sorted(target.keys())}')
+        raise KeyError(
+          f'{where}: {name!r} is not a train config key; valid at this level: '
+          f'{sorted(target.keys())}'
+        )
       current = target[key]
-      if (isinstance(current, ml_collections.ConfigDict) and name not in REPLACED_WHOLE
-          and isinstance(value, (dict, ml_collections.ConfigDict))):
+      if (
+        isinstance(current, ml_collections.ConfigDict)
+        and name not in REPLACED_WHOLE
+        and isinstance(value, (dict, ml_collections.ConfigDict))
+      ):
         apply(current, value, name + '.')
       else:
         if isinstance(value, ml_collections.ConfigDict):

@@ -39,8 +39,9 @@ class DivergenceGuard:
     thresholds = dict(thresholds or {})
     unknown = sorted(set(thresholds) - {f'max_{m}' for m in GUARDED_METRICS})
     if unknown:
-      raise ValueError(f'config.guard has unknown keys {unknown}; valid: '
-                       f'{[f"max_{m}" for m in GUARDED_METRICS]}')
+      raise ValueError(
+        f'config.guard has unknown keys {unknown}; valid: {[f"max_{m}" for m in GUARDED_METRICS]}'
+      )
     self.limits = {m: float(thresholds.get(f'max_{m}') or 0.0) for m in GUARDED_METRICS}
     for metric, limit in self.limits.items():
       if limit < 0 or math.isnan(limit):
@@ -57,8 +58,10 @@ class DivergenceGuard:
         return f'{metric} is {value} (non-finite)'
       limit = self.limits[metric]
       if limit and value > limit:
-        return (f'{metric} is {value:.4g}, above the explosion threshold '
-                f'config.guard.max_{metric}={limit:.4g}')
+        return (
+          f'{metric} is {value:.4g}, above the explosion threshold '
+          f'config.guard.max_{metric}={limit:.4g}'
+        )
     return None
 
   def check(self, step: int, metrics: Mapping[str, Any], last_good_step: Optional[int]) -> None:
@@ -73,13 +76,18 @@ class DivergenceGuard:
     if problem is None:
       return
     if last_good_step is None:
-      where = ('No checkpoint exists yet (none was written before this step), so there is '
-               'nothing to resume: start again in a new workdir with a lower '
-               'optimizer.peak_lr (or a longer warmup).')
+      where = (
+        'No checkpoint exists yet (none was written before this step), so there is '
+        'nothing to resume: start again in a new workdir with a lower '
+        'optimizer.peak_lr (or a longer warmup).'
+      )
     else:
-      where = (f'The last good checkpoint (step {last_good_step}) in '
-               f'{os.path.join(self.checkpoint_dir, str(last_good_step))} is intact: rerunning '
-               'the same command resumes from it; to change the learning rate, start a new '
-               'workdir.')
-    raise DivergenceError(f'step {step}: {problem}; the run diverged and stops before '
-                          f'checkpointing it. {where}')
+      where = (
+        f'The last good checkpoint (step {last_good_step}) in '
+        f'{os.path.join(self.checkpoint_dir, str(last_good_step))} is intact: rerunning '
+        'the same command resumes from it; to change the learning rate, start a new '
+        'workdir.'
+      )
+    raise DivergenceError(
+      f'step {step}: {problem}; the run diverged and stops before checkpointing it. {where}'
+    )

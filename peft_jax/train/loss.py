@@ -65,8 +65,13 @@ def make_sft_loss(apply_fn, combine_fn, *, dropout: bool = False):
 
   def loss_fn(trainable: Any, frozen: Any, batch: Mapping[str, Array], rng: Array):
     params = combine_fn(trainable, frozen)
-    logits = apply_fn(params, batch['tokens'], batch.get('positions'), batch.get('segment_ids'),
-                      rng if dropout else None)
+    logits = apply_fn(
+      params,
+      batch['tokens'],
+      batch.get('positions'),
+      batch.get('segment_ids'),
+      rng if dropout else None,
+    )
     return masked_cross_entropy_sum(logits, batch)
 
   return loss_fn

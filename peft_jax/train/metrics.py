@@ -34,16 +34,21 @@ class MetricWriteError(RunFailure, RuntimeError):
 
 def _write_error(path: str, error: BaseException) -> MetricWriteError:
   if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-    return MetricWriteError(f'disk full / cannot write {path}: {error}. The run stops; free '
-                            'space (or use another --workdir) and rerun to resume from the last '
-                            'complete checkpoint.')
-  return MetricWriteError(f'cannot write {path}: {type(error).__name__}: {error}. The run stops; '
-                          'rerun to resume from the last complete checkpoint.')
+    return MetricWriteError(
+      f'disk full / cannot write {path}: {error}. The run stops; free '
+      'space (or use another --workdir) and rerun to resume from the last '
+      'complete checkpoint.'
+    )
+  return MetricWriteError(
+    f'cannot write {path}: {type(error).__name__}: {error}. The run stops; '
+    'rerun to resume from the last complete checkpoint.'
+  )
 
 
 # ------------------------------------------------------------------------------------------------
 # TensorBoard event files: TFRecord framing with masked CRC-32C, Event/Summary protobufs.
 # ------------------------------------------------------------------------------------------------
+
 
 def _crc32c_table() -> list[int]:
   table = []
@@ -91,9 +96,13 @@ def _delimited(number: int, payload: bytes) -> bytes:
   return _field(number, 2) + _varint(len(payload)) + payload
 
 
-def encode_event(wall_time: float, step: Optional[int] = None, *,
-                 file_version: Optional[str] = None,
-                 scalars: Optional[Mapping[str, float]] = None) -> bytes:
+def encode_event(
+  wall_time: float,
+  step: Optional[int] = None,
+  *,
+  file_version: Optional[str] = None,
+  scalars: Optional[Mapping[str, float]] = None,
+) -> bytes:
   """A serialized ``tensorboard Event``: wall_time (1, double), step (2, int64), file_version
   (3, string), summary (5) with one ``Value{tag (1), simple_value (2, float)}`` per scalar."""
   out = _field(1, 1) + struct.pack('<d', wall_time)
@@ -103,8 +112,9 @@ def encode_event(wall_time: float, step: Optional[int] = None, *,
     out += _delimited(3, file_version.encode())
   if scalars:
     summary = b''.join(
-        _delimited(1, _delimited(1, tag.encode()) + _field(2, 5) + struct.pack('<f', value))
-        for tag, value in scalars.items())
+      _delimited(1, _delimited(1, tag.encode()) + _field(2, 5) + struct.pack('<f', value))
+      for tag, value in scalars.items()
+    )
     out += _delimited(5, summary)
   return out
 
@@ -112,8 +122,9 @@ def encode_event(wall_time: float, step: Optional[int] = None, *,
 def frame_record(data: bytes) -> bytes:
   """One TFRecord: length, masked CRC of the length, data, masked CRC of the data."""
   length = struct.pack('<Q', len(data))
-  return (length + struct.pack('<I', _masked_crc(length)) + data +
-          struct.pack('<I', _masked_crc(data)))
+  return (
+    length + struct.pack('<I', _masked_crc(length)) + data + struct.pack('<I', _masked_crc(data))
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,7 +157,8 @@ class MetricWriter:
       return
     tb_dir = os.path.join(workdir, 'tensorboard')
     self.events_path = os.path.join(
-        tb_dir, f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}')
+      tb_dir, f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}'
+    )
     current = self.path
     try:
       os.makedirs(tb_dir, exist_ok=True)
@@ -202,9 +214,10 @@ class MetricWriter:
       stalled = self._pending and time.monotonic() - self._last_progress > self.timeout_s
     if stalled:
       raise MetricWriteError(
-          f'cannot write {self.path}: the metric writer made no progress for more than '
-          f'{self.timeout_s:.0f} s with {self._pending} step(s) pending (disk full or a hung '
-          'filesystem?). The run stops; rerun to resume from the last complete checkpoint.')
+        f'cannot write {self.path}: the metric writer made no progress for more than '
+        f'{self.timeout_s:.0f} s with {self._pending} step(s) pending (disk full or a hung '
+        'filesystem?). The run stops; rerun to resume from the last complete checkpoint.'
+      )
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.active:
@@ -221,8 +234,10 @@ class MetricWriter:
       with self._pending_lock:
         self._pending -= 1
       self._check()
-      raise MetricWriteError(f'cannot write {self.path}: {self._queue.maxsize} logged steps are '
-                             f'waiting and none was written for {self.timeout_s:.0f} s') from None
+      raise MetricWriteError(
+        f'cannot write {self.path}: {self._queue.maxsize} logged steps are '
+        f'waiting and none was written for {self.timeout_s:.0f} s'
+      ) from None
 
   def close(self) -> None:
     """Writes what is pending (waiting at most ``timeout_s``) and closes the files."""
@@ -237,9 +252,11 @@ class MetricWriter:
     if self._error is not None:
       raise self._error
     if self._thread.is_alive():
-      raise MetricWriteError(f'cannot write {self.path}: the metric writer did not finish its '
-                             f'pending writes within {self.timeout_s:.0f} s (disk full or a hung '
-                             'filesystem?)')
+      raise MetricWriteError(
+        f'cannot write {self.path}: the metric writer did not finish its '
+        f'pending writes within {self.timeout_s:.0f} s (disk full or a hung '
+        'filesystem?)'
+      )
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -258,7 +275,8 @@ def read_metrics(workdir: str) -> list[dict]:
     except ValueError as error:
       if number == len(lines) and not line.endswith('\n'):
         break
-      raise ValueError(f'{path} line {number}: not a JSON object ({error}); found '
-                       f'{line[:80]!r}') from error
+      raise ValueError(
+        f'{path} line {number}: not a JSON object ({error}); found {line[:80]!r}'
+      ) from error
     by_step[row['step']] = row
   return [by_step[s] for s in sorted(by_step)]

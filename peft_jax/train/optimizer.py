@@ -26,14 +26,20 @@ PyTree = Any
 DEFAULT_NO_DECAY_PATTERNS = (r'.*bias.*', r'.*norm.*', r'.*scale')
 
 
-def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0, decay: str = 'cosine',
-                final_lr_fraction: float = 0.0) -> optax.Schedule:
+def lr_schedule(
+  peak_lr: float,
+  total_steps: int,
+  warmup_steps: int = 0,
+  decay: str = 'cosine',
+  final_lr_fraction: float = 0.0,
+) -> optax.Schedule:
   """Linear warmup from 0 to ``peak_lr``, then ``'cosine'``, ``'linear'`` or ``'constant'``."""
   if decay not in ('cosine', 'linear', 'constant'):
     raise ValueError(f"schedule decay {decay!r} must be one of 'cosine', 'linear', 'constant'")
   if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
-    raise ValueError(f'need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}), '
-                     'total_steps > 0')
+    raise ValueError(
+      f'need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}), total_steps > 0'
+    )
   end = peak_lr * final_lr_fraction
   decay_steps = max(total_steps - warmup_steps, 1)
   if decay == 'cosine':
@@ -62,8 +68,11 @@ def _groups_like(params: PyTree, groups: Optional[PyTree]) -> PyTree:
   return groups
 
 
-def decay_mask(params: PyTree, no_decay_patterns: Iterable[str] = DEFAULT_NO_DECAY_PATTERNS,
-               groups: Optional[PyTree] = None) -> PyTree:
+def decay_mask(
+  params: PyTree,
+  no_decay_patterns: Iterable[str] = DEFAULT_NO_DECAY_PATTERNS,
+  groups: Optional[PyTree] = None,
+) -> PyTree:
   """True for leaves that get weight decay.
 
   A method's parameter group decides when it says (``ParamGroup.weight_decay`` True/False, e.g.
@@ -80,15 +89,20 @@ def decay_mask(params: PyTree, no_decay_patterns: Iterable[str] = DEFAULT_NO_DEC
   return jax.tree_util.tree_map_with_path(one, params, _groups_like(params, groups))
 
 
-def lr_multipliers(params: PyTree, lr_groups: Sequence[tuple[str, float]] = (),
-                   groups: Optional[PyTree] = None) -> PyTree:
+def lr_multipliers(
+  params: PyTree, lr_groups: Sequence[tuple[str, float]] = (), groups: Optional[PyTree] = None
+) -> PyTree:
   """Tree of Python floats per leaf: the method group's multiplier times the multiplier of the
   first ``(regex, mult)`` of ``lr_groups`` matching the leaf's '/'-joined name (1 if none)."""
   for pattern, _ in lr_groups:
     re.compile(pattern)
   return jax.tree_util.tree_map_with_path(
-      lambda path, _, group: float(group.lr_multiplier) * float(
-          _first_match(path_name(path), lr_groups, 1.0)), params, _groups_like(params, groups))
+    lambda path, _, group: (
+      float(group.lr_multiplier) * float(_first_match(path_name(path), lr_groups, 1.0))
+    ),
+    params,
+    _groups_like(params, groups),
+  )
 
 
 def scale_by_tree(multipliers: PyTree) -> optax.GradientTransformation:
@@ -105,14 +119,23 @@ def scale_by_tree(multipliers: PyTree) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(params: PyTree, *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
-                   decay: str = 'cosine', final_lr_fraction: float = 0.0, b1: float = 0.9,
-                   b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-                   clip_norm: Optional[float] = 1.0,
-                   no_decay_patterns: Iterable[str] = DEFAULT_NO_DECAY_PATTERNS,
-                   lr_groups: Sequence[tuple[str, float]] = (),
-                   param_groups: Optional[PyTree] = None,
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+  params: PyTree,
+  *,
+  peak_lr: float,
+  total_steps: int,
+  warmup_steps: int = 0,
+  decay: str = 'cosine',
+  final_lr_fraction: float = 0.0,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+  clip_norm: Optional[float] = 1.0,
+  no_decay_patterns: Iterable[str] = DEFAULT_NO_DECAY_PATTERNS,
+  lr_groups: Sequence[tuple[str, float]] = (),
+  param_groups: Optional[PyTree] = None,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with clipping, a decay mask and per-group lr multipliers (module docstring math).
 
   Args:
@@ -134,8 +157,11 @@ def make_optimizer(params: PyTree, *, peak_lr: float, total_steps: int, warmup_s
     parts.append(optax.clip_by_global_norm(clip_norm))
   parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
   if weight_decay:
-    parts.append(optax.add_decayed_weights(
-        weight_decay, mask=decay_mask(params, no_decay_patterns, param_groups)))
+    parts.append(
+      optax.add_decayed_weights(
+        weight_decay, mask=decay_mask(params, no_decay_patterns, param_groups)
+      )
+    )
   parts.append(optax.scale_by_learning_rate(schedule))
   multipliers = lr_multipliers(params, lr_groups, param_groups)
   if any(m != 1.0 for m in jax.tree.leaves(multipliers)):

@@ -11,11 +11,20 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from peft_jax.parallel.sharding import (batch_sharding, logical_to_sharding,
-                                        opt_state_shardings, shardings_like)
+from peft_jax.parallel.sharding import (
+  batch_sharding,
+  logical_to_sharding,
+  opt_state_shardings,
+  shardings_like,
+)
 from peft_jax.train.optimizer import make_optimizer
-from peft_jax.train.step import (TrainState, init_train_state, jit_train_step, make_train_step,
-                                 train_state_shardings)
+from peft_jax.train.step import (
+  TrainState,
+  init_train_state,
+  jit_train_step,
+  make_train_step,
+  train_state_shardings,
+)
 
 PyTree = Any
 BATCH_KEYS = ('tokens', 'loss_mask', 'segment_ids', 'positions')
@@ -37,14 +46,24 @@ class ShardedTraining:
 
 
 def _as_float32(tree: PyTree) -> PyTree:
-  return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating)
-                      else x, tree)
+  return jax.tree.map(
+    lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+  )
 
 
-def setup_training(params: PyTree, axes: PyTree, *, loss_fn: Callable,
-                   partition_fn: Callable, mesh: Mesh, optimizer_kwargs: Mapping[str, Any],
-                   rules: Optional[Sequence] = None, seed: int = 0, grad_accum_steps: int = 1,
-                   batch_keys: Sequence[str] = BATCH_KEYS) -> ShardedTraining:
+def setup_training(
+  params: PyTree,
+  axes: PyTree,
+  *,
+  loss_fn: Callable,
+  partition_fn: Callable,
+  mesh: Mesh,
+  optimizer_kwargs: Mapping[str, Any],
+  rules: Optional[Sequence] = None,
+  seed: int = 0,
+  grad_accum_steps: int = 1,
+  batch_keys: Sequence[str] = BATCH_KEYS,
+) -> ShardedTraining:
   """Shards ``params`` by their logical ``axes``, splits trainable/frozen, builds the step.
 
   Args:
@@ -62,8 +81,10 @@ def setup_training(params: PyTree, axes: PyTree, *, loss_fn: Callable,
   full_shardings = logical_to_sharding(axes, mesh, rules, shapes=params)
   trainable, frozen = partition_fn(params)
   if not jax.tree.leaves(trainable):
-    raise ValueError('the trainable partition is empty: nothing to train (check the adapter '
-                     'targets or use method "full")')
+    raise ValueError(
+      'the trainable partition is empty: nothing to train (check the adapter '
+      'targets or use method "full")'
+    )
   trainable = _as_float32(trainable)  # trainable params stay float32 whatever the compute dtype
   trainable_shardings = shardings_like(trainable, full_shardings)
   frozen_shardings = shardings_like(frozen, full_shardings)
@@ -74,12 +95,22 @@ def setup_training(params: PyTree, axes: PyTree, *, loss_fn: Callable,
 
   frozen = jax.device_put(frozen, frozen_shardings)
   trainable = jax.device_put(trainable, trainable_shardings)
-  state = jax.jit(functools.partial(init_train_state, optimizer=optimizer, seed=seed),
-                  out_shardings=state_shardings)(trainable)
+  state = jax.jit(
+    functools.partial(init_train_state, optimizer=optimizer, seed=seed),
+    out_shardings=state_shardings,
+  )(trainable)
 
   batch_shardings = {key: batch_sharding(mesh, 2) for key in batch_keys}
   step = make_train_step(loss_fn, optimizer, schedule=schedule, grad_accum_steps=grad_accum_steps)
   jitted = jit_train_step(step, state_shardings, frozen_shardings, batch_shardings, mesh)
-  return ShardedTraining(mesh=mesh, state=state, frozen=frozen, train_step=jitted,
-                         optimizer=optimizer, schedule=schedule, state_shardings=state_shardings,
-                         frozen_shardings=frozen_shardings, batch_shardings=batch_shardings)
+  return ShardedTraining(
+    mesh=mesh,
+    state=state,
+    frozen=frozen,
+    train_step=jitted,
+    optimizer=optimizer,
+    schedule=schedule,
+    state_shardings=state_shardings,
+    frozen_shardings=frozen_shardings,
+    batch_shardings=batch_shardings,
+  )

@@ -62,8 +62,10 @@ class StopOnSignal:
       os.kill(os.getpid(), signum)
       return
     self.received = signum
-    sys.stderr.write(f'\n{signal.Signals(signum).name} received: finishing the current step, '
-                     'saving a checkpoint, then exiting (send it again to stop at once).\n')
+    sys.stderr.write(
+      f'\n{signal.Signals(signum).name} received: finishing the current step, '
+      'saving a checkpoint, then exiting (send it again to stop at once).\n'
+    )
     sys.stderr.flush()
 
   def install(self) -> 'StopOnSignal':
@@ -86,15 +88,21 @@ class StopOnSignal:
   def requested(self) -> Optional[int]:
     """The signal that asked to stop (agreed across processes), or ``None``."""
     import jax  # pylint: disable=g-import-not-at-top
+
     if jax.process_count() == 1:
       return self.received
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     flags = multihost_utils.process_allgather(np.int32(self.received or 0))
     received = int(np.max(flags))
     return received or None
 
   def interrupted(self, signum: int, step: int, checkpoint_dir: str) -> Interrupted:
     name = signal.Signals(signum).name
-    return Interrupted(f'{name}: training stopped after step {step}; checkpoint {step} saved in '
-                       f'{os.path.join(checkpoint_dir, str(step))}. Rerun the same command to '
-                       'resume from it.', signum, step)
+    return Interrupted(
+      f'{name}: training stopped after step {step}; checkpoint {step} saved in '
+      f'{os.path.join(checkpoint_dir, str(step))}. Rerun the same command to '
+      'resume from it.',
+      signum,
+      step,
+    )

@@ -35,18 +35,25 @@ class TrainState:
   rng: Array
 
 
-def init_train_state(params: PyTree, optimizer: optax.GradientTransformation,
-                     seed: int) -> TrainState:
+def init_train_state(
+  params: PyTree, optimizer: optax.GradientTransformation, seed: int
+) -> TrainState:
   """A fresh state (call under ``jax.jit`` with ``out_shardings`` to create it sharded)."""
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), rng=jax.random.PRNGKey(seed))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+    rng=jax.random.PRNGKey(seed),
+  )
 
 
-def train_state_shardings(state_shape: TrainState, params_shardings: PyTree,
-                          opt_shardings: PyTree, mesh) -> TrainState:
+def train_state_shardings(
+  state_shape: TrainState, params_shardings: PyTree, opt_shardings: PyTree, mesh
+) -> TrainState:
   """Shardings of a :class:`TrainState`: params and opt state as given, scalars replicated."""
-  return TrainState(step=replicated(mesh), params=params_shardings, opt_state=opt_shardings,
-                    rng=replicated(mesh))
+  return TrainState(
+    step=replicated(mesh), params=params_shardings, opt_state=opt_shardings, rng=replicated(mesh)
+  )
 
 
 def _tree_norm(tree: PyTree) -> Array:
@@ -72,15 +79,21 @@ def _microbatches(batch: Mapping[str, Array], accum_steps: int) -> dict[str, Arr
   out = {}
   for name, x in batch.items():
     if x.shape[0] % accum_steps:
-      raise ValueError(f'batch[{name!r}] has {x.shape[0]} rows, not divisible by '
-                       f'grad_accum_steps={accum_steps}')
+      raise ValueError(
+        f'batch[{name!r}] has {x.shape[0]} rows, not divisible by grad_accum_steps={accum_steps}'
+      )
     x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:])
     out[name] = jnp.swapaxes(x, 0, 1)
   return out
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-                    schedule: Optional[optax.Schedule] = None, grad_accum_steps: int = 1):
+def make_train_step(
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  *,
+  schedule: Optional[optax.Schedule] = None,
+  grad_accum_steps: int = 1,
+):
   """Builds ``train_step(state, frozen, batch) -> (state, metrics)`` (not yet jitted).
 
   The gradient is taken w.r.t. ``state.params`` only. With ``loss_fn`` returning
@@ -102,26 +115,32 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
       def accumulate(carry, inputs):
         index, microbatch = inputs
-        (loss_i, tokens_i), grads_i = grad_fn(state.params, frozen, microbatch,
-                                              jax.random.fold_in(rng, index))
+        (loss_i, tokens_i), grads_i = grad_fn(
+          state.params, frozen, microbatch, jax.random.fold_in(rng, index)
+        )
         loss_sum, num_tokens, grads = carry
-        return (loss_sum + loss_i, num_tokens + tokens_i,
-                jax.tree.map(jnp.add, grads, grads_i)), None
+        return (
+          loss_sum + loss_i,
+          num_tokens + tokens_i,
+          jax.tree.map(jnp.add, grads, grads_i),
+        ), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (loss_sum, num_tokens, grads), _ = jax.lax.scan(
-          accumulate, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros),
-          (jnp.arange(grad_accum_steps), micro))
+        accumulate,
+        (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros),
+        (jnp.arange(grad_accum_steps), micro),
+      )
     denominator = jnp.maximum(num_tokens, 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        'loss': loss_sum / denominator,
-        'num_tokens': num_tokens,
-        'grad_norm': optax.tree.norm(grads),
-        'param_norm': _tree_norm(params),
-        'update_norm': _tree_norm(updates),
+      'loss': loss_sum / denominator,
+      'num_tokens': num_tokens,
+      'grad_norm': optax.tree.norm(grads),
+      'param_norm': _tree_norm(params),
+      'update_norm': _tree_norm(updates),
     }
     if schedule is not None:
       metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
@@ -132,8 +151,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   return train_step
 
 
-def jit_train_step(train_step, state_shardings: TrainState, frozen_shardings: PyTree,
-                   batch_shardings: PyTree, mesh):
+def jit_train_step(
+  train_step, state_shardings: TrainState, frozen_shardings: PyTree, batch_shardings: PyTree, mesh
+):
   """One ``jax.jit`` with in/out shardings; the state is donated (updated in place)."""
-  return jax.jit(train_step, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
-                 out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
+  return jax.jit(
+    train_step,
+    in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+    out_shardings=(state_shardings, replicated(mesh)),
+    donate_argnums=(0,),
+  )

@@ -36,8 +36,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from peft_jax import hub
-from peft_jax import models
+from peft_jax import hub, models
 from peft_jax.adapters import api as adapter_api
 from peft_jax.data import sft
 from peft_jax.parallel import distributed, sharding
@@ -72,13 +71,15 @@ class TrainResult:
 # Building blocks
 # ------------------------------------------------------------------------------------------------
 
+
 def build_model(config: ml_collections.ConfigDict):
   """``(model, params, model_config, hf_tokenizer or None)`` from ``config.model``."""
   if config.model.path:
     # Params load in float32; the compute dtype and remat are ModelConfig switches.
     model, params, tokenizer = hub.load_pretrained(config.model.path)
-    model_config = dataclasses.replace(model.config, dtype=config.model.dtype,
-                                       remat=config.model.remat)
+    model_config = dataclasses.replace(
+      model.config, dtype=config.model.dtype, remat=config.model.remat
+    )
     return models.Decoder(model_config), params, model_config, tokenizer
   fields = {k: v for k, v in config.model.items() if k != 'path'}
   model_config = models.ModelConfig(**fields)
@@ -92,8 +93,10 @@ def make_method(config: ml_collections.ConfigDict):
   try:
     return adapter_api.make_method(config.adapter.method, **dict(config.adapter.kwargs))
   except ValueError as error:
-    raise ValueError(f'config.adapter.kwargs {sorted(config.adapter.kwargs)} do not fit '
-                     f'config.adapter.method={config.adapter.method!r}: {error}') from error
+    raise ValueError(
+      f'config.adapter.kwargs {sorted(config.adapter.kwargs)} do not fit '
+      f'config.adapter.method={config.adapter.method!r}: {error}'
+    ) from error
 
 
 def adapt(config: ml_collections.ConfigDict, params: PyTree, method) -> PyTree:
@@ -128,8 +131,13 @@ def host_copy(tree: PyTree) -> PyTree:
 # The loop
 # ------------------------------------------------------------------------------------------------
 
-def train(config: ml_collections.ConfigDict, workdir: str, *,
-          batch_hook: Optional[Callable[[int, dict], dict]] = None) -> TrainResult:
+
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  batch_hook: Optional[Callable[[int, dict], dict]] = None,
+) -> TrainResult:
   """Trains (or resumes) the run in ``workdir``; see the module docstring.
 
   Args:
@@ -163,42 +171,70 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   def apply_fn(tree, tokens, positions, segment_ids, rng):
     if rng is None:
       return model.apply({'params': tree}, tokens, positions=positions, segment_ids=segment_ids)
-    return model.apply({'params': tree}, tokens, positions=positions, segment_ids=segment_ids,
-                       deterministic=False, rngs={'dropout': rng})
+    return model.apply(
+      {'params': tree},
+      tokens,
+      positions=positions,
+      segment_ids=segment_ids,
+      deterministic=False,
+      rngs={'dropout': rng},
+    )
 
   loss_fn = make_sft_loss(apply_fn, combine_fn, dropout=method.needs_rng)
   optimizer_kwargs = dict(config.optimizer)
   optimizer_kwargs['lr_groups'] = [tuple(g) for g in optimizer_kwargs['lr_groups']]
   optimizer_kwargs['param_groups'] = adapter_api.param_groups
   training: ShardedTraining = setup_training(
-      params, axes, loss_fn=loss_fn, partition_fn=partition_fn, mesh=mesh,
-      optimizer_kwargs=dict(optimizer_kwargs, total_steps=config.total_steps), rules=rules,
-      seed=config.seed, grad_accum_steps=config.grad_accum_steps)
+    params,
+    axes,
+    loss_fn=loss_fn,
+    partition_fn=partition_fn,
+    mesh=mesh,
+    optimizer_kwargs=dict(optimizer_kwargs, total_steps=config.total_steps),
+    rules=rules,
+    seed=config.seed,
+    grad_accum_steps=config.grad_accum_steps,
+  )
   del params  # the sharded state and frozen partition own the weights now
-  num_params = adapter_api.count_params(
-      combine_fn(training.state.params, training.frozen))['total']
+  num_params = adapter_api.count_params(combine_fn(training.state.params, training.frozen))['total']
 
   # ---- Input pipeline (each process loads only its rows of every global batch) -------------
   tokenizer = make_tokenizer(config, model_config, hf_tokenizer)
   loaded = sft.read_rows(config.data.path, config.data.split)
-  arrays = sft.build_sft_arrays(loaded.rows, tokenizer, config.data.seq_len,
-                                packing=config.data.packing,
-                                drop_truncated=config.data.get('drop_truncated', False),
-                                locations=loaded.locations)
-  iterator = sft.SFTIterator(arrays, config.batch_size, seed=config.seed,
-                             process_index=jax.process_index(),
-                             process_count=jax.process_count(), shuffle=config.data.shuffle)
+  arrays = sft.build_sft_arrays(
+    loaded.rows,
+    tokenizer,
+    config.data.seq_len,
+    packing=config.data.packing,
+    drop_truncated=config.data.get('drop_truncated', False),
+    locations=loaded.locations,
+  )
+  iterator = sft.SFTIterator(
+    arrays,
+    config.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    shuffle=config.data.shuffle,
+  )
   # Everything is checked: only now write to the workdir.
   ckpt_lib.check_or_write_config(
-      workdir, dict(config.to_dict(), **{ckpt_lib.FINGERPRINT_KEY: loaded.fingerprint}),
-      allow_changed=((ckpt_lib.FINGERPRINT_KEY,) if config.data.get('allow_changed_data', False)
-                     else ()))
+    workdir,
+    dict(config.to_dict(), **{ckpt_lib.FINGERPRINT_KEY: loaded.fingerprint}),
+    allow_changed=(
+      (ckpt_lib.FINGERPRINT_KEY,) if config.data.get('allow_changed_data', False) else ()
+    ),
+  )
 
   # ---- Checkpoints: resume from the workdir when it holds one ------------------------------
-  checkpointer = ckpt_lib.StateCheckpointer(os.path.join(workdir, 'checkpoints'),
-                                            keep=config.checkpoint.keep)
-  trajectory = (ckpt_lib.TrajectoryWriter(os.path.join(workdir, 'trajectory'))
-                if config.checkpoint.snapshot_every else None)
+  checkpointer = ckpt_lib.StateCheckpointer(
+    os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep
+  )
+  trajectory = (
+    ckpt_lib.TrajectoryWriter(os.path.join(workdir, 'trajectory'))
+    if config.checkpoint.snapshot_every
+    else None
+  )
   start_step, state, data_state = checkpointer.restore_latest(training.state)
   if start_step:
     iterator.set_state(data_state)
@@ -236,9 +272,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         guard.check(step, metrics, checkpointer.latest_complete_step())
       losses.append((step, float(metrics['loss'])))
       if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
-        scalars = dict(metrics, step_seconds=seconds,
-                       tokens_per_second=tokens_per_step / seconds,
-                       mfu=flops_per_step / seconds / peak_flops)
+        scalars = dict(
+          metrics,
+          step_seconds=seconds,
+          tokens_per_second=tokens_per_step / seconds,
+          mfu=flops_per_step / seconds / peak_flops,
+        )
         writer.write(step + 1, scalars)
       if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == config.total_steps:
         checkpointer.save(step + 1, state, iterator.get_state())
@@ -264,24 +303,43 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if jax.process_index() == 0:
       if config.export.adapter:
         if method.peft_type is None:
-          raise ValueError(f'config.export.adapter: method {method.name!r} has no PEFT file '
-                           'format; use export.merged')
-        hub.save_adapter(host_tree, os.path.join(workdir, 'export', 'adapter'),
-                                 base_model_name_or_path=config.model.path or None)
+          raise ValueError(
+            f'config.export.adapter: method {method.name!r} has no PEFT file '
+            'format; use export.merged'
+          )
+        hub.save_adapter(
+          host_tree,
+          os.path.join(workdir, 'export', 'adapter'),
+          base_model_name_or_path=config.model.path or None,
+        )
       if config.export.merged:
         merged = adapter_api.merge(host_tree)
-        hub.save_pretrained(model_config, merged, os.path.join(workdir, 'export', 'merged'),
-                            tokenizer=hf_tokenizer)
+        hub.save_pretrained(
+          model_config, merged, os.path.join(workdir, 'export', 'merged'), tokenizer=hf_tokenizer
+        )
   compiles = training.train_step._cache_size() - compiles_before  # pylint: disable=protected-access
 
   def lower_step():
     abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-    batch_spec = {key: jax.ShapeDtypeStruct(
+    batch_spec = {
+      key: jax.ShapeDtypeStruct(
         (config.batch_size, config.data.seq_len),
-        np.float32 if key == 'loss_mask' else np.int32, sharding=sharding_)
-                  for key, sharding_ in training.batch_shardings.items()}
-    return training.train_step.lower(jax.tree.map(abstract, state),
-                                     jax.tree.map(abstract, training.frozen), batch_spec)
+        np.float32 if key == 'loss_mask' else np.int32,
+        sharding=sharding_,
+      )
+      for key, sharding_ in training.batch_shardings.items()
+    }
+    return training.train_step.lower(
+      jax.tree.map(abstract, state), jax.tree.map(abstract, training.frozen), batch_spec
+    )
 
-  return TrainResult(state=state, frozen=training.frozen, model=model, tree=tree, losses=losses,
-                     num_compiles=compiles, start_step=start_step, lower_step=lower_step)
+  return TrainResult(
+    state=state,
+    frozen=training.frozen,
+    model=model,
+    tree=tree,
+    losses=losses,
+    num_compiles=compiles,
+    start_step=start_step,
+    lower_step=lower_step,
+  )

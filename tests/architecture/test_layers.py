@@ -15,13 +15,18 @@ PACKAGE = ROOT / 'peft_jax'
 
 # Lower numbers are lower layers; a package may import only packages of a lower number.
 LAYERS = {
-    'common': 0,
-    'adapters': 1,
-    'models': 2, 'parallel': 2,
-    'hub': 3, 'data': 3,
-    'train': 4, 'evals': 4, 'geometry': 4, 'sae': 4,
-    'report': 5,
-    'arena': 6,
+  'common': 0,
+  'adapters': 1,
+  'models': 2,
+  'parallel': 2,
+  'hub': 3,
+  'data': 3,
+  'train': 4,
+  'evals': 4,
+  'geometry': 4,
+  'sae': 4,
+  'report': 5,
+  'arena': 6,
 }
 
 
@@ -76,8 +81,9 @@ def test_imports_point_down_the_layers(graph):
     for target in targets:
       other = _package(target)
       if other and other != source and LAYERS[other] >= LAYERS[source]:
-        bad.append(f'{module} -> {target} ({source} layer {LAYERS[source]}, '
-                   f'{other} layer {LAYERS[other]})')
+        bad.append(
+          f'{module} -> {target} ({source} layer {LAYERS[source]}, {other} layer {LAYERS[other]})'
+        )
   assert not bad, 'imports that do not point down the layers:\n' + '\n'.join(sorted(bad))
 
 
@@ -85,8 +91,11 @@ def test_no_import_cycles(graph):
   # Edges out of package __init__ files are re-exports of their own submodules: not part of the
   # dependency graph between modules.
   modules = _modules()
-  edges = {m: {t for t in targets if t != m}
-           for m, targets in graph.items() if modules[m].name != '__init__.py'}
+  edges = {
+    m: {t for t in targets if t != m}
+    for m, targets in graph.items()
+    if modules[m].name != '__init__.py'
+  }
   index, low, stack, on_stack, cycles = {}, {}, [], set(), []
 
   def visit(node):  # Tarjan's strongly connected components

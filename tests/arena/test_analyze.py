@@ -1,4 +1,5 @@
 """launch.analyze on a real (tiny) LoRA run with trajectory snapshots, checked against NumPy."""
+
 import json
 import os
 
@@ -45,9 +46,16 @@ def lora_run(tmp_path_factory, smoke_world):
   analysis_config.general_data = os.path.join(smoke_world['suite_dir'], 'sft', 'general.jsonl')
   analysis_config.geometry.num_prompts = 6
   analysis_config.paths.alphas = (0.0, 0.5, 1.0)
-  analysis_config.tasks = [dict(
-      type='gsm8k', name='gsm', kind='target', limit=2, max_new_tokens=4,
-      path=os.path.join(smoke_world['suite_dir'], 'targets', 'gsm_test.jsonl'))]
+  analysis_config.tasks = [
+    dict(
+      type='gsm8k',
+      name='gsm',
+      kind='target',
+      limit=2,
+      max_new_tokens=4,
+      path=os.path.join(smoke_world['suite_dir'], 'targets', 'gsm_test.jsonl'),
+    )
+  ]
   analysis = analyze.analyze_run(analysis_config, run_dir)
   return run_dir, analysis_config, analysis
 
@@ -71,27 +79,36 @@ def test_cka_and_distance_match_numpy(lora_run, smoke_world):
   train_config, result, base = analyze.load_run(run_dir)
   merged = api.merge(jax.device_get(result.tree))
   prompts = analyze.sft_prompts(analysis_config.general_data, 6)
-  caps0, mask = prompt_activations(result.model, base, analyze_tokenizer(train_config),
-                                   prompts, ['residual'])
-  caps1, _ = prompt_activations(result.model, merged, analyze_tokenizer(train_config),
-                                prompts, ['residual'])
+  caps0, mask = prompt_activations(
+    result.model, base, analyze_tokenizer(train_config), prompts, ['residual']
+  )
+  caps1, _ = prompt_activations(
+    result.model, merged, analyze_tokenizer(train_config), prompts, ['residual']
+  )
   real = mask.astype(bool)
   for layer in range(2):
-    expected = _linear_cka_reference(caps0[f'layers_{layer}/residual'][real],
-                                     caps1[f'layers_{layer}/residual'][real])
+    expected = _linear_cka_reference(
+      caps0[f'layers_{layer}/residual'][real], caps1[f'layers_{layer}/residual'][real]
+    )
     got = analysis['geometry']['activation']['cka'][layer]
     assert got == pytest.approx(expected, rel=1e-4)
-    assert analysis['trajectory']['cka_to_base_per_layer'][-1][layer] == pytest.approx(got,
-                                                                                      rel=1e-5)
+    assert analysis['trajectory']['cka_to_base_per_layer'][-1][layer] == pytest.approx(
+      got, rel=1e-5
+    )
   base_leaves = jax.tree.leaves(base)
-  distance = np.sqrt(sum(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-                         for a, b in zip(jax.tree.leaves(merged), base_leaves)))
+  distance = np.sqrt(
+    sum(
+      np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+      for a, b in zip(jax.tree.leaves(merged), base_leaves)
+    )
+  )
   assert analysis['trajectory']['distance_from_base'][-1] == pytest.approx(distance, rel=1e-4)
   assert analysis['trajectory']['distance_from_base'][0] == pytest.approx(0.0, abs=1e-6)
 
 
 def analyze_tokenizer(train_config):
   from peft_jax import hub  # pylint: disable=g-import-not-at-top
+
   return hub.load_tokenizer(train_config.model.path)
 
 

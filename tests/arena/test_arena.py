@@ -7,14 +7,13 @@ HF export) and runs the smoke preset on it; the tests read what it wrote.
 import json
 import os
 
+import helpers_hf
 import pytest
 
 from configs.arena import quick as arena_presets
-from peft_jax.arena import context
-from peft_jax.arena import pipeline
+from peft_jax.arena import context, pipeline
 from peft_jax.arena import stages as stages_lib
 from peft_jax.report import SECTIONS
-import helpers_hf
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -59,6 +58,7 @@ def test_figures_are_valid_pngs(arena_run):
   images = [f for f in os.listdir(report_dir) if f.endswith('.png')]
   assert len(images) >= 8
   import matplotlib.image  # pylint: disable=g-import-not-at-top
+
   for name in images:
     with open(os.path.join(report_dir, name), 'rb') as f:
       assert f.read(8) == PNG_SIGNATURE, name
@@ -82,8 +82,11 @@ def test_numbers_come_from_stage_outputs(arena_run):
     assert entry['train_loss'] == train['train_loss']
     assert len(train['train_loss']) == 4 and train['num_compiles'] == 1
   # α = 0 of every path, of every method, is the base model itself.
-  at_zero = {(entry[path]['general'][0], entry[path]['target'][0])
-             for entry in results['methods'].values() for path in ('interpolation', 'rewind')}
+  at_zero = {
+    (entry[path]['general'][0], entry[path]['target'][0])
+    for entry in results['methods'].values()
+    for path in ('interpolation', 'rewind')
+  }
   assert len(at_zero) == 1
 
 
@@ -94,13 +97,19 @@ def test_rerun_skips_completed_stages_and_redoes_interrupted_ones(arena_run):
   stages_lib.shutil.rmtree(os.path.join(root, 'paths_lora'))
   os.makedirs(os.path.join(root, '.paths_lora.tmp-12345', 'partial'))
   stages_lib.shutil.rmtree(os.path.join(root, 'drift'))
-  before = {name: os.path.getmtime(os.path.join(root, name, 'result.json'))
-            for name in os.listdir(root) if not name.startswith('.')}
+  before = {
+    name: os.path.getmtime(os.path.join(root, name, 'result.json'))
+    for name in os.listdir(root)
+    if not name.startswith('.')
+  }
   results = pipeline.run_arena(config, workdir)
   ran = json.load(open(os.path.join(root, 'report', 'result.json')))
   assert ran['paths']['html'].endswith('index.html')
-  after = {name: os.path.getmtime(os.path.join(root, name, 'result.json'))
-           for name in os.listdir(root) if not name.startswith('.') and name != 'report'}
+  after = {
+    name: os.path.getmtime(os.path.join(root, name, 'result.json'))
+    for name in os.listdir(root)
+    if not name.startswith('.') and name != 'report'
+  }
   redone = sorted(n for n in after if before.get(n) != after[n])
   assert redone == ['drift', 'paths_lora']
   assert results['methods']['lora']['interpolation']['alpha'] == list(config.paths.alphas)
@@ -134,10 +143,19 @@ def test_custom_preset_reads_any_checkpoint_and_task_files(arena_run):
   config.target = 'word_problems'
   config.target_train_path = os.path.join(suite_dir, 'sft', 'gsm.jsonl')
   config.tasks = [
-      dict(type='gsm8k', name='word_problems', kind='target', limit=3,
-           path=os.path.join(suite_dir, 'targets', 'gsm_test.jsonl')),
-      dict(type='nq_open', name='facts', limit=3,
-           path=os.path.join(suite_dir, 'general', 'nq_test.jsonl')),
+    dict(
+      type='gsm8k',
+      name='word_problems',
+      kind='target',
+      limit=3,
+      path=os.path.join(suite_dir, 'targets', 'gsm_test.jsonl'),
+    ),
+    dict(
+      type='nq_open',
+      name='facts',
+      limit=3,
+      path=os.path.join(suite_dir, 'general', 'nq_test.jsonl'),
+    ),
   ]
   ctx = context.build_context(config, str(os.path.join(workdir, 'custom')))
   assert [t.name for t in ctx.tasks] == ['word_problems', 'facts']

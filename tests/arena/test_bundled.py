@@ -6,18 +6,16 @@ The subset sizes and thresholds here are the ones recorded in peft_jax/bundled/t
 import json
 import os
 
+import helpers_hf
 import numpy as np
 import pytest
 
 from configs.arena import quick as arena_presets
 from peft_jax import hub
-from peft_jax.arena import pipeline
+from peft_jax.arena import pipeline, world
 from peft_jax.data.suite import layout
-from peft_jax.evals import axes
-from peft_jax.evals import load_task
+from peft_jax.evals import axes, load_task
 from peft_jax.evals.generation import Generator
-from peft_jax.arena import world
-import helpers_hf
 
 BUNDLED = 'bundled:tiny'
 # A small fixed subset: the first examples of each test split (bbh: per subtask).
@@ -59,8 +57,10 @@ def test_full_finetuning_trades_general_for_target(bundled, tmp_path):
   config.train.checkpoint.every_steps = 80
   config.progress_bar = False
   train_config = pipeline.method_train_config(
-      config, 'full', base_dir, os.path.join(suite_dir, 'sft', 'gsm.jsonl'))
+    config, 'full', base_dir, os.path.join(suite_dir, 'sft', 'gsm.jsonl')
+  )
   from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
+
   tuned = trainer.train(train_config, str(tmp_path / 'full')).tree
   before = axes.evaluate_scores(Generator(model, params, tokenizer).fn(), tasks, 64)
   after = axes.evaluate_scores(Generator(model, tuned, tokenizer).fn(), tasks, 64)

@@ -26,8 +26,7 @@ def test_tokenize_prompt_completion_mask_by_hand():
 def test_messages_plain_format_masks_assistant_content_only():
   row = {'messages': [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'yo'}]}
   tokens, mask = sft.tokenize_row(row, TOK, 64)
-  expected = ([1] + _ids('<|user|>\n') + _ids('hi\n') + _ids('<|assistant|>\n') + _ids('yo\n')
-              + [2])
+  expected = [1] + _ids('<|user|>\n') + _ids('hi\n') + _ids('<|assistant|>\n') + _ids('yo\n') + [2]
   expected_mask = [0] * (1 + 9 + 3 + 14) + [1] * 3 + [1]
   assert tokens.tolist() == expected
   assert mask.tolist() == expected_mask
@@ -36,6 +35,7 @@ def test_messages_plain_format_masks_assistant_content_only():
 def test_messages_with_hf_chat_template():
   import tokenizers
   from transformers import PreTrainedTokenizerFast
+
   vocab = {'[PAD]': 0, '[UNK]': 1, 'user': 2, 'assistant': 3, 'hi': 4, 'yo': 5, ':': 6, ';': 7}
   backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='[UNK]'))
   backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
@@ -63,8 +63,10 @@ def test_packing_by_hand():
 
 def test_packed_loss_weights_by_hand():
   from peft_jax.train.loss import next_token_targets
-  out = sft.pack_examples([(np.array([5, 6, 7]), np.array([0, 1, 1])),
-                           (np.array([8, 9]), np.array([0, 1]))], seq_len=6)
+
+  out = sft.pack_examples(
+    [(np.array([5, 6, 7]), np.array([0, 1, 1])), (np.array([8, 9]), np.array([0, 1]))], seq_len=6
+  )
   targets, weights = next_token_targets(out)
   # position t predicts t+1: 5->6 (target), 6->7 (target), 7->8 (crosses doc: no),
   # 8->9 (target), 9->pad (no)
@@ -83,6 +85,7 @@ def jsonl_path(tmp_path_factory):
 
 def test_load_jsonl_parquet_and_saved_dataset(jsonl_path, tmp_path):
   import datasets
+
   rows = sft.load_rows(jsonl_path)
   assert len(rows) == 40 and rows[3] == {'prompt': 'q3 ', 'completion': 'answer 3'}
   dataset = datasets.Dataset.from_list(rows)

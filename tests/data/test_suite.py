@@ -20,37 +20,42 @@ from peft_jax.evals import tasks as eval_tasks
 
 # The 25 registered IFEval ids with their official kwarg names.
 OFFICIAL_KWARGS = {
-    'keywords:existence': {'keywords'},
-    'keywords:frequency': {'keyword', 'frequency', 'relation'},
-    'keywords:forbidden_words': {'forbidden_words'},
-    'keywords:letter_frequency': {'letter', 'let_frequency', 'let_relation'},
-    'language:response_language': {'language'},
-    'length_constraints:number_sentences': {'num_sentences', 'relation'},
-    'length_constraints:number_paragraphs': {'num_paragraphs'},
-    'length_constraints:number_words': {'num_words', 'relation'},
-    'length_constraints:nth_paragraph_first_word': {'num_paragraphs', 'nth_paragraph',
-                                                    'first_word'},
-    'detectable_content:number_placeholders': {'num_placeholders'},
-    'detectable_content:postscript': {'postscript_marker'},
-    'detectable_format:number_bullet_lists': {'num_bullets'},
-    'detectable_format:constrained_response': set(),
-    'detectable_format:number_highlighted_sections': {'num_highlights'},
-    'detectable_format:multiple_sections': {'section_spliter', 'num_sections'},
-    'detectable_format:json_format': set(),
-    'detectable_format:title': set(),
-    'combination:two_responses': set(),
-    'combination:repeat_prompt': {'prompt_to_repeat'},
-    'startend:end_checker': {'end_phrase'},
-    'startend:quotation': set(),
-    'change_case:capital_word_frequency': {'capital_frequency', 'capital_relation'},
-    'change_case:english_capital': set(),
-    'change_case:english_lowercase': set(),
-    'punctuation:no_comma': set(),
+  'keywords:existence': {'keywords'},
+  'keywords:frequency': {'keyword', 'frequency', 'relation'},
+  'keywords:forbidden_words': {'forbidden_words'},
+  'keywords:letter_frequency': {'letter', 'let_frequency', 'let_relation'},
+  'language:response_language': {'language'},
+  'length_constraints:number_sentences': {'num_sentences', 'relation'},
+  'length_constraints:number_paragraphs': {'num_paragraphs'},
+  'length_constraints:number_words': {'num_words', 'relation'},
+  'length_constraints:nth_paragraph_first_word': {'num_paragraphs', 'nth_paragraph', 'first_word'},
+  'detectable_content:number_placeholders': {'num_placeholders'},
+  'detectable_content:postscript': {'postscript_marker'},
+  'detectable_format:number_bullet_lists': {'num_bullets'},
+  'detectable_format:constrained_response': set(),
+  'detectable_format:number_highlighted_sections': {'num_highlights'},
+  'detectable_format:multiple_sections': {'section_spliter', 'num_sections'},
+  'detectable_format:json_format': set(),
+  'detectable_format:title': set(),
+  'combination:two_responses': set(),
+  'combination:repeat_prompt': {'prompt_to_repeat'},
+  'startend:end_checker': {'end_phrase'},
+  'startend:quotation': set(),
+  'change_case:capital_word_frequency': {'capital_frequency', 'capital_relation'},
+  'change_case:english_capital': set(),
+  'change_case:english_lowercase': set(),
+  'punctuation:no_comma': set(),
 }
 
-BBH_FILE_TASKS = ('boolean_expressions', 'word_sorting', 'dyck_languages',
-                  'multistep_arithmetic_two', 'object_counting',
-                  'tracking_shuffled_objects_three_objects', 'navigate')
+BBH_FILE_TASKS = (
+  'boolean_expressions',
+  'word_sorting',
+  'dyck_languages',
+  'multistep_arithmetic_two',
+  'object_counting',
+  'tracking_shuffled_objects_three_objects',
+  'navigate',
+)
 
 
 @pytest.fixture(scope='module')
@@ -85,18 +90,31 @@ def test_same_seed_writes_byte_identical_files(generated, tmp_path):
   for name, path in paths.items():
     assert filecmp.cmp(path, paths_again[name], shallow=False), name
   other = suite.generate_suite(str(tmp_path / 'seed1'), seed=1)
-  assert not filecmp.cmp(paths['general/ifeval_train'], other['general/ifeval_train'],
-                         shallow=False)
+  assert not filecmp.cmp(
+    paths['general/ifeval_train'], other['general/ifeval_train'], shallow=False
+  )
 
 
 def test_layout_and_manifest_counts(generated):
   root, paths = generated
-  expected = {'general/ifeval_train', 'general/ifeval_test', 'general/nq_train', 'general/nq_test',
-              'targets/gsm_train', 'targets/gsm_test', 'targets/cipher_train',
-              'targets/cipher_test', 'sft/general', 'sft/gsm', 'sft/cipher', 'pretrain/corpus',
-              'manifest'}
-  expected |= {f'general/bbh/{split}/{task}' for split in ('train', 'test')
-               for task in BBH_FILE_TASKS}
+  expected = {
+    'general/ifeval_train',
+    'general/ifeval_test',
+    'general/nq_train',
+    'general/nq_test',
+    'targets/gsm_train',
+    'targets/gsm_test',
+    'targets/cipher_train',
+    'targets/cipher_test',
+    'sft/general',
+    'sft/gsm',
+    'sft/cipher',
+    'pretrain/corpus',
+    'manifest',
+  }
+  expected |= {
+    f'general/bbh/{split}/{task}' for split in ('train', 'test') for task in BBH_FILE_TASKS
+  }
   assert set(paths) == expected
   assert set(suite.BBH_TASKS) == set(BBH_FILE_TASKS)
   with open(paths['manifest']) as f:
@@ -126,8 +144,12 @@ def test_bad_sizes_raise_naming_the_key(tmp_path):
 
 def test_train_and_test_are_disjoint_for_every_task(generated):
   _, paths = generated
-  pairs = [('general/ifeval', 'prompt'), ('general/nq', 'question'), ('targets/gsm', 'question'),
-           ('targets/cipher', 'question')]
+  pairs = [
+    ('general/ifeval', 'prompt'),
+    ('general/nq', 'question'),
+    ('targets/gsm', 'question'),
+    ('targets/cipher', 'question'),
+  ]
   for stem, field in pairs:
     train = [r[field] for r in _jsonl(paths[stem + '_train'])]
     test = [r[field] for r in _jsonl(paths[stem + '_test'])]
@@ -167,15 +189,17 @@ def test_corpus_has_general_training_text_and_no_target_or_test_text(generated):
 
 
 _NQ_TEMPLATE_WORDS = set(
-    'where was born what is the job of favourite colour which country in river flows through '
-    'famous for kind animal does eat live'.split())
+  'where was born what is the job of favourite colour which country in river flows through '
+  'famous for kind animal does eat live'.split()
+)
 
 
 def test_nq_test_facts_are_in_the_corpus_but_not_their_questions(generated):
   _, paths = generated
   corpus = _jsonl(paths['pretrain/corpus'])
-  fact_sentences = [s for d in corpus if d['source'] == 'facts'
-                    for s in re.split(r'(?<=\.) ', d['text'])]
+  fact_sentences = [
+    s for d in corpus if d['source'] == 'facts' for s in re.split(r'(?<=\.) ', d['text'])
+  ]
   everything = '\n'.join(d['text'] for d in corpus)
   nq_test = _jsonl(paths['general/nq_test'])
   assert len(nq_test) > 50
@@ -185,8 +209,11 @@ def test_nq_test_facts_are_in_the_corpus_but_not_their_questions(generated):
     assert record['question'] == record['question'].strip() and not record['question'].endswith('?')
     subject = ' '.join(w for w in record['question'].split() if w not in _NQ_TEMPLATE_WORDS)
     value = record['answer'][0]
-    stated = [s for s in fact_sentences
-              if re.search(rf'\b{re.escape(subject)}\b', s) and re.search(rf'\b{value}\b', s)]
+    stated = [
+      s
+      for s in fact_sentences
+      if re.search(rf'\b{re.escape(subject)}\b', s) and re.search(rf'\b{value}\b', s)
+    ]
     assert stated, record
     assert record['question'] not in everything
 
@@ -225,8 +252,9 @@ def _own_check(instruction_id, response, kwargs, prompt):
     count = len(re.findall(kwargs['keyword'], response, re.I))
     return _compare(count, kwargs['relation'], kwargs['frequency'])
   if instruction_id == 'keywords:letter_frequency':
-    return _compare(lowered.count(kwargs['letter']), kwargs['let_relation'],
-                    kwargs['let_frequency'])
+    return _compare(
+      lowered.count(kwargs['letter']), kwargs['let_relation'], kwargs['let_frequency']
+    )
   if instruction_id == 'length_constraints:number_sentences':
     count = len(re.findall(r'[.!?](?:\s|$)', response))
     return _compare(count, kwargs['relation'], kwargs['num_sentences'])
@@ -238,8 +266,10 @@ def _own_check(instruction_id, response, kwargs, prompt):
   if instruction_id == 'length_constraints:nth_paragraph_first_word':
     paragraphs = [p for p in response.split('\n\n') if p.strip()]
     first = paragraphs[kwargs['nth_paragraph'] - 1].split()[0].lower()
-    return (len(paragraphs) == kwargs['num_paragraphs'] and
-            re.split(r"[.,?!'\"]", first)[0] == kwargs['first_word'])
+    return (
+      len(paragraphs) == kwargs['num_paragraphs']
+      and re.split(r"[.,?!'\"]", first)[0] == kwargs['first_word']
+    )
   if instruction_id == 'detectable_content:number_placeholders':
     return len(re.findall(r'\[[^\]]+\]', response)) >= kwargs['num_placeholders']
   if instruction_id == 'detectable_content:postscript':
@@ -250,8 +280,10 @@ def _own_check(instruction_id, response, kwargs, prompt):
     bullets = [l for l in lines if re.match(r'\s*\* \S', l) or re.match(r'\s*- ', l)]
     return len(bullets) == kwargs['num_bullets']
   if instruction_id == 'detectable_format:constrained_response':
-    return any(option in response.strip()
-               for option in ('My answer is yes.', 'My answer is no.', 'My answer is maybe.'))
+    return any(
+      option in response.strip()
+      for option in ('My answer is yes.', 'My answer is no.', 'My answer is maybe.')
+    )
   if instruction_id == 'detectable_format:number_highlighted_sections':
     return len(re.findall(r'\*[^\n*]+\*', response)) >= kwargs['num_highlights']
   if instruction_id == 'detectable_format:multiple_sections':
@@ -264,11 +296,15 @@ def _own_check(instruction_id, response, kwargs, prompt):
     return re.search(r'<<[^\n]+>>', response) is not None
   if instruction_id == 'combination:two_responses':
     pieces = response.split('******')
-    return len(pieces) == 2 and all(p.strip() for p in pieces) and (
-        pieces[0].strip() != pieces[1].strip())
+    return (
+      len(pieces) == 2
+      and all(p.strip() for p in pieces)
+      and (pieces[0].strip() != pieces[1].strip())
+    )
   if instruction_id == 'combination:repeat_prompt':
-    return (lowered.startswith(kwargs['prompt_to_repeat'].lower()) and
-            prompt.startswith(kwargs['prompt_to_repeat']))
+    return lowered.startswith(kwargs['prompt_to_repeat'].lower()) and prompt.startswith(
+      kwargs['prompt_to_repeat']
+    )
   if instruction_id == 'startend:end_checker':
     return lowered.rstrip('"').endswith(kwargs['end_phrase'].lower())
   if instruction_id == 'startend:quotation':
@@ -305,13 +341,21 @@ def test_every_ifeval_training_completion_follows_its_instructions(generated):
     response = record['completion']
     for instruction_id, kwargs in zip(record['instruction_id_list'], record['kwargs']):
       assert _own_check(instruction_id, response, kwargs, record['prompt']), (
-          instruction_id, kwargs, response)
+        instruction_id,
+        kwargs,
+        response,
+      )
       assert official_ifeval.follows_strict(instruction_id, response, kwargs), (
-          instruction_id, kwargs, response)
+        instruction_id,
+        kwargs,
+        response,
+      )
       checked += 1
   assert checked > len(train)
-  results = [official_ifeval.score_ifeval_example(r['completion'], r['instruction_id_list'],
-                                                  r['kwargs']) for r in train]
+  results = [
+    official_ifeval.score_ifeval_example(r['completion'], r['instruction_id_list'], r['kwargs'])
+    for r in train
+  ]
   accuracies = official_ifeval.ifeval_accuracies(results)
   assert all(value == 1.0 for value in accuracies.values()), accuracies
 
@@ -325,9 +369,11 @@ def test_constrained_response_answers_are_true_facts(generated):
       continue
     match = re.match(r'Does (\w+ \w+) work as a (\w+)\?', record['prompt'])
     if match:
-      stated = re.search(rf'{match[1]} works as the local {match[2]}\.|The job of {match[1]} '
-                         rf'is {match[2]}\.|The work of {match[1]} is that of a {match[2]}\.',
-                         facts)
+      stated = re.search(
+        rf'{match[1]} works as the local {match[2]}\.|The job of {match[1]} '
+        rf'is {match[2]}\.|The work of {match[1]} is that of a {match[2]}\.',
+        facts,
+      )
       assert (stated is not None) == record['completion'].startswith('My answer is yes.'), record
       checked += 1
   assert checked > 0
@@ -338,17 +384,17 @@ def test_constrained_response_answers_are_true_facts(generated):
 # ---------------------------------------------------------------------------------------------
 
 _CATEGORY_WORDS = {
-    'fruits': {'apple', 'banana', 'peach', 'plum', 'grape', 'orange'},
-    'vegetables': {'carrot', 'onion', 'potato', 'cabbage', 'yam', 'celery stalk'},
-    'animals': {'cat', 'dog', 'goat', 'rabbit', 'pig', 'cow'},
-    'musical instruments': {'piano', 'flute', 'drum', 'violin', 'trumpet', 'accordion'},
+  'fruits': {'apple', 'banana', 'peach', 'plum', 'grape', 'orange'},
+  'vegetables': {'carrot', 'onion', 'potato', 'cabbage', 'yam', 'celery stalk'},
+  'animals': {'cat', 'dog', 'goat', 'rabbit', 'pig', 'cow'},
+  'musical instruments': {'piano', 'flute', 'drum', 'violin', 'trumpet', 'accordion'},
 }
 _COUNT_WORDS = {'a': 1, 'an': 1, 'two': 2, 'three': 3}
 
 
 def _singular(noun):
   for suffix in ('es', 's'):
-    for candidate in (noun[:-len(suffix)],):
+    for candidate in (noun[: -len(suffix)],):
       if noun.endswith(suffix) and any(candidate in c for c in _CATEGORY_WORDS.values()):
         return candidate
   return noun
@@ -356,9 +402,17 @@ def _singular(noun):
 
 def _solve_bbh(task, text):
   if task == 'boolean_expressions':
-    assert text.endswith(' is') and set(text.split()) <= {'True', 'False', 'and', 'or', 'not',
-                                                          '(', ')', 'is'}
-    return str(eval(text[:-len(' is')]))  # pylint: disable=eval-used
+    assert text.endswith(' is') and set(text.split()) <= {
+      'True',
+      'False',
+      'and',
+      'or',
+      'not',
+      '(',
+      ')',
+      'is',
+    }
+    return str(eval(text[: -len(' is')]))  # pylint: disable=eval-used
   if task == 'word_sorting':
     return ' '.join(sorted(text.split('List: ')[1].split()))
   if task == 'dyck_languages':
@@ -371,7 +425,7 @@ def _solve_bbh(task, text):
         assert stack.pop() == symbol
     return ' '.join(reversed(stack))
   if task == 'multistep_arithmetic_two':
-    expression = text[:-len(' =')]
+    expression = text[: -len(' =')]
     assert re.fullmatch(r'[\d\s()+*-]+', expression)
     return str(eval(expression))  # pylint: disable=eval-used
   if task == 'object_counting':
@@ -436,14 +490,19 @@ def test_gsm_solutions_are_correct(generated):
         equations = re.findall(r'(\d+) ([-+*/]) (\d+) = (\d+)', line)
         assert len(equations) == 1, line
         a, op, b, c = equations[0]
-        value = {'+': int(a) + int(b), '-': int(a) - int(b), '*': int(a) * int(b),
-                 '/': int(a) / int(b)}[op]
+        value = {
+          '+': int(a) + int(b),
+          '-': int(a) - int(b),
+          '*': int(a) * int(b),
+          '/': int(a) / int(b),
+        }[op]
         assert value == int(c), line
         results.append(int(c))
       assert int(final[5:]) == results[-1]
       # Every number of the question is used by the solution.
       assert set(re.findall(r'\d+', record['question'])) <= set(
-          re.findall(r'\d+', '\n'.join(lines)))
+        re.findall(r'\d+', '\n'.join(lines))
+      )
       assert scorers.extract_gsm8k_reference(record['answer']) == final[5:]
 
 
@@ -454,8 +513,11 @@ def test_cipher_answers_are_correct(generated):
     for record in _jsonl(paths[f'targets/cipher_{split}']):
       answer = record['answer'].rsplit('\n#### ', 1)[1]
       reverse = re.fullmatch(r'Reverse the letters of the word ([a-z]+)\.', record['question'])
-      shift = re.fullmatch(r'Shift each letter of the word ([a-z]+) (forward|backward) by (\d) '
-                           r'in the alphabet\.', record['question'])
+      shift = re.fullmatch(
+        r'Shift each letter of the word ([a-z]+) (forward|backward) by (\d) '
+        r'in the alphabet\.',
+        record['question'],
+      )
       if reverse:
         expected = reverse[1][::-1]
         kinds.add('reverse')
@@ -483,8 +545,10 @@ def test_evaluation_loaders_read_the_files_and_score_the_references_as_correct(g
   bbh = eval_tasks.load_bbh(os.path.join(root, 'general/bbh/test'))
   assert {e.meta['subtask'] for e in bbh} == set(BBH_FILE_TASKS)
   assert len(bbh) == len(BBH_FILE_TASKS) * suite.DEFAULT_SIZES['bbh_test']
-  assert len(eval_tasks.load_ifeval(paths['general/ifeval_test'])) == (
-      suite.DEFAULT_SIZES['ifeval_test'])
+  assert (
+    len(eval_tasks.load_ifeval(paths['general/ifeval_test']))
+    == (suite.DEFAULT_SIZES['ifeval_test'])
+  )
   nq = eval_tasks.load_nq_open(paths['general/nq_test'])
   assert len(nq) == len(_jsonl(paths['general/nq_test']))
   for stem in ('targets/gsm_test', 'targets/cipher_test'):
@@ -494,8 +558,9 @@ def test_evaluation_loaders_read_the_files_and_score_the_references_as_correct(g
   for record in _jsonl(paths['sft/general']):
     if record['task'] == 'nq':
       question = re.search(r'Question: (.*)\n', record['prompt'])[1]
-      aliases = next(r['answer'] for r in _jsonl(paths['general/nq_train'])
-                     if r['question'] == question)
+      aliases = next(
+        r['answer'] for r in _jsonl(paths['general/nq_train']) if r['question'] == question
+      )
       assert scorers.score_nq(record['completion'], aliases) == 1.0
   for stem in ('sft/gsm', 'sft/cipher'):
     for record in _jsonl(paths[stem])[:100]:

@@ -6,8 +6,7 @@ import os
 import pytest
 import transformers
 
-from peft_jax.data import suite
-from peft_jax.data import tokenizer_train
+from peft_jax.data import suite, tokenizer_train
 
 VOCAB_SIZE = 2048
 
@@ -18,8 +17,10 @@ def trained(tmp_path_factory):
   paths = suite.generate_suite(root, seed=0)
   out_dir = os.path.join(root, 'tokenizer')
   written = suite.train_tokenizer(
-      tokenizer_train.corpus_texts(suite.tokenizer_training_files(paths)), out_dir,
-      vocab_size=VOCAB_SIZE)
+    tokenizer_train.corpus_texts(suite.tokenizer_training_files(paths)),
+    out_dir,
+    vocab_size=VOCAB_SIZE,
+  )
   tokenizer = transformers.AutoTokenizer.from_pretrained(out_dir)
   return paths, written, tokenizer
 
@@ -35,7 +36,10 @@ def test_directory_loads_with_special_tokens(trained):
   assert os.path.isfile(written['tokenizer_config'])
   assert len(tokenizer) == VOCAB_SIZE
   assert (tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token) == (
-      '<|pad|>', '<|bos|>', '<|eos|>')
+    '<|pad|>',
+    '<|bos|>',
+    '<|eos|>',
+  )
   assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
   for token in ('<|system|>', '<|user|>', '<|assistant|>'):
     assert len(tokenizer(token, add_special_tokens=False).input_ids) == 1
@@ -76,8 +80,10 @@ def test_every_sft_example_fits_in_144_tokens(trained):
 
 def test_chat_template_matches_render_chat(trained):
   _, _, tokenizer = trained
-  messages = [{'role': 'user', 'content': 'Tell me about Kelsa.'},
-              {'role': 'assistant', 'content': 'Kelsa is a city.'}]
+  messages = [
+    {'role': 'user', 'content': 'Tell me about Kelsa.'},
+    {'role': 'assistant', 'content': 'Kelsa is a city.'},
+  ]
   text = tokenizer.apply_chat_template(messages, tokenize=False)
   assert text == '<|user|>\nTell me about Kelsa.\n<|assistant|>\nKelsa is a city.<|eos|>'
   assert text == suite.render_chat('Tell me about Kelsa.', 'Kelsa is a city.')
@@ -90,7 +96,8 @@ def test_chat_template_matches_render_chat(trained):
   assert list(ids)[-1] == tokenizer.eos_token_id
   system = [{'role': 'system', 'content': 'Be brief.'}] + messages
   assert tokenizer.apply_chat_template(system, tokenize=False).startswith(
-      '<|system|>\nBe brief.\n<|user|>\n')
+    '<|system|>\nBe brief.\n<|user|>\n'
+  )
   with pytest.raises(Exception, match='chat role must be system, user or assistant'):
     tokenizer.apply_chat_template([{'role': 'robot', 'content': 'hi'}], tokenize=False)
 

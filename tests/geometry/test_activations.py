@@ -7,6 +7,7 @@ tolerances set by the float32 epsilon (1.2e-7) times the conditioning of each me
 SVD/eigh-based ones (Procrustes, PCA subspaces) the bound is computed from the test data's own
 singular values (tests/svd_bounds.py), so it holds on any CPU.
 """
+
 import os
 import sys
 
@@ -26,6 +27,7 @@ EPS = 1e-12
 
 
 # --- float64 references from the definitions ---------------------------------------------------
+
 
 def _center(x):
   return x - x.mean(axis=0)
@@ -89,15 +91,21 @@ def np_pointwise(x0, x1):
   cos = np.clip(np.sum(x0 * x1, axis=1) / (n0 * n1), -1, 1)
   angle = np.arccos(cos)
   r = n1 / (n0 + EPS)
-  return {"mean_cos": cos.mean(), "mean_one_minus_cos": (1 - cos).mean(),
-          "mean_angle": angle.mean(), "median_angle": np.median(angle),
-          "mean_abs_log_norm_ratio": np.abs(np.log(r + EPS)).mean(),
-          "norm_ratio_mean": r.mean(), "norm_ratio_std": r.std()}
+  return {
+    'mean_cos': cos.mean(),
+    'mean_one_minus_cos': (1 - cos).mean(),
+    'mean_angle': angle.mean(),
+    'median_angle': np.median(angle),
+    'mean_abs_log_norm_ratio': np.abs(np.log(r + EPS)).mean(),
+    'norm_ratio_mean': r.mean(),
+    'norm_ratio_std': r.std(),
+  }
 
 
 # --- data --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture(scope='module')
 def pairs():
   """(x0, x1) cases: n > d, n < d, rank-deficient, different widths (d0 != d1)."""
   rng = np.random.default_rng(0)
@@ -105,19 +113,20 @@ def pairs():
   wide = rng.standard_normal((7, 12))
   low_rank = rng.standard_normal((30, 3)) @ rng.standard_normal((3, 10))  # rank 3 < d = 10
   cases = {}
-  for name, x0 in (("n_gt_d", full), ("n_lt_d", wide), ("rank_deficient", low_rank)):
+  for name, x0 in (('n_gt_d', full), ('n_lt_d', wide), ('rank_deficient', low_rank)):
     x1 = x0 @ (np.eye(x0.shape[1]) + 0.3 * rng.standard_normal((x0.shape[1],) * 2)) + 0.2 * (
-        rng.standard_normal(x0.shape))
+      rng.standard_normal(x0.shape)
+    )
     cases[name] = (x0, x1)
   x0 = rng.standard_normal((25, 8))
-  cases["d0_ne_d1"] = (x0, np.tanh(x0 @ rng.standard_normal((8, 5))))
+  cases['d0_ne_d1'] = (x0, np.tanh(x0 @ rng.standard_normal((8, 5))))
   return cases
 
 
-CASES = ("n_gt_d", "n_lt_d", "rank_deficient", "d0_ne_d1")
+CASES = ('n_gt_d', 'n_lt_d', 'rank_deficient', 'd0_ne_d1')
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize('case', CASES)
 def test_metrics_match_float64_references(pairs, case):
   x0, x1 = pairs[case]
   with jax.enable_x64(True):
@@ -144,7 +153,8 @@ def test_metrics_match_float64_references(pairs, case):
   x0f, x1f = jnp.float32(x0), jnp.float32(x1)
   assert float(geometry.linear_cka(x0f, x1f)) == pytest.approx(np_cka_gram(x0, x1), rel=1e-5)
   assert abs(float(geometry.procrustes_residual(x0f, x1f)) - np_procrustes(x0, x1)) <= (
-      svd_bounds.procrustes_residual_bound(np.float32(x0), np.float32(x1)))
+    svd_bounds.procrustes_residual_bound(np.float32(x0), np.float32(x1))
+  )
 
 
 def test_paper_test_vectors():
@@ -152,13 +162,14 @@ def test_paper_test_vectors():
   np.random.seed(1337)
   x = np.random.randn(100, 10)
   y = np.random.randn(100, 10) + x
-  metrics = jax.jit(geometry.activation_geometry, static_argnames="pca_ks")(
-      jnp.float32(x), jnp.float32(y), pca_ks=())
-  assert float(metrics["cka"]) == pytest.approx(0.557613, abs=2e-6)
-  assert float(metrics["cka_debiased"]) == pytest.approx(0.51346, abs=1e-5)
-  assert float(metrics["raw_residual"]) == pytest.approx(0.991137, abs=2e-6)
-  assert float(metrics["procrustes_residual"]) == pytest.approx(0.972211, abs=2e-6)
-  assert float(metrics["gram_distortion"]) == pytest.approx(0.962571, abs=2e-6)
+  metrics = jax.jit(geometry.activation_geometry, static_argnames='pca_ks')(
+    jnp.float32(x), jnp.float32(y), pca_ks=()
+  )
+  assert float(metrics['cka']) == pytest.approx(0.557613, abs=2e-6)
+  assert float(metrics['cka_debiased']) == pytest.approx(0.51346, abs=1e-5)
+  assert float(metrics['raw_residual']) == pytest.approx(0.991137, abs=2e-6)
+  assert float(metrics['procrustes_residual']) == pytest.approx(0.972211, abs=2e-6)
+  assert float(metrics['gram_distortion']) == pytest.approx(0.962571, abs=2e-6)
 
 
 def test_pca_distance_and_principal_angles():
@@ -174,14 +185,18 @@ def test_pca_distance_and_principal_angles():
     a, b = rng.standard_normal((9, 4)), rng.standard_normal((9, 3))
     b_near = a[:, :3] + 1e-4 * rng.standard_normal((9, 3))
     for q0, q1 in ((a, b), (b, a), (a, b_near)):
-      np.testing.assert_allclose(jax.jit(geometry.principal_angles)(q0, q1),
-                                 scipy.linalg.subspace_angles(q0, q1), rtol=1e-9, atol=1e-14)
-  with pytest.raises(ValueError, match="k=20"):
+      np.testing.assert_allclose(
+        jax.jit(geometry.principal_angles)(q0, q1),
+        scipy.linalg.subspace_angles(q0, q1),
+        rtol=1e-9,
+        atol=1e-14,
+      )
+  with pytest.raises(ValueError, match='k=20'):
     geometry.pca_subspace_distance(x0, x1, 20)
 
 
 def test_invariances_and_identity(pairs):
-  x0, x1 = (jnp.float32(v) for v in pairs["n_gt_d"])
+  x0, x1 = (jnp.float32(v) for v in pairs['n_gt_d'])
   rng = np.random.default_rng(6)
   q64, _ = np.linalg.qr(rng.standard_normal((6, 6)))
   q = jnp.float32(q64)
@@ -196,16 +211,25 @@ def test_invariances_and_identity(pairs):
     assert float(geometry.procrustes_residual(x0_64, x0_64 @ q64 + 2.0)) < 1e-12
   shifted = x0 @ q + 2.0
   assert float(geometry.procrustes_residual(x0, shifted)) <= svd_bounds.procrustes_residual_bound(
-      np.asarray(x0), np.asarray(shifted))
+    np.asarray(x0), np.asarray(shifted)
+  )
   # Identical inputs: distances 0, CKA 1, cosines 1.
-  metrics = jax.jit(geometry.activation_geometry, static_argnames="pca_ks")(x0, x0, pca_ks=(2,))
-  for name in ("raw_residual", "gram_distortion", "pca_distance_k2",
-               "mean_one_minus_cos", "mean_abs_log_norm_ratio", "norm_ratio_std", "mean_angle",
-               "median_angle"):
+  metrics = jax.jit(geometry.activation_geometry, static_argnames='pca_ks')(x0, x0, pca_ks=(2,))
+  for name in (
+    'raw_residual',
+    'gram_distortion',
+    'pca_distance_k2',
+    'mean_one_minus_cos',
+    'mean_abs_log_norm_ratio',
+    'norm_ratio_std',
+    'mean_angle',
+    'median_angle',
+  ):
     assert abs(float(metrics[name])) < 2e-6, name
-  assert float(metrics["procrustes_residual"]) <= svd_bounds.procrustes_residual_bound(
-      np.asarray(x0), np.asarray(x0))
-  for name in ("cka", "cka_debiased", "mean_cos", "norm_ratio_mean"):
+  assert float(metrics['procrustes_residual']) <= svd_bounds.procrustes_residual_bound(
+    np.asarray(x0), np.asarray(x0)
+  )
+  for name in ('cka', 'cka_debiased', 'mean_cos', 'norm_ratio_mean'):
     assert float(metrics[name]) == pytest.approx(1.0, abs=2e-6), name
 
 
@@ -218,7 +242,7 @@ def test_masks_and_subsampling():
   mask[3, 2:] = 0
   real0, real1 = x0[mask.astype(bool)], x1[mask.astype(bool)]
   with jax.enable_x64(True):
-    everything = jax.jit(geometry.activation_geometry, static_argnames="pca_ks")
+    everything = jax.jit(geometry.activation_geometry, static_argnames='pca_ks')
     masked = everything(x0, x1, mask=mask, pca_ks=(2,))
     plain = everything(real0, real1, pca_ks=(2,))
     for name, value in plain.items():
@@ -228,21 +252,24 @@ def test_masks_and_subsampling():
     idx, w = geometry.subsample_tokens(36, 16, key, jnp.asarray(mask.reshape(-1)))
     idx, w = np.asarray(idx), np.asarray(w)
     assert len(set(idx.tolist())) == 16 and np.all(np.diff(idx) > 0) and np.all(w == 1)
-    gram = float(jax.jit(geometry.gram_distortion, static_argnames="max_tokens")(
-        x0, x1, mask=mask, max_tokens=16, key=key))
+    gram = float(
+      jax.jit(geometry.gram_distortion, static_argnames='max_tokens')(
+        x0, x1, mask=mask, max_tokens=16, key=key
+      )
+    )
     flat0, flat1 = x0.reshape(-1, 5), x1.reshape(-1, 5)
     assert gram == pytest.approx(np_gram(flat0, flat1, idx), rel=1e-10)
     # Same key -> same subset; different key -> a different one.
     idx2, _ = geometry.subsample_tokens(36, 16, key, jnp.asarray(mask.reshape(-1)))
     idx3, _ = geometry.subsample_tokens(36, 16, jax.random.key(4), jnp.asarray(mask.reshape(-1)))
     assert np.array_equal(idx, idx2) and not np.array_equal(idx, idx3)
-  with pytest.raises(ValueError, match="mask shape"):
+  with pytest.raises(ValueError, match='mask shape'):
     geometry.linear_cka(x0, x1, mask=mask[:, :3])
-  with pytest.raises(ValueError, match="same token dims"):
+  with pytest.raises(ValueError, match='same token dims'):
     geometry.linear_cka(x0, x1[:, :4])
 
 
-@pytest.mark.parametrize("case", ("n_gt_d", "d0_ne_d1"))
+@pytest.mark.parametrize('case', ('n_gt_d', 'd0_ne_d1'))
 def test_streaming_equals_one_shot(pairs, case):
   x0, x1 = pairs[case]
   n = x0.shape[0]
@@ -262,26 +289,34 @@ def test_streaming_equals_one_shot(pairs, case):
       # An all-padding batch changes nothing.
       state = update(state, b0[0].astype(dtype), b1[0].astype(dtype), mask=np.zeros(10))
       streamed = geometry.activation_stats_finalize(state, pca_ks=pca_ks)
-    assert float(streamed["cka"]) == pytest.approx(np_cka_gram(x0, x1), rel=rel)
+    assert float(streamed['cka']) == pytest.approx(np_cka_gram(x0, x1), rel=rel)
     # The closed form cancels (its float32 error is ~sqrt(eps32) of ||X0||, absolute): bounded
     # by the co-moments' accumulation and SVD errors.
-    procrustes_error = abs(float(streamed["procrustes_residual"]) - np_procrustes(x0, x1))
+    procrustes_error = abs(float(streamed['procrustes_residual']) - np_procrustes(x0, x1))
     if dtype == np.float64:
       assert procrustes_error <= rel * np_procrustes(x0, x1)
     else:
-      assert procrustes_error <= svd_bounds.streamed_procrustes_bound(np.float32(x0),
-                                                                      np.float32(x1))
+      assert procrustes_error <= svd_bounds.streamed_procrustes_bound(
+        np.float32(x0), np.float32(x1)
+      )
     if pca_ks:
       ref = np_pointwise(x0, x1)
-      assert float(streamed["raw_residual"]) == pytest.approx(np_raw(x0, x1), rel=rel)
-      pca_error = abs(float(streamed["pca_distance_k2"]) - np_pca_distance(x0, x1, 2))
+      assert float(streamed['raw_residual']) == pytest.approx(np_raw(x0, x1), rel=rel)
+      pca_error = abs(float(streamed['pca_distance_k2']) - np_pca_distance(x0, x1, 2))
       if dtype == np.float64:
         assert pca_error <= rel * 10 * np_pca_distance(x0, x1, 2)
       else:  # top-2 eigenvectors of the float32 co-moments: Davis-Kahan
-        assert pca_error <= svd_bounds.streamed_pca_distance_bound(np.float32(x0),
-                                                                   np.float32(x1), 2)
-      for name in ("mean_cos", "mean_angle", "mean_abs_log_norm_ratio", "norm_ratio_mean",
-                   "norm_ratio_std", "mean_one_minus_cos"):
+        assert pca_error <= svd_bounds.streamed_pca_distance_bound(
+          np.float32(x0), np.float32(x1), 2
+        )
+      for name in (
+        'mean_cos',
+        'mean_angle',
+        'mean_abs_log_norm_ratio',
+        'norm_ratio_mean',
+        'norm_ratio_std',
+        'mean_one_minus_cos',
+      ):
         assert float(streamed[name]) == pytest.approx(ref[name], rel=rel * 10), name
 
 
@@ -297,13 +332,14 @@ def test_vmap_over_layers_equals_per_layer():
       if name in svd_based:  # two float32 SVDs: within twice the bound of each
         assert abs(float(batched[name][layer]) - float(value)) <= 2 * svd_based[name], name
       else:
-        np.testing.assert_allclose(batched[name][layer], value, rtol=1e-5, atol=1e-6,
-                                   err_msg=name)
+        np.testing.assert_allclose(batched[name][layer], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def activation_svd_bounds(x0, x1, k):
   """Float32 error bounds of activation_geometry's SVD-based metrics (the rest are matmuls)."""
   procrustes = svd_bounds.procrustes_residual_bound(x0, x1)
-  return {"procrustes_residual": procrustes,
-          "procrustes_improvement": procrustes + 1e-5 * np_raw(x0, x1) + 1e-6,
-          f"pca_distance_k{k}": svd_bounds.pca_distance_bound(x0, x1, k)}
+  return {
+    'procrustes_residual': procrustes,
+    'procrustes_improvement': procrustes + 1e-5 * np_raw(x0, x1) + 1e-6,
+    f'pca_distance_k{k}': svd_bounds.pca_distance_bound(x0, x1, k),
+  }

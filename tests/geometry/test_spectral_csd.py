@@ -6,6 +6,7 @@ not float32 rounding; separate float32 tests check the library's default precisi
 bounds computed from the SVD's perturbation theory on the test matrices themselves
 (tests/svd_bounds.py: float32 eps times ||W|| / singular-value gap), not tuned to one machine.
 """
+
 import os
 import sys
 
@@ -43,11 +44,11 @@ def _np_smoothness(v, w=5):
   if len(v) < w:
     return 0.0
   p = w // 2
-  ma = np.convolve(np.pad(v, (p, p), mode="reflect"), np.ones(w) / w, mode="valid")
+  ma = np.convolve(np.pad(v, (p, p), mode='reflect'), np.ones(w) / w, mode='valid')
   return float(np.mean(np.abs(v - ma)))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def weights():
   rng = np.random.default_rng(0)
   w0 = rng.standard_normal((D_IN, D_OUT))  # Flax layout [d_in, d_out]
@@ -77,13 +78,13 @@ def test_profiles_float32_and_layouts(weights):
   energy = geometry.update_energy_profile(w0f, w1f)
   assert np.all(np.abs(energy - _np_energy(w0.T, w1.T)) <= bound_energy)
   # Another float32 SVD (of the transposed matrix): within both computations' bounds.
-  torch_layout = geometry.retention_profile(w0f.T, w1f.T, layout="torch")
+  torch_layout = geometry.retention_profile(w0f.T, w1f.T, layout='torch')
   assert np.all(np.abs(torch_layout - retention) <= 2 * bound_retention)
   # The bound is informative, not vacuous: ~1e-4 of the profile's scale here.
   assert np.max(bound_retention) < 1e-3 * np.max(_np_retention(w0.T, w1.T))
   with pytest.raises(ValueError, match="layout='jax' is not valid"):
-    geometry.retention_profile(w0f, w1f, layout="jax")
-  with pytest.raises(ValueError, match="same shape"):
+    geometry.retention_profile(w0f, w1f, layout='jax')
+  with pytest.raises(ValueError, match='same shape'):
     geometry.retention_profile(w0f, w1f.T)
 
 
@@ -95,7 +96,8 @@ def test_stable_rank_and_smoothness(weights):
       assert float(geometry.stable_rank(dw)) == pytest.approx(_np_stable_rank(dw), rel=1e-10)
     for v in (rng.random(9), rng.random(5), rng.random(30)):
       assert float(jax.jit(geometry.spectral_smoothness)(v)) == pytest.approx(
-          _np_smoothness(v), rel=1e-10)
+        _np_smoothness(v), rel=1e-10
+      )
     assert float(geometry.spectral_smoothness(rng.random(4))) == 0.0  # k < window
   # Rank-2 update: stable rank in [1, 2].
   assert 1.0 <= float(geometry.stable_rank(jnp.float32(w1 - w0))) <= 2.0
@@ -114,8 +116,9 @@ def test_sva_for_orthogonal_update(weights):
   _, _, vh1 = np.linalg.svd(w1.T, full_matrices=False)
   np.testing.assert_allclose(sva, np.abs(np.sum(vh0 * vh1, axis=1)), rtol=1e-9, atol=1e-12)
   with jax.enable_x64(True):
-    np.testing.assert_allclose(geometry.singular_vector_alignment(w0, w0), np.ones(D_OUT),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+      geometry.singular_vector_alignment(w0, w0), np.ones(D_OUT), rtol=1e-12
+    )
 
 
 def test_summary_and_vmap_over_layers(weights):
@@ -124,10 +127,15 @@ def test_summary_and_vmap_over_layers(weights):
     summary = jax.jit(geometry.spectral_summary)(w0, w1)
   ret, en = _np_retention(w0.T, w1.T), _np_energy(w0.T, w1.T)
   s = np.linalg.svd(w1 - w0, compute_uv=False)
-  ref = {"delta_P_diag_mean": ret.mean(), "delta_P_diag_max": ret.max(),
-         "E_delta_mean": en.mean(), "E_delta_max": en.max(),
-         "effective_rank": _np_stable_rank(w1 - w0),
-         "smoothness_retention": _np_smoothness(ret), "smoothness_adaptation": _np_smoothness(en)}
+  ref = {
+    'delta_P_diag_mean': ret.mean(),
+    'delta_P_diag_max': ret.max(),
+    'E_delta_mean': en.mean(),
+    'E_delta_max': en.max(),
+    'effective_rank': _np_stable_rank(w1 - w0),
+    'smoothness_retention': _np_smoothness(ret),
+    'smoothness_adaptation': _np_smoothness(en),
+  }
   for name, value in ref.items():
     assert float(getattr(summary, name)) == pytest.approx(value, rel=1e-9, abs=1e-13), name
   np.testing.assert_allclose(summary.delta_sv_top5, s[:5], rtol=1e-9, atol=1e-13)
@@ -143,8 +151,9 @@ def test_summary_and_vmap_over_layers(weights):
   for layer in range(3):
     single = geometry.spectral_summary(w0s[layer], w1s[layer])
     # Two float32 computations (vmapped and not): within twice the float32 bound of each field.
-    bounds = svd_bounds.summary_bounds(np.asarray(w0s[layer], np.float64).T,
-                                       np.asarray(w1s[layer], np.float64).T)
+    bounds = svd_bounds.summary_bounds(
+      np.asarray(w0s[layer], np.float64).T, np.asarray(w1s[layer], np.float64).T
+    )
     for name in single._fields:
       diff = np.abs(np.asarray(getattr(batched, name)[layer]) - np.asarray(getattr(single, name)))
       assert np.all(diff <= 2 * bounds[name]), (name, diff, bounds[name])
@@ -167,9 +176,10 @@ def test_csd_matches_numpy_with_padding(weights):
   general_mask[2, 1:] = 0
   h_target = rng.standard_normal((7, D_IN)) @ np.diag(np.linspace(0.1, 2.0, D_IN))
   with jax.enable_x64(True):
-    result = jax.jit(geometry.csd_general_vs_target)(h_general, h_target, w0, w1,
-                                                     general_mask=general_mask)
-    torch_layout = geometry.csd(h_target, w0.T, w1.T, layout="torch")
+    result = jax.jit(geometry.csd_general_vs_target)(
+      h_general, h_target, w0, w1, general_mask=general_mask
+    )
+    torch_layout = geometry.csd(h_target, w0.T, w1.T, layout='torch')
   real = h_general[general_mask.astype(bool)]
   ref_g = _np_csd(real, w0.T, w1.T)
   ref_t = _np_csd(h_target, w0.T, w1.T)
@@ -183,7 +193,7 @@ def test_csd_matches_numpy_with_padding(weights):
   np.testing.assert_allclose(tuple(f32), ref_g, rtol=1e-5)
   # No update: zero drift.
   assert float(geometry.csd(jnp.float32(real), jnp.float32(w0), jnp.float32(w0)).rel) == 0.0
-  with pytest.raises(ValueError, match="last dim"):
+  with pytest.raises(ValueError, match='last dim'):
     geometry.csd(jnp.zeros((4, D_OUT)), jnp.float32(w0), jnp.float32(w1))
 
 

@@ -44,19 +44,20 @@ def _hf_logits(model, tokens):
 
 
 @pytest.mark.parametrize('model_type', helpers_hf.MODEL_TYPES)
-def test_save_pretrained_loads_in_transformers_with_same_logits(checkpoints, model_type,
-                                                                tmp_path):
+def test_save_pretrained_loads_in_transformers_with_same_logits(checkpoints, model_type, tmp_path):
   _, path = checkpoints[model_type]
   model, params, _ = hub.load_pretrained(path)
   # New weights (not the ones transformers wrote) so the round trip proves our writer.
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(0), len(leaves))
-  params = jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape)
-                                        for x, k in zip(leaves, keys)])
+  params = jax.tree.unflatten(
+    treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  )
   out_dir = hub.save_pretrained(model.config, params, tmp_path / 'saved')
   assert sorted(os.listdir(out_dir)) == ['config.json', 'model.safetensors']
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-      out_dir, attn_implementation='eager', dtype=torch.float32).eval()
+    out_dir, attn_implementation='eager', dtype=torch.float32
+  ).eval()
   tokens = _tokens()
   ours = np.asarray(jax.jit(model.apply)({'params': params}, tokens))
   theirs = _hf_logits(reloaded, tokens)
@@ -114,8 +115,9 @@ def test_bfloat16_checkpoint_and_dtype_cast(tmp_path):
   _, params_bf16, _ = hub.load_pretrained(tmp_path / 'bf16', dtype=jnp.bfloat16)
   assert params_bf16['embed_tokens']['embedding'].dtype == jnp.bfloat16
   np.testing.assert_array_equal(
-      np.asarray(params_bf16['embed_tokens']['embedding'], np.float32),
-      hf_model.model.embed_tokens.weight.detach().float().numpy())
+    np.asarray(params_bf16['embed_tokens']['embedding'], np.float32),
+    hf_model.model.embed_tokens.weight.detach().float().numpy(),
+  )
   # Saving bf16 params writes bf16 tensors and tells transformers so.
   model, _, _ = hub.load_pretrained(tmp_path / 'bf16')
   out = hub.save_pretrained(model.config, params_bf16, tmp_path / 'bf16_again')
@@ -152,9 +154,10 @@ def _rewrite_tensors(src, dst, edit):
 
 def test_missing_tensor_is_named(checkpoints, tmp_path):
   _, path = checkpoints['llama']
-  bad = _rewrite_tensors(path, tmp_path / 'bad',
-                         lambda t: t.pop('model.layers.1.mlp.up_proj.weight'))
-  with pytest.raises(KeyError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*\(96, 64\)"):
+  bad = _rewrite_tensors(
+    path, tmp_path / 'bad', lambda t: t.pop('model.layers.1.mlp.up_proj.weight')
+  )
+  with pytest.raises(KeyError, match=r'model\.layers\.1\.mlp\.up_proj\.weight.*\(96, 64\)'):
     hub.load_pretrained(bad)
 
 
@@ -168,8 +171,11 @@ def test_wrong_shape_is_named_with_both_shapes(checkpoints, tmp_path):
 
 def test_unexpected_tensor_is_named(checkpoints, tmp_path):
   _, path = checkpoints['llama']
-  bad = _rewrite_tensors(path, tmp_path / 'bad', lambda t: t.update(
-      {'model.layers.0.self_attn.o_proj.bias': torch.zeros(64)}))
+  bad = _rewrite_tensors(
+    path,
+    tmp_path / 'bad',
+    lambda t: t.update({'model.layers.0.self_attn.o_proj.bias': torch.zeros(64)}),
+  )
   with pytest.raises(ValueError, match=r'o_proj\.bias'):
     hub.load_pretrained(bad)
 
@@ -225,17 +231,25 @@ def test_tokenizer_loading_and_left_padded_prompts(tmp_path):
   np.testing.assert_array_equal(tokens[0], [0] * 4 + expected_short)
   np.testing.assert_array_equal(mask[0], [0] * 4 + [1] * 9)
   assert mask[1].all()
-  plain, plain_mask = hub.encode_prompts(tokenizer, ['the cat', 'the dog sat'], chat=False,
-                                         pad_to_multiple_of=8)
+  plain, plain_mask = hub.encode_prompts(
+    tokenizer, ['the cat', 'the dog sat'], chat=False, pad_to_multiple_of=8
+  )
   np.testing.assert_array_equal(plain[0], [0] * 6 + [vocab['the'], vocab['cat']])
   assert plain.shape == (2, 8) and plain_mask.sum() == 5
-  messages = [[{'role': 'user', 'content': 'hello'}, {'role': 'assistant', 'content': 'world'},
-               {'role': 'user', 'content': 'the cat'}]]
+  messages = [
+    [
+      {'role': 'user', 'content': 'hello'},
+      {'role': 'assistant', 'content': 'world'},
+      {'role': 'user', 'content': 'the cat'},
+    ]
+  ]
   chat_ids, _ = hub.encode_prompts(tokenizer, messages, chat=True)
-  assert tokenizer.decode(chat_ids[0]) == ('<s> user : hello </s> <s> assistant : world </s> '
-                                           '<s> user : the cat </s> <s> assistant :')
-  no_template = hub.load_tokenizer(helpers_hf.save_tiny_tokenizer(tmp_path / 'plain',
-                                                                  chat_template=False))
+  assert tokenizer.decode(chat_ids[0]) == (
+    '<s> user : hello </s> <s> assistant : world </s> <s> user : the cat </s> <s> assistant :'
+  )
+  no_template = hub.load_tokenizer(
+    helpers_hf.save_tiny_tokenizer(tmp_path / 'plain', chat_template=False)
+  )
   fallback, _ = hub.encode_prompts(no_template, ['the cat'], chat=True)
   np.testing.assert_array_equal(fallback[0], [vocab['the'], vocab['cat']])
   with pytest.raises(ValueError, match='message-list prompts need chat=True'):

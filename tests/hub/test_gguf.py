@@ -52,28 +52,62 @@ ARCHS = gguf_io.SUPPORTED_ARCHITECTURES
 # K-quant block size needs. Gemma 2 gets head_dim 256 so transformers' default
 # query_pre_attn_scalar (256) is the same scale llama.cpp uses for a GGUF (head_dim^-1/2).
 TINY_OVERRIDES = {
-    'llama': dict(hidden_size=256, intermediate_size=512, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=64),
-    'qwen2': dict(hidden_size=256, intermediate_size=512, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=64),
-    'gemma2': dict(hidden_size=256, intermediate_size=512, num_attention_heads=2,
-                   num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256,
-                   sliding_window=4),
+  'llama': dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+  ),
+  'qwen2': dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+  ),
+  'gemma2': dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=256,
+    query_pre_attn_scalar=256,
+    sliding_window=4,
+  ),
 }
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-                 "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-                 "{% endif %}")
-CORPUS = ["the cat sat on the mat. the dog didn't. I'll say 1234 and 56.",
-          "Hello world! What's 12 + 7? It's 19, they're sure.\nNew line\n\n\ttab.",
-          "naïve café, émigré: 日本語 and emoji 🙂 mixed with ASCII text here."] * 5
-TEXTS = ['Hello world', 'the cat sat on the mat.', '  leading spaces and trailing  ',
-         "don't you're I'll we've", 'numbers 1234567 and 3.14159, 42x', 'tabs\tand\nnew\n\nlines',
-         'naïve émigré 日本語 🙂', '<|im_start|>user\nhi<|im_end|>', '<think>why</think> so',
-         'a' * 40, '']
-CHATS = [[{'role': 'user', 'content': 'What is 12 + 7?'}],
-         [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi there'},
-          {'role': 'assistant', 'content': "Hello! I'm here."},
-          {'role': 'user', 'content': 'Name 3 colors.'}]]
+CHAT_TEMPLATE = (
+  "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+  '<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n'
+  '{% endif %}'
+)
+CORPUS = [
+  "the cat sat on the mat. the dog didn't. I'll say 1234 and 56.",
+  "Hello world! What's 12 + 7? It's 19, they're sure.\nNew line\n\n\ttab.",
+  'naïve café, émigré: 日本語 and emoji 🙂 mixed with ASCII text here.',
+] * 5
+TEXTS = [
+  'Hello world',
+  'the cat sat on the mat.',
+  '  leading spaces and trailing  ',
+  "don't you're I'll we've",
+  'numbers 1234567 and 3.14159, 42x',
+  'tabs\tand\nnew\n\nlines',
+  'naïve émigré 日本語 🙂',
+  '<|im_start|>user\nhi<|im_end|>',
+  '<think>why</think> so',
+  'a' * 40,
+  '',
+]
+CHATS = [
+  [{'role': 'user', 'content': 'What is 12 + 7?'}],
+  [
+    {'role': 'system', 'content': 'Be brief.'},
+    {'role': 'user', 'content': 'Hi there'},
+    {'role': 'assistant', 'content': "Hello! I'm here."},
+    {'role': 'user', 'content': 'Name 3 colors.'},
+  ],
+]
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -104,8 +138,14 @@ def ours_logits(model, params, tokens, mask):
 
 def torch_logits(model, tokens, mask):
   with torch.no_grad():
-    return model(input_ids=torch.tensor(np.asarray(tokens), dtype=torch.long),
-                 attention_mask=torch.tensor(np.asarray(mask))).logits.float().numpy()
+    return (
+      model(
+        input_ids=torch.tensor(np.asarray(tokens), dtype=torch.long),
+        attention_mask=torch.tensor(np.asarray(mask)),
+      )
+      .logits.float()
+      .numpy()
+    )
 
 
 def max_err(a, b, mask):
@@ -122,8 +162,11 @@ def train_tiny_bpe(vocab_size=300):
   backend = tokenizers.Tokenizer(tokenizers.models.BPE())
   backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=['<|endoftext|>', '<|im_start|>', '<|im_end|>'],
-      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    vocab_size=vocab_size,
+    special_tokens=['<|endoftext|>', '<|im_start|>', '<|im_end|>'],
+    initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
   backend.train_from_iterator(CORPUS, trainer)
   model = json.loads(backend.to_str())['model']
   tokens = [t for t, _ in sorted(model['vocab'].items(), key=lambda kv: kv[1])]
@@ -138,16 +181,18 @@ def permute_rotary(weight, n_head):
   """llama.cpp's converter on an HF ``[n_head*hd, d_in]`` Q/K weight: rotate-half pairs
   ``(j, j + hd/2)`` of each head become adjacent rows ``(2j, 2j + 1)``."""
   rows = weight.shape[0]
-  return (weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2)
-          .reshape(weight.shape))
+  return (
+    weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
+    .swapaxes(1, 2)
+    .reshape(weight.shape)
+  )
 
 
 # Byte offsets of the float16 scale fields of one block (the rest of a block is integer data
 # whose every bit pattern is valid): Q2_K scales[16] qs[64] d dmin; Q3_K hmask[32] qs[64]
 # scales[12] d; Q4_K d dmin scales[12] qs[128]; Q5_K d dmin scales[12] qh[32] qs[128];
 # Q6_K ql[128] qh[64] scales[16] d.
-K_SCALE_OFFSETS = {'Q2_K': (80, 82), 'Q3_K': (108,), 'Q4_K': (0, 2), 'Q5_K': (0, 2),
-                   'Q6_K': (208,)}
+K_SCALE_OFFSETS = {'Q2_K': (80, 82), 'Q3_K': (108,), 'Q4_K': (0, 2), 'Q5_K': (0, 2), 'Q6_K': (208,)}
 
 
 def k_quant_blocks(shape, type_name, rng, target_std):
@@ -164,7 +209,9 @@ def k_quant_blocks(shape, type_name, rng, target_std):
 
   def set_scales(c):
     for i, offset in enumerate(K_SCALE_OFFSETS[type_name]):
-      raw[:, offset:offset + 2] = (unit[:, i] * c).astype(np.float16).view(np.uint8).reshape(-1, 2)
+      raw[:, offset : offset + 2] = (
+        (unit[:, i] * c).astype(np.float16).view(np.uint8).reshape(-1, 2)
+      )
 
   set_scales(1.0)
   data = raw.reshape(rows, cols // block * size)
@@ -183,14 +230,16 @@ def add_tensor(writer, name, array, type_name, rng):
   elif type_name == 'F16':
     writer.add_tensor(name, array.astype(np.float16))
   elif type_name in K_SCALE_OFFSETS:
-    writer.add_tensor(name, k_quant_blocks(array.shape, type_name, rng, float(array.std())),
-                      raw_dtype=QT[type_name])
+    writer.add_tensor(
+      name, k_quant_blocks(array.shape, type_name, rng, float(array.std())), raw_dtype=QT[type_name]
+    )
   else:
     writer.add_tensor(name, gguf.quants.quantize(array, QT[type_name]), raw_dtype=QT[type_name])
 
 
-def write_gguf(path, arch, hf_model, type_for, tokenizer=None, pre='default', seed=0,
-               softcap_keys=True):
+def write_gguf(
+  path, arch, hf_model, type_for, tokenizer=None, pre='default', seed=0, softcap_keys=True
+):
   """Writes ``hf_model`` (a transformers llama / qwen2 / gemma2) as llama.cpp would.
 
   ``type_for(gguf_name) -> type name`` picks each 2D tensor's GGML type (1D ones are F32).
@@ -237,12 +286,25 @@ def write_gguf(path, arch, hf_model, type_for, tokenizer=None, pre='default', se
   if not cfg.tie_word_embeddings:
     tensors.append(('output.weight', sd['lm_head.weight']))
   tensors.append(('output_norm.weight', plus(sd['model.norm.weight'])))
-  norms = ({'input_layernorm': 'attn_norm', 'post_attention_layernorm': 'post_attention_norm',
-            'pre_feedforward_layernorm': 'ffn_norm', 'post_feedforward_layernorm': 'post_ffw_norm'}
-           if gemma else {'input_layernorm': 'attn_norm', 'post_attention_layernorm': 'ffn_norm'})
-  linears = {'self_attn.q_proj': 'attn_q', 'self_attn.k_proj': 'attn_k',
-             'self_attn.v_proj': 'attn_v', 'self_attn.o_proj': 'attn_output',
-             'mlp.gate_proj': 'ffn_gate', 'mlp.up_proj': 'ffn_up', 'mlp.down_proj': 'ffn_down'}
+  norms = (
+    {
+      'input_layernorm': 'attn_norm',
+      'post_attention_layernorm': 'post_attention_norm',
+      'pre_feedforward_layernorm': 'ffn_norm',
+      'post_feedforward_layernorm': 'post_ffw_norm',
+    }
+    if gemma
+    else {'input_layernorm': 'attn_norm', 'post_attention_layernorm': 'ffn_norm'}
+  )
+  linears = {
+    'self_attn.q_proj': 'attn_q',
+    'self_attn.k_proj': 'attn_k',
+    'self_attn.v_proj': 'attn_v',
+    'self_attn.o_proj': 'attn_output',
+    'mlp.gate_proj': 'ffn_gate',
+    'mlp.up_proj': 'ffn_up',
+    'mlp.down_proj': 'ffn_down',
+  }
   for i in range(cfg.num_hidden_layers):
     prefix = f'model.layers.{i}.'
     for hf_name, name in linears.items():
@@ -267,8 +329,8 @@ def write_gguf(path, arch, hf_model, type_for, tokenizer=None, pre='default', se
 
 def transformers_gguf_model(path):
   return transformers.AutoModelForCausalLM.from_pretrained(
-      str(path.parent), gguf_file=path.name, attn_implementation='eager',
-      dtype=torch.float32).eval()
+    str(path.parent), gguf_file=path.name, attn_implementation='eager', dtype=torch.float32
+  ).eval()
 
 
 def transformers_gguf_tokenizer(path):
@@ -285,8 +347,9 @@ def tiny(tmp_path_factory):
   bpe = train_tiny_bpe()
   out = {'tokenizer': bpe, 'root': tmp_path_factory.mktemp('gguf')}
   for seed, arch in enumerate(ARCHS):
-    out[arch] = helpers_hf.tiny_hf_model(arch, seed=seed, vocab_size=len(bpe[0]),
-                                         **TINY_OVERRIDES[arch])
+    out[arch] = helpers_hf.tiny_hf_model(
+      arch, seed=seed, vocab_size=len(bpe[0]), **TINY_OVERRIDES[arch]
+    )
   return out
 
 
@@ -388,8 +451,7 @@ def test_bfloat16_params_and_shardings(tiny):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   shardings = jax.tree.map(lambda _: replicated, params32)
   # A directory holding one .gguf (and no safetensors) is a GGUF source too.
-  model16, params16, _ = hub.load_pretrained(path.parent, dtype=jnp.bfloat16,
-                                             shardings=shardings)
+  model16, params16, _ = hub.load_pretrained(path.parent, dtype=jnp.bfloat16, shardings=shardings)
   for a, b in zip(jax.tree.leaves(params32), jax.tree.leaves(params16)):
     assert b.dtype == jnp.bfloat16 and b.sharding == replicated
     np.testing.assert_array_equal(np.asarray(a.astype(jnp.bfloat16)), np.asarray(b))
@@ -449,10 +511,12 @@ def test_named_base_missing_package_says_how_to_install(monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # The real SmolLM2-135M-Instruct file
 
-PROMPTS = ['What is the capital of France? Answer in one word.',
-           'What is 12 + 7? Give only the number.',
-           'Write one sentence about the sea.',
-           'List three primary colors.']
+PROMPTS = [
+  'What is the capital of France? Answer in one word.',
+  'What is 12 + 7? Give only the number.',
+  'Write one sentence about the sea.',
+  'List three primary colors.',
+]
 LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
 
 
@@ -474,9 +538,16 @@ def smollm():
 
 def test_smollm_config(smollm):
   config = smollm['model'].config
-  assert (config.model_type, config.num_layers, config.hidden_size, config.num_heads,
-          config.num_kv_heads, config.head_dim, config.intermediate_size,
-          config.vocab_size) == ('llama', 30, 576, 9, 3, 64, 1536, 49152)
+  assert (
+    config.model_type,
+    config.num_layers,
+    config.hidden_size,
+    config.num_heads,
+    config.num_kv_heads,
+    config.head_dim,
+    config.intermediate_size,
+    config.vocab_size,
+  ) == ('llama', 30, 576, 9, 3, 64, 1536, 49152)
   assert config.tie_word_embeddings and config.rope_theta == 1e5
   assert abs(config.rms_norm_eps - 1e-5) < 1e-12
   assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (1, 2, 2)
@@ -499,14 +570,24 @@ def test_smollm_logits_equal_transformers_on_padded_batch(smollm):
 def test_smollm_greedy_generation_equals_transformers(smollm):
   tokenizer = smollm['tokenizer']
   tokens, mask = hub.encode_prompts(tokenizer, PROMPTS, chat=True)
-  out = generate(smollm['model'], smollm['params'], tokens, mask, key=jax.random.key(0),
-                 max_new_tokens=32)
+  out = generate(
+    smollm['model'], smollm['params'], tokens, mask, key=jax.random.key(0), max_new_tokens=32
+  )
   ours = np.asarray(out.tokens)
   with torch.no_grad():
-    theirs = smollm['reference'].generate(
-        input_ids=torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask),
-        max_new_tokens=32, do_sample=False, eos_token_id=2, pad_token_id=2).numpy()
-  theirs = theirs[:, tokens.shape[1]:]
+    theirs = (
+      smollm['reference']
+      .generate(
+        input_ids=torch.tensor(tokens, dtype=torch.long),
+        attention_mask=torch.tensor(mask),
+        max_new_tokens=32,
+        do_sample=False,
+        eos_token_id=2,
+        pad_token_id=2,
+      )
+      .numpy()
+    )
+  theirs = theirs[:, tokens.shape[1] :]
   theirs = np.pad(theirs, ((0, 0), (0, 32 - theirs.shape[1])), constant_values=2)
   texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ours]
   print('\n'.join(texts))
@@ -520,8 +601,9 @@ def test_smollm_tokenizer_equals_transformers(smollm):
   assert smollm['tokenizer'].chat_template == theirs.chat_template
   for prompt in PROMPTS:
     messages = [{'role': 'user', 'content': prompt}]
-    assert (smollm['tokenizer'].apply_chat_template(messages, tokenize=False)
-            == theirs.apply_chat_template(messages, tokenize=False))
+    assert smollm['tokenizer'].apply_chat_template(
+      messages, tokenize=False
+    ) == theirs.apply_chat_template(messages, tokenize=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -533,33 +615,47 @@ def smollm2l(smollm):
   """First 2 layers of both loads: ours (model, params) and a plain transformers copy."""
   config = smollm['model'].config
   config = config.replace(num_layers=2, layer_types=config.layer_types[:2])
-  params = {k: v for k, v in smollm['params'].items()
-            if not k.startswith('layers_') or k in ('layers_0', 'layers_1')}
+  params = {
+    k: v
+    for k, v in smollm['params'].items()
+    if not k.startswith('layers_') or k in ('layers_0', 'layers_1')
+  }
   reference = smollm['reference']
   hf_config = reference.config.to_dict()
   hf_config.pop('quantization_config', None)
   hf_config['num_hidden_layers'] = 2
-  state = {k: v for k, v in reference.state_dict().items()
-           if not k.startswith('model.layers.') or k.split('.')[2] in ('0', '1')}
+  state = {
+    k: v
+    for k, v in reference.state_dict().items()
+    if not k.startswith('model.layers.') or k.split('.')[2] in ('0', '1')
+  }
 
   def make_torch():
     model = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(**hf_config, attn_implementation='eager'))
+      transformers.LlamaConfig(**hf_config, attn_implementation='eager')
+    )
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {'lm_head.weight'}
     model.tie_weights()
     return model.eval()
 
   tokens, mask = hub.encode_prompts(smollm['tokenizer'], PROMPTS[:2], chat=True)
-  return dict(model=Decoder(config), params=params, make_torch=make_torch,
-              tokenizer=smollm['tokenizer'], tokens=tokens, mask=mask)
+  return dict(
+    model=Decoder(config),
+    params=params,
+    make_torch=make_torch,
+    tokenizer=smollm['tokenizer'],
+    tokens=tokens,
+    mask=mask,
+  )
 
 
 def test_gguf_to_hf_dir_export_loads_in_transformers(smollm2l, tmp_path):
   model, params = smollm2l['model'], smollm2l['params']
   out_dir = hub.save_pretrained(model.config, params, tmp_path / 'hf', smollm2l['tokenizer'])
   exported = transformers.AutoModelForCausalLM.from_pretrained(
-      str(out_dir), attn_implementation='eager', dtype=torch.float32).eval()
+    str(out_dir), attn_implementation='eager', dtype=torch.float32
+  ).eval()
   tokens, mask = smollm2l['tokens'], smollm2l['mask']
   ours = ours_logits(model, params, tokens, mask)
   theirs = torch_logits(exported, tokens, mask)
@@ -580,8 +676,10 @@ def test_gguf_to_hf_dir_export_loads_in_transformers(smollm2l, tmp_path):
 def test_peft_lora_trained_in_torch_loads_and_exports(smollm2l, tmp_path):
   tokens, mask = smollm2l['tokens'], smollm2l['mask']
   torch.manual_seed(0)
-  peft_model = peft.get_peft_model(smollm2l['make_torch'](), peft.LoraConfig(
-      r=8, lora_alpha=16, target_modules=LORA_TARGETS, lora_dropout=0.0))
+  peft_model = peft.get_peft_model(
+    smollm2l['make_torch'](),
+    peft.LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS, lora_dropout=0.0),
+  )
   optimizer = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
   input_ids = torch.tensor(tokens, dtype=torch.long)
   labels = torch.where(torch.tensor(mask) == 1, input_ids, -100)
@@ -605,15 +703,23 @@ def test_peft_lora_trained_in_torch_loads_and_exports(smollm2l, tmp_path):
   assert max_err(ours_logits(model, base, tokens, mask), theirs, mask) > 100 * tol  # it trained
 
   hub.save_adapter(adapted, str(tmp_path / 'jax_lora'))
-  reloaded = peft.PeftModel.from_pretrained(smollm2l['make_torch'](),
-                                            str(tmp_path / 'jax_lora')).eval()
+  reloaded = peft.PeftModel.from_pretrained(
+    smollm2l['make_torch'](), str(tmp_path / 'jax_lora')
+  ).eval()
   back = torch_logits(reloaded, tokens, mask)
   assert max_err(ours, back, mask) <= tol, (max_err(ours, back, mask), tol)
 
 
-METHODS = {'lora': dict(rank=4), 'dora': dict(rank=4), 'pissa': dict(rank=4),
-           'vera': dict(rank=16), 'oft': dict(block_size=32), 'miss': dict(rank=16),
-           'disel': dict(rank=4), 'full': {}}
+METHODS = {
+  'lora': dict(rank=4),
+  'dora': dict(rank=4),
+  'pissa': dict(rank=4),
+  'vera': dict(rank=16),
+  'oft': dict(block_size=32),
+  'miss': dict(rank=16),
+  'disel': dict(rank=4),
+  'full': {},
+}
 LEARNING_RATES = {'vera': 1e-2, 'full': 1e-4}
 # Square (q), narrowing (v: 576 -> 192) and MLP (down: 1536 -> 576) layers; all-linear would
 # only add compile time (and PiSSA's SVDs).
@@ -624,8 +730,7 @@ METHOD_TARGETS = ['q_proj', 'v_proj', 'down_proj']
 def test_every_method_trains_on_truncated_smollm(smollm2l, name):
   assert set(METHODS) == set(api.METHODS)
   model, base = smollm2l['model'], smollm2l['params']
-  tree = api.inject(base, api.make_method(name, **METHODS[name]), METHOD_TARGETS,
-                    jax.random.key(1))
+  tree = api.inject(base, api.make_method(name, **METHODS[name]), METHOD_TARGETS, jax.random.key(1))
   trainable, frozen = api.partition(tree)
   tokens = jnp.asarray(smollm2l['tokens'][:, -16:])
   optimizer = optax.adam(LEARNING_RATES.get(name, 1e-3))
@@ -636,6 +741,7 @@ def test_every_method_trains_on_truncated_smollm(smollm2l, name):
       logits = model.apply({'params': api.combine(t, frozen)}, tokens)
       log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
       return -jnp.mean(jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1))
+
     loss, grads = jax.value_and_grad(loss_fn)(trainable)
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates), opt_state, loss

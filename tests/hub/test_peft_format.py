@@ -23,7 +23,7 @@ from peft_jax.adapters.core import Adapted, matmul
 from peft_jax.hub.peft_format import load_adapter, save_adapter
 
 D_MODEL, D_KV, D_MLP = 16, 8, 24
-TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
+TARGETS = ['q_proj', 'v_proj', 'up_proj', 'down_proj']
 
 
 class _Attn(nn.Module):
@@ -72,21 +72,29 @@ def _base_torch():
 def _jax_params(module: nn.Module) -> dict:
   params = {}
   for name, p in module.named_parameters():
-    parts = name.split(".")  # model.layers.i.block.proj.weight
-    layer = f"layers_{parts[2]}"
+    parts = name.split('.')  # model.layers.i.block.proj.weight
+    layer = f'layers_{parts[2]}'
     params.setdefault(layer, {}).setdefault(parts[3], {})[parts[4]] = {
-        "kernel": jnp.asarray(p.detach().numpy().T)}
+      'kernel': jnp.asarray(p.detach().numpy().T)
+    }
   return params
 
 
-MODULES = [f"model.layers.{i}.{blk}.{proj}" for i in range(2)
-           for blk, proj in [("self_attn", "q_proj"), ("self_attn", "v_proj"), ("mlp", "up_proj"),
-                             ("mlp", "down_proj")]]
+MODULES = [
+  f'model.layers.{i}.{blk}.{proj}'
+  for i in range(2)
+  for blk, proj in [
+    ('self_attn', 'q_proj'),
+    ('self_attn', 'v_proj'),
+    ('mlp', 'up_proj'),
+    ('mlp', 'down_proj'),
+  ]
+]
 
 
 def _kernel_path(module_name: str) -> list[str]:
-  parts = module_name.split(".")
-  return [f"layers_{parts[2]}", parts[3], parts[4], "kernel"]
+  parts = module_name.split('.')
+  return [f'layers_{parts[2]}', parts[3], parts[4], 'kernel']
 
 
 def _node(tree, module_name):
@@ -109,7 +117,7 @@ def _compare(peft_model, tree, tol, extra_tol=None):
   ``tol`` plus ``extra_tol(name, x, ref)`` (a bound that depends on the layer's weights)."""
   errs, bounds = [], []
   for name in MODULES:
-    layer = peft_model.get_submodule("base_model.model." + name)
+    layer = peft_model.get_submodule('base_model.model.' + name)
     d_in = layer.in_features
     x = _x(d_in)
     with torch.no_grad():
@@ -132,58 +140,95 @@ def _perturb(peft_model, scale, seed=2):
 
 
 CONFIGS = {
-    "lora": (lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
-                                     rank_pattern={"down_proj": 2}, alpha_pattern={"up_proj": 3}),
-             0.3, 1e-5),
-    "rslora": (lambda: peft.LoraConfig(r=4, lora_alpha=8, use_rslora=True,
-                                       target_modules=TARGETS), 0.3, 1e-5),
-    "dora": (lambda: peft.LoraConfig(r=3, lora_alpha=6, use_dora=True, target_modules=TARGETS),
-             0.3, 1e-5),
-    "pissa": (lambda: peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="pissa",
-                                      target_modules=TARGETS), 0.1, 1e-5),
-    "vera": (lambda: peft.VeraConfig(r=6, target_modules=TARGETS), 0.3, 1e-5),
-    "oft_neumann": (lambda: peft.OFTConfig(oft_block_size=4, r=0, target_modules=TARGETS),
-                    0.1, 1e-4),
-    "oft_exact": (lambda: peft.OFTConfig(oft_block_size=8, r=0, use_cayley_neumann=False,
-                                         target_modules=TARGETS), 0.1, 1e-4),
-    "oft_share": (lambda: peft.OFTConfig(oft_block_size=4, r=0, block_share=True,
-                                         target_modules=TARGETS), 0.1, 1e-4),
-    "oft_coft": (lambda: peft.OFTConfig(oft_block_size=4, r=0, coft=True, eps=1e-2,
-                                        target_modules=TARGETS), 0.1, 1e-4),
-    "miss": (lambda: peft.MissConfig(r=5, target_modules=TARGETS), 0.3, 1e-5),
-    "miss_bat": (lambda: peft.MissConfig(r=4, init_weights="bat", target_modules=TARGETS),
-                 0.1, 1e-5),
-    "miss_mini": (lambda: peft.MissConfig(r=4, init_weights="mini", mini_r=4,
-                                          target_modules=TARGETS), 0.3, 1e-5),
+  'lora': (
+    lambda: peft.LoraConfig(
+      r=4,
+      lora_alpha=8,
+      target_modules=TARGETS,
+      rank_pattern={'down_proj': 2},
+      alpha_pattern={'up_proj': 3},
+    ),
+    0.3,
+    1e-5,
+  ),
+  'rslora': (
+    lambda: peft.LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=TARGETS),
+    0.3,
+    1e-5,
+  ),
+  'dora': (
+    lambda: peft.LoraConfig(r=3, lora_alpha=6, use_dora=True, target_modules=TARGETS),
+    0.3,
+    1e-5,
+  ),
+  'pissa': (
+    lambda: peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights='pissa', target_modules=TARGETS),
+    0.1,
+    1e-5,
+  ),
+  'vera': (lambda: peft.VeraConfig(r=6, target_modules=TARGETS), 0.3, 1e-5),
+  'oft_neumann': (lambda: peft.OFTConfig(oft_block_size=4, r=0, target_modules=TARGETS), 0.1, 1e-4),
+  'oft_exact': (
+    lambda: peft.OFTConfig(oft_block_size=8, r=0, use_cayley_neumann=False, target_modules=TARGETS),
+    0.1,
+    1e-4,
+  ),
+  'oft_share': (
+    lambda: peft.OFTConfig(oft_block_size=4, r=0, block_share=True, target_modules=TARGETS),
+    0.1,
+    1e-4,
+  ),
+  'oft_coft': (
+    lambda: peft.OFTConfig(oft_block_size=4, r=0, coft=True, eps=1e-2, target_modules=TARGETS),
+    0.1,
+    1e-4,
+  ),
+  'miss': (lambda: peft.MissConfig(r=5, target_modules=TARGETS), 0.3, 1e-5),
+  'miss_bat': (lambda: peft.MissConfig(r=4, init_weights='bat', target_modules=TARGETS), 0.1, 1e-5),
+  'miss_mini': (
+    lambda: peft.MissConfig(r=4, init_weights='mini', mini_r=4, target_modules=TARGETS),
+    0.3,
+    1e-5,
+  ),
 }
 
-EXPECTED_METHOD = {"lora": api.LoRA, "rslora": api.LoRA, "dora": api.DoRA, "pissa": api.PiSSA,
-                   "vera": api.VeRA, "oft_neumann": api.OFT, "oft_exact": api.OFT,
-                   "oft_share": api.OFT, "oft_coft": api.OFT, "miss": api.MiSS,
-                   "miss_bat": api.MiSS,
-                   "miss_mini": api.MiSS}
+EXPECTED_METHOD = {
+  'lora': api.LoRA,
+  'rslora': api.LoRA,
+  'dora': api.DoRA,
+  'pissa': api.PiSSA,
+  'vera': api.VeRA,
+  'oft_neumann': api.OFT,
+  'oft_exact': api.OFT,
+  'oft_share': api.OFT,
+  'oft_coft': api.OFT,
+  'miss': api.MiSS,
+  'miss_bat': api.MiSS,
+  'miss_mini': api.MiSS,
+}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def base_params():
   return _jax_params(_base_torch())
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize('name', sorted(CONFIGS))
 def test_peft_to_jax_and_back(name, base_params, tmp_path):
   make_config, scale, tol = CONFIGS[name]
   peft_model = peft.get_peft_model(_base_torch(), make_config())
   _perturb(peft_model, scale)
-  peft_model.save_pretrained(tmp_path / "peft")
-  tree = load_adapter(base_params, str(tmp_path / "peft"))
+  peft_model.save_pretrained(tmp_path / 'peft')
+  tree = load_adapter(base_params, str(tmp_path / 'peft'))
   assert isinstance(_node(tree, MODULES[0]).method, EXPECTED_METHOD[name])
   extra = None
-  if name == "pissa":
+  if name == 'pissa':
     # load_adapter re-derives the PiSSA residual W0 - s a0 b0 from W0 with its own (float64)
     # SVD, while PEFT's layer holds the residual of its float32 SVD: the outputs differ by
     # x (W_res - W_res_peft), bounded by |x|_2 times the SVD perturbation bound of the residual.
     extra = lambda module, x, ref: _pissa_residual_tol(
-        np.asarray(_node(base_params, module), np.float64), 4, 1.0, x, ref)
+      np.asarray(_node(base_params, module), np.float64), 4, 1.0, x, ref
+    )
   err = _compare(peft_model, tree, tol, extra)
 
   # Reverse: perturb in JAX, export, load with peft on a fresh (unmodified) base.
@@ -192,34 +237,41 @@ def test_peft_to_jax_and_back(name, base_params, tmp_path):
     if not isinstance(leaf, Adapted):
       return leaf
     keys = jax.random.split(jax.random.key(7), len(leaf.params))
-    params = {k: v + 0.5 * scale * jax.random.normal(kk, v.shape)
-              for kk, (k, v) in zip(keys, sorted(leaf.params.items()))}
+    params = {
+      k: v + 0.5 * scale * jax.random.normal(kk, v.shape)
+      for kk, (k, v) in zip(keys, sorted(leaf.params.items()))
+    }
     return Adapted(leaf.base, params, leaf.frozen, leaf.method)
+
   from peft_jax.adapters.inject import _map_tree
+
   tree2 = _map_tree(tree, bump)
-  save_adapter(tree2, str(tmp_path / "ours"), task_type=None)
-  reloaded = peft.PeftModel.from_pretrained(_base_torch(), str(tmp_path / "ours")).eval()
+  save_adapter(tree2, str(tmp_path / 'ours'), task_type=None)
+  reloaded = peft.PeftModel.from_pretrained(_base_torch(), str(tmp_path / 'ours')).eval()
   err2 = _compare(reloaded, tree2, tol)
-  print(f"\nPARITY {name}: peft->jax {err:.2e}, jax->peft {err2:.2e}")
+  print(f'\nPARITY {name}: peft->jax {err:.2e}, jax->peft {err2:.2e}')
 
 
 def test_saved_keys_and_config(base_params, tmp_path):
-  tree = api.inject(base_params, api.DoRA(rank=2, alpha=4), ["q_proj", "down_proj"],
-                    jax.random.key(0))
-  save_adapter(tree, str(tmp_path), base_model_name_or_path="tiny")
+  tree = api.inject(
+    base_params, api.DoRA(rank=2, alpha=4), ['q_proj', 'down_proj'], jax.random.key(0)
+  )
+  save_adapter(tree, str(tmp_path), base_model_name_or_path='tiny')
   from safetensors.numpy import load_file
-  tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
-  assert tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (2, 16)
-  assert tensors["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"].shape == (16, 2)
-  assert tensors["base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector"].shape == (
-      16,)
-  config = json.load(open(tmp_path / "adapter_config.json"))
-  assert config["peft_type"] == "LORA" and config["use_dora"] and config["r"] == 2
-  assert config["lora_alpha"] == 4 and config["base_model_name_or_path"] == "tiny"
+
+  tensors = load_file(str(tmp_path / 'adapter_model.safetensors'))
+  assert tensors['base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'].shape == (2, 16)
+  assert tensors['base_model.model.model.layers.1.mlp.down_proj.lora_B.weight'].shape == (16, 2)
+  assert tensors['base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector'].shape == (
+    16,
+  )
+  config = json.load(open(tmp_path / 'adapter_config.json'))
+  assert config['peft_type'] == 'LORA' and config['use_dora'] and config['r'] == 2
+  assert config['lora_alpha'] == 4 and config['base_model_name_or_path'] == 'tiny'
 
 
-U32 = 2.0 ** -24  # float32 unit roundoff
-U64 = 2.0 ** -53
+U32 = 2.0**-24  # float32 unit roundoff
+U64 = 2.0**-53
 
 
 def svd_factor_bounds(w, rank, scale, delta):
@@ -242,7 +294,7 @@ def svd_factor_bounds(w, rank, scale, delta):
   bound_a, bound_b, bound_res = [], [], 0.0
   for i in range(rank):
     gap = np.min(np.abs(np.delete(others, i) - sv[i]))
-    assert gap > 2 * delta, f"singular value {i} is not separated: gap {gap} vs {delta}"
+    assert gap > 2 * delta, f'singular value {i} is not separated: gap {gap} vs {delta}'
     move = np.sqrt(2) * np.sqrt(2) * delta / (gap - delta)  # ||u'_i - u_i||_2, sign-aligned
     root = np.sqrt((sv[i] + delta) / scale)
     shift = delta / np.sqrt(scale * sv[i])  # |sqrt(sv'/s) - sqrt(sv/s)|
@@ -269,18 +321,18 @@ def test_pissa_factors_equal_peft(base_params):
   ``max(m, n) * eps32 * ||W||`` (LAPACK's bound ``p(m, n) eps ||W||``, with ``p = max(m, n)``)."""
   base = _base_torch()
   w_orig = {n: p.detach().numpy().copy() for n, p in base.named_parameters()}
-  peft_model = peft.get_peft_model(base, peft.LoraConfig(r=3, lora_alpha=6,
-                                                         init_lora_weights="pissa",
-                                                         target_modules=TARGETS))
+  peft_model = peft.get_peft_model(
+    base, peft.LoraConfig(r=3, lora_alpha=6, init_lora_weights='pissa', target_modules=TARGETS)
+  )
   rank, scale = 3, 2.0
   for name in MODULES:
-    layer = peft_model.get_submodule("base_model.model." + name)
-    a_ref = layer.lora_A["default"].weight.detach().numpy().T
-    b_ref = layer.lora_B["default"].weight.detach().numpy().T
+    layer = peft_model.get_submodule('base_model.model.' + name)
+    a_ref = layer.lora_A['default'].weight.detach().numpy().T
+    b_ref = layer.lora_B['default'].weight.detach().numpy().T
     res_ref = layer.base_layer.weight.detach().numpy().T
-    w0 = w_orig[name + ".weight"].T
+    w0 = w_orig[name + '.weight'].T
     node = api.PiSSA(rank=rank, alpha=6).init(None, jnp.asarray(w0))
-    a, b = np.asarray(node.params["lora_a"]), np.asarray(node.params["lora_b"])
+    a, b = np.asarray(node.params['lora_a']), np.asarray(node.params['lora_b'])
     res = np.asarray(node.base)
     # Float64 reference from the definition: a0 = U_r sqrt(S_r/s), b0 = sqrt(S_r/s) V_r^T.
     w64 = w0.astype(np.float64)
@@ -316,8 +368,10 @@ def test_pissa_factors_equal_peft(base_params):
     assert np.all(err_b <= ours_b + round_b + peft_b + round_b), (name, err_b, peft_b)
     assert np.all(np.abs(res - res_ref) <= ours_res + round_res + peft_res + peft_round_res), name
     res_bound = ours_res + round_res + peft_res + peft_round_res
-    print(f"\nPISSA {name}: a err/bound {np.max(err_a / (peft_a + ours_a + 2 * round_a)):.3f}, "
-          f"res err/bound {np.max(np.abs(res - res_ref) / res_bound):.3f}")
+    print(
+      f'\nPISSA {name}: a err/bound {np.max(err_a / (peft_a + ours_a + 2 * round_a)):.3f}, '
+      f'res err/bound {np.max(np.abs(res - res_ref) / res_bound):.3f}'
+    )
 
 
 def test_wrong_base_shape_names_tensor(tmp_path):
@@ -325,16 +379,16 @@ def test_wrong_base_shape_names_tensor(tmp_path):
   peft_model.save_pretrained(tmp_path)
   torch.manual_seed(0)
   other = _jax_params(_base_torch())
-  other["layers_0"]["self_attn"]["q_proj"]["kernel"] = jnp.zeros((16, 32))
-  with pytest.raises(ValueError, match=r"q_proj\.lora_B\.weight.*different base"):
+  other['layers_0']['self_attn']['q_proj']['kernel'] = jnp.zeros((16, 32))
+  with pytest.raises(ValueError, match=r'q_proj\.lora_B\.weight.*different base'):
     load_adapter(other, str(tmp_path))
 
 
 def test_unknown_module_lists_available(base_params, tmp_path):
   peft_model = peft.get_peft_model(_base_torch(), peft.LoraConfig(r=2, target_modules=TARGETS))
   peft_model.save_pretrained(tmp_path)
-  pruned = {"layers_0": base_params["layers_0"]}
-  with pytest.raises(ValueError, match=r"model\.layers\.1\..*available: model\.layers\.0"):
+  pruned = {'layers_0': base_params['layers_0']}
+  with pytest.raises(ValueError, match=r'model\.layers\.1\..*available: model\.layers\.0'):
     load_adapter(pruned, str(tmp_path))
 
 
@@ -351,55 +405,66 @@ def test_init_distributions_match_peft():
   torch.manual_seed(0)
   base = Wide()
   w = {n: jnp.asarray(p.detach().numpy().T) for n, p in base.named_parameters()}
-  lora_peft = peft.get_peft_model(Wide(), peft.LoraConfig(r=16, target_modules=["q_proj"]))
-  a_peft = lora_peft.base_model.model.q_proj.lora_A["default"].weight.detach().numpy()
-  a_ours = np.asarray(api.LoRA(rank=16).init(jax.random.key(0), w["q_proj.weight"])
-                      .params["lora_a"])
+  lora_peft = peft.get_peft_model(Wide(), peft.LoraConfig(r=16, target_modules=['q_proj']))
+  a_peft = lora_peft.base_model.model.q_proj.lora_A['default'].weight.detach().numpy()
+  a_ours = np.asarray(
+    api.LoRA(rank=16).init(jax.random.key(0), w['q_proj.weight']).params['lora_a']
+  )
   assert stats.ks_2samp(a_peft.ravel(), a_ours.ravel()).pvalue > 0.01
-  gauss_peft = peft.get_peft_model(Wide(), peft.LoraConfig(
-      r=16, init_lora_weights="gaussian", target_modules=["q_proj"]))
-  g_peft = gauss_peft.base_model.model.q_proj.lora_A["default"].weight.detach().numpy()
-  g_ours = np.asarray(api.LoRA(rank=16, init_weights="gaussian").init(
-      jax.random.key(0), w["q_proj.weight"]).params["lora_a"])
+  gauss_peft = peft.get_peft_model(
+    Wide(), peft.LoraConfig(r=16, init_lora_weights='gaussian', target_modules=['q_proj'])
+  )
+  g_peft = gauss_peft.base_model.model.q_proj.lora_A['default'].weight.detach().numpy()
+  g_ours = np.asarray(
+    api.LoRA(rank=16, init_weights='gaussian')
+    .init(jax.random.key(0), w['q_proj.weight'])
+    .params['lora_a']
+  )
   assert stats.ks_2samp(g_peft.ravel(), g_ours.ravel()).pvalue > 0.01
 
-  vera_peft = peft.get_peft_model(Wide(), peft.VeraConfig(r=32, target_modules=["q_proj",
-                                                                                "v_proj"]))
-  proj_a = vera_peft.base_model.vera_A["default"].numpy()   # [r, max_in]
-  proj_b = vera_peft.base_model.vera_B["default"].numpy()   # [max_out, r]
+  vera_peft = peft.get_peft_model(
+    Wide(), peft.VeraConfig(r=32, target_modules=['q_proj', 'v_proj'])
+  )
+  proj_a = vera_peft.base_model.vera_A['default'].numpy()  # [r, max_in]
+  proj_b = vera_peft.base_model.vera_B['default'].numpy()  # [max_out, r]
   shared = api.VeRA(rank=32).init_shared(jax.random.key(1), [(256, 64), (128, 96)])
-  assert proj_a.shape == tuple(shared["vera_a"].shape[::-1])
-  assert proj_b.shape == tuple(shared["vera_b"].shape[::-1])
-  assert stats.ks_2samp(proj_a.ravel(), np.asarray(shared["vera_a"]).ravel()).pvalue > 0.01
-  assert stats.ks_2samp(proj_b.ravel(), np.asarray(shared["vera_b"]).ravel()).pvalue > 0.01
+  assert proj_a.shape == tuple(shared['vera_a'].shape[::-1])
+  assert proj_b.shape == tuple(shared['vera_b'].shape[::-1])
+  assert stats.ks_2samp(proj_a.ravel(), np.asarray(shared['vera_a']).ravel()).pvalue > 0.01
+  assert stats.ks_2samp(proj_b.ravel(), np.asarray(shared['vera_b']).ravel()).pvalue > 0.01
   layer = vera_peft.base_model.model.v_proj
-  np.testing.assert_array_equal(layer.vera_lambda_d["default"].detach().numpy(),
-                                np.full(32, 0.1, np.float32))
-  assert not layer.vera_lambda_b["default"].detach().numpy().any()
+  np.testing.assert_array_equal(
+    layer.vera_lambda_d['default'].detach().numpy(), np.full(32, 0.1, np.float32)
+  )
+  assert not layer.vera_lambda_b['default'].detach().numpy().any()
 
   torch.manual_seed(0)
-  dora_peft = peft.get_peft_model(Wide(), peft.LoraConfig(r=4, use_dora=True,
-                                                          target_modules=["v_proj"]))
-  m_peft = dora_peft.base_model.model.v_proj.lora_magnitude_vector["default"].weight
-  m_ours = api.DoRA(rank=4).init(jax.random.key(0), w["v_proj.weight"]).params["magnitude"]
+  dora_peft = peft.get_peft_model(
+    Wide(), peft.LoraConfig(r=4, use_dora=True, target_modules=['v_proj'])
+  )
+  m_peft = dora_peft.base_model.model.v_proj.lora_magnitude_vector['default'].weight
+  m_ours = api.DoRA(rank=4).init(jax.random.key(0), w['v_proj.weight']).params['magnitude']
   assert _max_rel(np.asarray(m_ours), m_peft.detach().numpy()) < 1e-6
 
 
 def test_vera_projections_saved_once_even_as_host_copies(base_params, tmp_path):
   from safetensors.numpy import load_file
-  tree = api.inject(base_params, api.VeRA(rank=4), ["q_proj", "up_proj"], jax.random.key(0))
+
+  tree = api.inject(base_params, api.VeRA(rank=4), ['q_proj', 'up_proj'], jax.random.key(0))
   host = jax.tree.map(np.array, tree)  # separate numpy copies per node, as after device_get
-  save_adapter(host, str(tmp_path / "a"), task_type=None)
-  tensors = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
-  assert sorted(k for k in tensors if "vera_A" in k or "vera_B" in k) == [
-      "base_model.vera_A", "base_model.vera_B"]
-  assert tensors["base_model.vera_A"].shape == (4, 16)
-  assert tensors["base_model.vera_B"].shape == (24, 4)  # max d_out over the targets
+  save_adapter(host, str(tmp_path / 'a'), task_type=None)
+  tensors = load_file(str(tmp_path / 'a' / 'adapter_model.safetensors'))
+  assert sorted(k for k in tensors if 'vera_A' in k or 'vera_B' in k) == [
+    'base_model.vera_A',
+    'base_model.vera_B',
+  ]
+  assert tensors['base_model.vera_A'].shape == (4, 16)
+  assert tensors['base_model.vera_B'].shape == (24, 4)  # max d_out over the targets
   nodes = api.adapted_nodes(host)
   path = sorted(nodes)[0]
   node = nodes[path]
-  bad = dict(node.frozen, vera_a=node.frozen["vera_a"] + 1.0)
-  parts = path.split("/")
-  host[parts[0]][parts[1]][parts[2]]["kernel"] = Adapted(node.base, node.params, bad, node.method)
+  bad = dict(node.frozen, vera_a=node.frozen['vera_a'] + 1.0)
+  parts = path.split('/')
+  host[parts[0]][parts[1]][parts[2]]['kernel'] = Adapted(node.base, node.params, bad, node.method)
   with pytest.raises(ValueError, match="different shared projections 'vera_a'"):
-    save_adapter(host, str(tmp_path / "b"), task_type=None)
+    save_adapter(host, str(tmp_path / 'b'), task_type=None)

@@ -1,4 +1,5 @@
 """Chat prompts get the bos the tokenizer adds to plain text, exactly once."""
+
 from peft_jax import hub
 from peft_jax.data import suite
 
@@ -13,6 +14,7 @@ def test_chat_prompt_starts_with_single_bos(tmp_path):
   assert chat[0, 0] == bos and chat[0, 1] != bos
   assert plain[0, 0] == bos and plain[0, 1] != bos
   # The rest of the chat prompt is exactly the template's rendering.
-  rendered = tokenizer.apply_chat_template([{'role': 'user', 'content': 'hello world'}],
-                                           add_generation_prompt=True, tokenize=False)
+  rendered = tokenizer.apply_chat_template(
+    [{'role': 'user', 'content': 'hello world'}], add_generation_prompt=True, tokenize=False
+  )
   assert chat[0, 1:].tolist() == tokenizer(rendered, add_special_tokens=False)['input_ids']

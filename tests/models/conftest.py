@@ -8,6 +8,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 import helpers_hf  # noqa: E402  pylint: disable=g-import-not-at-top
+
 from peft_jax import hub  # noqa: E402  pylint: disable=g-import-not-at-top
 
 

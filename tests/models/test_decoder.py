@@ -32,8 +32,9 @@ def test_logits_match_transformers_on_left_padded_batch(tiny_pairs, model_type):
   tokens, mask = _left_padded_batch()
   positions = np.maximum(mask.cumsum(1) - 1, 0)
   with torch.no_grad():
-    ref = pair.hf_model(torch.tensor(tokens), attention_mask=torch.tensor(mask),
-                        position_ids=torch.tensor(positions)).logits.numpy()
+    ref = pair.hf_model(
+      torch.tensor(tokens), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions)
+    ).logits.numpy()
   ours = np.asarray(_forward(pair.config)(pair.params, tokens, mask))
   assert ours.dtype == np.float32 and ours.shape == ref.shape
   real = mask == 1
@@ -73,12 +74,17 @@ def test_capture_shapes_and_final_norm(tiny_pairs):
   cfg = pair.config
   tokens, mask = _left_padded_batch()
   apply = jax.jit(pair.model.apply, static_argnames=('capture',))
-  logits, captures = apply({'params': pair.params}, tokens, attention_mask=mask,
-                           capture=('residual', 'q_proj', 'layers_1/mlp/down_proj'))
+  logits, captures = apply(
+    {'params': pair.params},
+    tokens,
+    attention_mask=mask,
+    capture=('residual', 'q_proj', 'layers_1/mlp/down_proj'),
+  )
   batch, length = tokens.shape
   expected_keys = {f'layers_{i}/residual' for i in range(cfg.num_layers)}
-  expected_keys |= {f'layers_{i}/self_attn/q_proj/{io}' for i in range(cfg.num_layers)
-                    for io in ('in', 'out')}
+  expected_keys |= {
+    f'layers_{i}/self_attn/q_proj/{io}' for i in range(cfg.num_layers) for io in ('in', 'out')
+  }
   expected_keys |= {'layers_1/mlp/down_proj/in', 'layers_1/mlp/down_proj/out'}
   assert set(captures) == expected_keys
   d, hq = cfg.hidden_size, cfg.num_heads * cfg.head_dim
@@ -120,7 +126,6 @@ class _ToyLowRank:
 
 @dataclasses.dataclass(frozen=True)
 class _DeclaresAxes(_ToyLowRank):
-
   def param_axes(self, node, in_axis, out_axis):
     del node
     return {'lora_a': (in_axis, out_axis, 'declared')}, {}
@@ -142,8 +147,11 @@ def _adapt(params, key):
 def test_adapted_kernels_pass_through_and_get_dropout_rng(tiny_pairs):
   pair = tiny_pairs['qwen2']
   adapted = _adapt(pair.params, jax.random.key(1))
-  merged = jax.tree.map(lambda n: n.method.merge(n) if isinstance(n, Adapted) else n, adapted,
-                        is_leaf=lambda n: isinstance(n, Adapted))
+  merged = jax.tree.map(
+    lambda n: n.method.merge(n) if isinstance(n, Adapted) else n,
+    adapted,
+    is_leaf=lambda n: isinstance(n, Adapted),
+  )
   tokens, mask = _left_padded_batch()
   apply = jax.jit(pair.model.apply, static_argnames=('deterministic',))
   out_adapted = apply({'params': adapted}, tokens, attention_mask=mask)
@@ -151,17 +159,20 @@ def test_adapted_kernels_pass_through_and_get_dropout_rng(tiny_pairs):
   out_plain = apply({'params': pair.params}, tokens, attention_mask=mask)
   real = mask == 1
   assert np.abs(np.asarray(out_adapted - out_plain))[real].max() > 1e-2
-  np.testing.assert_allclose(np.asarray(out_adapted)[real], np.asarray(out_merged)[real],
-                             atol=1e-4)
+  np.testing.assert_allclose(np.asarray(out_adapted)[real], np.asarray(out_merged)[real], atol=1e-4)
   # deterministic=False hands each linear a 'dropout' key: reproducible per key, differs by key.
-  run = lambda k: np.asarray(apply({'params': adapted}, tokens, attention_mask=mask,
-                                   deterministic=False, rngs={'dropout': k}))
+  run = lambda k: np.asarray(
+    apply(
+      {'params': adapted}, tokens, attention_mask=mask, deterministic=False, rngs={'dropout': k}
+    )
+  )
   first, again, other = run(jax.random.key(5)), run(jax.random.key(5)), run(jax.random.key(6))
   np.testing.assert_array_equal(first, again)
   assert np.abs(first - other)[real].max() > 1e-3
   # Plain kernels take no dropout rng: training mode without adapters needs no 'dropout' key.
   np.testing.assert_array_equal(
-      apply({'params': pair.params}, tokens, attention_mask=mask, deterministic=False), out_plain)
+    apply({'params': pair.params}, tokens, attention_mask=mask, deterministic=False), out_plain
+  )
   # Gradients flow to the adapter factors only through the efficient forward.
   grads = jax.grad(lambda p: apply({'params': p}, tokens, attention_mask=mask).sum())(adapted)
   g = grads['layers_0']['self_attn']['q_proj']['kernel']
@@ -178,8 +189,7 @@ def test_remat_gives_same_logits_and_grads(tiny_pairs):
     return jnp.sum(jnp.where(mask[..., None] == 1, logits, 0.0) ** 2) / logits.size
 
   value, grads = jax.jit(jax.value_and_grad(functools.partial(loss, pair.model)))(pair.params)
-  value_r, grads_r = jax.jit(jax.value_and_grad(functools.partial(loss, remat_model)))(
-      pair.params)
+  value_r, grads_r = jax.jit(jax.value_and_grad(functools.partial(loss, remat_model)))(pair.params)
   np.testing.assert_allclose(value, value_r, rtol=1e-6)
   for g, gr in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
     # Recomputation reorders float32 sums: compare against each gradient's own scale.
@@ -202,9 +212,17 @@ def test_bfloat16_compute_tracks_float32(tiny_pairs):
 
 
 def test_init_params_names_and_shapes():
-  cfg = ModelConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_layers=2,
-                    num_heads=4, num_kv_heads=2, head_dim=8, attention_bias=True,
-                    model_type='qwen2')
+  cfg = ModelConfig(
+    vocab_size=50,
+    hidden_size=16,
+    intermediate_size=24,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    attention_bias=True,
+    model_type='qwen2',
+  )
   params = init_params(cfg, jax.random.key(0))
   assert set(params) == {'embed_tokens', 'layers_0', 'layers_1', 'norm', 'lm_head'}
   layer = params['layers_0']
@@ -234,33 +252,52 @@ def test_param_logical_axes_plain_and_adapted(tiny_pairs):
   assert axes['norm']['scale'] == ('norm',)
   w0 = pair.params['layers_0']['mlp']['up_proj']['kernel']  # [64, 96]
   d_in, d_out = w0.shape
-  node = Adapted(w0, {'lora_a': jnp.zeros((d_in, 4)), 'lora_b': jnp.zeros((4, d_out)),
-                      'magnitude': jnp.zeros((d_out,)), 'gate': jnp.zeros((4,))},
-                 {'blocks': jnp.zeros((8, 12, 12))}, _ToyLowRank())
+  node = Adapted(
+    w0,
+    {
+      'lora_a': jnp.zeros((d_in, 4)),
+      'lora_b': jnp.zeros((4, d_out)),
+      'magnitude': jnp.zeros((d_out,)),
+      'gate': jnp.zeros((4,)),
+    },
+    {'blocks': jnp.zeros((8, 12, 12))},
+    _ToyLowRank(),
+  )
   params = jax.tree.map(lambda x: x, pair.params)
   params['layers_0']['mlp']['up_proj']['kernel'] = node
   got = param_logical_axes(params, pair.model.config)['layers_0']['mlp']['up_proj']['kernel']
   assert isinstance(got, Adapted) and got.method == node.method
   assert got.base == ('embed', 'mlp')
-  assert got.params == {'lora_a': ('embed', 'rank'), 'lora_b': ('rank', 'mlp'),
-                        'magnitude': ('mlp',), 'gate': ('rank',)}
+  assert got.params == {
+    'lora_a': ('embed', 'rank'),
+    'lora_b': ('rank', 'mlp'),
+    'magnitude': ('mlp',),
+    'gate': ('rank',),
+  }
   assert got.frozen == {'blocks': ('blocks', None, None)}
   # A method that declares its own layout (param_axes) is asked instead of the shape rule.
   declared = Adapted(w0, {'lora_a': jnp.zeros((d_in, 4))}, {}, _DeclaresAxes())
   params_declared = jax.tree.map(lambda x: x, pair.params)
   params_declared['layers_0']['mlp']['up_proj']['kernel'] = declared
-  got_declared = param_logical_axes(params_declared, pair.model.config)['layers_0']['mlp']['up_proj']['kernel']
+  got_declared = param_logical_axes(params_declared, pair.model.config)['layers_0']['mlp'][
+    'up_proj'
+  ]['kernel']
   assert got_declared.params == {'lora_a': ('embed', 'mlp', 'declared')}
   # Abstract params (eval_shape) work too, so shardings can be planned before allocation.
   abstract = jax.eval_shape(lambda: params)
-  assert param_logical_axes(abstract, pair.model.config)['layers_0']['mlp']['up_proj']['kernel'] == got
+  assert (
+    param_logical_axes(abstract, pair.model.config)['layers_0']['mlp']['up_proj']['kernel'] == got
+  )
 
 
 def test_logical_axes_are_declared_at_creation(tiny_pairs):
   """Axes come from the modules' declarations; a parameter the decoder lacks is an error."""
   pair = tiny_pairs['llama']
-  boxed = jax.eval_shape(lambda: Decoder(pair.model.config).init(
-      jax.random.key(0), jnp.zeros((1, 4), jnp.int32))['params'])
+  boxed = jax.eval_shape(
+    lambda: Decoder(pair.model.config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))[
+      'params'
+    ]
+  )
   assert boxed['layers_0']['self_attn']['q_proj']['kernel'].names == ('embed', 'heads')
   assert boxed['layers_0']['mlp']['down_proj']['kernel'].names == ('mlp', 'embed')
   params = jax.tree.map(lambda x: x, pair.params)
@@ -270,8 +307,15 @@ def test_logical_axes_are_declared_at_creation(tiny_pairs):
 
 
 def test_config_validation_names_the_field():
-  base = dict(vocab_size=10, hidden_size=8, intermediate_size=8, num_layers=2, num_heads=4,
-              num_kv_heads=2, head_dim=2)
+  base = dict(
+    vocab_size=10,
+    hidden_size=8,
+    intermediate_size=8,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=2,
+  )
   with pytest.raises(ValueError, match='num_kv_heads=3'):
     ModelConfig(**dict(base, num_kv_heads=3))
   with pytest.raises(ValueError, match="model_type='gpt2'.*llama"):
@@ -285,15 +329,18 @@ def test_config_validation_names_the_field():
 def test_qwen2_sliding_window_layers_match_transformers(tmp_path):
   """Qwen2's use_sliding_window + max_window_layers: layers >= max_window_layers slide."""
   from peft_jax import hub  # pylint: disable=g-import-not-at-top
-  hf_model = helpers_hf.tiny_hf_model('qwen2', seed=4, use_sliding_window=True, sliding_window=3,
-                                      max_window_layers=1)
+
+  hf_model = helpers_hf.tiny_hf_model(
+    'qwen2', seed=4, use_sliding_window=True, sliding_window=3, max_window_layers=1
+  )
   hf_model.save_pretrained(tmp_path / 'qwen2_sliding')
   model, params, _ = hub.load_pretrained(tmp_path / 'qwen2_sliding')
   assert model.config.layer_types == ('full_attention', 'sliding_attention')
   tokens, mask = _left_padded_batch(seed=5)
   positions = np.maximum(mask.cumsum(1) - 1, 0)
   with torch.no_grad():
-    ref = hf_model(torch.tensor(tokens), attention_mask=torch.tensor(mask),
-                   position_ids=torch.tensor(positions)).logits.numpy()
+    ref = hf_model(
+      torch.tensor(tokens), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions)
+    ).logits.numpy()
   ours = np.asarray(_forward(model.config)(params, tokens, mask))
   assert np.abs(ours - ref)[mask == 1].max() < 1e-4

@@ -29,16 +29,29 @@ def test_greedy_matches_transformers_generate(tiny_pairs, model_type):
   pair = tiny_pairs[model_type]
   tokens, mask = _prompts()
   with torch.no_grad():
-    ref = pair.hf_model.generate(torch.tensor(tokens), attention_mask=torch.tensor(mask),
-                                 max_new_tokens=20, do_sample=False, eos_token_id=list(EOS_IDS),
-                                 pad_token_id=0)[:, tokens.shape[1]:].numpy()
-  out = generate(pair.model, pair.params, tokens, mask, key=jax.random.key(0), max_new_tokens=20,
-                 eos_token_id=EOS_IDS, pad_token_id=0)
+    ref = pair.hf_model.generate(
+      torch.tensor(tokens),
+      attention_mask=torch.tensor(mask),
+      max_new_tokens=20,
+      do_sample=False,
+      eos_token_id=list(EOS_IDS),
+      pad_token_id=0,
+    )[:, tokens.shape[1] :].numpy()
+  out = generate(
+    pair.model,
+    pair.params,
+    tokens,
+    mask,
+    key=jax.random.key(0),
+    max_new_tokens=20,
+    eos_token_id=EOS_IDS,
+    pad_token_id=0,
+  )
   ours = np.asarray(out.tokens)
   assert ours.shape == (3, 20)
   # transformers stops the batch once every row is done; we keep padding to max_new_tokens.
-  np.testing.assert_array_equal(ours[:, :ref.shape[1]], ref)
-  assert (ours[:, ref.shape[1]:] == 0).all()
+  np.testing.assert_array_equal(ours[:, : ref.shape[1]], ref)
+  assert (ours[:, ref.shape[1] :] == 0).all()
   for row, length in enumerate(np.asarray(out.lengths)):
     hit = np.isin(ours[row], EOS_IDS)
     assert length == (np.argmax(hit) + 1 if hit.any() else 20)
@@ -49,8 +62,15 @@ def test_log_probs_match_full_forward_and_sampling_is_reproducible(tiny_pairs):
   """Sampled tokens' log-probs equal a cache-free forward over prompt + continuation."""
   pair = tiny_pairs['gemma2']  # sliding window 4 < prompt + 12 new tokens: the cache must window
   tokens, mask = _prompts()
-  kwargs = dict(key=jax.random.key(3), max_new_tokens=12, temperature=0.9, top_k=50, top_p=0.95,
-                eos_token_id=(), pad_token_id=0)
+  kwargs = dict(
+    key=jax.random.key(3),
+    max_new_tokens=12,
+    temperature=0.9,
+    top_k=50,
+    top_p=0.95,
+    eos_token_id=(),
+    pad_token_id=0,
+  )
   out = generate(pair.model, pair.params, tokens, mask, **kwargs)
   again = generate(pair.model, pair.params, tokens, mask, **kwargs)
   np.testing.assert_array_equal(out.tokens, again.tokens)
@@ -59,12 +79,16 @@ def test_log_probs_match_full_forward_and_sampling_is_reproducible(tiny_pairs):
   assert (np.asarray(out.lengths) == 12).all()
   full = np.concatenate([tokens, np.asarray(out.tokens)], axis=1)
   full_mask = np.concatenate([mask, np.ones_like(np.asarray(out.tokens))], axis=1)
-  logits = np.asarray(jax.jit(pair.model.apply)({'params': pair.params}, full,
-                                                attention_mask=full_mask), np.float64)
+  logits = np.asarray(
+    jax.jit(pair.model.apply)({'params': pair.params}, full, attention_mask=full_mask), np.float64
+  )
   prompt_length = tokens.shape[1]
-  step_logits = logits[:, prompt_length - 1:-1]
-  log_softmax = step_logits - np.log(np.exp(step_logits - step_logits.max(-1, keepdims=True)).sum(
-      -1, keepdims=True)) - step_logits.max(-1, keepdims=True)
+  step_logits = logits[:, prompt_length - 1 : -1]
+  log_softmax = (
+    step_logits
+    - np.log(np.exp(step_logits - step_logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    - step_logits.max(-1, keepdims=True)
+  )
   expected = np.take_along_axis(log_softmax, np.asarray(out.tokens)[..., None], -1)[..., 0]
   np.testing.assert_allclose(out.log_probs, expected, atol=1e-4)
 
@@ -93,8 +117,13 @@ def test_sampling_filters_match_reference_distribution():
   draws = 40000
   keys = jax.random.split(jax.random.key(0), draws)
   for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 4, 1.0), (1.3, 0, 0.8), (1.0, 5, 0.6)]:
-    sample = jax.jit(jax.vmap(lambda k, t=temperature, kk=top_k, p=top_p: sample_logits(
-        logits, k, temperature=t, top_k=kk, top_p=p)[0]))
+    sample = jax.jit(
+      jax.vmap(
+        lambda k, t=temperature, kk=top_k, p=top_p: sample_logits(
+          logits, k, temperature=t, top_k=kk, top_p=p
+        )[0]
+      )
+    )
     counts = np.bincount(np.asarray(sample(keys)), minlength=logits.shape[1]) / draws
     expected = _filtered_distribution(logits[0], temperature, top_k, top_p)
     assert (counts[expected == 0] == 0).all(), (temperature, top_k, top_p, counts, expected)
@@ -107,9 +136,13 @@ def test_sampling_filters_match_reference_distribution():
 def test_generation_with_adapted_kernels_equals_merged(tiny_pairs):
   pair = tiny_pairs['llama']
   from test_decoder import _adapt  # pylint: disable=g-import-not-at-top
+
   adapted = _adapt(pair.params, jax.random.key(2))
-  merged = jax.tree.map(lambda n: n.method.merge(n) if isinstance(n, Adapted) else n, adapted,
-                        is_leaf=lambda n: isinstance(n, Adapted))
+  merged = jax.tree.map(
+    lambda n: n.method.merge(n) if isinstance(n, Adapted) else n,
+    adapted,
+    is_leaf=lambda n: isinstance(n, Adapted),
+  )
   tokens, mask = _prompts()
   kw = dict(key=jax.random.key(0), max_new_tokens=10, eos_token_id=(), pad_token_id=0)
   out_adapted = generate(pair.model, adapted, tokens, mask, **kw)
@@ -124,23 +157,44 @@ def test_one_compilation_per_shape_bucket_and_generate_text(tiny_pairs, tmp_path
   pair = tiny_pairs['qwen2']
   tokenizer = hub.load_tokenizer(helpers_hf.save_tiny_tokenizer(tmp_path / 'tok'))
   generate_module.decode.clear_cache()
-  texts = generate_text(pair.model, pair.params, tokenizer, ['the cat', 'what is two ?'],
-                        chat=True, max_new_tokens=6, length_bucket=16)
-  texts_again = generate_text(pair.model, pair.params, tokenizer,
-                              ['hello world', 'the dog sat on the mat .'], chat=True,
-                              max_new_tokens=6, length_bucket=16)
+  texts = generate_text(
+    pair.model,
+    pair.params,
+    tokenizer,
+    ['the cat', 'what is two ?'],
+    chat=True,
+    max_new_tokens=6,
+    length_bucket=16,
+  )
+  texts_again = generate_text(
+    pair.model,
+    pair.params,
+    tokenizer,
+    ['hello world', 'the dog sat on the mat .'],
+    chat=True,
+    max_new_tokens=6,
+    length_bucket=16,
+  )
   # Both batches pad to 16 tokens: one program.
   assert generate_module.decode._cache_size() == 1  # pylint: disable=protected-access
   assert len(texts) == 2 and len(texts_again) == 2 and all(isinstance(t, str) for t in texts)
   # The text path agrees with token-level greedy decoding on the same padded prompts.
-  tokens, mask = hub.encode_prompts(tokenizer, ['the cat', 'what is two ?'], chat=True,
-                                    pad_to_multiple_of=16)
+  tokens, mask = hub.encode_prompts(
+    tokenizer, ['the cat', 'what is two ?'], chat=True, pad_to_multiple_of=16
+  )
   assert tokens.shape == (2, 16) and mask[0, :4].sum() == 0 and mask[:, -1].all()
-  out = generate(pair.model, pair.params, tokens, mask, key=jax.random.key(0), max_new_tokens=6,
-                 pad_token_id=tokenizer.pad_token_id)
+  out = generate(
+    pair.model,
+    pair.params,
+    tokens,
+    mask,
+    key=jax.random.key(0),
+    max_new_tokens=6,
+    pad_token_id=tokenizer.pad_token_id,
+  )
   eos = set(pair.config.eos_token_ids)
   for row, text in enumerate(texts):
-    ids = [int(t) for t in np.asarray(out.tokens)[row, :int(out.lengths[row])] if t not in eos]
+    ids = [int(t) for t in np.asarray(out.tokens)[row, : int(out.lengths[row])] if t not in eos]
     assert text == tokenizer.decode(ids, skip_special_tokens=True)
 
 
@@ -150,16 +204,22 @@ def test_bad_generation_arguments_raise(tiny_pairs):
   with pytest.raises(ValueError, match='max_new_tokens'):
     generate(pair.model, pair.params, tokens, mask, key=jax.random.key(0), max_new_tokens=0)
   with pytest.raises(ValueError, match='top_p=1.5'):
-    generate(pair.model, pair.params, tokens, mask, key=jax.random.key(0), max_new_tokens=2,
-             temperature=1.0, top_p=1.5)
+    generate(
+      pair.model,
+      pair.params,
+      tokens,
+      mask,
+      key=jax.random.key(0),
+      max_new_tokens=2,
+      temperature=1.0,
+      top_p=1.5,
+    )
   right_padded = np.ones_like(mask)
   right_padded[1, -2:] = 0
   with pytest.raises(ValueError, match=r'left-padded.*rows \[1\]'):
-    generate(pair.model, pair.params, tokens, right_padded, key=jax.random.key(0),
-             max_new_tokens=2)
+    generate(pair.model, pair.params, tokens, right_padded, key=jax.random.key(0), max_new_tokens=2)
   with pytest.raises(ValueError, match='attention_mask'):
-    generate(pair.model, pair.params, tokens, mask[:, :3], key=jax.random.key(0),
-             max_new_tokens=2)
+    generate(pair.model, pair.params, tokens, mask[:, :3], key=jax.random.key(0), max_new_tokens=2)
 
 
 def test_generate_vmaps_over_parameter_sets(tiny_pairs):

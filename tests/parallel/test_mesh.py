@@ -23,11 +23,22 @@ def test_make_mesh_fills_and_validates():
 
 
 def test_rules_on_decoder_with_dora_and_overrides():
-  config = models.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1,
-                              num_heads=4, num_kv_heads=2, head_dim=8)
+  config = models.ModelConfig(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=1,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+  )
   params = jax.eval_shape(lambda: models.init_params(config, jax.random.PRNGKey(0)))
-  params = adapters.inject(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params),
-                           adapters.DoRA(rank=4, alpha=8.0), ['v_proj'], jax.random.PRNGKey(1))
+  params = adapters.inject(
+    jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params),
+    adapters.DoRA(rank=4, alpha=8.0),
+    ['v_proj'],
+    jax.random.PRNGKey(1),
+  )
   axes = models.param_logical_axes(params, config)
   mesh = parallel.make_mesh((1, 2, 4))
   shardings = parallel.logical_to_sharding(axes, mesh, shapes=params)
@@ -46,8 +57,9 @@ def test_rules_on_decoder_with_dora_and_overrides():
   k = parallel.logical_to_sharding(axes, mesh8, shapes=params)['layers_0']['self_attn']['k_proj']
   assert k['kernel'].spec == P('fsdp', 'tensor')
   # ... while a rank-4 dim that a rule maps to 'tensor' falls back to replication
-  assert parallel.logical_to_spec(('rank', 'kv'), (4, 16), mesh8,
-                                  [('rank', 'tensor'), ('kv', 'tensor')]) == P(None, 'tensor')
+  assert parallel.logical_to_spec(
+    ('rank', 'kv'), (4, 16), mesh8, [('rank', 'tensor'), ('kv', 'tensor')]
+  ) == P(None, 'tensor')
 
 
 def test_global_batch_and_process_slices():

@@ -28,8 +28,17 @@ def data_path(tmp_path_factory):
   path = tmp_path_factory.mktemp('data') / 'train.jsonl'
   with open(path, 'w') as f:
     for i in range(48):
-      f.write(json.dumps({'messages': [{'role': 'user', 'content': f'{i} + {i % 5} ='},
-                                       {'role': 'assistant', 'content': str(i + i % 5)}]}) + '\n')
+      f.write(
+        json.dumps(
+          {
+            'messages': [
+              {'role': 'user', 'content': f'{i} + {i % 5} ='},
+              {'role': 'assistant', 'content': str(i + i % 5)},
+            ]
+          }
+        )
+        + '\n'
+      )
   return str(path)
 
 
@@ -39,17 +48,35 @@ def test_two_processes_match_single_process(data_path, tmp_path):
   procs = []
   try:
     for process_id in range(2):
-      env = dict(os.environ, JAX_PLATFORMS='cpu',
-                 XLA_FLAGS='--xla_force_host_platform_device_count=2',
-                 PEFT_JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', PEFT_JAX_NUM_PROCESSES='2',
-                 PEFT_JAX_PROCESS_ID=str(process_id))
-      procs.append(subprocess.Popen(
-          [sys.executable, '-m', 'launch.train', '--config=configs/train/tiny.py:lora',
-           f'--workdir={workdir}', f'--config.data.path={data_path}',
-           f'--config.total_steps={STEPS}', '--config.checkpoint.every_steps=5',
-           '--config.progress_bar=False', '--config.mesh_shape=(2,2,1)',
-           '--config.data.seq_len=64'],
-          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+      env = dict(
+        os.environ,
+        JAX_PLATFORMS='cpu',
+        XLA_FLAGS='--xla_force_host_platform_device_count=2',
+        PEFT_JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+        PEFT_JAX_NUM_PROCESSES='2',
+        PEFT_JAX_PROCESS_ID=str(process_id),
+      )
+      procs.append(
+        subprocess.Popen(
+          [
+            sys.executable,
+            '-m',
+            'launch.train',
+            '--config=configs/train/tiny.py:lora',
+            f'--workdir={workdir}',
+            f'--config.data.path={data_path}',
+            f'--config.total_steps={STEPS}',
+            '--config.checkpoint.every_steps=5',
+            '--config.progress_bar=False',
+            '--config.mesh_shape=(2,2,1)',
+            '--config.data.seq_len=64',
+          ],
+          cwd=REPO,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+        )
+      )
     outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
   finally:
     for p in procs:

@@ -15,14 +15,22 @@ from peft_jax.train import make_sft_loss
 from peft_jax.train.setup import setup_training
 
 STEPS = 20
-CONFIG = models.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-                            num_heads=4, num_kv_heads=2, head_dim=8)
+CONFIG = models.ModelConfig(
+  vocab_size=64,
+  hidden_size=32,
+  intermediate_size=64,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=8,
+)
 OPT = dict(peak_lr=3e-3, total_steps=STEPS, warmup_steps=2, weight_decay=0.01, clip_norm=1.0)
 
 
 def _batches():
-  rows = [{'prompt': f'What is {i} plus {i % 7}? ', 'completion': f'{i + i % 7}.'}
-          for i in range(48)]
+  rows = [
+    {'prompt': f'What is {i} plus {i % 7}? ', 'completion': f'{i + i % 7}.'} for i in range(48)
+  ]
   arrays = sft.build_sft_arrays(rows, sft.ByteTokenizer(64), seq_len=32, packing=True)
   iterator = sft.SFTIterator(arrays, 8, seed=0)
   out = []
@@ -39,8 +47,12 @@ def _run(method, mesh):
   model = models.Decoder(CONFIG)
   params = models.init_params(CONFIG, jax.random.PRNGKey(0))
   if method == 'lora':
-    params = adapters.inject(params, adapters.LoRA(rank=4, alpha=8.0),
-                             ['q_proj', 'k_proj', 'v_proj', 'up_proj'], jax.random.PRNGKey(1))
+    params = adapters.inject(
+      params,
+      adapters.LoRA(rank=4, alpha=8.0),
+      ['q_proj', 'k_proj', 'v_proj', 'up_proj'],
+      jax.random.PRNGKey(1),
+    )
   else:  # full fine-tuning of every parameter, through Full like every method
     params = adapters.inject(params, adapters.Full(), None)
   partition, combine = adapters.partition, adapters.combine
@@ -49,13 +61,19 @@ def _run(method, mesh):
     del rng
     return model.apply({'params': tree}, tokens, positions=positions, segment_ids=segment_ids)
 
-  training = setup_training(params, models.param_logical_axes(params, CONFIG),
-                            loss_fn=make_sft_loss(apply_fn, combine), partition_fn=partition,
-                            mesh=mesh, optimizer_kwargs=OPT)
+  training = setup_training(
+    params,
+    models.param_logical_axes(params, CONFIG),
+    loss_fn=make_sft_loss(apply_fn, combine),
+    partition_fn=partition,
+    mesh=mesh,
+    optimizer_kwargs=OPT,
+  )
   state, losses = training.state, []
   for batch in BATCHES:
-    state, metrics = training.train_step(state, training.frozen,
-                                         parallel.global_batch(batch, mesh, 8))
+    state, metrics = training.train_step(
+      state, training.frozen, parallel.global_batch(batch, mesh, 8)
+    )
     losses.append(float(metrics['loss']))
   return training, state, np.array(losses)
 
@@ -97,7 +115,10 @@ def test_sharded_losses_and_placement(single_device, method, mesh_shape):
     q = w(layer['self_attn']['q_proj']['kernel'])
     assert q.addressable_shards[0].data.size == q.size // (fsdp * tensor)
   else:
-    node, mu_node = layer['self_attn']['q_proj']['kernel'], mu['layers_0']['self_attn']['q_proj']['kernel']
+    node, mu_node = (
+      layer['self_attn']['q_proj']['kernel'],
+      mu['layers_0']['self_attn']['q_proj']['kernel'],
+    )
     for tree in (node.params, mu_node.params):
       assert tree['lora_a'].sharding.spec == P('fsdp', None)
       assert tree['lora_b'].sharding.spec == P(None, 'tensor')

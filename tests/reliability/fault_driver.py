@@ -8,6 +8,7 @@ FAULT is one of:
   checkpoint_enospc:S  orbax's write of checkpoint step S raises ENOSPC, in its background
                        commit thread, as a full disk does.
 """
+
 import builtins
 import errno
 import os
@@ -53,6 +54,7 @@ def _patch_metrics(fail_from=None, stall=False):
 
 def _patch_checkpoint(step):
   from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler  # pylint: disable=g-import-not-at-top
+
   original = handler.JsonCheckpointHandler._save_fn  # pylint: disable=protected-access
   pattern = re.compile(rf'/checkpoints/{step}\.orbax-checkpoint-tmp')
 

@@ -6,6 +6,7 @@ Every subprocess gets ``PYTHONPATH`` = this checkout (so a fresh clone tests its
 hard timeout well below a minute, and one persistent JAX compilation cache per session (the
 tiny run's step compiles once for the whole directory instead of once per process).
 """
+
 import importlib.util
 import json
 import os
@@ -25,7 +26,8 @@ REFERENCE_STEPS = [3, 4, 5, 6]  # the checkpoints reference_run keeps
 
 # The training tests' data fixture (64 {"prompt", "completion"} rows), reused as is.
 _spec = importlib.util.spec_from_file_location(
-    'train_conftest', os.path.join(REPO, 'tests', 'train', 'conftest.py'))
+  'train_conftest', os.path.join(REPO, 'tests', 'train', 'conftest.py')
+)
 _train_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_train_conftest)
 data_path = _train_conftest.data_path
@@ -37,24 +39,41 @@ def jax_cache(tmp_path_factory):
 
 
 def train_args(workdir, data, *extra, steps=TOTAL_STEPS, every=EVERY):
-  return ['--config=configs/train/tiny.py:lora', f'--workdir={workdir}',
-          f'--config.data.path={data}', f'--config.total_steps={steps}',
-          f'--config.checkpoint.every_steps={every}', '--config.progress_bar=False', *extra]
+  return [
+    '--config=configs/train/tiny.py:lora',
+    f'--workdir={workdir}',
+    f'--config.data.path={data}',
+    f'--config.total_steps={steps}',
+    f'--config.checkpoint.every_steps={every}',
+    '--config.progress_bar=False',
+    *extra,
+  ]
 
 
 class Launcher:
   """Starts ``launch.train`` (optionally under ``fault_driver.py FAULT``) as a subprocess."""
 
   def __init__(self, cache_dir):
-    self.env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO,
-                    JAX_COMPILATION_CACHE_DIR=cache_dir,
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+    self.env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      PYTHONPATH=REPO,
+      JAX_COMPILATION_CACHE_DIR=cache_dir,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    )
 
   def popen(self, args, fault=None):
-    command = ([sys.executable, DRIVER, fault, '--'] if fault else
-               [sys.executable, '-m', 'launch.train'])
-    return subprocess.Popen(command + list(args), cwd=REPO, env=self.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = (
+      [sys.executable, DRIVER, fault, '--'] if fault else [sys.executable, '-m', 'launch.train']
+    )
+    return subprocess.Popen(
+      command + list(args),
+      cwd=REPO,
+      env=self.env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
 
   def run(self, args, fault=None, timeout=TIMEOUT_S):
     """``(returncode, stdout, stderr)``; a process past ``timeout`` is killed and fails."""
@@ -83,8 +102,9 @@ def reference_run(launcher, tmp_path_factory):
   rows = tmp_path_factory.mktemp('ref_data') / 'train.jsonl'
   with open(rows, 'w') as f:
     for i in range(64):
-      f.write(json.dumps({'prompt': f'What is {i} plus {i % 7}? ',
-                          'completion': f'{i + i % 7}.'}) + '\n')
+      f.write(
+        json.dumps({'prompt': f'What is {i} plus {i % 7}? ', 'completion': f'{i + i % 7}.'}) + '\n'
+      )
   workdir = str(tmp_path_factory.mktemp('reference') / 'run')
   code, out, err = launcher.run(train_args(workdir, rows, '--config.checkpoint.keep=4', every=1))
   assert code == 0, err[-3000:]
@@ -94,10 +114,12 @@ def reference_run(launcher, tmp_path_factory):
 def restore_checkpoint(workdir, step):
   """``({leaf name: array}, data state)`` of checkpoint ``step``, read with plain orbax."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+    restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore())
+    )
   finally:
     manager.close()
   return {k: np.asarray(v) for k, v in restored['state'].items()}, dict(restored['data'])
@@ -114,6 +136,7 @@ def assert_same_checkpoint(workdir_a, workdir_b, step):
 
 def losses(workdir):
   from peft_jax.train import read_metrics  # pylint: disable=g-import-not-at-top
+
   return [row['loss'] for row in read_metrics(workdir)]
 
 
@@ -121,8 +144,9 @@ def wait_for(predicate, proc, timeout=TIMEOUT_S, what='condition'):
   deadline = time.time() + timeout
   while not predicate():
     if proc.poll() is not None:
-      pytest.fail(f'process ended (rc {proc.returncode}) before {what}: '
-                  f'{proc.stderr.read()[-2000:]}')
+      pytest.fail(
+        f'process ended (rc {proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}'
+      )
     if time.time() > deadline:
       proc.send_signal(signal.SIGKILL)
       pytest.fail(f'no {what} within {timeout} s')

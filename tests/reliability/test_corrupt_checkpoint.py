@@ -1,6 +1,7 @@
 """A corrupt newest checkpoint (truncated data file, garbled metadata, missing state/) is named,
 moved aside (never deleted), and the run resumes from the previous intact one, ending
 bit-identical to a run that was never corrupted."""
+
 import os
 import shutil
 
@@ -28,8 +29,11 @@ CORRUPTIONS = {6: _truncate_data, 5: _garble_metadata, 4: _remove_state}
 
 
 def _files(directory):
-  return sorted(os.path.relpath(os.path.join(root, f), directory)
-                for root, _, files in os.walk(directory) for f in files)
+  return sorted(
+    os.path.relpath(os.path.join(root, f), directory)
+    for root, _, files in os.walk(directory)
+    for f in files
+  )
 
 
 def test_corrupt_newest_checkpoints_fall_back_to_intact_one(launcher, reference_run, tmp_path):

@@ -1,5 +1,6 @@
 """The training data's fingerprint (path, size, content hash) guards a resume like the config
 does; rows longer than seq_len are counted and reported, or dropped on request."""
+
 import json
 import os
 
@@ -14,8 +15,9 @@ def _write(path, rows):
 
 def test_changed_data_refused_unless_allowed(launcher, tmp_path):
   data = str(tmp_path / 'train.jsonl')
-  rows = [{'prompt': f'What is {i} plus {i % 7}? ', 'completion': f'{i + i % 7}.'}
-          for i in range(64)]
+  rows = [
+    {'prompt': f'What is {i} plus {i % 7}? ', 'completion': f'{i + i % 7}.'} for i in range(64)
+  ]
   rows[5] = {'prompt': 'Say it long: ', 'completion': 'x' * 80}  # longer than seq_len=32
   _write(data, rows)
   workdir = str(tmp_path / 'run')
@@ -32,8 +34,9 @@ def test_changed_data_refused_unless_allowed(launcher, tmp_path):
   assert 'data_fingerprint.sha256: saved' in err
   assert '--config.data.allow_changed_data=True' in err
 
-  code, out, err = launcher.run(train_args(workdir, data, '--config.data.allow_changed_data=True',
-                                           steps=6, every=6))
+  code, out, err = launcher.run(
+    train_args(workdir, data, '--config.data.allow_changed_data=True', steps=6, every=6)
+  )
   assert code == 0, err[-2000:]
   assert 'resuming although data_fingerprint.sha256' in err and 'changed (allowed' in err
   with open(os.path.join(workdir, 'config.json')) as f:

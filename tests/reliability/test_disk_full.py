@@ -5,6 +5,7 @@ and always a write that raises ENOSPC in a subprocess (fault_driver.py), for met
 background checkpoint save. The last complete checkpoint survives and a rerun resumes from it,
 bit-identical to a run that never failed.
 """
+
 import os
 import subprocess
 import threading
@@ -12,8 +13,8 @@ import time
 import uuid
 
 import pytest
-
 from reliability_support import EVERY, assert_same_checkpoint, train_args
+
 from peft_jax.train import metrics as metrics_lib
 
 
@@ -33,13 +34,15 @@ def test_checkpoint_save_failure_stops_at_next_step(launcher, reference_run, tmp
   reference, data = reference_run
   workdir = str(tmp_path / 'run')
   # Throttled a little so the background save's failure is seen at the next step, not later.
-  code, _, err = launcher.run(train_args(workdir, data, '--config.throttle_s=0.1'),
-                              fault='checkpoint_enospc:4')
+  code, _, err = launcher.run(
+    train_args(workdir, data, '--config.throttle_s=0.1'), fault='checkpoint_enospc:4'
+  )
   assert code == 1, err[-2000:]
   line = [l for l in err.splitlines() if l.startswith('CheckpointSaveError')]
   assert line, err[-2000:]
-  assert (f'checkpoint save of step 4 failed: disk full / cannot write {workdir}/checkpoints/4'
-          in line[0])
+  assert (
+    f'checkpoint save of step 4 failed: disk full / cannot write {workdir}/checkpoints/4' in line[0]
+  )
   assert 'the last complete checkpoint (step 2) is kept' in line[0]
   rows = metrics_lib.read_metrics(workdir)
   # Stopped at the next step (or the one after, if the failing save was still in flight).
@@ -56,8 +59,10 @@ def test_stalled_metric_writer_fails_instead_of_hanging(launcher, reference_run,
   _, data = reference_run
   workdir = str(tmp_path / 'run')
   start = time.monotonic()
-  code, _, err = launcher.run(train_args(workdir, data, '--config.metric_timeout_s=0.5',
-                                         '--config.throttle_s=0.3'), fault='metrics_stall')
+  code, _, err = launcher.run(
+    train_args(workdir, data, '--config.metric_timeout_s=0.5', '--config.throttle_s=0.3'),
+    fault='metrics_stall',
+  )
   assert code == 1, err[-2000:]
   # Seen by a later write ("made no progress") or, at the latest, by close ("did not finish").
   assert f'MetricWriteError: cannot write {workdir}/metrics.jsonl: the metric writer ' in err
@@ -98,8 +103,9 @@ def test_writer_thread_error_surfaces_in_process(tmp_path):
 def _can_mount_tmpfs(path):
   os.makedirs(path, exist_ok=True)
   try:
-    result = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', path],
-                            capture_output=True, timeout=10)
+    result = subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', path], capture_output=True, timeout=10
+    )
   except (OSError, subprocess.TimeoutExpired):
     return False
   if result.returncode != 0:
@@ -115,8 +121,9 @@ def tmpfs(tmp_path):
     pytest.skip('cannot mount a tmpfs here (needs root); the ENOSPC-injection tests cover it')
 
   def mount(size):
-    subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', mount_point],
-                   check=True, timeout=10)
+    subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', mount_point], check=True, timeout=10
+    )
     return mount_point
 
   yield mount
@@ -133,5 +140,6 @@ def test_real_full_tmpfs_fails_fast(tmpfs, launcher, reference_run):
   assert code == 1, err[-2000:]
   assert 'disk full / cannot write' in last and workdir in last, last
   kept = [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()]
-  assert kept and all(os.path.exists(os.path.join(workdir, 'checkpoints', d, 'state'))
-                      for d in kept)
+  assert kept and all(
+    os.path.exists(os.path.join(workdir, 'checkpoints', d, 'state')) for d in kept
+  )

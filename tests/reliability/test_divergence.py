@@ -1,13 +1,14 @@
 """peak_lr=1e30: the loss stays finite (ln V) while parameters explode; the divergence guard
 stops the run at the first exploding step, before it is checkpointed, naming the last good
 checkpoint by number or saying that none exists."""
+
 import math
 import os
 
 import numpy as np
 import pytest
-
 from reliability_support import restore_checkpoint, train_args
+
 from peft_jax.train import guard as guard_lib
 
 HUGE_LR = '--config.optimizer.peak_lr=1e30'
@@ -49,9 +50,11 @@ def test_guard_non_finite_and_thresholds():
   healthy = {'loss': 4.1, 'grad_norm': 0.0, 'update_norm': 1e20, 'param_norm': 3.0}
   assert guard.problem(healthy) is None  # no bounds: only non-finite values stop
   finite_loss = dict(healthy, param_norm=math.inf)  # the loss sits at ln V, params are gone
-  with pytest.raises(guard_lib.DivergenceError,
-                     match=r'step 2: param_norm is inf \(non-finite\).*checkpoint \(step 2\) in '
-                           r'/w/checkpoints/2 is intact'):
+  with pytest.raises(
+    guard_lib.DivergenceError,
+    match=r'step 2: param_norm is inf \(non-finite\).*checkpoint \(step 2\) in '
+    r'/w/checkpoints/2 is intact',
+  ):
     guard.check(2, finite_loss, last_good_step=2)
   bounded = guard_lib.DivergenceGuard({'max_grad_norm': 10.0}, '/w/checkpoints')
   assert 'max_grad_norm=10' in bounded.problem(dict(healthy, grad_norm=11.0))

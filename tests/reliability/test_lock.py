@@ -1,4 +1,5 @@
 """The workdir lock: two runs never write one workdir; a dead run's lock is taken over."""
+
 import json
 import os
 import signal
@@ -7,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from reliability_support import REPO, TIMEOUT_S, finish, train_args, wait_for
+
 from peft_jax.common import lock
 
 
@@ -39,19 +40,25 @@ def test_two_concurrent_runs_one_refused(launcher, reference_run, tmp_path):
   assert not os.path.exists(os.path.join(workdir, '.lock'))
 
 
-_HOLD = '''
+_HOLD = """
 import sys, time
 from peft_jax.common import lock
 lock.acquire(sys.argv[1])
 print('locked', flush=True)
 time.sleep(60)
-'''
+"""
 
 
 def _holder(workdir):
   env = dict(os.environ, PYTHONPATH=REPO)
-  proc = subprocess.Popen([sys.executable, '-c', _HOLD, workdir], env=env, cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, '-c', _HOLD, workdir],
+    env=env,
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   assert proc.stdout.readline().strip() == 'locked', proc.stderr.read()
   return proc
 

@@ -1,12 +1,19 @@
 """SIGTERM (a preempted job) or SIGINT mid-run: the current step is checkpointed, the process
 exits 128 + signal with a message, and rerunning the same command resumes bit-identical."""
+
 import json
 import os
 import signal
 
 import pytest
-
-from reliability_support import REFERENCE_STEPS, assert_same_checkpoint, finish, losses, train_args, wait_for
+from reliability_support import (
+  REFERENCE_STEPS,
+  assert_same_checkpoint,
+  finish,
+  losses,
+  train_args,
+  wait_for,
+)
 
 
 def _logged_steps(workdir):
@@ -18,8 +25,9 @@ def _logged_steps(workdir):
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_current_step_and_resume_is_bit_identical(signum, launcher, reference_run,
-                                                               tmp_path):
+def test_signal_saves_current_step_and_resume_is_bit_identical(
+  signum, launcher, reference_run, tmp_path
+):
   reference, data = reference_run
   workdir = str(tmp_path / 'run')
   # every_steps=5: the checkpoint the signal writes is not one the schedule would have written.

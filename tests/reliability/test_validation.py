@@ -1,19 +1,24 @@
 """A start that fails validation (model, tokenizer, data) writes nothing, so the corrected
 command then runs as a fresh start instead of being refused as an incompatible resume.
 (Malformed data files: test_malformed_inputs.py.)"""
+
 import os
 
 import pytest
-
 from reliability_support import train_args
 
 
-@pytest.mark.parametrize('bad, message', [
+@pytest.mark.parametrize(
+  'bad, message',
+  [
     ('--config.adapter.kwargs.rank=1000', 'rank'),
-    ('--config.data.tokenizer=/nonexistent/tok',
-     "config.data.tokenizer='/nonexistent/tok': tokenizer directory /nonexistent/tok does not "
-     'exist'),
-])
+    (
+      '--config.data.tokenizer=/nonexistent/tok',
+      "config.data.tokenizer='/nonexistent/tok': tokenizer directory /nonexistent/tok does not "
+      'exist',
+    ),
+  ],
+)
 def test_failed_start_writes_nothing(bad, message, launcher, reference_run, tmp_path):
   _, data = reference_run
   workdir = str(tmp_path / 'run')

@@ -1,5 +1,6 @@
 """The metric writer's TensorBoard events read back with tensorboardX's own protobufs and CRC
 (an independent reader of the format), and its JSONL lines with read_metrics."""
+
 import glob
 import os
 import struct
@@ -20,11 +21,11 @@ def _records(path):
     data = f.read()
   offset, out = 0, []
   while offset < len(data):
-    (length,) = struct.unpack('<Q', data[offset:offset + 8])
-    (length_crc,) = struct.unpack('<I', data[offset + 8:offset + 12])
-    assert length_crc == _masked(reference_crc32c(data[offset:offset + 8]))
-    payload = data[offset + 12:offset + 12 + length]
-    (payload_crc,) = struct.unpack('<I', data[offset + 12 + length:offset + 16 + length])
+    (length,) = struct.unpack('<Q', data[offset : offset + 8])
+    (length_crc,) = struct.unpack('<I', data[offset + 8 : offset + 12])
+    assert length_crc == _masked(reference_crc32c(data[offset : offset + 8]))
+    payload = data[offset + 12 : offset + 12 + length]
+    (payload_crc,) = struct.unpack('<I', data[offset + 12 + length : offset + 16 + length])
     assert payload_crc == _masked(reference_crc32c(payload))
     out.append(payload)
     offset += 16 + length
@@ -41,8 +42,12 @@ def test_events_are_tensorboard_records(tmp_path):
   events = [event_pb2.Event.FromString(r) for r in _records(path)]
   assert events[0].file_version == 'brain.Event:2'
   scalars = [(e.step, v.tag, v.simple_value) for e in events[1:] for v in e.summary.value]
-  assert scalars == [(1, 'loss', 2.5), (1, 'update_norm/layers_0', 0.125),
-                     (2, 'loss', 1.5), (2, 'update_norm/layers_0', 0.25)]
+  assert scalars == [
+    (1, 'loss', 2.5),
+    (1, 'update_norm/layers_0', 0.125),
+    (2, 'loss', 1.5),
+    (2, 'update_norm/layers_0', 0.25),
+  ]
   assert [r['loss'] for r in metrics.read_metrics(str(tmp_path))] == [2.5, 1.5]
 
 

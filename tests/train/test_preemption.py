@@ -19,8 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _restore_checkpoint(workdir, step):
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore())
+  )
   manager.close()
   return {k: np.asarray(v) for k, v in restored['state'].items()}, dict(restored['data'])
 
@@ -28,11 +29,24 @@ def _restore_checkpoint(workdir, step):
 def _launch(workdir, data_path, throttle):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   return subprocess.Popen(
-      [sys.executable, '-m', 'launch.train', '--config=configs/train/tiny.py:lora',
-       f'--workdir={workdir}', f'--config.data.path={data_path}', '--config.total_steps=12',
-       '--config.checkpoint.every_steps=3', f'--config.throttle_s={throttle}',
-       '--config.progress_bar=False', '--config.mesh_shape=(2,2,2)'],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    [
+      sys.executable,
+      '-m',
+      'launch.train',
+      '--config=configs/train/tiny.py:lora',
+      f'--workdir={workdir}',
+      f'--config.data.path={data_path}',
+      '--config.total_steps=12',
+      '--config.checkpoint.every_steps=3',
+      f'--config.throttle_s={throttle}',
+      '--config.progress_bar=False',
+      '--config.mesh_shape=(2,2,2)',
+    ],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+  )
 
 
 def _finish(proc, timeout=240):

@@ -24,11 +24,11 @@ STEPS = 20
 OPT = dict(peak_lr=3e-3, total_steps=STEPS, warmup_steps=3, weight_decay=0.01, clip_norm=1.0)
 
 
-
 def _loss_fn(trainable, frozen, batch, rng):
   return loss_lib.masked_cross_entropy_sum(
-      tiny_lm.apply(tiny_lm.combine(trainable, frozen), batch['tokens'], None,
-                    batch['segment_ids']), batch)
+    tiny_lm.apply(tiny_lm.combine(trainable, frozen), batch['tokens'], None, batch['segment_ids']),
+    batch,
+  )
 
 
 def _run(mesh_shape, method, steps=STEPS, accum=1):
@@ -37,9 +37,15 @@ def _run(mesh_shape, method, steps=STEPS, accum=1):
     params = tiny_lm.inject_lora(params, jax.random.PRNGKey(1))
   partition = tiny_lm.partition_lora if method == 'lora' else tiny_lm.partition_full
   mesh = parallel.make_mesh(mesh_shape)
-  training = setup_training(params, tiny_lm.logical_axes(params), loss_fn=_loss_fn,
-                            partition_fn=partition, mesh=mesh, optimizer_kwargs=OPT,
-                            grad_accum_steps=accum)
+  training = setup_training(
+    params,
+    tiny_lm.logical_axes(params),
+    loss_fn=_loss_fn,
+    partition_fn=partition,
+    mesh=mesh,
+    optimizer_kwargs=OPT,
+    grad_accum_steps=accum,
+  )
   rng = np.random.default_rng(0)
   batches = [tiny_lm.random_batch(rng) for _ in range(steps)]
   state, losses = training.state, []
@@ -80,8 +86,9 @@ def test_masked_loss_matches_numpy_float64():
   batch = tiny_lm.random_batch(rng, batch=3, seq=10)
   logits = rng.normal(size=(3, 10, 7))
   batch['tokens'] = rng.integers(0, 7, size=(3, 10)).astype(np.int32)
-  loss_sum, count = loss_lib.masked_cross_entropy_sum(jnp.asarray(logits, jnp.float32),
-                                                      {k: jnp.asarray(v) for k, v in batch.items()})
+  loss_sum, count = loss_lib.masked_cross_entropy_sum(
+    jnp.asarray(logits, jnp.float32), {k: jnp.asarray(v) for k, v in batch.items()}
+  )
   total, n = 0.0, 0
   for b in range(3):
     for t in range(9):
@@ -95,19 +102,27 @@ def test_masked_loss_matches_numpy_float64():
 
 
 def test_optimizer_matches_numpy_adamw_with_groups():
-  params = {'a': {'kernel': jnp.array([[1.0, -2.0], [0.5, 3.0]]), 'bias': jnp.array([0.1, -0.2])},
-            'gate': {'w': jnp.array([[0.3, 0.4]])}}
+  params = {
+    'a': {'kernel': jnp.array([[1.0, -2.0], [0.5, 3.0]]), 'bias': jnp.array([0.1, -0.2])},
+    'gate': {'w': jnp.array([[0.3, 0.4]])},
+  }
   grads = jax.tree.map(lambda p: 0.7 * p + 0.05, params)
-  tx, schedule = opt_lib.make_optimizer(params, peak_lr=0.1, total_steps=10, warmup_steps=2,
-                                        weight_decay=0.5, clip_norm=0.5,
-                                        lr_groups=[('gate/.*', 5.0)])
+  tx, schedule = opt_lib.make_optimizer(
+    params,
+    peak_lr=0.1,
+    total_steps=10,
+    warmup_steps=2,
+    weight_decay=0.5,
+    clip_norm=0.5,
+    lr_groups=[('gate/.*', 5.0)],
+  )
   state = tx.init(params)
   upd, state = jax.jit(tx.update)(grads, state, params)
   upd2, _ = jax.jit(tx.update)(grads, state, params)
   # float64 reference from the definitions
   g = {k: np.asarray(v, np.float64) for k, v in parallel.named_leaves(grads).items()}
   p = {k: np.asarray(v, np.float64) for k, v in parallel.named_leaves(params).items()}
-  norm = np.sqrt(sum((x ** 2).sum() for x in g.values()))
+  norm = np.sqrt(sum((x**2).sum() for x in g.values()))
   g = {k: x * min(1.0, 0.5 / norm) for k, x in g.items()}
   for step, got in ((1, upd), (2, upd2)):
     lr = 0.1 * (step - 1) / 2  # warmup: lr(0) = 0, lr(1) = 0.05

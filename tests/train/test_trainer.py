@@ -15,8 +15,14 @@ import pytest
 from peft_jax import hub, parallel
 from peft_jax.adapters import api as adapters
 from peft_jax.data import sft
-from peft_jax.train import (decay_mask, default_config, load_trajectory, lr_multipliers,
-                            read_metrics, train)
+from peft_jax.train import (
+  decay_mask,
+  default_config,
+  load_trajectory,
+  lr_multipliers,
+  read_metrics,
+  train,
+)
 from peft_jax.train.trainer import build_model, make_method
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,8 +54,9 @@ def lora_run(data_path, tmp_path_factory):
 
 def _restore_checkpoint(workdir, step):
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore())
+  )
   manager.close()
   return {k: np.asarray(v) for k, v in restored['state'].items()}, dict(restored['data'])
 
@@ -60,13 +67,22 @@ def test_run_compiles_once_logs_and_snapshots(lora_run):
   assert [s for s, _ in result.losses] == list(range(8))
   rows = read_metrics(workdir)
   assert [r['step'] for r in rows] == list(range(1, 9))
-  for key in ('loss', 'grad_norm', 'lr', 'tokens_per_second', 'mfu', 'update_norm/layers_0',
-              'update_norm/layers_1', 'param_norm'):
+  for key in (
+    'loss',
+    'grad_norm',
+    'lr',
+    'tokens_per_second',
+    'mfu',
+    'update_norm/layers_0',
+    'update_norm/layers_1',
+    'param_norm',
+  ):
     assert all(np.isfinite(r[key]) for r in rows), key
   np.testing.assert_allclose([r['loss'] for r in rows], [l for _, l in result.losses], rtol=1e-7)
   assert rows[0]['lr'] == 0.0 and rows[1]['lr'] == pytest.approx(config.optimizer.peak_lr * 0.5)
-  assert any(f.startswith('events.out.tfevents') for f in
-             os.listdir(os.path.join(workdir, 'tensorboard')))
+  assert any(
+    f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard'))
+  )
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['optimizer']['peak_lr'] == config.optimizer.peak_lr
   # trajectory: the initial adapter and every 4 steps, all kept; the last equals the final state
@@ -74,12 +90,15 @@ def test_run_compiles_once_logs_and_snapshots(lora_run):
   assert sorted(snapshots) == [0, 4, 8]
   for a, b in zip(jax.tree.leaves(snapshots[8]), jax.tree.leaves(result.state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-                 zip(jax.tree.leaves(snapshots[0]), jax.tree.leaves(snapshots[4])))
+  assert not all(
+    np.array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(snapshots[0]), jax.tree.leaves(snapshots[4]))
+  )
   # the checkpoint holds the iterator position: the state after 8 batches
   _, data_state = _restore_checkpoint(workdir, 8)
-  arrays = sft.build_sft_arrays(sft.load_rows(config.data.path), sft.ByteTokenizer(64),
-                                config.data.seq_len)
+  arrays = sft.build_sft_arrays(
+    sft.load_rows(config.data.path), sft.ByteTokenizer(64), config.data.seq_len
+  )
   iterator = sft.SFTIterator(arrays, config.batch_size, seed=config.seed)
   for _ in range(8):
     next(iterator)
@@ -101,8 +120,7 @@ def test_config_guard_and_noop_resume(lora_run, data_path):
   changed = _config(data_path, **{'optimizer.peak_lr': 1e-2, 'adapter.kwargs': {'rank': 8}})
   with pytest.raises(ValueError, match=r'adapter\.kwargs\.rank.*optimizer\.peak_lr'):
     train(changed, workdir)
-  harmless = _config(data_path, **{'log_every': 5, 'export.adapter': True,
-                                   'export.merged': False})
+  harmless = _config(data_path, **{'log_every': 5, 'export.adapter': True, 'export.merged': False})
   result = train(harmless, workdir)
   assert result.start_step == 8 and result.losses == []
 
@@ -133,8 +151,12 @@ def test_remat_bf16_accumulation_and_disel_groups(data_path, tmp_path):
   and keeps float32 trainable params; DISeL gate params (and only they) get the gate lr."""
   base = {'total_steps': 3, 'checkpoint.snapshot_every': 0}
   runs = {}
-  for name, extra in (('f32', {}), ('remat', {'model.remat': True}),
-                      ('accum', {'grad_accum_steps': 2}), ('bf16', {'model.dtype': 'bfloat16'})):
+  for name, extra in (
+    ('f32', {}),
+    ('remat', {'model.remat': True}),
+    ('accum', {'grad_accum_steps': 2}),
+    ('bf16', {'model.dtype': 'bfloat16'}),
+  ):
     result = train(_config(data_path, **base, **extra), str(tmp_path / name))
     runs[name] = np.array([l for _, l in result.losses])
     assert result.num_compiles == 1
@@ -149,8 +171,9 @@ def test_remat_bf16_accumulation_and_disel_groups(data_path, tmp_path):
   spec.loader.exec_module(tiny)
   config = tiny.get_config('disel')
   _, params, _, _ = build_model(config)
-  tree = adapters.inject(params, make_method(config), list(config.adapter.targets),
-                         jax.random.PRNGKey(0))
+  tree = adapters.inject(
+    params, make_method(config), list(config.adapter.targets), jax.random.PRNGKey(0)
+  )
   trainable, _ = adapters.partition(tree)
   groups = adapters.param_groups(trainable)  # the method object's groups (DISeL's gates)
   mults = parallel.named_leaves(lr_multipliers(trainable, config.optimizer.lr_groups, groups))
@@ -165,35 +188,50 @@ def test_hf_directory_first_loss_matches_transformers(tmp_path):
   """From an HF directory (Qwen2: qkv bias, tied embeddings): the step-0 SFT loss equals
   transformers' loss with prompt and padding labels set to -100."""
   import torch  # pylint: disable=g-import-not-at-top
+
   sys.path.insert(0, os.path.join(REPO, 'tests'))
   import helpers_hf  # pylint: disable=g-import-not-at-top
+
   hf_dir = helpers_hf.save_tiny_hf_model('qwen2', tmp_path / 'qwen2')
   data = tmp_path / 'train.jsonl'
   with open(data, 'w') as f:
     for i in range(16):
       f.write(json.dumps({'prompt': f'q{i}: ', 'completion': f'a{i * 3}'}) + '\n')
-  config = _config(str(data), **{'model.path': str(hf_dir), 'total_steps': 2,
-                                  'data.packing': False, 'data.seq_len': 16,
-                                  'checkpoint.snapshot_every': 0,
-                                  'adapter.target_regex': 'all-linear'})
+  config = _config(
+    str(data),
+    **{
+      'model.path': str(hf_dir),
+      'total_steps': 2,
+      'data.packing': False,
+      'data.seq_len': 16,
+      'checkpoint.snapshot_every': 0,
+      'adapter.target_regex': 'all-linear',
+    },
+  )
   result = train(config, str(tmp_path / 'run'))
-  arrays = sft.build_sft_arrays(sft.load_rows(str(data)), sft.ByteTokenizer(helpers_hf.VOCAB_SIZE),
-                                16, packing=False)
+  arrays = sft.build_sft_arrays(
+    sft.load_rows(str(data)), sft.ByteTokenizer(helpers_hf.VOCAB_SIZE), 16, packing=False
+  )
   batch = next(sft.SFTIterator(arrays, config.batch_size, seed=config.seed))
   labels = np.where(batch['loss_mask'] == 1, batch['tokens'], -100)
   hf_model = helpers_hf.tiny_hf_model('qwen2')
   with torch.no_grad():
-    expected = hf_model(input_ids=torch.from_numpy(batch['tokens']).long(),
-                        attention_mask=torch.from_numpy(batch['segment_ids'] > 0).long(),
-                        labels=torch.from_numpy(labels).long()).loss.item()
+    expected = hf_model(
+      input_ids=torch.from_numpy(batch['tokens']).long(),
+      attention_mask=torch.from_numpy(batch['segment_ids'] > 0).long(),
+      labels=torch.from_numpy(labels).long(),
+    ).loss.item()
   assert result.losses[0][1] == pytest.approx(expected, rel=1e-5)
 
 
 def test_bad_config_errors_name_the_key(data_path, tmp_path):
   with pytest.raises(ValueError, match=r"config.adapter.method='lorax'; valid: \('full', 'lora'"):
     train(_config(data_path, **{'adapter.method': 'lorax'}), str(tmp_path / 'a'))
-  with pytest.raises(ValueError, match=r"kwargs \['alpha', 'block_size'\] do not fit "
-                                       r"config.adapter.method='lora'.*block_size"):
+  with pytest.raises(
+    ValueError,
+    match=r"kwargs \['alpha', 'block_size'\] do not fit "
+    r"config.adapter.method='lora'.*block_size",
+  ):
     make_method(_config(data_path, **{'adapter.kwargs': {'alpha': 1.0, 'block_size': 4}}))
   with pytest.raises(ValueError, match='grad_accum_steps=3'):
     train(_config(data_path, grad_accum_steps=3), str(tmp_path / 'b'))

@@ -7,23 +7,34 @@ them, `train_tokenizer` trains the matching byte-level BPE tokenizer.
 """
 
 from peft_jax.data.suite.bbh_tasks import BBH_TASKS
-from peft_jax.data.suite.generate import DEFAULT_SIZES
-from peft_jax.data.suite.generate import GENERAL_TASKS
-from peft_jax.data.suite.generate import generate_suite
-from peft_jax.data.suite.generate import BBH_PROMPT
-from peft_jax.data.suite.generate import GSM_PROMPT
-from peft_jax.data.suite.generate import NQ_PROMPT
-from peft_jax.data.suite.generate import nq_prompt
-from peft_jax.data.suite.generate import TARGET_TASKS
-from peft_jax.data.suite.generate import tokenizer_training_files
+from peft_jax.data.suite.generate import (
+  BBH_PROMPT,
+  DEFAULT_SIZES,
+  GENERAL_TASKS,
+  GSM_PROMPT,
+  NQ_PROMPT,
+  TARGET_TASKS,
+  generate_suite,
+  nq_prompt,
+  tokenizer_training_files,
+)
 from peft_jax.data.suite.ifeval_tasks import IFEVAL_INSTRUCTION_IDS
-from peft_jax.data.tokenizer_train import CHAT_TEMPLATE
-from peft_jax.data.tokenizer_train import render_chat
-from peft_jax.data.tokenizer_train import render_prompt
-from peft_jax.data.tokenizer_train import train_tokenizer
+from peft_jax.data.tokenizer_train import CHAT_TEMPLATE, render_chat, render_prompt, train_tokenizer
 
 __all__ = [
-    'BBH_PROMPT', 'BBH_TASKS', 'CHAT_TEMPLATE', 'GSM_PROMPT', 'NQ_PROMPT', 'DEFAULT_SIZES', 'GENERAL_TASKS', 'IFEVAL_INSTRUCTION_IDS',
-    'TARGET_TASKS', 'generate_suite', 'nq_prompt', 'render_chat', 'render_prompt',
-    'tokenizer_training_files', 'train_tokenizer',
+  'BBH_PROMPT',
+  'BBH_TASKS',
+  'CHAT_TEMPLATE',
+  'GSM_PROMPT',
+  'NQ_PROMPT',
+  'DEFAULT_SIZES',
+  'GENERAL_TASKS',
+  'IFEVAL_INSTRUCTION_IDS',
+  'TARGET_TASKS',
+  'generate_suite',
+  'nq_prompt',
+  'render_chat',
+  'render_prompt',
+  'tokenizer_training_files',
+  'train_tokenizer',
 ]

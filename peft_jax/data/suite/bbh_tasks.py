@@ -10,20 +10,64 @@ from __future__ import annotations
 import random
 from typing import Callable, Dict, List
 
-_SORT_WORDS = ('apple', 'river', 'stone', 'cloud', 'bread', 'horse', 'lamp', 'garden', 'table',
-               'window', 'candle', 'forest', 'music', 'paper', 'silver', 'tiger', 'ocean', 'pencil',
-               'rabbit', 'mirror', 'basket', 'dragon', 'flower', 'hammer', 'island', 'jacket',
-               'kettle', 'ladder', 'monkey', 'needle', 'orange', 'pepper', 'quilt', 'rocket',
-               'saddle', 'tunnel', 'violet', 'wagon', 'yellow', 'zebra', 'anchor', 'button',
-               'castle', 'desert', 'engine', 'feather', 'guitar', 'helmet')
+_SORT_WORDS = (
+  'apple',
+  'river',
+  'stone',
+  'cloud',
+  'bread',
+  'horse',
+  'lamp',
+  'garden',
+  'table',
+  'window',
+  'candle',
+  'forest',
+  'music',
+  'paper',
+  'silver',
+  'tiger',
+  'ocean',
+  'pencil',
+  'rabbit',
+  'mirror',
+  'basket',
+  'dragon',
+  'flower',
+  'hammer',
+  'island',
+  'jacket',
+  'kettle',
+  'ladder',
+  'monkey',
+  'needle',
+  'orange',
+  'pepper',
+  'quilt',
+  'rocket',
+  'saddle',
+  'tunnel',
+  'violet',
+  'wagon',
+  'yellow',
+  'zebra',
+  'anchor',
+  'button',
+  'castle',
+  'desert',
+  'engine',
+  'feather',
+  'guitar',
+  'helmet',
+)
 
 _BRACKETS = (('(', ')'), ('[', ']'), ('{', '}'), ('<', '>'))
 
 _OBJECT_CATEGORIES = {
-    'fruits': ('apple', 'banana', 'peach', 'plum', 'grape', 'orange'),
-    'vegetables': ('carrot', 'onion', 'potato', 'cabbage', 'yam', 'celery stalk'),
-    'animals': ('cat', 'dog', 'goat', 'rabbit', 'pig', 'cow'),
-    'musical instruments': ('piano', 'flute', 'drum', 'violin', 'trumpet', 'accordion'),
+  'fruits': ('apple', 'banana', 'peach', 'plum', 'grape', 'orange'),
+  'vegetables': ('carrot', 'onion', 'potato', 'cabbage', 'yam', 'celery stalk'),
+  'animals': ('cat', 'dog', 'goat', 'rabbit', 'pig', 'cow'),
+  'musical instruments': ('piano', 'flute', 'drum', 'violin', 'trumpet', 'accordion'),
 }
 _PLURALS = {'peach': 'peaches', 'potato': 'potatoes', 'celery stalk': 'celery stalks'}
 _NUMBER_WORDS = {1: 'a', 2: 'two', 3: 'three'}
@@ -39,6 +83,7 @@ def _answer(reasoning: str, target: str) -> str:
 
 def boolean_expressions(rng: random.Random) -> Dict:
   """'not ( True or False ) and True is' -> 'False' (Python's precedence: not > and > or)."""
+
   def literal():
     return rng.choice(('True', 'False'))
 
@@ -75,9 +120,11 @@ def boolean_expressions(rng: random.Random) -> Dict:
 def word_sorting(rng: random.Random) -> Dict:
   words = rng.sample(_SORT_WORDS, rng.randint(3, 5))
   ordered = ' '.join(sorted(words))
-  return {'input': 'Sort the following words alphabetically: List: ' + ' '.join(words),
-          'target': ordered,
-          'completion': _answer(f'In alphabetical order the words are {ordered}.', ordered)}
+  return {
+    'input': 'Sort the following words alphabetically: List: ' + ' '.join(words),
+    'target': ordered,
+    'completion': _answer(f'In alphabetical order the words are {ordered}.', ordered),
+  }
 
 
 def dyck_languages(rng: random.Random) -> Dict:
@@ -96,10 +143,12 @@ def dyck_languages(rng: random.Random) -> Dict:
       sequence.append(stack.pop())
   target = ' '.join(reversed(stack))
   still_open = ' '.join(s for s in _open_brackets(sequence))
-  return {'input': 'Complete the rest of the sequence, making sure that the parentheses are '
-                   'closed properly. Input: ' + ' '.join(sequence),
-          'target': target,
-          'completion': _answer(f'The brackets still open are {still_open}.', target)}
+  return {
+    'input': 'Complete the rest of the sequence, making sure that the parentheses are '
+    'closed properly. Input: ' + ' '.join(sequence),
+    'target': target,
+    'completion': _answer(f'The brackets still open are {still_open}.', target),
+  }
 
 
 def _open_brackets(sequence: List[str]) -> List[str]:
@@ -122,10 +171,15 @@ def multistep_arithmetic_two(rng: random.Random) -> Dict:
   left_value = _apply(numbers[0], ops[0], numbers[1])
   right_value = _apply(numbers[2], ops[1], numbers[3])
   value = _apply(left_value, ops[2], right_value)
-  reasoning = (f'{left} = {left_value}. {right} = {right_value}. '
-               f'{left_value} {ops[2]} {right_value} = {value}.')
-  return {'input': f'({left} {ops[2]} {right}) =', 'target': str(value),
-          'completion': _answer(reasoning, str(value))}
+  reasoning = (
+    f'{left} = {left_value}. {right} = {right_value}. '
+    f'{left_value} {ops[2]} {right_value} = {value}.'
+  )
+  return {
+    'input': f'({left} {ops[2]} {right}) =',
+    'target': str(value),
+    'completion': _answer(reasoning, str(value)),
+  }
 
 
 def _apply(a: int, op: str, b: int) -> int:
@@ -141,15 +195,21 @@ def object_counting(rng: random.Random) -> Dict:
   items += [(name, rng.randint(1, 3), False) for name in distractors]
   rng.shuffle(items)
   phrases = [_count_phrase(name, count) for name, count, _ in items]
-  listing = (', '.join(phrases[:-1]) + ', and ' + phrases[-1]) if len(phrases) > 2 else (
-      ' and '.join(phrases))
+  listing = (
+    (', '.join(phrases[:-1]) + ', and ' + phrases[-1])
+    if len(phrases) > 2
+    else (' and '.join(phrases))
+  )
   counted = [(name, count) for name, count, keep in items if keep]
   total = sum(count for _, count in counted)
   reasoning = ' '.join(f'{_count_phrase(n, c)} = {c}.' for n, c in counted)
   if len(counted) > 1:
     reasoning += ' ' + ' + '.join(str(c) for _, c in counted) + f' = {total}.'
-  return {'input': f'I have {listing}. How many {category} do I have?', 'target': str(total),
-          'completion': _answer(reasoning, str(total))}
+  return {
+    'input': f'I have {listing}. How many {category} do I have?',
+    'target': str(total),
+    'completion': _answer(reasoning, str(total)),
+  }
 
 
 def _count_phrase(name: str, count: int) -> str:
@@ -170,13 +230,15 @@ def tracking_shuffled_objects_three_objects(rng: random.Random) -> Dict:
   letter = _OPTION_LETTERS[colours.index(holding[asked])]
   start = ', '.join(f'{p} has a {c} ball' for p, c in zip(_PLAYERS[:2], colours[:2]))
   start += f', and {_PLAYERS[2]} has a {colours[2]} ball'
-  moves = ' '.join(f'{word}, {a} and {b} swap balls.'
-                   for word, (a, b) in zip(('First', 'Then', 'Finally'), swaps))
+  moves = ' '.join(
+    f'{word}, {a} and {b} swap balls.' for word, (a, b) in zip(('First', 'Then', 'Finally'), swaps)
+  )
   options = '\n'.join(f'({l}) {c} ball' for l, c in zip(_OPTION_LETTERS, colours))
-  return {'input': f'{start}. {moves} At the end, '
-                   f'{asked} has the\nOptions:\n{options}',
-          'target': f'({letter})',
-          'completion': _answer(' '.join(states), f'({letter})')}
+  return {
+    'input': f'{start}. {moves} At the end, {asked} has the\nOptions:\n{options}',
+    'target': f'({letter})',
+    'completion': _answer(' '.join(states), f'({letter})'),
+  }
 
 
 def navigate(rng: random.Random) -> Dict:
@@ -196,9 +258,13 @@ def navigate(rng: random.Random) -> Dict:
       break
   target = 'Yes' if returns else 'No'
   reasoning = 'Positions: ' + ', '.join(f'({x}, {y})' for x, y in positions) + '.'
-  return {'input': 'If you follow these instructions, do you return to the starting point? '
-                   + ' '.join(instructions) + '\nOptions:\n- Yes\n- No',
-          'target': target, 'completion': _answer(reasoning, target)}
+  return {
+    'input': 'If you follow these instructions, do you return to the starting point? '
+    + ' '.join(instructions)
+    + '\nOptions:\n- Yes\n- No',
+    'target': target,
+    'completion': _answer(reasoning, target),
+  }
 
 
 def _walk(instructions: List[str]):
@@ -219,12 +285,12 @@ def _walk(instructions: List[str]):
 
 
 BBH_GENERATORS: Dict[str, Callable[[random.Random], Dict]] = {
-    'boolean_expressions': boolean_expressions,
-    'word_sorting': word_sorting,
-    'dyck_languages': dyck_languages,
-    'multistep_arithmetic_two': multistep_arithmetic_two,
-    'object_counting': object_counting,
-    'tracking_shuffled_objects_three_objects': tracking_shuffled_objects_three_objects,
-    'navigate': navigate,
+  'boolean_expressions': boolean_expressions,
+  'word_sorting': word_sorting,
+  'dyck_languages': dyck_languages,
+  'multistep_arithmetic_two': multistep_arithmetic_two,
+  'object_counting': object_counting,
+  'tracking_shuffled_objects_three_objects': tracking_shuffled_objects_three_objects,
+  'navigate': navigate,
 }
 BBH_TASKS = tuple(BBH_GENERATORS)

@@ -37,28 +37,26 @@ import random
 from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from peft_jax.data import tokenizer_train
-from peft_jax.data.suite import bbh_tasks
-from peft_jax.data.suite import ifeval_tasks
-from peft_jax.data.suite import targets
+from peft_jax.data.suite import bbh_tasks, ifeval_tasks, targets
 from peft_jax.data.suite import world as world_lib
 
 GENERAL_TASKS = ('ifeval', 'nq', 'bbh')
 TARGET_TASKS = ('gsm', 'cipher')
 
 DEFAULT_SIZES = {
-    'people': 80,
-    'cities': 20,
-    'animals': 20,
-    'fact_docs_per_entity': 4,
-    'nq_test_fraction': 0.3,
-    'ifeval_train': 1500,
-    'ifeval_test': 200,
-    'bbh_train': 300,  # per task
-    'bbh_test': 50,  # per task
-    'gsm_train': 1000,
-    'gsm_test': 200,
-    'cipher_train': 1000,
-    'cipher_test': 200,
+  'people': 80,
+  'cities': 20,
+  'animals': 20,
+  'fact_docs_per_entity': 4,
+  'nq_test_fraction': 0.3,
+  'ifeval_train': 1500,
+  'ifeval_test': 200,
+  'bbh_train': 300,  # per task
+  'bbh_test': 50,  # per task
+  'gsm_train': 1000,
+  'gsm_test': 200,
+  'cipher_train': 1000,
+  'cipher_test': 200,
 }
 
 
@@ -79,8 +77,14 @@ def _rng(seed: int, name: str) -> random.Random:
   return random.Random(f'peft_jax-suite:{seed}:{name}')
 
 
-def _draw_split(make: Callable[[random.Random], Dict], rng: random.Random, key: str,
-                num_train: int, num_test: int, task: str) -> Tuple[List[Dict], List[Dict]]:
+def _draw_split(
+  make: Callable[[random.Random], Dict],
+  rng: random.Random,
+  key: str,
+  num_train: int,
+  num_test: int,
+  task: str,
+) -> Tuple[List[Dict], List[Dict]]:
   """Draws `num_test` then `num_train` examples with pairwise distinct `example[key]` texts."""
   seen: Set[str] = set()
   splits = []
@@ -90,8 +94,10 @@ def _draw_split(make: Callable[[random.Random], Dict], rng: random.Random, key: 
     while len(examples) < count:
       attempts += 1
       if attempts > 50 * count + 1000:
-        raise ValueError(f'task {task!r}: could not draw {count} distinct examples (only '
-                         f'{len(examples)}); lower sizes[{task!r}_train/_test]')
+        raise ValueError(
+          f'task {task!r}: could not draw {count} distinct examples (only '
+          f'{len(examples)}); lower sizes[{task!r}_train/_test]'
+        )
       example = make(rng)
       if example[key] in seen:
         continue
@@ -116,8 +122,9 @@ def _write_json(path: str, value) -> str:
   return path
 
 
-def generate_suite(out_dir: str, seed: int = 0, sizes: Optional[Mapping[str, float]] = None
-                   ) -> Dict[str, str]:
+def generate_suite(
+  out_dir: str, seed: int = 0, sizes: Optional[Mapping[str, float]] = None
+) -> Dict[str, str]:
   """Generates the whole suite under `out_dir` (see the module docstring for the layout).
 
   Args:
@@ -144,87 +151,155 @@ def generate_suite(out_dir: str, seed: int = 0, sizes: Optional[Mapping[str, flo
   def save(name: str, records, as_bbh: bool = False) -> None:
     extension = '.json' if as_bbh else '.jsonl'
     path = os.path.join(out_dir, name + extension)
-    paths[name] = _write_json(path, {'examples': records}) if as_bbh else _write_jsonl(
-        path, records)
+    paths[name] = (
+      _write_json(path, {'examples': records}) if as_bbh else _write_jsonl(path, records)
+    )
     counts[name] = len(records)
 
-  world = world_lib.build_world(_rng(seed, 'world'), num_people=int(size['people']),
-                                num_cities=int(size['cities']), num_animals=int(size['animals']))
+  world = world_lib.build_world(
+    _rng(seed, 'world'),
+    num_people=int(size['people']),
+    num_cities=int(size['cities']),
+    num_animals=int(size['animals']),
+  )
   general_sft: List[Dict] = []
 
   # IFEval.
   ifeval_train, ifeval_test = _draw_split(
-      lambda r: ifeval_tasks.make_example(r, world), _rng(seed, 'ifeval'), 'split_key',
-      int(size['ifeval_train']), int(size['ifeval_test']), 'ifeval')
-  test_records = [{'key': 1000 + i, 'prompt': e['prompt'],
-                   'instruction_id_list': e['instruction_id_list'], 'kwargs': e['kwargs']}
-                  for i, e in enumerate(ifeval_test)]
-  train_records = [{'key': 100000 + i, 'prompt': e['prompt'],
-                    'instruction_id_list': e['instruction_id_list'], 'kwargs': e['kwargs'],
-                    'completion': e['completion']} for i, e in enumerate(ifeval_train)]
+    lambda r: ifeval_tasks.make_example(r, world),
+    _rng(seed, 'ifeval'),
+    'split_key',
+    int(size['ifeval_train']),
+    int(size['ifeval_test']),
+    'ifeval',
+  )
+  test_records = [
+    {
+      'key': 1000 + i,
+      'prompt': e['prompt'],
+      'instruction_id_list': e['instruction_id_list'],
+      'kwargs': e['kwargs'],
+    }
+    for i, e in enumerate(ifeval_test)
+  ]
+  train_records = [
+    {
+      'key': 100000 + i,
+      'prompt': e['prompt'],
+      'instruction_id_list': e['instruction_id_list'],
+      'kwargs': e['kwargs'],
+      'completion': e['completion'],
+    }
+    for i, e in enumerate(ifeval_train)
+  ]
   save('general/ifeval_train', train_records)
   save('general/ifeval_test', test_records)
-  general_sft += [{'prompt': tokenizer_train.render_prompt(e['prompt']),
-                   'completion': e['completion'], 'task': 'ifeval'} for e in train_records]
+  general_sft += [
+    {
+      'prompt': tokenizer_train.render_prompt(e['prompt']),
+      'completion': e['completion'],
+      'task': 'ifeval',
+    }
+    for e in train_records
+  ]
 
   # NQ-open over the world's facts.
   nq_train_facts, nq_test_facts = world_lib.split_facts(
-      world.facts, _rng(seed, 'nq'), float(size['nq_test_fraction']))
-  nq_train = [{'question': world_lib.nq_question(f), 'answer': world_lib.nq_answers(f, world)}
-              for f in nq_train_facts]
-  nq_test = [{'question': world_lib.nq_question(f), 'answer': world_lib.nq_answers(f, world)}
-             for f in nq_test_facts]
+    world.facts, _rng(seed, 'nq'), float(size['nq_test_fraction'])
+  )
+  nq_train = [
+    {'question': world_lib.nq_question(f), 'answer': world_lib.nq_answers(f, world)}
+    for f in nq_train_facts
+  ]
+  nq_test = [
+    {'question': world_lib.nq_question(f), 'answer': world_lib.nq_answers(f, world)}
+    for f in nq_test_facts
+  ]
   save('general/nq_train', nq_train)
   save('general/nq_test', nq_test)
-  general_sft += [{'prompt': nq_prompt(e['question']), 'completion': e['answer'][0],
-                   'task': 'nq'} for e in nq_train]
+  general_sft += [
+    {'prompt': nq_prompt(e['question']), 'completion': e['answer'][0], 'task': 'nq'}
+    for e in nq_train
+  ]
 
   # BBH.
   for task, make in bbh_tasks.BBH_GENERATORS.items():
-    train, test = _draw_split(make, _rng(seed, 'bbh/' + task), 'input', int(size['bbh_train']),
-                              int(size['bbh_test']), task)
+    train, test = _draw_split(
+      make, _rng(seed, 'bbh/' + task), 'input', int(size['bbh_train']), int(size['bbh_test']), task
+    )
     save(f'general/bbh/train/{task}', train, as_bbh=True)
-    save(f'general/bbh/test/{task}', [{'input': e['input'], 'target': e['target']} for e in test],
-         as_bbh=True)
-    general_sft += [{'prompt': BBH_PROMPT.format(question=e['input']),
-                     'completion': ' ' + e['completion'], 'task': f'bbh/{task}'} for e in train]
+    save(
+      f'general/bbh/test/{task}',
+      [{'input': e['input'], 'target': e['target']} for e in test],
+      as_bbh=True,
+    )
+    general_sft += [
+      {
+        'prompt': BBH_PROMPT.format(question=e['input']),
+        'completion': ' ' + e['completion'],
+        'task': f'bbh/{task}',
+      }
+      for e in train
+    ]
   save('sft/general', general_sft)
 
   # Targets.
   first_names = sorted({p.split(' ')[0] for p in world.people})
-  for task, make in (('gsm', lambda r: targets.gsm_problem(r, first_names)),
-                     ('cipher', targets.cipher_problem)):
-    train, test = _draw_split(make, _rng(seed, task), 'question', int(size[f'{task}_train']),
-                              int(size[f'{task}_test']), task)
+  for task, make in (
+    ('gsm', lambda r: targets.gsm_problem(r, first_names)),
+    ('cipher', targets.cipher_problem),
+  ):
+    train, test = _draw_split(
+      make,
+      _rng(seed, task),
+      'question',
+      int(size[f'{task}_train']),
+      int(size[f'{task}_test']),
+      task,
+    )
     save(f'targets/{task}_train', train)
     save(f'targets/{task}_test', test)
-    save(f'sft/{task}', [{'prompt': GSM_PROMPT.format(question=e['question']),
-                          'completion': ' ' + e['answer']} for e in train])
+    save(
+      f'sft/{task}',
+      [
+        {'prompt': GSM_PROMPT.format(question=e['question']), 'completion': ' ' + e['answer']}
+        for e in train
+      ],
+    )
 
   # Pretraining corpus: fact documents and the general training pairs, prompt + completion.
   corpus_rng = _rng(seed, 'corpus')
-  documents = [{'text': text, 'source': 'facts'} for text in world_lib.fact_documents(
-      world, corpus_rng, int(size['fact_docs_per_entity']))]
-  documents += [{'text': e['prompt'] + e['completion'], 'source': e['task']}
-                for e in general_sft]
+  documents = [
+    {'text': text, 'source': 'facts'}
+    for text in world_lib.fact_documents(world, corpus_rng, int(size['fact_docs_per_entity']))
+  ]
+  documents += [{'text': e['prompt'] + e['completion'], 'source': e['task']} for e in general_sft]
   corpus_rng.shuffle(documents)
   save('pretrain/corpus', documents)
 
   manifest = {
-      'seed': seed,
-      'sizes': size,
-      'counts': counts,
-      'general_tasks': list(GENERAL_TASKS),
-      'bbh_tasks': list(bbh_tasks.BBH_TASKS),
-      'ifeval_instruction_ids': list(ifeval_tasks.IFEVAL_INSTRUCTION_IDS),
-      'target_tasks': list(TARGET_TASKS),
-      'world': {'people': len(world.people), 'cities': len(world.cities),
-                'animals': len(world.animals), 'facts': len(world.facts)},
-      'prompt_formats': {'chat': tokenizer_train.render_chat('{prompt}', '{response}'),
-                         'ifeval': tokenizer_train.render_prompt('{prompt}'),
-                         'nq': nq_prompt('{question}'), 'bbh': BBH_PROMPT, 'gsm': GSM_PROMPT,
-                         'cipher': GSM_PROMPT},
-      'files': {name: os.path.relpath(path, out_dir) for name, path in sorted(paths.items())},
+    'seed': seed,
+    'sizes': size,
+    'counts': counts,
+    'general_tasks': list(GENERAL_TASKS),
+    'bbh_tasks': list(bbh_tasks.BBH_TASKS),
+    'ifeval_instruction_ids': list(ifeval_tasks.IFEVAL_INSTRUCTION_IDS),
+    'target_tasks': list(TARGET_TASKS),
+    'world': {
+      'people': len(world.people),
+      'cities': len(world.cities),
+      'animals': len(world.animals),
+      'facts': len(world.facts),
+    },
+    'prompt_formats': {
+      'chat': tokenizer_train.render_chat('{prompt}', '{response}'),
+      'ifeval': tokenizer_train.render_prompt('{prompt}'),
+      'nq': nq_prompt('{question}'),
+      'bbh': BBH_PROMPT,
+      'gsm': GSM_PROMPT,
+      'cipher': GSM_PROMPT,
+    },
+    'files': {name: os.path.relpath(path, out_dir) for name, path in sorted(paths.items())},
   }
   paths['manifest'] = _write_json(os.path.join(out_dir, 'manifest.json'), manifest)
   return paths
@@ -237,6 +312,8 @@ def tokenizer_training_files(paths: Mapping[str, str]) -> List[str]:
   names = ['pretrain/corpus'] + [f'targets/{task}_train' for task in TARGET_TASKS]
   missing = [n for n in names if n not in paths]
   if missing:
-    raise KeyError(f'suite paths lack {missing}; pass the dict generate_suite returned '
-                   f'(keys such as {sorted(paths)[:4]})')
+    raise KeyError(
+      f'suite paths lack {missing}; pass the dict generate_suite returned '
+      f'(keys such as {sorted(paths)[:4]})'
+    )
   return [paths[n] for n in names]

@@ -19,8 +19,7 @@ from typing import Mapping, Optional
 from peft_jax.data.suite.generate import GENERAL_TASKS, TARGET_TASKS
 
 # Evaluation task type (peft_jax.evals.load_task) of each suite task.
-EVAL_TYPES = {'ifeval': 'ifeval', 'nq': 'nq_open', 'bbh': 'bbh', 'gsm': 'gsm8k',
-              'cipher': 'gsm8k'}
+EVAL_TYPES = {'ifeval': 'ifeval', 'nq': 'nq_open', 'bbh': 'bbh', 'gsm': 'gsm8k', 'cipher': 'gsm8k'}
 GENERAL_KIND, TARGET_KIND = 'general', 'target'
 
 
@@ -40,9 +39,12 @@ def sft_path(suite_dir: str, name: str) -> str:
   return os.path.join(suite_dir, 'sft', f'{name}.jsonl')
 
 
-def eval_task_specs(suite_dir: str, limits: Optional[Mapping[str, int]] = None,
-                    max_new_tokens: Optional[Mapping[str, int]] = None,
-                    split: str = 'test') -> list[dict]:
+def eval_task_specs(
+  suite_dir: str,
+  limits: Optional[Mapping[str, int]] = None,
+  max_new_tokens: Optional[Mapping[str, int]] = None,
+  split: str = 'test',
+) -> list[dict]:
   """Task specs (``peft_jax.evals.load_task``) of every suite task: general then targets.
 
   The suite writes its SFT prompts with the evaluation's default templates and chat settings
@@ -51,8 +53,12 @@ def eval_task_specs(suite_dir: str, limits: Optional[Mapping[str, int]] = None,
   """
   specs = []
   for task in GENERAL_TASKS + TARGET_TASKS:
-    spec = dict(type=EVAL_TYPES[task], name=task, path=split_path(suite_dir, task, split),
-                kind=TARGET_KIND if task in TARGET_TASKS else GENERAL_KIND)
+    spec = dict(
+      type=EVAL_TYPES[task],
+      name=task,
+      path=split_path(suite_dir, task, split),
+      kind=TARGET_KIND if task in TARGET_TASKS else GENERAL_KIND,
+    )
     if limits is not None and task in limits:
       spec['limit'] = int(limits[task])
     if max_new_tokens is not None and task in max_new_tokens:

@@ -13,27 +13,80 @@ import dataclasses
 import random
 from typing import Dict, List, Sequence, Tuple
 
-_ONSETS = ('b', 'd', 'f', 'g', 'k', 'l', 'm', 'n', 'p', 'r', 's', 't', 'v', 'z', 'br', 'dr', 'kr',
-           'st', 'tr', 'sh')
+_ONSETS = (
+  'b',
+  'd',
+  'f',
+  'g',
+  'k',
+  'l',
+  'm',
+  'n',
+  'p',
+  'r',
+  's',
+  't',
+  'v',
+  'z',
+  'br',
+  'dr',
+  'kr',
+  'st',
+  'tr',
+  'sh',
+)
 _VOWELS = ('a', 'e', 'i', 'o', 'u', 'ai', 'oa')
 _CODAS = ('', '', '', 'n', 'l', 'r', 's', 'm')
 
 # Generated names avoid short common words of several languages, so a name never reads as a
 # function word (which would confuse language identification of the IFEval answers).
 _COMMON_WORDS = frozenset(
-    'para sono sana kuwa yang dari dalam akan saya mutta della dengan untuk tidak olarak gibi '
-    'nicht eine sich auch dans pour avec sobre como pero todo esta este bien that this with have '
-    'from were been they them then than what when tala kila sasa tena pero onde mais muito '
-    'mina sina taas vain kanssa nous vous sont etre'.split())
+  'para sono sana kuwa yang dari dalam akan saya mutta della dengan untuk tidak olarak gibi '
+  'nicht eine sich auch dans pour avec sobre como pero todo esta este bien that this with have '
+  'from were been they them then than what when tala kila sasa tena pero onde mais muito '
+  'mina sina taas vain kanssa nous vous sont etre'.split()
+)
 
-JOBS = ('baker', 'farmer', 'teacher', 'painter', 'doctor', 'sailor', 'singer', 'builder', 'writer',
-        'tailor', 'miner', 'pilot')
+JOBS = (
+  'baker',
+  'farmer',
+  'teacher',
+  'painter',
+  'doctor',
+  'sailor',
+  'singer',
+  'builder',
+  'writer',
+  'tailor',
+  'miner',
+  'pilot',
+)
 COLOURS = ('red', 'blue', 'green', 'yellow', 'white', 'black', 'orange', 'purple', 'brown', 'grey')
-CITY_FEATURES = ('bridges', 'gardens', 'markets', 'towers', 'music', 'boats', 'lamps', 'cheese',
-                 'glass', 'horses')
+CITY_FEATURES = (
+  'bridges',
+  'gardens',
+  'markets',
+  'towers',
+  'music',
+  'boats',
+  'lamps',
+  'cheese',
+  'glass',
+  'horses',
+)
 ANIMAL_CLASSES = ('bird', 'fish', 'insect', 'snake', 'frog', 'mammal', 'lizard')
-ANIMAL_FOODS = ('seeds', 'leaves', 'fruit', 'grass', 'worms', 'roots', 'berries', 'nuts', 'mice',
-                'honey')
+ANIMAL_FOODS = (
+  'seeds',
+  'leaves',
+  'fruit',
+  'grass',
+  'worms',
+  'roots',
+  'berries',
+  'nuts',
+  'mice',
+  'honey',
+)
 HABITATS = ('forest', 'desert', 'lake', 'mountains', 'swamp', 'river', 'grassland', 'caves', 'sea')
 
 
@@ -41,8 +94,9 @@ def _syllable(rng: random.Random) -> str:
   return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
 
 
-def _unique_names(rng: random.Random, count: int, syllables: Tuple[int, int], taken: set
-                  ) -> List[str]:
+def _unique_names(
+  rng: random.Random, count: int, syllables: Tuple[int, int], taken: set
+) -> List[str]:
   """`count` new capitalised names of `syllables` (min, max) syllables, none in `taken`."""
   names = []
   attempts = 0
@@ -67,6 +121,7 @@ class Fact:
     relation: one of RELATIONS[kind].
     value: the attribute value ('Kelsa', 'baker').
   """
+
   subject: str
   kind: str
   relation: str
@@ -74,41 +129,59 @@ class Fact:
 
 
 RELATIONS = {
-    'person': ('born_in', 'job', 'colour'),
-    'city': ('country', 'river', 'famous_for'),
-    'animal': ('class', 'food', 'habitat'),
+  'person': ('born_in', 'job', 'colour'),
+  'city': ('country', 'river', 'famous_for'),
+  'animal': ('class', 'food', 'habitat'),
 }
 
 # Paraphrases of each relation for the pretraining text. No commas, no abbreviations and no
 # leading one-letter words, so the IFEval transformations built on them stay checkable.
 _FACT_TEMPLATES = {
-    'born_in': ('{s} was born in {v}.', 'The home town of {s} is {v}.', '{s} grew up in {v}.'),
-    'job': ('{s} works as the local {v}.', 'The job of {s} is {v}.',
-            'The work of {s} is that of a {v}.'),
-    'colour': ('The favourite colour of {s} is {v}.', '{s} likes the colour {v} best.',
-               '{s} loves the colour {v}.'),
-    'country': ('{s} is a city in {v}.', 'The city of {s} lies in {v}.', '{s} belongs to {v}.'),
-    'river': ('The river {v} flows through {s}.', '{s} stands on the river {v}.',
-              'The {v} river runs through {s}.'),
-    'famous_for': ('{s} is famous for its {v}.', 'People visit {s} for its {v}.',
-                   'The {v} of {s} are well known.'),
-    'class': ('The {s} is a kind of {v}.', 'Every {s} is a {v}.',
-              'The {s} belongs to the {v} family.'),
-    'food': ('The {s} eats {v}.', 'The food of the {s} is {v}.', 'The {s} feeds on {v}.'),
-    'habitat': ('The {s} lives in the {v}.', 'The home of the {s} is the {v}.',
-                'You can find the {s} in the {v}.'),
+  'born_in': ('{s} was born in {v}.', 'The home town of {s} is {v}.', '{s} grew up in {v}.'),
+  'job': (
+    '{s} works as the local {v}.',
+    'The job of {s} is {v}.',
+    'The work of {s} is that of a {v}.',
+  ),
+  'colour': (
+    'The favourite colour of {s} is {v}.',
+    '{s} likes the colour {v} best.',
+    '{s} loves the colour {v}.',
+  ),
+  'country': ('{s} is a city in {v}.', 'The city of {s} lies in {v}.', '{s} belongs to {v}.'),
+  'river': (
+    'The river {v} flows through {s}.',
+    '{s} stands on the river {v}.',
+    'The {v} river runs through {s}.',
+  ),
+  'famous_for': (
+    '{s} is famous for its {v}.',
+    'People visit {s} for its {v}.',
+    'The {v} of {s} are well known.',
+  ),
+  'class': (
+    'The {s} is a kind of {v}.',
+    'Every {s} is a {v}.',
+    'The {s} belongs to the {v} family.',
+  ),
+  'food': ('The {s} eats {v}.', 'The food of the {s} is {v}.', 'The {s} feeds on {v}.'),
+  'habitat': (
+    'The {s} lives in the {v}.',
+    'The home of the {s} is the {v}.',
+    'You can find the {s} in the {v}.',
+  ),
 }
 
 _QUESTIONS = {
-    'born_in': 'where was {s} born',
-    'job': 'what is the job of {s}',
-    'colour': 'what is the favourite colour of {s}',
-    'country': 'which country is {s} in',
-    'river': 'which river flows through {s}',
-    'famous_for': 'what is {s} famous for',
-    'class': 'what kind of animal is the {s}',
-    'food': 'what does the {s} eat',
-    'habitat': 'where does the {s} live',
+  'born_in': 'where was {s} born',
+  'job': 'what is the job of {s}',
+  'colour': 'what is the favourite colour of {s}',
+  'country': 'which country is {s} in',
+  'river': 'which river flows through {s}',
+  'famous_for': 'what is {s} famous for',
+  'class': 'what kind of animal is the {s}',
+  'food': 'what does the {s} eat',
+  'habitat': 'where does the {s} live',
 }
 
 
@@ -123,6 +196,7 @@ class World:
     animals: animal names, lowercase ('zorp').
     facts: every fact, in a fixed order.
   """
+
   people: Tuple[str, ...]
   cities: Tuple[str, ...]
   countries: Tuple[str, ...]
@@ -133,16 +207,23 @@ class World:
     """The facts whose subject is `subject` (a person, city, or animal name)."""
     found = [f for f in self.facts if f.subject == subject]
     if not found:
-      raise KeyError(f'no facts about {subject!r}; subjects are people, cities and animals of '
-                     f'the world, e.g. {self.people[:3]}, {self.cities[:3]}, {self.animals[:3]}')
+      raise KeyError(
+        f'no facts about {subject!r}; subjects are people, cities and animals of '
+        f'the world, e.g. {self.people[:3]}, {self.cities[:3]}, {self.animals[:3]}'
+      )
     return found
 
 
-def build_world(rng: random.Random, *, num_people: int, num_cities: int, num_animals: int,
-                num_countries: int = 6) -> World:
+def build_world(
+  rng: random.Random, *, num_people: int, num_cities: int, num_animals: int, num_countries: int = 6
+) -> World:
   """Draws a world: names, then every entity's attributes, uniformly at random."""
-  for key, value in (('num_people', num_people), ('num_cities', num_cities),
-                     ('num_animals', num_animals), ('num_countries', num_countries)):
+  for key, value in (
+    ('num_people', num_people),
+    ('num_cities', num_cities),
+    ('num_animals', num_animals),
+    ('num_countries', num_countries),
+  ):
     if value < 1:
       raise ValueError(f'{key} must be >= 1, got {value}')
   taken: set = set()
@@ -198,8 +279,9 @@ def nq_answers(fact: Fact, world: World) -> List[str]:
   return [value]
 
 
-def split_facts(facts: Sequence[Fact], rng: random.Random, test_fraction: float
-                ) -> Tuple[List[Fact], List[Fact]]:
+def split_facts(
+  facts: Sequence[Fact], rng: random.Random, test_fraction: float
+) -> Tuple[List[Fact], List[Fact]]:
   """Splits facts into (train, test) question sets; every fact stays in the pretraining text."""
   if not 0.0 < test_fraction < 1.0:
     raise ValueError(f'nq_test_fraction must be in (0, 1), got {test_fraction}')
