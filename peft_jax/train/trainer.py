@@ -263,10 +263,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         raise stop.interrupted(signum, step + 1, checkpointer.directory)
   finally:
     stop.uninstall()
-    checkpointer.close()
-    if trajectory is not None:
-      trajectory.close()
-    writer.close()
+    try:
+      checkpointer.close()
+    finally:  # close the other writers even when the last checkpoint save failed
+      if trajectory is not None:
+        trajectory.close()
+      writer.close()
 
   # ---- Export ------------------------------------------------------------------------------
   tree = combine_fn(state.params, training.frozen)

@@ -127,7 +127,7 @@ def test_real_full_tmpfs_fails_fast(tmpfs, launcher, reference_run):
   """A run on a tmpfs too small for it stops with a clear disk-full error naming the file
   (whichever writer hits the wall first) and never hangs; complete checkpoints are kept."""
   _, data = reference_run
-  workdir = os.path.join(tmpfs('360k'), 'run')
+  workdir = os.path.join(tmpfs('200k'), 'run')  # room for config, metrics, ~2 checkpoints
   code, _, err = launcher.run(train_args(workdir, data, '--config.throttle_s=0.05', steps=6))
   last = err.strip().splitlines()[-1] if err.strip() else ''
   assert code == 1, err[-2000:]

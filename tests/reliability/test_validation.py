@@ -9,7 +9,7 @@ from conftest import train_args
 
 
 @pytest.mark.parametrize('bad, message', [
-    ('--config.adapter.kwargs.rank=1000', 'rank'),
+    ('--config.adapter.kwargs.rank=1000', 'rank=1000 is invalid for a kernel of shape'),
     ('--config.data.tokenizer=/nonexistent/tok',
      "config.data.tokenizer='/nonexistent/tok': tokenizer directory /nonexistent/tok does not "
      'exist'),
