@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import EVERY, assert_same_checkpoint, train_args
+from conftest import EVERY, assert_same_checkpoint, failure_line, train_args
 from peft_jax.train import metrics as metrics_lib
 
 
@@ -129,7 +129,7 @@ def test_real_full_tmpfs_fails_fast(tmpfs, launcher, reference_run):
   _, data = reference_run
   workdir = os.path.join(tmpfs('200k'), 'run')  # room for config, metrics, ~2 checkpoints
   code, _, err = launcher.run(train_args(workdir, data, '--config.throttle_s=0.05', steps=6))
-  last = err.strip().splitlines()[-1] if err.strip() else ''
+  last = failure_line(err)
   assert code == 1, err[-2000:]
   assert 'disk full / cannot write' in last and workdir in last, last
   kept = [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()]
