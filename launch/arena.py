@@ -2,7 +2,8 @@
 
   python -m launch.arena --config=configs/arena/quick.py --workdir=runs/arena
 
-Rerunning the same command skips every finished stage; the workdir is locked while it runs. The report is <workdir>/report/index.html.
+Rerunning the same command skips every finished stage; the workdir is locked while it runs.
+The report is <workdir>/report/index.html.
 """
 
 from absl import flags, logging

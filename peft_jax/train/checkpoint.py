@@ -255,8 +255,13 @@ class StateCheckpointer:
   def close(self) -> None:
     try:
       self.wait()
-    finally:
-      self.manager.close()
+    except CheckpointSaveError:
+      try:
+        self.manager.close()  # re-raises the same failed save: already reported
+      except Exception:  # pylint: disable=broad-except
+        pass
+      raise
+    self.manager.close()
 
 
 class TrajectoryWriter:

@@ -15,9 +15,11 @@ SIGTERM/SIGINT checkpoint the current step and raise ``signals.Interrupted`` (``
 
 Workdir layout::
 
-  config.json        resolved config
+  config.json        resolved config (+ data_fingerprint: path, size, sha256 of the data read)
   metrics.jsonl      one line per logged step; tensorboard/ the same as TB events
   checkpoints/<step> orbax checkpoints (keep-N)
+  checkpoints.corrupt/<step>-<time>  unreadable checkpoints moved aside on resume (never deleted)
+  .lock              held by the launcher while it runs (peft_jax.common.lock)
   trajectory/<step>  adapter (trainable) snapshots every `checkpoint.snapshot_every` steps
   export/adapter     PEFT-format adapter, export/merged HF directory (when configured)
 """
@@ -291,10 +293,12 @@ def train(
         raise stop.interrupted(signum, step + 1, checkpointer.directory)
   finally:
     stop.uninstall()
-    checkpointer.close()
-    if trajectory is not None:
-      trajectory.close()
-    writer.close()
+    try:
+      checkpointer.close()
+    finally:  # close the other writers even when the last checkpoint save failed
+      if trajectory is not None:
+        trajectory.close()
+      writer.close()
 
   # ---- Export ------------------------------------------------------------------------------
   tree = combine_fn(state.params, training.frozen)

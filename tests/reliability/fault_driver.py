@@ -53,7 +53,8 @@ def _patch_metrics(fail_from=None, stall=False):
 
 
 def _patch_checkpoint(step):
-  from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
 
   original = handler.JsonCheckpointHandler._save_fn  # pylint: disable=protected-access
   pattern = re.compile(rf'/checkpoints/{step}\.orbax-checkpoint-tmp')

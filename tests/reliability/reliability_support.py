@@ -111,6 +111,24 @@ def reference_run(launcher, tmp_path_factory):
   return workdir, str(rows)
 
 
+_FAILURE_TYPES = (
+  'DivergenceError',
+  'CheckpointSaveError',
+  'CheckpointCorruptError',
+  'MetricWriteError',
+  'WorkdirLocked',
+  'Interrupted',
+)
+
+
+def failure_line(err):
+  """The launcher's one-line report of a RunFailure (background threads such as orbax's may log
+  more after it, so it need not be the last line)."""
+  lines = [l for l in err.splitlines() if l.startswith(tuple(t + ': ' for t in _FAILURE_TYPES))]
+  assert lines, f'no failure report in stderr:\n{err[-3000:]}'
+  return lines[-1]
+
+
 def restore_checkpoint(workdir, step):
   """``({leaf name: array}, data state)`` of checkpoint ``step``, read with plain orbax."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top

@@ -5,7 +5,13 @@ bit-identical to a run that was never corrupted."""
 import os
 import shutil
 
-from reliability_support import REFERENCE_STEPS, assert_same_checkpoint, losses, train_args
+from reliability_support import (
+  REFERENCE_STEPS,
+  assert_same_checkpoint,
+  failure_line,
+  losses,
+  train_args,
+)
 
 
 def _truncate_data(step_dir):
@@ -74,7 +80,7 @@ def test_every_checkpoint_corrupt_is_refused_untouched(launcher, reference_run, 
     _remove_state(os.path.join(workdir, 'checkpoints', str(step)))
   code, _, err = launcher.run(train_args(workdir, data, '--config.checkpoint.keep=4', every=1))
   assert code == 1, err[-2000:]
-  last = err.strip().splitlines()[-1]
+  last = failure_line(err)
   assert last.startswith('CheckpointCorruptError: no checkpoint in '), last
   for step in REFERENCE_STEPS:
     assert f'step {step} at {workdir}/checkpoints/{step}:' in last

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from reliability_support import restore_checkpoint, train_args
+from reliability_support import failure_line, restore_checkpoint, train_args
 
 from peft_jax.train import guard as guard_lib
 
@@ -24,7 +24,7 @@ def test_huge_lr_stops_before_a_ruined_checkpoint(launcher, reference_run, tmp_p
   workdir = str(tmp_path / 'run')
   code, _, err = launcher.run(train_args(workdir, data, HUGE_LR, every=1))
   assert code == 1, err[-2000:]
-  last = err.strip().splitlines()[-1]
+  last = failure_line(err)
   # Step 0 runs at lr 0 (warmup) and is checkpointed; step 1's update explodes (its norm
   # overflows float32: non-finite; a finite explosion trips config.guard.max_update_norm).
   assert last.startswith('DivergenceError: step 1: update_norm is '), last
@@ -39,7 +39,7 @@ def test_huge_lr_with_no_checkpoint_says_none_exists(launcher, reference_run, tm
   workdir = str(tmp_path / 'run')
   code, _, err = launcher.run(train_args(workdir, data, HUGE_LR, every=10))
   assert code == 1, err[-2000:]
-  last = err.strip().splitlines()[-1]
+  last = failure_line(err)
   assert last.startswith('DivergenceError: step 1: update_norm'), last
   assert 'No checkpoint exists yet' in last and 'step None' not in last
   assert _checkpoint_steps(workdir) == []

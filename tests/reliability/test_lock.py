@@ -89,6 +89,43 @@ def test_live_lock_refused_stale_lock_taken_over(tmp_path, caplog):
   assert not os.path.exists(os.path.join(workdir, '.lock'))
 
 
+LAUNCHERS = {
+  'arena': ['--config=configs/arena/quick.py', '--workdir={w}'],
+  'evaluate': ['--config=configs/eval/suite.py:{w}/suite', '--workdir={w}'],
+  'pretrain': ['--config=configs/pretrain/tiny.py', '--workdir={w}'],
+  'make_suite': ['--out_dir={w}'],
+  'analyze': ['--workdir={w}'],
+}
+
+
+def test_every_launcher_refuses_a_locked_workdir(tmp_path):
+  """Each launcher that writes a workdir takes its lock first (run side by side; launch.train:
+  test_two_concurrent_runs_one_refused)."""
+  workdir = str(tmp_path / 'run')
+  holder = _holder(workdir)
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  try:
+    procs = {
+      name: subprocess.Popen(
+        [sys.executable, '-m', f'launch.{name}', *(a.format(w=workdir) for a in args)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      for name, args in LAUNCHERS.items()
+    }
+    for name, proc in procs.items():
+      code, _, err = finish(proc)
+      assert code == 1, (name, err[-2000:])
+      assert f'WorkdirLocked: workdir {workdir} is locked by pid {holder.pid}' in err, (name, err)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert os.listdir(workdir) == ['.lock']  # nothing but the dead holder's lock file
+
+
 def test_failed_start_leaves_no_workdir(tmp_path):
   workdir = str(tmp_path / 'fresh')
   with pytest.raises(ValueError):

@@ -9,6 +9,7 @@ import pytest
 from reliability_support import (
   REFERENCE_STEPS,
   assert_same_checkpoint,
+  failure_line,
   finish,
   losses,
   train_args,
@@ -36,7 +37,7 @@ def test_signal_saves_current_step_and_resume_is_bit_identical(
   proc.send_signal(signum)
   code, _, err = finish(proc)
   assert code == 128 + signum, err[-2000:]
-  last = err.strip().splitlines()[-1]
+  last = failure_line(err)
   name = signal.Signals(signum).name
   assert last.startswith(f'Interrupted: {name}: training stopped after step '), last
   step = int(last.split('after step ')[1].split(';')[0])

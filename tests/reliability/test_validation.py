@@ -11,7 +11,7 @@ from reliability_support import train_args
 @pytest.mark.parametrize(
   'bad, message',
   [
-    ('--config.adapter.kwargs.rank=1000', 'rank'),
+    ('--config.adapter.kwargs.rank=1000', 'rank=1000 is invalid for a kernel of shape'),
     (
       '--config.data.tokenizer=/nonexistent/tok',
       "config.data.tokenizer='/nonexistent/tok': tokenizer directory /nonexistent/tok does not "
