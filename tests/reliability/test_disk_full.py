@@ -139,7 +139,10 @@ def test_real_full_tmpfs_fails_fast(tmpfs, launcher, reference_run):
   last = failure_line(err)
   assert code == 1, err[-2000:]
   assert 'disk full / cannot write' in last and workdir in last, last
-  kept = [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()]
-  assert kept and all(
-    os.path.exists(os.path.join(workdir, 'checkpoints', d, 'state')) for d in kept
-  )
+  # Whether a checkpoint fits before the wall depends on orbax's file layout and sizes on this
+  # machine; what must hold is that every step directory left behind is complete (a save cut
+  # off by the full disk stays an *.orbax-checkpoint-tmp folder, never a step). That at least
+  # one survives is tested deterministically in test_checkpoint_save_failure_stops_at_next_step.
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  kept = [d for d in os.listdir(checkpoints) if d.isdigit()] if os.path.isdir(checkpoints) else []
+  assert all(os.path.exists(os.path.join(checkpoints, d, 'state')) for d in kept), kept
