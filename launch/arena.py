@@ -2,7 +2,9 @@
 
   python -m launch.arena --config=configs/arena/quick.py --workdir=runs/arena
 
-Rerunning the same command skips every finished stage; the workdir is locked while it runs.
+Rerunning the same command reuses every finished stage whose config slice and inputs are
+unchanged and recomputes the rest (printing which and why); ``--dry_run`` prints that plan only.
+The workdir is locked while it runs.
 The report is <workdir>/report/index.html.
 """
 
@@ -18,6 +20,9 @@ _CONFIG = config_flags.DEFINE_config_file(
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/arena', 'Output directory (resumable).')
+_DRY_RUN = flags.DEFINE_bool(
+  'dry_run', False, 'Print which stages would run and which would be reused, and why; run nothing.'
+)
 
 
 def main(argv):
@@ -26,6 +31,13 @@ def main(argv):
   from peft_jax.arena import pipeline  # pylint: disable=g-import-not-at-top
   from peft_jax.report import print_summary_table  # pylint: disable=g-import-not-at-top
 
+  if _DRY_RUN.value:
+    decisions = pipeline.plan_arena(_CONFIG.value, _WORKDIR.value)
+    for decision in decisions:
+      print(decision.line())
+    runs = sum(d.action != 'reuse' for d in decisions)
+    print(f'{runs} of {len(decisions)} stages would run ({_WORKDIR.value})')
+    return
   with lock.workdir_lock(_WORKDIR.value):
     results = pipeline.run_arena(_CONFIG.value, _WORKDIR.value)
   print(print_summary_table(results))

@@ -4,7 +4,7 @@
   python -m launch.arena --config=configs/arena/quick.py:full --workdir=runs/full       # full
   python -m launch.arena --config=configs/arena/quick.py:custom --workdir=runs/custom \
       --config.base=/path/to/hf_dir --config.target_train_path=train.jsonl \
-      --config.tasks='[...]'                                                              # any model
+      --config.tasks_file=tasks.json --config.target=NAME                                 # any model
   python -m launch.arena --config=configs/arena/quick.py:smoke --config.base=DIR ...     # tests
 
 quick (default): the bundled tiny base and the offline capability suite, every method, a small
@@ -84,6 +84,28 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.geometry = ml_collections.ConfigDict(
     dict(num_prompts=24, module='layers_1/self_attn/q_proj', gram_max_tokens=512)
   )
+  # The learning-rate sweep (peft_jax.arena.pipeline): each method at centre x factor, where the
+  # centre is the method's optimizer.peak_lr above, scored on the target's validation split
+  # (held out from its SFT data); the best rate is kept. steps=0: the sweep runs the full
+  # budget and the kept run is the final run (no second training).
+  config.sweep = ml_collections.ConfigDict(
+    dict(
+      enabled=True,
+      factors=(1 / 3, 1.0, 3.0),
+      steps=0,
+      seeds=(),  # () = (config.seed,); more seeds average the validation score per rate
+      methods=(),  # () = every method
+      validation_size=64,  # target training problems held out as the validation split
+      general_limits=dict(ifeval=16, nq=16, bbh=2),  # general validation (train splits); {} = off
+    )
+  )
+  # Snapshots along training for the report's trajectory section (every K steps; 0 = off).
+  config.trajectory = ml_collections.ConfigDict(dict(every=0, methods=()))
+  # Budget rules for values set to 0 (-1 for warmup) in config.train: the custom preset derives
+  # steps, batch and warmup from the size of its data (peft_jax.arena.pipeline.derive_budget).
+  config.budget = ml_collections.ConfigDict(dict(epochs=3, max_batch=16, max_warmup=10))
+  config.tasks_file = ''  # custom world: a JSON (or YAML) list of task specs
+  config.validation_path = ''  # custom world: the target's validation file (enables the sweep)
   config.mesh_shape = (-1, 1, 1)  # data parallel over every device
   config.progress_bar = True
 
@@ -101,12 +123,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.world = 'custom'
     config.base = ''
     config.target = 'target'
-    config.paths.limit = 32
+    # Steps, batch and warmup derived from the data (printed when the run starts).
+    config.train.total_steps = 0
+    config.train.batch_size = 0
+    config.train.optimizer.warmup_steps = -1
+    # Evaluation sizes by task name (a task spec's own limit / max_new_tokens wins).
+    config.eval.limits = {}
+    config.eval.max_new_tokens = {}
+    config.paths.limits = {}
   elif arg == 'smoke':
     config.title = 'PEFT-Arena smoke run'
     config.train.total_steps = 4
     config.train.batch_size = 8
-    config.train.data.seq_len = 64
+    config.train.data.seq_len = 80  # every smoke SFT row keeps its answer tokens
     config.train.optimizer.warmup_steps = 1
     config.train.checkpoint.every_steps = 2
     config.methods.vera.adapter.kwargs = dict(rank=8)
@@ -120,6 +149,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.geometry.update(
       dict(num_prompts=4, module='layers_0/self_attn/q_proj', gram_max_tokens=64)
     )
+    config.sweep.update(
+      dict(factors=(0.5, 1.0), methods=('lora',), validation_size=2, general_limits=dict(nq=2))
+    )
+    config.trajectory.update(dict(every=2, methods=('lora',)))
     config.progress_bar = False
   else:
     raise ValueError(f'unknown preset {arg!r}; valid: quick (default), full, custom, smoke')

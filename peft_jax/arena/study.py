@@ -7,8 +7,10 @@ their names, so a registered method runs through every stage unchanged.
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,12 +18,13 @@ import numpy as np
 
 from peft_jax.adapters import api as adapters
 from peft_jax.arena.context import ArenaContext
-from peft_jax.common import trees
+from peft_jax.common import files, trees
 from peft_jax.evals import axes, drift
 from peft_jax.evals.generation import Generator, prompt_activations
 from peft_jax.geometry import paths as paths_lib
 from peft_jax.geometry import programs
 from peft_jax.models.capture import masked_tokens
+from peft_jax.train import checkpoint as ckpt_lib
 from peft_jax.train import metrics as metrics_lib
 
 PyTree = Any
@@ -50,16 +53,57 @@ def train_step_memory_mb(result) -> float:
   return total / 2**20
 
 
-def stage_train(method: str, train_fn, run_dir: str) -> dict:
-  """Trains (resumably) with ``train_fn(run_dir) -> TrainResult``; counts, losses, memory."""
-  start = time.perf_counter()
-  result = train_fn(run_dir)
-  seconds = time.perf_counter() - start
+ATTEMPTS_FILE = 'attempts.json'
+
+
+def timed_attempt(run_dir: str, fn):
+  """Runs ``fn()`` and records its wall time in ``<run_dir>/attempts.json``, across resumes.
+
+  Each call appends an attempt ``{'start', 'end'}`` (Unix seconds). An attempt a kill left without
+  ``end`` is closed, on the next call, at the last write of ``metrics.jsonl`` (the last step it
+  logged) and marked ``estimated``. Returns ``(fn's result, total seconds of every attempt)``.
+  """
+  os.makedirs(run_dir, exist_ok=True)
+  path = os.path.join(run_dir, ATTEMPTS_FILE)
+  attempts = []
+  if os.path.exists(path):
+    with open(path) as f:
+      attempts = json.load(f)
+  metrics_path = os.path.join(run_dir, 'metrics.jsonl')
+  for attempt in attempts:
+    if attempt.get('end') is None:
+      last = os.path.getmtime(metrics_path) if os.path.exists(metrics_path) else attempt['start']
+      attempt.update(end=max(attempt['start'], last), estimated=True)
+  attempts.append({'start': time.time(), 'end': None})
+  files.write_json(path, attempts)
+  try:
+    result = fn()
+  finally:
+    attempts[-1]['end'] = time.time()
+    files.write_json(path, attempts)
+  return result, sum(a['end'] - a['start'] for a in attempts)
+
+
+def stage_train(method: str, train_fn, run_dir: str, *, timed: bool = True) -> dict:
+  """Trains (resumably) with ``train_fn(run_dir) -> TrainResult``; counts, losses, memory.
+
+  ``train_time_s`` sums the wall time of every attempt (a resumed run counts each), see
+  :func:`timed_attempt`; ``attempts`` says how many there were. ``timed=False``: the run is
+  already finished (the caller knows its time).
+  """
+  if timed:
+    result, seconds = timed_attempt(run_dir, lambda: train_fn(run_dir))
+    with open(os.path.join(run_dir, ATTEMPTS_FILE)) as f:
+      attempts = len(json.load(f))
+  else:
+    result, seconds, attempts = train_fn(run_dir), float('nan'), 0
   counts = adapters.count_params(jax.device_get(result.tree))
   history = metrics_lib.read_metrics(run_dir)
   return {
     'method': method,
     'train_time_s': seconds,
+    'attempts': attempts,
+    'run_dir': run_dir,
     'num_compiles': result.num_compiles,
     'trainable_params': int(counts['trainable']),
     'total_params': int(counts['total']),
@@ -247,3 +291,132 @@ def stage_drift(
   report = drift.drift_report(base_scores, adapters_scores)
   drift.write_drift_outputs(report, out_dir)
   return report
+
+
+def sweep_run_dir(out_dir: str, lr_index: int, seed: int) -> str:
+  return os.path.join(out_dir, f'lr{lr_index}_seed{seed}', 'run')
+
+
+def choose_learning_rate(
+  lrs: Sequence[float], target: np.ndarray, general: np.ndarray, centre: int
+) -> int:
+  """Index of the kept rate: the best mean validation target score; ties go to the better mean
+  validation general score (when measured), then to the rate nearest the centre."""
+  target = np.asarray(target, np.float64).mean(axis=-1)
+  general = np.asarray(general, np.float64).mean(axis=-1)
+  general = np.where(np.isnan(general), 0.0, general)
+  order = sorted(
+    range(len(lrs)), key=lambda i: (-round(target[i], 12), -round(general[i], 12), abs(i - centre))
+  )
+  return order[0]
+
+
+def stage_sweep(
+  ctx: ArenaContext,
+  method: str,
+  lrs: Sequence[float],
+  seeds: Sequence[int],
+  train_fn: Callable[[float, int, str], Any],
+  out_dir: str,
+  *,
+  steps: int,
+  centre: int,
+) -> dict:
+  """Trains ``method`` at every rate (and seed) and scores each on the validation split.
+
+  Every run resumes by itself and each candidate's scores are kept in its folder
+  (``validation.json``), so a killed sweep continues where it stopped. The result holds the grid
+  (``target`` / ``general`` as ``[lr][seed]``), the kept rate and the rule that kept it.
+  """
+  if not ctx.validation_tasks:
+    raise ValueError('the learning-rate sweep needs a validation split of the target')
+  target = np.full((len(lrs), len(seeds)), np.nan)
+  general = np.full((len(lrs), len(seeds)), np.nan)
+  rows = []
+  for i, lr in enumerate(lrs):
+    for j, seed in enumerate(seeds):
+      run_dir = sweep_run_dir(out_dir, i, seed)
+      scores_path = os.path.join(os.path.dirname(run_dir), 'validation.json')
+      if os.path.exists(scores_path):
+        with open(scores_path) as f:
+          row = json.load(f)
+      else:
+        result, seconds = timed_attempt(run_dir, lambda: train_fn(lr, seed, run_dir))
+        tree = jax.device_get(result.tree)
+        generator = Generator(ctx.model, evaluated_params(tree), ctx.tokenizer)
+        scores = axes.evaluate_scores(
+          generator.fn(), ctx.validation_tasks, ctx.config.eval.batch_size
+        )
+        history = metrics_lib.read_metrics(run_dir)
+        row = {
+          'lr': float(lr),
+          'seed': int(seed),
+          'scores': scores,
+          'train_time_s': seconds,
+          'final_loss': float(history[-1]['loss']) if history else float('nan'),
+        }
+        files.write_json(scores_path, row)
+      target[i, j] = row['scores'][axes.TARGET_KIND]
+      general[i, j] = row['scores'][axes.GENERAL_KIND]
+      rows.append(row)
+  chosen = choose_learning_rate(lrs, target, general, centre)
+  return {
+    'method': method,
+    'lr': [float(x) for x in lrs],
+    'seeds': [int(s) for s in seeds],
+    'target': target.mean(axis=1).tolist(),
+    'general': general.mean(axis=1).tolist(),
+    'target_by_seed': target.tolist(),
+    'general_by_seed': general.tolist(),
+    'chosen_index': int(chosen),
+    'chosen_lr': float(lrs[chosen]),
+    'split': 'validation',
+    'validation_tasks': {t.name: len(t.examples) for t in ctx.validation_tasks},
+    'steps': int(steps),
+    'rule': 'best mean validation target; ties: better validation general, then nearer the centre',
+    'runs': rows,
+    'train_time_s': float(sum(r['train_time_s'] for r in rows)),
+  }
+
+
+def stage_trajectory(ctx: ArenaContext, train_result, run_dir: str, out_dir: str) -> dict:
+  """Along the run's saved snapshots: relative distance from the base, mean residual CKA to the
+  base, and Target / General on the α-grid's task subsets."""
+  del out_dir
+  snapshots_dir = os.path.join(run_dir, 'trajectory')
+  if not os.path.isdir(snapshots_dir):
+    raise FileNotFoundError(
+      f'{snapshots_dir} holds no snapshots; set config.train.checkpoint.snapshot_every'
+    )
+  snapshots = ckpt_lib.load_trajectory(snapshots_dir, train_result.state.params)
+  steps = sorted(snapshots)
+  out = {'step': steps, 'distance': [], 'cka': [], 'target': [], 'general': []}
+  caps0, mask = prompt_activations(
+    ctx.model, ctx.base_params, ctx.tokenizer, ctx.general_prompts, ['residual']
+  )
+  layers = range(ctx.model.config.num_layers)
+  x0 = jnp.stack([caps0[f'layers_{i}/residual'] for i in layers])
+  program = programs.activation_program(int(ctx.config.geometry.gram_max_tokens))
+  base_norm = float(np.sqrt(sum(float(jnp.vdot(x, x)) for x in jax.tree.leaves(ctx.base_params))))
+  for step in steps:
+    tree = jax.device_get(adapters.combine(snapshots[step], train_result.frozen))
+    params = evaluated_params(tree)
+    merged = adapters.merge_exact(tree)
+    if merged is not None:
+      diff = jax.tree.map(lambda a, b: jnp.asarray(a, jnp.float32) - b, merged, ctx.base_params)
+      norm = np.sqrt(sum(float(jnp.vdot(d, d)) for d in jax.tree.leaves(diff)))
+      out['distance'].append(norm / base_norm)
+    else:  # an input-dependent update has no single weight to measure
+      out['distance'].append(float('nan'))
+    caps1, _ = prompt_activations(
+      ctx.model, params, ctx.tokenizer, ctx.general_prompts, ['residual']
+    )
+    x1 = jnp.stack([caps1[f'layers_{i}/residual'] for i in layers])
+    metrics = program(x0, x1, jnp.asarray(mask), jax.random.key(ctx.config.seed))
+    out['cka'].append(float(np.mean(np.asarray(metrics['cka']))))
+    generator = Generator(ctx.model, params, ctx.tokenizer)
+    scores = axes.evaluate_scores(generator.fn(), ctx.path_tasks, ctx.config.eval.batch_size)
+    out['target'].append(scores['tasks'][ctx.config.target])
+    out['general'].append(scores[axes.GENERAL_KIND])
+  out['distance_kind'] = 'relative Frobenius distance of all parameters from the base'
+  return out

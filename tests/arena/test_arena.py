@@ -11,7 +11,7 @@ import helpers_hf
 import pytest
 
 from configs.arena import quick as arena_presets
-from peft_jax.arena import context, pipeline
+from peft_jax.arena import context, pipeline, study
 from peft_jax.arena import stages as stages_lib
 from peft_jax.report import SECTIONS
 
@@ -124,15 +124,75 @@ def test_stage_runner_is_atomic(tmp_path):
     raise RuntimeError('killed mid-stage')
 
   with pytest.raises(RuntimeError):
-    runner.run('stage', failing)
+    runner.run('stage', failing, config={'k': 1})
   assert not runner.done('stage') and not os.path.exists(runner.path('stage'))
-  result = runner.run('stage', lambda out_dir: {'value': 3})
+  assert not [n for n in os.listdir(runner.root) if n.startswith('.')]  # no orphan left
+  result = runner.run('stage', lambda out_dir: {'value': 3}, config={'k': 1})
   assert result['value'] == 3 and runner.done('stage')
   calls = []
-  again = runner.run('stage', lambda out_dir: calls.append(1) or {'value': 4})
+  again = runner.run('stage', lambda out_dir: calls.append(1) or {'value': 4}, config={'k': 1})
   assert again['value'] == 3 and not calls and runner.skipped == ['stage']
+  # A changed config slice recomputes the stage and, through its result digest, its dependants.
+  runner.run('after', lambda out_dir: {'value': 10}, config={}, inputs=['stage'])
+  decision = runner.decide('stage', {'k': 2})
+  assert decision.action == 'run' and 'k: 1 -> 2' in decision.reason
+  planned = stages_lib.plan(
+    runner,
+    [stages_lib.StageSpec('stage', {'k': 2}), stages_lib.StageSpec('after', {}, ('stage',))],
+  )
+  assert [(d.action, d.reason) for d in planned] == [
+    ('run', 'config changed: k: 1 -> 2'),
+    ('run', 'input stage changed: stage'),
+  ]
+  assert runner.run('stage', lambda out_dir: {'value': 5}, config={'k': 2})['value'] == 5
+  assert runner.decide('after', {}, ['stage']).reason == 'input stage changed: stage'
   with pytest.raises(ValueError, match='invalid stage name'):
-    runner.run('a/b', lambda out_dir: {})
+    runner.run('a/b', lambda out_dir: {}, config={})
+  # An in-place stage made under another record is deleted, never resumed.
+  os.makedirs(os.path.join(runner.path('inplace'), 'state'))
+  stages_lib.files.write_json(
+    os.path.join(runner.path('inplace'), stages_lib.RECORD_FILE),
+    {'config': {'lr': 1}, 'config_digest': stages_lib.digest({'lr': 1}), 'inputs': {}},
+  )
+  assert runner.decide('inplace', {'lr': 1}, in_place=True).action == 'resume'
+  seen = []
+  runner.run(
+    'inplace', lambda d: seen.append(sorted(os.listdir(d))) or {}, config={'lr': 2}, in_place=True
+  )
+  assert seen == [[stages_lib.RECORD_FILE]]
+
+
+def test_train_time_is_summed_across_attempts(tmp_path):
+  run_dir = str(tmp_path / 'run')
+  os.makedirs(run_dir)
+  # A killed attempt: started at t=1000, its last metrics line written at t=1060.
+  stages_lib.files.write_json(
+    os.path.join(run_dir, study.ATTEMPTS_FILE), [{'start': 1000.0, 'end': None}]
+  )
+  metrics = os.path.join(run_dir, 'metrics.jsonl')
+  open(metrics, 'w').write('{}\n')
+  os.utime(metrics, (1060.0, 1060.0))
+  result, seconds = study.timed_attempt(run_dir, lambda: 'done')
+  attempts = json.load(open(os.path.join(run_dir, study.ATTEMPTS_FILE)))
+  assert result == 'done' and len(attempts) == 2 and attempts[0]['estimated']
+  assert seconds == pytest.approx(60.0 + attempts[1]['end'] - attempts[1]['start'])
+
+
+def test_budget_is_derived_from_the_data():
+  config = arena_presets.get_config('custom')
+  derived, why = pipeline.derive_budget(config, num_sequences=20, num_devices=8)
+  train = derived.train
+  # batch: largest power of two <= min(16, 20) = 16, a multiple of 8 devices; 3 epochs of 20
+  # sequences -> ceil(60 / 16) = 4 steps; warmup a tenth of that, rounded down -> 0.
+  assert (train.batch_size, train.total_steps, train.optimizer.warmup_steps) == (16, 4, 0)
+  assert '20 packed training sequences' in why and '4 steps (3 epochs)' in why
+  small, _ = pipeline.derive_budget(config, num_sequences=5, num_devices=1)
+  assert (small.train.batch_size, small.train.total_steps) == (4, 4)
+  with pytest.raises(ValueError, match='cannot fill one batch over 8 devices'):
+    pipeline.derive_budget(config, num_sequences=5, num_devices=8)
+  config.train.batch_size = 32
+  with pytest.raises(ValueError, match='batch_size=32 exceeds the 20 packed'):
+    pipeline.derive_budget(config, num_sequences=20, num_devices=1)
 
 
 def test_custom_preset_reads_any_checkpoint_and_task_files(arena_run):
@@ -165,3 +225,69 @@ def test_custom_preset_reads_any_checkpoint_and_task_files(arena_run):
   config.target = 'missing'
   with pytest.raises(ValueError, match="config.target='missing' is not an evaluated task"):
     context.build_context(config, str(os.path.join(workdir, 'custom')))
+
+
+def test_sweep_keeps_the_best_validation_rate_and_its_run(arena_run):
+  config, workdir, results = arena_run
+  runner = stages_lib.StageRunner(workdir)
+  sweep = runner.result('sweep_lora')
+  centre = config.methods.lora.optimizer.peak_lr
+  assert sweep['lr'] == pytest.approx([0.5 * centre, centre])
+  assert sweep['split'] == 'validation' and sweep['validation_tasks'] == {'gsm': 2, 'nq': 2}
+  best = max(range(2), key=lambda i: (sweep['target'][i], sweep['general'][i], -abs(i - 1)))
+  assert sweep['chosen_index'] == best
+  train = runner.result('train_lora')
+  assert train['peak_lr'] == sweep['chosen_lr'] and train['reused_sweep_run']
+  kept = sweep['runs'][sweep['chosen_index']]
+  assert train['final_loss'] == kept['final_loss']  # the kept sweep run is the final run
+  assert not runner.done('sweep_full')  # config.sweep.methods = ('lora',)
+  # The validation problems are held out of the SFT data and disjoint from the test split.
+  split_dir = os.path.join(workdir, context.SPLITS_DIR)
+  validation = [json.loads(line)['question'] for line in open(f'{split_dir}/gsm_validation.jsonl')]
+  sft = open(f'{split_dir}/gsm_sft.jsonl').read()
+  test = open(os.path.join(workdir, 'suite', 'targets', 'gsm_test.jsonl')).read()
+  assert len(validation) == 2 and not any(q in sft or q in test for q in validation)
+
+
+def test_trajectory_along_snapshots(arena_run):
+  _, workdir, _ = arena_run
+  traj = stages_lib.StageRunner(workdir).result('trajectory_lora')
+  assert traj['step'] == [0, 2, 4]
+  assert traj['distance'][0] == 0.0 and traj['distance'][-1] > 0.0
+  assert traj['cka'][0] == pytest.approx(1.0, abs=1e-5)  # step 0 is the base itself
+  assert len(traj['target']) == len(traj['general']) == 3
+
+
+def test_changed_rank_reruns_exactly_that_method(arena_run):
+  config, workdir, first = arena_run
+  changed = arena_presets.get_config('smoke')
+  changed.base = config.base
+  changed.methods.lora.adapter.kwargs.rank = 4
+  lora = sorted(n for n in os.listdir(os.path.join(workdir, 'stages')) if n.endswith('_lora'))
+  assert lora == ['eval_lora', 'geometry_lora', 'paths_lora'] + [
+    'sweep_lora',
+    'train_lora',
+    'trajectory_lora',
+  ]
+  planned = pipeline.plan_arena(changed, workdir)
+  assert sorted(d.name for d in planned if d.action != 'reuse') == lora + ['drift', 'report']
+  why = {d.name: d.reason for d in planned}
+  assert 'adapter.kwargs.rank: 8 -> 4' in why['train_lora']
+  assert why['eval_lora'] == 'input stage changed: train_lora'
+  results = pipeline.run_arena(changed, workdir, log=None)
+  assert sorted(results['timing']['ran']) == lora + ['drift']
+  assert (
+    results['methods']['lora']['trainable_params'] * 2
+    == first['methods']['lora']['trainable_params']
+  )
+  assert results['methods']['dora'] == first['methods']['dora']
+  markdown = open(os.path.join(workdir, 'report', 'index.md')).read()
+  assert '"rank": 4' in markdown
+  kept = json.load(open(os.path.join(workdir, 'config.1.json')))
+  assert kept['methods']['lora']['adapter']['kwargs']['rank'] == 8
+  assert json.load(open(os.path.join(workdir, 'config.json')))['methods']['lora']['adapter'][
+    'kwargs'
+  ] == {'rank': 4, 'alpha': 16.0}
+  # Nothing changed: nothing reruns.
+  assert all(d.action == 'reuse' for d in pipeline.plan_arena(changed, workdir)[:-1])
+  assert pipeline.run_arena(changed, workdir, log=None)['timing']['ran'] == []
