@@ -1,6 +1,5 @@
 """Tests of the arena report: every section, every image, every number in the methods table."""
 
-import copy
 import html.parser
 import os
 import re
@@ -101,7 +100,7 @@ def add_intervals(results: dict, rng: np.random.Generator) -> dict:
     if name != 'full':  # a method without a sweep: the section names it
       target = 0.2 + 0.2 * np.exp(-((np.log10(lrs) + 4 - 0.3 * (index % 3)) ** 2))
       m['sweep'] = {
-        'lr': lrs,
+        'lr': list(lrs),
         'target': target.tolist(),
         'general': (0.5 - 0.1 * np.arange(5) / 4).tolist(),
         'chosen_lr': lrs[int(np.argmax(target))],
@@ -661,6 +660,10 @@ def _delete(results, path):
     ('drift', 'delta'),
     ('disel_gates', 'target'),
     ('timing', 'stages'),
+    ('methods', 'lora', 'sweep', 'chosen_lr'),
+    ('methods', 'oft', 'trajectory', 'step'),
+    ('methods', 'vera', 'paired', 'forget', 'delta'),
+    ('base', 'intervals', 'tasks'),
   ],
 )
 def test_missing_required_key_raises_naming_it(path, tmp_path):
@@ -703,6 +706,34 @@ def test_missing_required_key_raises_naming_it(path, tmp_path):
       lambda r: r['methods']['full'].__setitem__('total_params', 0),
       "results['methods']['full']['total_params']: expected a positive count",
     ),
+    (
+      lambda r: r['methods']['lora']['sweep']['target'].pop(),
+      "results['methods']['lora']['sweep']['target']: expected 5 values, got 4",
+    ),
+    (
+      lambda r: r['methods']['lora']['sweep']['target_by_seed'].pop(),
+      "results['methods']['lora']['sweep']['target_by_seed']: expected 3 rows, got 2",
+    ),
+    (
+      lambda r: r['methods']['dora']['sweep']['lr'].__setitem__(0, 0.0),
+      "results['methods']['dora']['sweep']['lr']: expected positive learning rates",
+    ),
+    (
+      lambda r: r['methods']['oft']['trajectory']['cka'].pop(),
+      "results['methods']['oft']['trajectory']['cka']: expected 5 values, got 4",
+    ),
+    (
+      lambda r: r['methods']['lora']['paired']['forget'].__setitem__('within_noise', 'yes'),
+      "results['methods']['lora']['paired']['forget']['within_noise']: expected true, false",
+    ),
+    (
+      lambda r: r['base']['intervals'].__setitem__('target', [0.5, 0.4]),
+      "results['base']['intervals']['target']: expected [lo, hi] with lo <= hi",
+    ),
+    (
+      lambda r: r['methods']['pissa']['n'].__setitem__('nq_open', 0),
+      "results['methods']['pissa']['n']['nq_open']: expected a positive example count",
+    ),
   ],
 )
 def test_malformed_values_raise_naming_the_key(mutate, expected):
@@ -714,6 +745,9 @@ def test_malformed_values_raise_naming_the_key(mutate, expected):
 
 def test_numpy_inputs_and_nan_scores_render(tmp_path):
   results = make_results(5)
+  for method in results['methods'].values():  # two figures fewer to draw; not what is tested
+    method.pop('sweep', None)
+    method.pop('trajectory', None)
   lora = results['methods']['lora']
   lora['train_loss'] = np.asarray(lora['train_loss'])
   lora['target'] = np.float32(0.5)
