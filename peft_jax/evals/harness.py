@@ -102,8 +102,9 @@ def evaluate_task(
     ``(result, rows)``: ``result = {'kind', 'main_metric', 'score' (main metric, 0-1),
     'metrics': {...}, 'num_examples', 'num_samples', 'per_example'}`` (``per_example``: the
     main metric's per-example statistics with the task's ``kind``,
-    ``peft_jax.evals.intervals.unit_stats``; ``None`` when the scorer defines none); ``rows`` one dict per example with the
-    prompt, reference, meta, generations and per-sample and averaged scores.
+    ``peft_jax.evals.intervals.unit_stats``; ``None`` when the scorer defines none); ``rows``
+    one dict per example with the prompt, reference, meta, generations and per-sample and
+    averaged scores.
   """
   generations = _generate_all(generate_fn, task, key, batch_size)
   rows, records, correct_counts = [], [], []

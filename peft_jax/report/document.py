@@ -188,6 +188,11 @@ def _interval(entry: Mapping[str, Any], key: str) -> Any:
   return None if not found else found.get(key)
 
 
+def _score_ci(entry: Mapping[str, Any], key: str) -> str:
+  """An entry's ``'target'`` / ``'general'`` score with its interval."""
+  return fmt.fmt_score_ci(entry[key], _interval(entry, key))
+
+
 def _task_interval(entry: Mapping[str, Any], task: str) -> Any:
   found = entry.get('intervals')
   return None if not found else (found.get('tasks') or {}).get(task)
@@ -278,8 +283,7 @@ def _summary(results: Mapping[str, Any]) -> Section:
       'Best Target',
       DASH
       if best_target == DASH
-      else f'{best_target} ('
-      f'{fmt.fmt_score_ci(methods[best_target]["target"], _interval(methods[best_target], "target"))})',
+      else f'{best_target} ({_score_ci(methods[best_target], "target")})',
     ),
     (
       'Least forgetting',
@@ -839,6 +843,14 @@ def _training(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Bl
   ]
 
 
+def _seed_spread(values: np.ndarray) -> str:
+  """Min–max and population std of one learning rate's Targets over seeds."""
+  return (
+    f'{fmt.fmt_score(np.nanmin(values))}–{fmt.fmt_score(np.nanmax(values))} '
+    f'(std {fmt.fmt_score(np.nanstd(values))})'
+  )
+
+
 def _sweep(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
   methods = results['methods']
   having = [n for n, m in methods.items() if m.get('sweep') is not None]
@@ -870,10 +882,7 @@ def _sweep(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block
           fmt.fmt_lr(lr),
           fmt.fmt_score(target[i]),
           DASH if general is None else fmt.fmt_score(general[i]),
-          DASH
-          if spread is None
-          else f'{fmt.fmt_score(np.nanmin(spread[:, i]))}–{fmt.fmt_score(np.nanmax(spread[:, i]))}'
-          f' (std {fmt.fmt_score(np.nanstd(spread[:, i]))})',
+          DASH if spread is None else _seed_spread(spread[:, i]),
           '◀ chosen' if math.isclose(lr, chosen, rel_tol=1e-9) else '',
         )
       )
