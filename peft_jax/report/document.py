@@ -353,22 +353,12 @@ def _noise_sentence(
 ) -> str:
   if gain is None and forget is None:
     return 'No interval could be computed, so no difference can be told from noise.'
-  parts = []
-  for names, what in ((gain, 'Target gain'), (forget, 'Forget')):
-    if names is None:
-      parts.append(f'{what}: no interval.')
-    elif names:
-      verb = 'is' if len(names) == 1 else 'are'
-      parts.append(
-        f'{what} of {", ".join(names)} {verb} within noise (the 95% paired interval contains 0).'
-      )
-    else:
-      parts.append(f'{what}: every method differs from the base beyond noise.')
-  parts.append(
-    f'Median 95% interval width: {fmt.fmt_points(widths[0])} points for a task score, '
-    f'{fmt.fmt_points(widths[1])} for a target gain, {fmt.fmt_points(widths[2])} for a Forget.'
+  return (
+    'Within noise (the 95% paired interval of the difference from the base contains 0): '
+    f'Target gain of {_noise_text(gain)}; Forget of {_noise_text(forget)}. Median 95% '
+    f'interval width: {fmt.fmt_points(widths[0])} points for a task score, '
+    f'{fmt.fmt_points(widths[1])} for a Target gain, {fmt.fmt_points(widths[2])} for a Forget.'
   )
-  return ' '.join(parts)
 
 
 def _no_interval_note(missing: Sequence[str]) -> Note:

@@ -439,8 +439,10 @@ def test_summary_says_which_differences_are_within_noise(full_report):
   results, _, paths = full_report
   page = parse(paths['html'])
   text = page.sections['summary']
-  assert 'Target gain of vera, miss are within noise (the 95% paired interval contains 0).' in text
-  assert 'Forget of vera, oft are within noise' in text
+  assert (
+    'Within noise (the 95% paired interval of the difference from the base contains 0): '
+    'Target gain of vera, miss; Forget of vera, oft.'
+  ) in text
   facts = dict(page.tables['summary-table'][1:])
   assert facts['Target gain within noise'] == 'vera, miss'
   assert facts['Forget within noise'] == 'vera, oft'
