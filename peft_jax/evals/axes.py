@@ -6,6 +6,9 @@ On the 0-1 scale of the task scores:
 * ``General`` = mean main score of the ``'general'`` tasks (IFEval instruction-level strict
   accuracy, BBH's unweighted subtask mean, NQ-open exact match);
 * ``Forget``  = ``General_base − General_ft`` and ``Target gain`` = ``Target_ft − Target_base``.
+
+Every score comes with a 95% percentile-bootstrap interval (docs/METRICS.md, "Intervals";
+``peft_jax.evals.intervals``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from peft_jax.evals import harness
+from peft_jax.evals import harness, intervals
 
 TARGET_KIND, GENERAL_KIND = 'target', 'general'
 KINDS = (TARGET_KIND, GENERAL_KIND)
@@ -41,9 +44,23 @@ def target_gain(target_base: float, target_ft: float) -> float:
 
 
 def evaluate_scores(
-  generate_fn, tasks: Sequence[Any], batch_size: int, out_dir: Optional[str] = None
+  generate_fn,
+  tasks: Sequence[Any],
+  batch_size: int,
+  out_dir: Optional[str] = None,
+  *,
+  resamples: int = intervals.DEFAULT_RESAMPLES,
+  seed: int = intervals.DEFAULT_SEED,
 ) -> dict[str, Any]:
-  """Scores of ``generate_fn`` on ``tasks``: ``{'tasks': {name: score}, 'target', 'general'}``."""
+  """Scores of ``generate_fn`` on ``tasks``, with their bootstrap intervals.
+
+  Returns:
+    ``{'tasks': {name: score}, 'target': float, 'general': float, 'per_example': {name:
+    unit_stats dict with 'kind', or None}, 'n': {name: examples}, 'intervals': {'tasks': {name:
+    [lo, hi] or None}, 'target': [lo, hi] or None, 'general': ...}, 'bootstrap': {'resamples',
+    'seed', 'confidence'}}``. ``per_example`` is what paired intervals of differences between
+    two such results need (``peft_jax.evals.intervals.paired_intervals``).
+  """
   summary = harness.evaluate(
     None,
     None,
@@ -55,4 +72,18 @@ def evaluate_scores(
     generate_fn=generate_fn,
   )
   scores = {name: float(r['score']) for name, r in summary['tasks'].items()}
-  return {'tasks': scores, **axes_from_scores(tasks, scores)}
+  per_example = {name: r['per_example'] for name, r in summary['tasks'].items()}
+  return {
+    'tasks': scores,
+    **axes_from_scores(tasks, scores),
+    'per_example': per_example,
+    'n': {name: int(r['num_examples']) for name, r in summary['tasks'].items()},
+    'intervals': intervals.score_intervals(
+      per_example,
+      target_tasks=[t.name for t in tasks if t.kind == TARGET_KIND],
+      general_tasks=[t.name for t in tasks if t.kind == GENERAL_KIND],
+      resamples=resamples,
+      seed=seed,
+    ),
+    'bootstrap': {'resamples': resamples, 'seed': seed, 'confidence': intervals.CONFIDENCE},
+  }

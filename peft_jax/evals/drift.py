@@ -167,20 +167,33 @@ def drift_report(
 
 
 def drift_csv(report: Mapping[str, Any]) -> str:
-  """CSV text: one row per adapter with its deltas per task, nominal gain, drift and flags."""
+  """CSV text: the base row, then one row per adapter.
+
+  Columns: ``adapter, label, config_id, nominal_task``, then ``score/<task>`` (the model's score
+  ``M[a, t]``) and ``delta/<task>`` (``Δ[a, t]``) per task, then ``nominal_gain, drift, flags``.
+  The base row has its scores, deltas of exactly 0 (``Δ[base, t] = 0`` by definition) and empty
+  label, nominal task, gain, drift and flags (it has no nominal label).
+  """
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator='\n')
   tasks = list(report['tasks'])
   writer.writerow(
     ['adapter', 'label', 'config_id', 'nominal_task']
+    + [f'score/{t}' for t in tasks]
     + [f'delta/{t}' for t in tasks]
     + ['nominal_gain', 'drift', 'flags']
   )
-  writer.writerow(['base', '', '', ''] + [repr(report['base'][t]) for t in tasks] + ['', '', ''])
+  writer.writerow(
+    ['base', '', '', '']
+    + [repr(float(report['base'][t])) for t in tasks]
+    + [repr(0.0) for _ in tasks]
+    + ['', '', '']
+  )
   for row in report['adapters']:
     writer.writerow(
       [row['name'], row['label'], row['config_id'] or '', row['nominal_task']]
-      + [repr(row['deltas'][t]) for t in tasks]
+      + [repr(float(row['scores'][t])) for t in tasks]
+      + [repr(float(row['deltas'][t])) for t in tasks]
       + [repr(row['nominal_gain']), repr(row['drift']), ';'.join(row['flags'])]
     )
   return buffer.getvalue()

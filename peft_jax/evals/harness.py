@@ -100,8 +100,11 @@ def evaluate_task(
 
   Returns:
     ``(result, rows)``: ``result = {'kind', 'main_metric', 'score' (main metric, 0-1),
-    'metrics': {...}, 'num_examples', 'num_samples'}``; ``rows`` one dict per example with the
-    prompt, reference, meta, generations and per-sample and averaged scores.
+    'metrics': {...}, 'num_examples', 'num_samples', 'per_example'}`` (``per_example``: the
+    main metric's per-example statistics with the task's ``kind``,
+    ``peft_jax.evals.intervals.unit_stats``; ``None`` when the scorer defines none); ``rows``
+    one dict per example with the prompt, reference, meta, generations and per-sample and
+    averaged scores.
   """
   generations = _generate_all(generate_fn, task, key, batch_size)
   rows, records, correct_counts = [], [], []
@@ -132,6 +135,11 @@ def evaluate_task(
     'metrics': metrics,
     'num_examples': len(task.examples),
     'num_samples': task.num_samples,
+    'per_example': (
+      None
+      if task.scorer.per_example is None
+      else dict(task.scorer.per_example(records, task.examples), kind=task.kind)
+    ),
   }
   return result, rows
 

@@ -23,7 +23,7 @@ import json
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from peft_jax.evals import ifeval, scorers
+from peft_jax.evals import ifeval, intervals, scorers
 
 KINDS = ('target', 'general')
 
@@ -53,12 +53,16 @@ class Scorer:
     aggregate: ``([per-example metrics], [examples]) -> {metric: value}``, every value in [0, 1].
     main_metric: the aggregate metric reported on the PEFT-Arena axes.
     correct_metric: the per-sample 0/1 metric pass@k counts.
+    per_example: ``([per-example metrics], [examples]) -> unit_stats dict``: the per-example
+      statistics from which the main metric is recomputed exactly and bootstrapped
+      (``peft_jax.evals.intervals``); ``None``: the task gets no interval.
   """
 
   score: Callable[[str, Example], dict[str, float]]
   aggregate: Callable[[Sequence[Mapping[str, float]], Sequence[Example]], dict[str, float]]
   main_metric: str
   correct_metric: str
+  per_example: Optional[Callable[[Sequence[Mapping[str, float]], Sequence[Example]], dict]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +121,16 @@ def _mean_aggregate(metric_names: Sequence[str]):
   return aggregate
 
 
+def _mean_units(metric: str):
+  """A plain mean over examples: numerator = the example's metric, denominator 1."""
+
+  def per_example(records, examples):
+    del examples
+    return intervals.unit_stats([r[metric] for r in records])
+
+  return per_example
+
+
 NUMERIC_SCORER = Scorer(
   score=lambda generation, example: {
     'accuracy': scorers.score_numeric(generation, example.reference)
@@ -124,6 +138,7 @@ NUMERIC_SCORER = Scorer(
   aggregate=_mean_aggregate(['accuracy']),
   main_metric='accuracy',
   correct_metric='accuracy',
+  per_example=_mean_units('accuracy'),
 )
 
 NQ_SCORER = Scorer(
@@ -133,6 +148,7 @@ NQ_SCORER = Scorer(
   aggregate=_mean_aggregate(['exact_match']),
   main_metric='exact_match',
   correct_metric='exact_match',
+  per_example=_mean_units('exact_match'),
 )
 
 
@@ -146,11 +162,19 @@ def _bbh_aggregate(records, examples):
   return result
 
 
+def _bbh_units(records, examples):
+  """Each example's accuracy, stratified by subtask (the aggregate averages subtasks)."""
+  return intervals.unit_stats(
+    [r['accuracy'] for r in records], strata=[e.meta['subtask'] for e in examples]
+  )
+
+
 BBH_SCORER = Scorer(
   score=lambda generation, example: {'accuracy': scorers.score_bbh(generation, example.reference)},
   aggregate=_bbh_aggregate,
   main_metric='accuracy',
   correct_metric='accuracy',
+  per_example=_bbh_units,
 )
 
 
@@ -173,12 +197,22 @@ def _ifeval_aggregate(records, examples):
   return ifeval.ifeval_accuracies(records)
 
 
+def _ifeval_units(records, examples):
+  """Instruction-level strict accuracy as a ratio over prompts: instructions followed over
+  instructions, per prompt."""
+  del examples
+  return intervals.unit_stats(
+    [r['inst_strict_followed'] for r in records], [r['num_instructions'] for r in records]
+  )
+
+
 # PEFT-Arena's General axis uses IFEval instruction-level strict accuracy.
 IFEVAL_SCORER = Scorer(
   score=_ifeval_score,
   aggregate=_ifeval_aggregate,
   main_metric='inst_level_strict_acc',
   correct_metric='prompt_strict',
+  per_example=_ifeval_units,
 )
 
 

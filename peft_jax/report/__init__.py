@@ -21,7 +21,10 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
   results = {
     "title": str,                       # page title
     "created": str,                     # ISO 8601 time stamp of the run
-    "base": {"target": float, "general": float, "tasks": {task: float}},
+    "base": {"target": float, "general": float, "tasks": {task: float},
+             "n": {task: int},                                               # optional
+             "intervals": {"target": [lo, hi] | None, "general": [lo, hi] | None,  # optional
+                           "tasks": {task: [lo, hi] | None}}},
     "target_task": str,                 # name of the target domain trained on
     "general_tasks": [str], "target_tasks": [str],
     "methods": {                        # report order = dict order; at least one method
@@ -29,6 +32,15 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
         "target": float, "general": float,
         "forget": float,                # 0-1: general_base - general (shown in points)
         "tasks": {task: float},
+        "n": {task: int}, "intervals": {...},  # optional, as the base's
+        "paired": {"target_gain": diff, "forget": diff, "tasks": {task: diff}},  # optional
+                   # diff = {"delta": float, "interval": [lo, hi] | None,
+                   #         "within_noise": bool | None}  (95% paired bootstrap)
+        "sweep": {"lr": [float > 0], "target": [...], "general": [...] (optional),  # optional
+                  "chosen_lr": float, "split": str, "steps": int,
+                  "seeds": [int] (optional), "target_by_seed": [[per lr] per seed] (optional)},
+        "trajectory": {"step": [int], "distance": [...], "cka": [...],            # optional
+                       "target": [...], "general": [...]},  # one value per step
         "trainable_params": int, "total_params": int (> 0),
         "train_time_s": float, "peak_memory_mb": float,
         "train_loss": [float per step],                                    # optional
@@ -45,6 +57,7 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
     "disel_gates": {"layers": [module names],                                # optional
                     "general": [[mean gate per rank component] per module],
                     "target": [[...] per module]},      # same shape as general
+    "bootstrap": {"resamples": int, "seed": int, "confidence": float},        # optional
     "drift": {"adapters": [names], "labels": {adapter: label},                # optional
               "tasks": [task names], "delta": [[float] adapter x task],
               "flagged": {adapter: [reason strings]}},  # flagged adapters are in adapters
@@ -53,16 +66,18 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
     "timing": {"total_s": float, "stages": {stage: seconds}},                 # optional
   }
 
-Report sections (headings, in order): Summary, Stability–plasticity, Methods table, Paths,
-Weight spectra, Activation geometry, CSD, DISeL gates, Capability drift, Training,
-Configuration, Versions & timing.
+Report sections (headings, in order): Summary, Stability–plasticity, Methods table,
+[Learning-rate sweep], Paths, [Trajectory], Weight spectra, Activation geometry, CSD, DISeL gates,
+Capability drift, Training, Configuration, Versions & timing. The bracketed ones appear only when
+some method has a ``sweep`` / ``trajectory``.
 
-Formats: scores 3 decimals, Forget and gains (0-1 values) shown in points with 1 decimal, parameter counts with
-thousands separators, NaN/inf as ``n/a``.
+Formats: scores 3 decimals, Forget and gains (0-1 values) shown in points with 1 decimal,
+parameter counts with thousands separators, NaN/inf as ``n/a``; an interval follows its value
+in brackets (``0.440 [0.310, 0.560]``), ``[—]`` where the results have none.
 """
 
 from peft_jax.report.console import print_summary_table
-from peft_jax.report.document import FIGURE_FILES, SECTIONS, build_document
+from peft_jax.report.document import FIGURE_FILES, OPTIONAL_SECTIONS, SECTIONS, build_document
 from peft_jax.report.html import render_html, write_report
 from peft_jax.report.markdown import render_markdown
 from peft_jax.report.results import assemble_results, write_drift_heatmap
@@ -72,6 +87,7 @@ __all__ = [
   'assemble_results',
   'write_drift_heatmap',
   'FIGURE_FILES',
+  'OPTIONAL_SECTIONS',
   'ResultsSchemaError',
   'SECTIONS',
   'build_document',

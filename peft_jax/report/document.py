@@ -91,7 +91,8 @@ class Document(NamedTuple):
   sections: tuple[Section, ...]
 
 
-# (anchor, heading) in report order; the headings are part of the report's contract.
+# (anchor, heading) in report order; the headings are part of the report's contract. Every
+# report has these sections (a "Not run" note stands in for absent data).
 SECTIONS = (
   ('summary', 'Summary'),
   ('stability-plasticity', 'Stability–plasticity'),
@@ -107,6 +108,13 @@ SECTIONS = (
   ('versions-timing', 'Versions & timing'),
 )
 
+# (anchor, heading, the section it follows, the per-method key it renders): sections that appear
+# only when some method has that key (stages a study may not run).
+OPTIONAL_SECTIONS = (
+  ('lr-sweep', 'Learning-rate sweep', 'methods', 'sweep'),
+  ('trajectory', 'Trajectory', 'paths', 'trajectory'),
+)
+
 # Figure name -> file name; the names are the keys `write_report` returns.
 FIGURE_FILES = {
   'stability_plasticity': 'stability_plasticity.png',
@@ -117,6 +125,8 @@ FIGURE_FILES = {
   'disel_gates': 'disel_gates.png',
   'capability_drift': 'capability_drift.png',
   'training_loss': 'training_loss.png',
+  'lr_sweep': 'lr_sweep.png',
+  'trajectory': 'trajectory.png',
 }
 
 
@@ -172,6 +182,87 @@ def _best(methods: Mapping[str, Mapping[str, Any]], key: str, *, lowest: bool = 
   return name
 
 
+def _interval(entry: Mapping[str, Any], key: str) -> Any:
+  """An entry's interval of ``'target'`` / ``'general'``, or ``None``."""
+  found = entry.get('intervals')
+  return None if not found else found.get(key)
+
+
+def _score_ci(entry: Mapping[str, Any], key: str) -> str:
+  """An entry's ``'target'`` / ``'general'`` score with its interval."""
+  return fmt.fmt_score_ci(entry[key], _interval(entry, key))
+
+
+def _task_interval(entry: Mapping[str, Any], task: str) -> Any:
+  found = entry.get('intervals')
+  return None if not found else (found.get('tasks') or {}).get(task)
+
+
+def _difference(entry: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+  """A method's paired ``'target_gain'`` / ``'forget'`` entry, or ``None``."""
+  paired = entry.get('paired')
+  return None if not paired else paired.get(key)
+
+
+def _difference_interval(entry: Mapping[str, Any], key: str) -> Any:
+  difference = _difference(entry, key)
+  return None if difference is None else difference.get('interval')
+
+
+def _within_noise(methods: Mapping[str, Mapping[str, Any]], key: str) -> list[str] | None:
+  """Methods whose ``key`` difference is within noise; ``None`` when none has an interval."""
+  flags = {n: (_difference(m, key) or {}).get('within_noise') for n, m in methods.items()}
+  if all(flag is None for flag in flags.values()):
+    return None
+  return [n for n, flag in flags.items() if flag]
+
+
+def _noise_text(names: list[str] | None) -> str:
+  if names is None:
+    return 'no interval'
+  return ', '.join(names) if names else 'none'
+
+
+def _widths(intervals: Sequence[Any]) -> float:
+  """Median width of the given intervals (``None`` entries skipped), NaN if there are none."""
+  widths = [float(hi) - float(lo) for lo, hi in (i for i in intervals if i is not None)]
+  return float(np.median(widths)) if widths else math.nan
+
+
+def _score_intervals(results: Mapping[str, Any]) -> list[Any]:
+  entries = [results['base'], *results['methods'].values()]
+  return [_task_interval(e, t) for e in entries for t in e['tasks']]
+
+
+def _counts(results: Mapping[str, Any]) -> dict[str, str]:
+  """Examples per task (``n``) as shown: one number, or every distinct one when models differ."""
+  seen: dict[str, list[int]] = {}
+  for entry in [results['base'], *results['methods'].values()]:
+    for task, count in (entry.get('n') or {}).items():
+      if int(count) not in seen.setdefault(task, []):
+        seen[task].append(int(count))
+  return {task: ' / '.join(f'{c:,}' for c in counts) for task, counts in seen.items()}
+
+
+def _missing_intervals(results: Mapping[str, Any]) -> list[str]:
+  missing = [] if results['base'].get('intervals') else ['base']
+  for name, m in results['methods'].items():
+    if not m.get('intervals') or not m.get('paired'):
+      missing.append(name)
+  return missing
+
+
+def _bootstrap_text(results: Mapping[str, Any]) -> str:
+  settings = results.get('bootstrap') or {}
+  resamples = settings.get('resamples', 1000)
+  seed = settings.get('seed', 0)
+  confidence = float(settings.get('confidence', 0.95))
+  return (
+    f'{100 * confidence:.0f}% percentile bootstrap over examples (B = {resamples:,} '
+    f'resamples, seed {seed}); differences from the base paired'
+  )
+
+
 def _summary(results: Mapping[str, Any]) -> Section:
   base, methods = results['base'], results['methods']
   best_target = _best(methods, 'target')
@@ -185,19 +276,24 @@ def _summary(results: Mapping[str, Any]) -> Section:
     ('Methods', f'{len(methods)}: {", ".join(methods)}'),
     (
       'Base Target / General',
-      f'{fmt.fmt_score(base["target"])} / {fmt.fmt_score(base["general"])}',
+      f'{fmt.fmt_score_ci(base["target"], _interval(base, "target"))} / '
+      f'{fmt.fmt_score_ci(base["general"], _interval(base, "general"))}',
     ),
     (
       'Best Target',
       DASH
       if best_target == DASH
-      else f'{best_target} ({fmt.fmt_score(methods[best_target]["target"])})',
+      else f'{best_target} ({_score_ci(methods[best_target], "target")})',
     ),
     (
       'Least forgetting',
       DASH
       if least_forget == DASH
-      else f'{least_forget} ({fmt.fmt_points(methods[least_forget]["forget"])} points)',
+      else f'{least_forget} ('
+      + fmt.fmt_points_ci(
+        methods[least_forget]['forget'], _difference_interval(methods[least_forget], 'forget')
+      )
+      + ' points)',
     ),
     (
       'Fewest trainable params',
@@ -209,16 +305,69 @@ def _summary(results: Mapping[str, Any]) -> Section:
       'not run' if drift is None else (', '.join(drift['flagged']) or 'none'),
     ),
   ]
+  gain_noise, forget_noise = _within_noise(methods, 'target_gain'), _within_noise(methods, 'forget')
+  counts = _counts(results)
+  widths = (
+    _widths(_score_intervals(results)),
+    _widths([_difference_interval(m, 'target_gain') for m in methods.values()]),
+    _widths([_difference_interval(m, 'forget') for m in methods.values()]),
+  )
+  rows += [
+    (
+      'Examples per task (n)',
+      ', '.join(f'{t} {c}' for t, c in counts.items()) if counts else 'not recorded',
+    ),
+    (
+      'Intervals',
+      _bootstrap_text(results)
+      if not _missing_intervals(results)
+      else (_bootstrap_text(results) + f'; none for {", ".join(_missing_intervals(results))}'),
+    ),
+    ('Target gain within noise', _noise_text(gain_noise)),
+    ('Forget within noise', _noise_text(forget_noise)),
+    (
+      'Median interval width (points)',
+      f'task scores {fmt.fmt_points(widths[0])}, target gain {fmt.fmt_points(widths[1])}, '
+      f'forget {fmt.fmt_points(widths[2])}',
+    ),
+  ]
   blocks: list[Block] = [
     Paragraph(
       f'Arena run of {len(methods)} fine-tuning methods on the target domain '
       f"'{results['target_task']}'. Scores are on a 0–1 scale (3 decimals). Forget is "
       '(General_base − General) × 100 in percentage points (1 decimal); positive means '
-      'general capability was lost.'
+      'general capability was lost. Brackets hold 95% bootstrap intervals; a gain or a '
+      'Forget is within noise when its paired interval contains 0.'
     ),
+    Paragraph(_noise_sentence(gain_noise, forget_noise, widths)),
     Table('summary-table', 'Key facts', ('Item', 'Value'), tuple(rows), ('l', 'l')),
   ]
+  missing = _missing_intervals(results)
+  if missing:
+    blocks.append(_no_interval_note(missing))
   return Section('summary', 'Summary', tuple(blocks))
+
+
+def _noise_sentence(
+  gain: list[str] | None, forget: list[str] | None, widths: tuple[float, float, float]
+) -> str:
+  if gain is None and forget is None:
+    return 'No interval could be computed, so no difference can be told from noise.'
+  return (
+    'Within noise (the 95% paired interval of the difference from the base contains 0): '
+    f'Target gain of {_noise_text(gain)}; Forget of {_noise_text(forget)}. Median 95% '
+    f'interval width: {fmt.fmt_points(widths[0])} points for a task score, '
+    f'{fmt.fmt_points(widths[1])} for a Target gain, {fmt.fmt_points(widths[2])} for a Forget.'
+  )
+
+
+def _no_interval_note(missing: Sequence[str]) -> Note:
+  return Note(
+    'info',
+    f'No bootstrap interval ({fmt.NO_INTERVAL}) for: {", ".join(missing)}. Their stage '
+    'results hold no per-example statistics (written before intervals existed); rerun '
+    'their eval stages to get them.',
+  )
 
 
 def _stability(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
@@ -226,7 +375,8 @@ def _stability(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[B
     Paragraph(
       'Each method is a point at (General, Target); the star is the base model. Moving '
       'right keeps general capability (stability), moving up gains on the target '
-      '(plasticity). The top axis reads General as Forget points.'
+      '(plasticity). The top axis reads General as Forget points. Error bars are the 95% '
+      'bootstrap intervals of General and Target, where the results have them.'
     ),
     *_image(
       figures,
@@ -237,6 +387,14 @@ def _stability(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[B
   ]
 
 
+def _noise_cell(m: Mapping[str, Any]) -> str:
+  flags = [(_difference(m, k) or {}).get('within_noise') for k in ('target_gain', 'forget')]
+  if all(flag is None for flag in flags):
+    return DASH
+  names = [n for n, flag in zip(('gain', 'forget'), flags) if flag]
+  return ', '.join(names) if names else 'no'
+
+
 def _methods_tables(results: Mapping[str, Any]) -> list[Block]:
   base, methods = results['base'], results['methods']
   columns = (
@@ -245,6 +403,7 @@ def _methods_tables(results: Mapping[str, Any]) -> list[Block]:
     'Target gain (pts)',
     'General',
     'Forget (pts)',
+    'Within noise',
     'Trainable params',
     'Total params',
     'Trainable %',
@@ -254,10 +413,11 @@ def _methods_tables(results: Mapping[str, Any]) -> list[Block]:
   rows = [
     (
       'base',
-      fmt.fmt_score(base['target']),
+      fmt.fmt_score_ci(base['target'], _interval(base, 'target')),
       DASH,
-      fmt.fmt_score(base['general']),
+      fmt.fmt_score_ci(base['general'], _interval(base, 'general')),
       fmt.fmt_points(0.0),
+      DASH,
       DASH,
       DASH,
       DASH,
@@ -269,10 +429,15 @@ def _methods_tables(results: Mapping[str, Any]) -> list[Block]:
     rows.append(
       (
         name,
-        fmt.fmt_score(m['target']),
-        fmt.fmt_signed_points(float(m['target']) - float(base['target'])),
-        fmt.fmt_score(m['general']),
-        fmt.fmt_points(m['forget']),
+        fmt.fmt_score_ci(m['target'], _interval(m, 'target')),
+        fmt.fmt_points_ci(
+          float(m['target']) - float(base['target']),
+          _difference_interval(m, 'target_gain'),
+          signed=True,
+        ),
+        fmt.fmt_score_ci(m['general'], _interval(m, 'general')),
+        fmt.fmt_points_ci(m['forget'], _difference_interval(m, 'forget')),
+        _noise_cell(m),
         fmt.fmt_params(m['trainable_params']),
         fmt.fmt_params(m['total_params']),
         fmt.fmt_percent(m['trainable_params'], m['total_params']),
@@ -282,48 +447,84 @@ def _methods_tables(results: Mapping[str, Any]) -> list[Block]:
     )
   main = Table(
     'methods-table',
-    'Scores and cost per method (base model first)',
+    'Scores and cost per method (base model first), with 95% intervals',
     columns,
     tuple(rows),
-    ('l',) + ('r',) * (len(columns) - 1),
+    ('l',) + ('r',) * 4 + ('l',) + ('r',) * (len(columns) - 6),
   )
 
   tasks = _task_order(results)
   target_tasks = set(results['target_tasks'])
   general_tasks = set(results['general_tasks'])
-  task_rows = []
+  counts = _counts(results)
+  task_rows, delta_rows = [], []
   for task in tasks:
     kind = 'target' if task in target_tasks else 'general' if task in general_tasks else 'other'
-    cells = [task, kind]
+    cells = [task, kind, counts.get(task, DASH)]
     for scores in [base, *methods.values()]:
-      cells.append(fmt.fmt_score(scores['tasks'][task]) if task in scores['tasks'] else DASH)
+      cells.append(
+        fmt.fmt_score_ci(scores['tasks'][task], _task_interval(scores, task))
+        if task in scores['tasks']
+        else DASH
+      )
     task_rows.append(tuple(cells))
+    deltas = [task, kind]
+    for m in methods.values():
+      difference = ((m.get('paired') or {}).get('tasks') or {}).get(task)
+      if difference is None:
+        deltas.append(DASH)
+        continue
+      cell = fmt.fmt_points_ci(difference['delta'], difference['interval'], signed=True)
+      deltas.append(cell + (' ≈0' if difference['within_noise'] else ''))
+    delta_rows.append(tuple(deltas))
   blocks: list[Block] = [
     Paragraph(
       'Target and General are averages over the target and general task scores; '
       'Target gain is (Target − Target_base) × 100 points. Trainable % is trainable '
       'over total parameters; time and memory are for the training stage.'
     ),
+    Paragraph(
+      f'Brackets: {_bootstrap_text(results)}. A task score is resampled over its examples '
+      '(IFEval over prompts, as a ratio of instructions followed; BBH within each subtask); '
+      'Target and General resample every task jointly; Target gain, Forget and the per-task '
+      'differences resample the same examples for the base and the method. "Within noise" '
+      'lists the differences whose interval contains 0.'
+    ),
     main,
   ]
+  missing = _missing_intervals(results)
+  if missing:
+    blocks.append(_no_interval_note(missing))
   if task_rows:
-    task_table = Table(
-      'tasks-table',
-      'Score per task',
-      ('Task', 'Kind', 'base', *methods),
-      tuple(task_rows),
-      ('l', 'l') + ('r',) * (1 + len(methods)),
+    blocks.append(
+      Table(
+        'tasks-table',
+        'Score per task, with 95% intervals; n = examples',
+        ('Task', 'Kind', 'n', 'base', *methods),
+        tuple(task_rows),
+        ('l', 'l', 'r') + ('r',) * (1 + len(methods)),
+      )
     )
-    blocks.append(task_table)
+  if task_rows and any(m.get('paired') for m in methods.values()):
+    blocks.append(
+      Table(
+        'task-deltas-table',
+        'Difference from base per task (points), with 95% paired intervals; ≈0 = within noise',
+        ('Task', 'Kind', *methods),
+        tuple(delta_rows),
+        ('l', 'l') + ('r',) * len(methods),
+      )
+    )
   return blocks
 
 
-def _argbest(alpha: Sequence[float], values: Sequence[float]) -> str:
+def _argbest(alpha: Sequence[float], values: Sequence[float], *, lr: bool = False) -> str:
   array = np.asarray(values, dtype=np.float64)
   if not np.isfinite(array).any():
     return fmt.NOT_AVAILABLE
   index = int(np.nanargmax(array))
-  return f'{fmt.fmt_score(array[index])} (α={float(alpha[index]):.2f})'
+  where = f'lr={fmt.fmt_lr(alpha[index])}' if lr else f'α={float(alpha[index]):.2f}'
+  return f'{fmt.fmt_score(array[index])} ({where})'
 
 
 def _paths(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
@@ -632,6 +833,127 @@ def _training(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Bl
   ]
 
 
+def _seed_spread(values: np.ndarray) -> str:
+  """Min–max and population std of one learning rate's Targets over seeds."""
+  return (
+    f'{fmt.fmt_score(np.nanmin(values))}–{fmt.fmt_score(np.nanmax(values))} '
+    f'(std {fmt.fmt_score(np.nanstd(values))})'
+  )
+
+
+def _sweep(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
+  methods = results['methods']
+  having = [n for n, m in methods.items() if m.get('sweep') is not None]
+  summary_rows, rows = [], []
+  for name in having:
+    sweep = methods[name]['sweep']
+    lrs = [float(v) for v in sweep['lr']]
+    target = np.asarray(sweep['target'], dtype=np.float64)
+    general = sweep.get('general')
+    by_seed = sweep.get('target_by_seed')
+    spread = None if by_seed is None else np.asarray(by_seed, dtype=np.float64)
+    seeds = sweep.get('seeds')
+    chosen = float(sweep['chosen_lr'])
+    summary_rows.append(
+      (
+        name,
+        fmt.fmt_lr(chosen),
+        sweep['split'],
+        f'{int(sweep["steps"]):,}',
+        str(len(lrs)),
+        str(len(seeds)) if seeds is not None else str(len(spread)) if spread is not None else DASH,
+        _argbest(lrs, target, lr=True),
+      )
+    )
+    for i, lr in enumerate(lrs):
+      rows.append(
+        (
+          name,
+          fmt.fmt_lr(lr),
+          fmt.fmt_score(target[i]),
+          DASH if general is None else fmt.fmt_score(general[i]),
+          DASH if spread is None else _seed_spread(spread[:, i]),
+          '◀ chosen' if math.isclose(lr, chosen, rel_tol=1e-9) else '',
+        )
+      )
+  return [
+    Paragraph(
+      "Each method's learning rate, chosen on a validation split before the final run: "
+      'validation Target (and General) after a short training run at each learning rate. '
+      'With several seeds the spread over seeds is their min–max and (population) std.'
+    ),
+    *_image(
+      figures,
+      'lr_sweep',
+      'Validation score vs learning rate',
+      'Per method, log learning-rate axis; the ring marks the chosen learning rate.',
+    ),
+    *_partial(list(methods), 'sweep', having),
+    Table(
+      'sweep-summary-table',
+      'Chosen learning rate per method',
+      ('Method', 'Chosen LR', 'Split', 'Steps', 'LRs tried', 'Seeds', 'Best val. Target'),
+      tuple(summary_rows),
+      ('l', 'r', 'l', 'r', 'r', 'r', 'r'),
+    ),
+    Table(
+      'sweep-table',
+      'Validation scores per learning rate',
+      ('Method', 'LR', 'Val. Target', 'Val. General', 'Target over seeds', 'Chosen'),
+      tuple(rows),
+      ('l', 'r', 'r', 'r', 'r', 'l'),
+    ),
+  ]
+
+
+def _trajectory(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
+  methods = results['methods']
+  having = [n for n, m in methods.items() if m.get('trajectory') is not None]
+  rows = []
+  for name in having:
+    trajectory = methods[name]['trajectory']
+    steps = [int(v) for v in trajectory['step']]
+    rows.append(
+      (
+        name,
+        str(len(steps)),
+        f'{max(steps):,}',
+        fmt.fmt_metric(trajectory['distance'][-1]),
+        fmt.fmt_metric(trajectory['cka'][-1]),
+        f'{fmt.fmt_score(trajectory["target"][0])} → {fmt.fmt_score(trajectory["target"][-1])}',
+        f'{fmt.fmt_score(trajectory["general"][0])} → {fmt.fmt_score(trajectory["general"][-1])}',
+      )
+    )
+  return [
+    Paragraph(
+      'Checkpoints along training: relative distance of the weights from the base, mean '
+      'linear CKA to the base over layers, and Target and General, against the training step.'
+    ),
+    *_image(
+      figures,
+      'trajectory',
+      'Training trajectories',
+      'Distance, CKA, Target and General vs step, one line per method.',
+    ),
+    *_partial(list(methods), 'trajectory', having),
+    Table(
+      'trajectory-table',
+      'First and last checkpoint per method',
+      (
+        'Method',
+        'Checkpoints',
+        'Last step',
+        'Final distance',
+        'Final CKA',
+        'Target (first → last)',
+        'General (first → last)',
+      ),
+      tuple(rows),
+      ('l',) + ('r',) * 6,
+    ),
+  ]
+
+
 def _json_default(value: Any) -> Any:
   if hasattr(value, 'tolist'):
     return value.tolist()
@@ -694,7 +1016,8 @@ def build_document(results: Mapping[str, Any], figures: Mapping[str, str]) -> Do
       were drawn (names as in `FIGURE_FILES`).
 
   Returns:
-    The `Document`, with one `Section` per entry of `SECTIONS`, in that order.
+    The `Document`, with one `Section` per entry of `SECTIONS`, in that order, and each entry
+    of `OPTIONAL_SECTIONS` whose per-method key some method has, after the section it follows.
   """
   bodies = {
     'stability-plasticity': _stability(results, figures),
@@ -709,8 +1032,13 @@ def build_document(results: Mapping[str, Any], figures: Mapping[str, str]) -> Do
     'configuration': _configuration(results),
     'versions-timing': _versions_timing(results),
   }
+  optional = {'lr-sweep': _sweep, 'trajectory': _trajectory}
   sections = [_summary(results)]
-  sections += [Section(anchor, title, tuple(bodies[anchor])) for anchor, title in SECTIONS[1:]]
+  for anchor, title in SECTIONS[1:]:
+    sections.append(Section(anchor, title, tuple(bodies[anchor])))
+    for extra, extra_title, after, key in OPTIONAL_SECTIONS:
+      if after == anchor and any(m.get(key) is not None for m in results['methods'].values()):
+        sections.append(Section(extra, extra_title, tuple(optional[extra](results, figures))))
   subtitle = (
     f'Created {results["created"]} · target task {results["target_task"]} · '
     f'{len(results["methods"])} methods'

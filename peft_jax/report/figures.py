@@ -253,6 +253,18 @@ def _place_point_labels(
       obstacles.append(matplotlib.text.Text.get_window_extent(annotation, renderer))
 
 
+def _error_bar(entry: Mapping[str, Any], key: str, value: float) -> np.ndarray | None:
+  """``[[below], [above]]`` distances from ``value`` to the ends of the entry's ``key`` interval
+  (``entry['intervals'][key]``), for ``errorbar``; ``None`` without an interval."""
+  interval = (entry.get('intervals') or {}).get(key)
+  if interval is None:
+    return None
+  lo, hi = float(interval[0]), float(interval[1])
+  if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(value)):
+    return None
+  return np.array([[max(value - lo, 0.0)], [max(hi - value, 0.0)]])
+
+
 def plot_stability_plasticity(
   base: Mapping[str, Any],
   methods: Mapping[str, Mapping[str, Any]],
@@ -262,7 +274,8 @@ def plot_stability_plasticity(
 ) -> str:
   """General vs Target scores: the stability–plasticity plane.
 
-  The base model is a star; each method is a point joined to the base by an arrow. Dashed lines
+  The base model is a star; each method is a point joined to the base by an arrow, with its 95%
+  intervals of General and Target as error bars when the entries have them. Dashed lines
   through the base split the plane: right of the vertical line a method lost no general score,
   above the horizontal line it gained on the target. The top axis reads the same x position as
   forgetting, Forget = (General_base − General) × 100 points, so vertical lines are iso-forget
@@ -292,6 +305,16 @@ def plot_stability_plasticity(
     figure = _new_figure(9.0, 6.6)
     ax = figure.add_subplot()
     all_x, all_y = np.append(xs, base_general), np.append(ys, base_target)
+    # The axes hold the error bars too.
+    for entry in [base, *(methods[n] for n in names)]:
+      for key, into in (('general', 'x'), ('target', 'y')):
+        interval = (entry.get('intervals') or {}).get(key)
+        if interval is not None:
+          ends = np.asarray(interval, dtype=np.float64)
+          if into == 'x':
+            all_x = np.append(all_x, ends)
+          else:
+            all_y = np.append(all_y, ends)
     all_x, all_y = all_x[np.isfinite(all_x)], all_y[np.isfinite(all_y)]
     span_x = max(np.ptp(all_x), 0.02)
     span_y = max(np.ptp(all_y), 0.02)
@@ -323,6 +346,20 @@ def plot_stability_plasticity(
     ax.axhline(base_target, color='0.45', linestyle='--', linewidth=0.9, zorder=1)
     for name, x, y in zip(names, xs, ys):
       color, marker = styles[name]
+      x_err, y_err = _error_bar(methods[name], 'general', x), _error_bar(methods[name], 'target', y)
+      if x_err is not None or y_err is not None:
+        ax.errorbar(
+          [x],
+          [y],
+          xerr=x_err,
+          yerr=y_err,
+          fmt='none',
+          ecolor=color,
+          alpha=0.6,
+          lw=1.0,
+          capsize=2.5,
+          zorder=3,
+        )
       ax.annotate(
         '',
         xy=(x, y),
@@ -334,6 +371,21 @@ def plot_stability_plasticity(
       )
       ax.scatter(
         [x], [y], s=80, color=color, marker=marker, edgecolor='black', linewidth=0.6, zorder=4
+      )
+    base_x_err = _error_bar(base, 'general', base_general)
+    base_y_err = _error_bar(base, 'target', base_target)
+    if base_x_err is not None or base_y_err is not None:
+      ax.errorbar(
+        [base_general],
+        [base_target],
+        xerr=base_x_err,
+        yerr=base_y_err,
+        fmt='none',
+        ecolor='0.35',
+        alpha=0.7,
+        lw=1.0,
+        capsize=2.5,
+        zorder=3,
       )
     ax.scatter(
       [base_general],
@@ -870,4 +922,124 @@ def plot_training_loss(methods: Mapping[str, Mapping[str, Any]], path: str | os.
       else 'Training loss'
     )
     figure.legend(loc='outside right upper', title='method', title_fontsize=9)
+    return _save(figure, path)
+
+
+def plot_lr_sweep(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> str:
+  """Validation Target (left) and General (right) against the learning rate, one line per method.
+
+  The learning-rate axis is logarithmic; a ring marks each method's chosen learning rate. With
+  per-seed Targets (``target_by_seed``) the band spans their min and max at each learning rate.
+
+  Args:
+    methods: ``{name: {"sweep": {"lr", "target", "general" (optional), "chosen_lr",
+      "target_by_seed" (optional), ...}}}``; methods without a sweep are skipped.
+    path: output PNG path.
+
+  Returns:
+    `path`.
+  """
+  sweeps = _with_key(methods, 'sweep')
+  _require_any(sweeps, 'sweep')
+  names = list(sweeps)
+  styles = method_styles(list(methods))
+  with matplotlib.rc_context(_RC):
+    figure = _new_figure(11.0, 4.6)
+    axes = figure.subplots(1, 2, sharex=True)
+    for ax, key, title in (
+      (axes[0], 'target', 'Validation Target'),
+      (axes[1], 'general', 'Validation General'),
+    ):
+      drawn = False
+      for n in names:
+        sweep = sweeps[n]
+        if sweep.get(key) is None:
+          continue
+        color, marker = styles[n]
+        lrs = _as_array(sweep['lr'])
+        order = np.argsort(lrs)
+        values = _as_array(sweep[key])
+        ax.plot(lrs[order], values[order], color=color, marker=marker, markersize=5, linewidth=1.5)
+        if key == 'target' and sweep.get('target_by_seed') is not None:
+          by_seed = _as_array(sweep['target_by_seed'])
+          ax.fill_between(
+            lrs[order],
+            np.nanmin(by_seed, axis=0)[order],
+            np.nanmax(by_seed, axis=0)[order],
+            color=color,
+            alpha=0.15,
+            linewidth=0,
+          )
+        chosen = float(sweep['chosen_lr'])
+        at = int(np.argmin(np.abs(np.log(lrs) - math.log(chosen)))) if chosen > 0 else 0
+        if chosen > 0 and math.isclose(lrs[at], chosen, rel_tol=1e-6):
+          ax.scatter(
+            [chosen],
+            [values[at]],
+            s=190,
+            facecolors='none',
+            edgecolors=color,
+            linewidths=1.8,
+            zorder=5,
+          )
+        else:
+          ax.axvline(chosen, color=color, linestyle=':', linewidth=1.0)
+        drawn = True
+      if not drawn:
+        ax.text(0.5, 0.5, 'no data', ha='center', va='center', transform=ax.transAxes)
+      ax.set_xscale('log')
+      ax.set_xlabel('learning rate (log scale)')
+      ax.set_ylabel(f'{key} score (validation)')
+      ax.set_title(title)
+    figure.suptitle(
+      'Learning-rate sweep (ring = chosen; band = min–max over seeds)', fontweight='bold'
+    )
+    _method_legend(figure, names, styles)
+    return _save(figure, path)
+
+
+def plot_trajectory(methods: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> str:
+  """Training trajectories: distance from the base, CKA to the base, Target and General vs
+  step, one line per method (four panels).
+
+  Args:
+    methods: ``{name: {"trajectory": {"step", "distance", "cka", "target", "general"}}}``;
+      methods without a trajectory are skipped.
+    path: output PNG path.
+
+  Returns:
+    `path`.
+  """
+  trajectories = _with_key(methods, 'trajectory')
+  _require_any(trajectories, 'trajectory')
+  names = list(trajectories)
+  styles = method_styles(list(methods))
+  panels = (
+    ('distance', 'Relative distance from base', '‖θ − θ0‖ / ‖θ0‖'),
+    ('cka', 'Mean CKA to base over layers', 'CKA (1 = unchanged)'),
+    ('target', 'Target', 'target score'),
+    ('general', 'General', 'general score'),
+  )
+  with matplotlib.rc_context(_RC):
+    figure = _new_figure(11.0, 7.6)
+    axes = figure.subplots(2, 2, sharex=True)
+    for ax, (key, title, label) in zip(axes.flat, panels):
+      for n in names:
+        color, marker = styles[n]
+        steps = _as_array(trajectories[n]['step'])
+        order = np.argsort(steps)
+        ax.plot(
+          steps[order],
+          _as_array(trajectories[n][key])[order],
+          color=color,
+          marker=marker,
+          markersize=4,
+          linewidth=1.5,
+        )
+      ax.set_title(title)
+      ax.set_ylabel(label)
+    for ax in axes[1]:
+      ax.set_xlabel('training step')
+    figure.suptitle('Trajectories during training', fontweight='bold')
+    _method_legend(figure, names, styles)
     return _save(figure, path)

@@ -4,7 +4,9 @@ One function per kind of quantity, so that a score reads the same everywhere:
 scores with 3 decimals (``0.412``), forgetting and gains (0-1 differences, like every number in
 the results) shown in percentage points with 1 decimal
 (``7.8``, ``+3.1``), parameter counts with thousands separators (``1,234,567``). Non-finite
-values (NaN, inf) print as ``n/a``.
+values (NaN, inf) print as ``n/a``. A 95% interval follows its value in brackets, in the value's
+own format (``0.440 [0.310, 0.560]``, ``+3.1 [-1.2, +7.4]``); a value without one reads
+``0.440 [—]`` (`NO_INTERVAL`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 from typing import Any
 
 NOT_AVAILABLE = 'n/a'
+NO_INTERVAL = '[—]'
 
 
 def _finite(value: Any) -> float | None:
@@ -45,6 +48,36 @@ def fmt_signed_points(value: Any) -> str:
   """A signed 0-1 difference (target gain) as percentage points, 1 decimal: ``+3.1``."""
   number = _finite(value)
   return NOT_AVAILABLE if number is None else f'{100.0 * number:+.1f}'
+
+
+def _bracket(interval: Any, formatter) -> str:
+  if interval is None:
+    return NO_INTERVAL
+  lo, hi = interval
+  return f'[{formatter(lo)}, {formatter(hi)}]'
+
+
+def fmt_interval(interval: Any) -> str:
+  """A score interval: ``[0.310, 0.560]``; ``None`` -> ``[—]``."""
+  return _bracket(interval, fmt_score)
+
+
+def fmt_score_ci(value: Any, interval: Any) -> str:
+  """A score with its interval: ``0.440 [0.310, 0.560]`` (``0.440 [—]`` without one)."""
+  return f'{fmt_score(value)} {fmt_interval(interval)}'
+
+
+def fmt_points_ci(value: Any, interval: Any, *, signed: bool = False) -> str:
+  """A 0-1 difference and its interval in points: ``7.8 [3.1, 12.0]``, signed
+  ``+3.1 [-1.2, +7.4]``."""
+  formatter = fmt_signed_points if signed else fmt_points
+  return f'{formatter(value)} {_bracket(interval, formatter)}'
+
+
+def fmt_lr(value: Any) -> str:
+  """A learning rate in scientific notation with 2 significant digits: ``2.0e-04``."""
+  number = _finite(value)
+  return NOT_AVAILABLE if number is None else f'{number:.1e}'
 
 
 def fmt_params(value: Any) -> str:

@@ -171,6 +171,10 @@ def _draw_figures(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
     )
   if any(m.get('train_loss') is not None for m in methods.values()):
     drawn['training_loss'] = figs.plot_training_loss(methods, path('training_loss'))
+  if any(m.get('sweep') is not None for m in methods.values()):
+    drawn['lr_sweep'] = figs.plot_lr_sweep(methods, path('lr_sweep'))
+  if any(m.get('trajectory') is not None for m in methods.values()):
+    drawn['trajectory'] = figs.plot_trajectory(methods, path('trajectory'))
   return drawn
 
 

@@ -6,9 +6,12 @@ that names the offending key path (``results['methods']['lora']['target']``) ins
 matplotlib traceback halfway through the report.
 
 Required keys must be present. Optional keys (per-method paths, spectra, activation geometry,
-CSD, training loss; the top-level DISeL gates, capability drift, config, versions and timing) may
-be absent or ``None``: the report then renders that section with a "not run" note. When an optional
-entry is present, its own keys are required and checked like the rest.
+CSD, training loss, intervals, paired differences, example counts, learning-rate sweep and
+trajectory; the base's intervals and counts; the top-level DISeL gates, capability drift,
+bootstrap settings, config, versions and timing) may be absent or ``None``: the report then
+renders that section with a "not run" note, shows a score without its interval, or (sweep,
+trajectory) leaves the section out. When an optional entry is present, its own keys are required
+and checked like the rest.
 """
 
 from __future__ import annotations
@@ -19,9 +22,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # Optional per-method entries, in report order.
-OPTIONAL_METHOD_KEYS = ('train_loss', 'interpolation', 'rewind', 'spectral', 'activation', 'csd')
+OPTIONAL_METHOD_KEYS = (
+  'train_loss',
+  'interpolation',
+  'rewind',
+  'spectral',
+  'activation',
+  'csd',
+  'n',
+  'intervals',
+  'paired',
+  'sweep',
+  'trajectory',
+)
+# Optional entries of the base's scores.
+OPTIONAL_BASE_KEYS = ('n', 'intervals')
 # Optional top-level entries.
-OPTIONAL_TOP_KEYS = ('disel_gates', 'drift', 'config', 'versions', 'timing')
+OPTIONAL_TOP_KEYS = ('disel_gates', 'drift', 'bootstrap', 'config', 'versions', 'timing')
 REWIND_KINDS = ('cayley', 'additive', 'magnitude_direction', 'gated')
 
 
@@ -121,12 +138,97 @@ def _require_matrix(
   return matrix
 
 
+def _check_interval(value: Any, parts: Sequence[str | int]) -> None:
+  """``None`` (no interval) or ``[lo, hi]`` with ``lo <= hi``."""
+  if value is None:
+    return
+  lo, hi = _require_numbers(value, parts, length=2)
+  if lo > hi:
+    _fail(parts, f'expected [lo, hi] with lo <= hi, got [{lo!r}, {hi!r}]')
+
+
+def _check_intervals(value: Any, parts: Sequence[str | int]) -> None:
+  intervals = _require_mapping(value, parts)
+  for key in ('target', 'general'):
+    if key not in intervals:
+      _require_key(intervals, key, parts)
+    _check_interval(intervals[key], [*parts, key])
+  tasks = _require_mapping(_require_key(intervals, 'tasks', parts), [*parts, 'tasks'])
+  for task, interval in tasks.items():
+    _check_interval(interval, [*parts, 'tasks', task])
+
+
+def _check_counts(value: Any, parts: Sequence[str | int]) -> None:
+  counts = _require_mapping(value, parts)
+  for task, count in counts.items():
+    if _require_int(count, [*parts, task]) < 1:
+      _fail([*parts, task], f'expected a positive example count, got {count}')
+
+
+def _check_difference(value: Any, parts: Sequence[str | int]) -> None:
+  difference = _require_mapping(value, parts)
+  _require_number(_require_key(difference, 'delta', parts), [*parts, 'delta'])
+  for key in ('interval', 'within_noise'):
+    if key not in difference:
+      _require_key(difference, key, parts)
+  _check_interval(difference['interval'], [*parts, 'interval'])
+  noise = difference['within_noise']
+  if noise is not None and not isinstance(noise, bool):
+    _fail([*parts, 'within_noise'], f'expected true, false or null, got {noise!r}')
+
+
+def _check_paired(value: Any, parts: Sequence[str | int]) -> None:
+  paired = _require_mapping(value, parts)
+  for key in ('target_gain', 'forget'):
+    _check_difference(_require_key(paired, key, parts), [*parts, key])
+  tasks = _require_mapping(_require_key(paired, 'tasks', parts), [*parts, 'tasks'])
+  for task, difference in tasks.items():
+    _check_difference(difference, [*parts, 'tasks', task])
+
+
+def _check_sweep(value: Any, parts: Sequence[str | int]) -> None:
+  sweep = _require_mapping(value, parts)
+  lrs = _require_numbers(_require_key(sweep, 'lr', parts), [*parts, 'lr'])
+  if min(lrs) <= 0:
+    _fail([*parts, 'lr'], 'expected positive learning rates (plotted on a log axis)')
+  _require_numbers(_require_key(sweep, 'target', parts), [*parts, 'target'], length=len(lrs))
+  if sweep.get('general') is not None:
+    _require_numbers(sweep['general'], [*parts, 'general'], length=len(lrs))
+  _require_number(_require_key(sweep, 'chosen_lr', parts), [*parts, 'chosen_lr'])
+  _require_str(_require_key(sweep, 'split', parts), [*parts, 'split'])
+  _require_int(_require_key(sweep, 'steps', parts), [*parts, 'steps'])
+  seeds = None
+  if sweep.get('seeds') is not None:
+    seeds = _require_sequence(sweep['seeds'], [*parts, 'seeds'])
+    for i, seed in enumerate(seeds):
+      _require_int(seed, [*parts, 'seeds', i])
+  if sweep.get('target_by_seed') is not None:
+    by_seed = _require_sequence(sweep['target_by_seed'], [*parts, 'target_by_seed'])
+    rows = len(seeds) if seeds is not None else len(by_seed)
+    _require_matrix(by_seed, [*parts, 'target_by_seed'], rows=rows, cols=len(lrs))
+
+
+def _check_trajectory(value: Any, parts: Sequence[str | int]) -> None:
+  trajectory = _require_mapping(value, parts)
+  steps = _require_sequence(_require_key(trajectory, 'step', parts), [*parts, 'step'])
+  if not steps:
+    _fail([*parts, 'step'], 'expected a non-empty list of steps')
+  for i, step in enumerate(steps):
+    _require_int(step, [*parts, 'step', i])
+  for key in ('distance', 'cka', 'target', 'general'):
+    _require_numbers(_require_key(trajectory, key, parts), [*parts, key], length=len(steps))
+
+
 def _check_scores(mapping: Mapping, parts: Sequence[str | int]) -> None:
   _require_number(_require_key(mapping, 'target', parts), [*parts, 'target'])
   _require_number(_require_key(mapping, 'general', parts), [*parts, 'general'])
   tasks = _require_mapping(_require_key(mapping, 'tasks', parts), [*parts, 'tasks'])
   for task, score in tasks.items():
     _require_number(score, [*parts, 'tasks', task])
+  if mapping.get('n') is not None:
+    _check_counts(mapping['n'], [*parts, 'n'])
+  if mapping.get('intervals') is not None:
+    _check_intervals(mapping['intervals'], [*parts, 'intervals'])
 
 
 def _check_curve(curve: Any, parts: Sequence[str | int]) -> None:
@@ -152,6 +254,12 @@ def _check_method(name: str, method: Any) -> None:
   _require_number(_require_key(method, 'train_time_s', parts), [*parts, 'train_time_s'])
   _require_number(_require_key(method, 'peak_memory_mb', parts), [*parts, 'peak_memory_mb'])
 
+  if method.get('paired') is not None:
+    _check_paired(method['paired'], [*parts, 'paired'])
+  if method.get('sweep') is not None:
+    _check_sweep(method['sweep'], [*parts, 'sweep'])
+  if method.get('trajectory') is not None:
+    _check_trajectory(method['trajectory'], [*parts, 'trajectory'])
   if method.get('train_loss') is not None:
     _require_numbers(method['train_loss'], [*parts, 'train_loss'])
   if method.get('interpolation') is not None:
@@ -275,6 +383,13 @@ def validate_results(results: Mapping[str, Any]) -> None:
     _check_disel_gates(results['disel_gates'])
   if results.get('drift') is not None:
     _check_drift(results['drift'])
+  if results.get('bootstrap') is not None:
+    bootstrap = _require_mapping(results['bootstrap'], ['bootstrap'])
+    _require_int(_require_key(bootstrap, 'resamples', ['bootstrap']), ['bootstrap', 'resamples'])
+    _require_int(_require_key(bootstrap, 'seed', ['bootstrap']), ['bootstrap', 'seed'])
+    _require_number(
+      _require_key(bootstrap, 'confidence', ['bootstrap']), ['bootstrap', 'confidence']
+    )
   if results.get('config') is not None:
     _require_mapping(results['config'], ['config'])
   if results.get('versions') is not None:

@@ -1,7 +1,6 @@
 """Capability-drift matrix: flags and sensitivity from the definitions, files, and the driver."""
 
 import csv
-import io
 import json
 
 import jax
@@ -95,8 +94,36 @@ def test_drift_outputs_json_csv_png(tmp_path):
   report = drift.drift_report(BASE, ADAPTERS)
   paths = drift.write_drift_outputs(report, str(tmp_path))
   assert json.loads(open(paths['json']).read()) == json.loads(json.dumps(report))
-  rows = list(csv.DictReader(io.StringIO(open(paths['csv']).read())))
+  with open(paths['csv'], newline='', encoding='utf-8') as f:
+    header, *body = list(csv.reader(f))
+  tasks_ = report['tasks']
+  assert header == (
+    ['adapter', 'label', 'config_id', 'nominal_task']
+    + [f'score/{t}' for t in tasks_]
+    + [f'delta/{t}' for t in tasks_]
+    + ['nominal_gain', 'drift', 'flags']
+  )
+  rows = [dict(zip(header, r)) for r in body]
+  assert all(len(r) == len(header) for r in body)
   assert [r['adapter'] for r in rows] == ['base', 'instr_s0', 'instr_s1', 'instr_s2', 'math_s0']
+  # The base row: its raw scores under score/<task>, deltas 0, no label, gain, drift or flags.
+  base_row = rows[0]
+  for t in tasks_:
+    assert float(base_row[f'score/{t}']) == BASE[t]
+    assert float(base_row[f'delta/{t}']) == 0.0
+  assert [base_row[k] for k in ('label', 'nominal_task', 'nominal_gain', 'drift', 'flags')] == [
+    ''
+  ] * 5
+  for row, entry in zip(rows[1:], report['adapters']):
+    assert row['label'] == entry['label'] and row['config_id'] == entry['config_id']
+    assert row['nominal_task'] == entry['nominal_task']
+    for t in tasks_:
+      assert float(row[f'score/{t}']) == entry['scores'][t]
+      assert float(row[f'delta/{t}']) == entry['deltas'][t]
+      assert float(row[f'score/{t}']) - BASE[t] == pytest.approx(entry['deltas'][t], abs=1e-15)
+    assert float(row['nominal_gain']) == entry['nominal_gain']
+    assert float(row['drift']) == entry['drift']
+    assert row['flags'] == ';'.join(entry['flags'])
   assert float(rows[1]['delta/numeric']) == pytest.approx(0.499)
   assert rows[1]['flags'] == 'nominal_not_improved;off_target_exceeds_nominal'
   # The heatmap is the report's one figure (peft_jax.report.write_drift_heatmap).

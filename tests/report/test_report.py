@@ -1,6 +1,5 @@
 """Tests of the arena report: every section, every image, every number in the methods table."""
 
-import copy
 import html.parser
 import os
 import re
@@ -27,9 +26,100 @@ HEADINGS = (
   'Configuration',
   'Versions & timing',
 )
+# The full fixture also has the optional sections, after the sections they follow.
+FULL_HEADINGS = (
+  *HEADINGS[:3],
+  'Learning-rate sweep',
+  HEADINGS[3],
+  'Trajectory',
+  *HEADINGS[4:],
+)
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 NUM_LAYERS = 4
 RANK = 8
+N_PER_TASK = {
+  'gsm8k_synth': 200,
+  'math500_synth': 120,
+  'ifeval_strict': 150,
+  'bbh_avg': 270,
+  'nq_open': 300,
+}
+# Methods whose target gain / forget intervals contain 0 in the fixture.
+GAIN_NOISE = ('vera', 'miss')
+FORGET_NOISE = ('oft', 'vera')
+
+
+def _around(value, half):
+  return [value - half, value + half]
+
+
+def add_intervals(results: dict, rng: np.random.Generator) -> dict:
+  """Intervals, paired differences, n, a learning-rate sweep and a trajectory, as
+  peft_jax.report.results.assemble_results writes them."""
+  base = results['base']
+  base['n'] = dict(N_PER_TASK)
+  base['intervals'] = {
+    'target': _around(base['target'], 0.05),
+    'general': _around(base['general'], 0.03),
+    'tasks': {t: _around(v, 0.04 + 0.01 * i) for i, (t, v) in enumerate(base['tasks'].items())},
+  }
+  results['bootstrap'] = {'resamples': 1000, 'seed': 0, 'confidence': 0.95}
+  lrs = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
+  for index, (name, m) in enumerate(results['methods'].items()):
+    m['n'] = dict(N_PER_TASK)
+    m['intervals'] = {
+      'target': _around(m['target'], 0.06),
+      'general': _around(m['general'], 0.035),
+      'tasks': {t: _around(v, 0.05 + 0.005 * i) for i, (t, v) in enumerate(m['tasks'].items())},
+    }
+    gain = m['target'] - base['target']
+    gain_half = abs(gain) + 0.01 if name in GAIN_NOISE else abs(gain) / 2
+    forget_half = abs(m['forget']) + 0.01 if name in FORGET_NOISE else abs(m['forget']) / 2
+    task_deltas = {}
+    for i, task in enumerate(m['tasks']):
+      delta = m['tasks'][task] - base['tasks'][task]
+      interval = _around(delta, 0.03 + 0.01 * i)
+      task_deltas[task] = {
+        'delta': delta,
+        'interval': interval,
+        'within_noise': interval[0] <= 0 <= interval[1],
+      }
+    m['paired'] = {
+      'target_gain': {
+        'delta': gain,
+        'interval': _around(gain, gain_half),
+        'within_noise': name in GAIN_NOISE,
+      },
+      'forget': {
+        'delta': m['forget'],
+        'interval': _around(m['forget'], forget_half),
+        'within_noise': name in FORGET_NOISE,
+      },
+      'tasks': task_deltas,
+    }
+    if name != 'full':  # a method without a sweep: the section names it
+      target = 0.2 + 0.2 * np.exp(-((np.log10(lrs) + 4 - 0.3 * (index % 3)) ** 2))
+      m['sweep'] = {
+        'lr': list(lrs),
+        'target': target.tolist(),
+        'general': (0.5 - 0.1 * np.arange(5) / 4).tolist(),
+        'chosen_lr': lrs[int(np.argmax(target))],
+        'split': 'validation',
+        'steps': 40,
+      }
+      if name == 'lora':
+        m['sweep']['seeds'] = [0, 1, 2]
+        m['sweep']['target_by_seed'] = (target + rng.normal(0, 0.02, (3, 5))).tolist()
+    if name != 'disel':
+      steps = [0, 30, 60, 90, 120]
+      m['trajectory'] = {
+        'step': steps,
+        'distance': (0.01 * (index + 1) * np.sqrt(np.array(steps) / 120)).tolist(),
+        'cka': (1.0 - 0.05 * np.array(steps) / 120).tolist(),
+        'target': np.linspace(base['target'], m['target'], 5).tolist(),
+        'general': np.linspace(base['general'], m['general'], 5).tolist(),
+      }
+  return results
 
 
 def make_results(seed: int = 0) -> dict:
@@ -126,7 +216,7 @@ def make_results(seed: int = 0) -> dict:
   general_gates = rng.uniform(0.02, 0.3, (len(gate_modules), RANK))
   drift_tasks = [*target_tasks, *general_tasks]
   delta = np.array([[methods[m]['tasks'][t] - base_tasks[t] for t in drift_tasks] for m in METHODS])
-  return {
+  results = {
     'title': 'PEFT arena: tiny base on synthetic math',
     'created': '2026-11-25T14:00:00+00:00',
     'base': base,
@@ -160,6 +250,7 @@ def make_results(seed: int = 0) -> dict:
       'stages': {'train': 900.0, 'evaluate': 200.0, 'geometry': 80.5, 'paths': 50.0, 'report': 4.0},
     },
   }
+  return add_intervals(results, rng)
 
 
 def minimal_results() -> dict:
@@ -169,7 +260,9 @@ def minimal_results() -> dict:
     del results[key]
   for method in results['methods'].values():
     for key in schema.OPTIONAL_METHOD_KEYS:
-      del method[key]
+      method.pop(key, None)
+  for key in schema.OPTIONAL_BASE_KEYS:
+    del results['base'][key]
   return results
 
 
@@ -258,11 +351,13 @@ def test_returns_paths_of_every_file(full_report):
   assert not [f for f in os.listdir(out_dir) if f.startswith('.tmp-')]
 
 
-@pytest.mark.parametrize('fixture', ['full_report', 'minimal_report'])
-def test_every_section_heading_in_html_and_markdown(fixture, request):
+@pytest.mark.parametrize(
+  'fixture, headings', [('full_report', FULL_HEADINGS), ('minimal_report', HEADINGS)]
+)
+def test_every_section_heading_in_html_and_markdown(fixture, headings, request):
   _, _, paths = request.getfixturevalue(fixture)
-  assert tuple(parse(paths['html']).headings) == HEADINGS
-  assert [h for h in markdown_sections(paths['markdown']) if h != 'Contents'] == list(HEADINGS)
+  assert tuple(parse(paths['html']).headings) == headings
+  assert [h for h in markdown_sections(paths['markdown']) if h != 'Contents'] == list(headings)
 
 
 def test_every_image_is_a_valid_png(full_report):
@@ -289,29 +384,172 @@ def test_html_is_self_contained(full_report):
   assert '<style>' in page
 
 
+def _ci(value, interval):
+  """The expected cell: the score and its interval, each with 3 decimals."""
+  return f'{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]'
+
+
+def _pts(value, interval, signed=False):
+  f = '{:+.1f}' if signed else '{:.1f}'
+  return f'{f.format(100 * value)} [{f.format(100 * interval[0])}, {f.format(100 * interval[1])}]'
+
+
 def test_methods_table_numbers_equal_input(full_report):
   results, _, paths = full_report
   rows = parse(paths['html']).tables['methods-table']
   header, base_row, *method_rows = rows
-  assert header[:5] == ['Method', 'Target', 'Target gain (pts)', 'General', 'Forget (pts)']
+  assert header[:6] == [
+    'Method',
+    'Target',
+    'Target gain (pts)',
+    'General',
+    'Forget (pts)',
+    'Within noise',
+  ]
   base = results['base']
-  assert base_row[:5] == ['base', f'{base["target"]:.3f}', '—', f'{base["general"]:.3f}', '0.0']
+  assert base_row[:6] == [
+    'base',
+    _ci(base['target'], base['intervals']['target']),
+    '—',
+    _ci(base['general'], base['intervals']['general']),
+    '0.0',
+    '—',
+  ]
   assert [r[0] for r in method_rows] == list(METHODS)
   for row, name in zip(method_rows, METHODS):
     m = results['methods'][name]
+    noise = [k for k, names in (('gain', GAIN_NOISE), ('forget', FORGET_NOISE)) if name in names]
     assert row == [
       name,
-      f'{m["target"]:.3f}',
-      f'{(m["target"] - base["target"]) * 100:+.1f}',
-      f'{m["general"]:.3f}',
-      f'{100 * m["forget"]:.1f}',
+      _ci(m['target'], m['intervals']['target']),
+      _pts(m['target'] - base['target'], m['paired']['target_gain']['interval'], signed=True),
+      _ci(m['general'], m['intervals']['general']),
+      _pts(m['forget'], m['paired']['forget']['interval']),
+      ', '.join(noise) or 'no',
       f'{m["trainable_params"]:,}',
       f'{m["total_params"]:,}',
       f'{100 * m["trainable_params"] / m["total_params"]:.3f}%',
       f'{m["train_time_s"]:.1f} s',
       f'{m["peak_memory_mb"]:,.1f} MB',
     ], name
-  assert method_rows[0][5] == '2,345,678'
+  assert method_rows[0][6] == '2,345,678'
+
+
+def test_summary_says_which_differences_are_within_noise(full_report):
+  results, _, paths = full_report
+  page = parse(paths['html'])
+  text = page.sections['summary']
+  assert (
+    'Within noise (the 95% paired interval of the difference from the base contains 0): '
+    'Target gain of vera, miss; Forget of vera, oft.'
+  ) in text
+  facts = dict(page.tables['summary-table'][1:])
+  assert facts['Target gain within noise'] == 'vera, miss'
+  assert facts['Forget within noise'] == 'vera, oft'
+  assert facts['Examples per task (n)'] == ', '.join(f'{t} {n:,}' for t, n in N_PER_TASK.items())
+  entries = [results['base'], *results['methods'].values()]
+  widths = [hi - lo for e in entries for lo, hi in e['intervals']['tasks'].values()]
+  gains = [
+    hi - lo
+    for m in results['methods'].values()
+    for lo, hi in [m['paired']['target_gain']['interval']]
+  ]
+  forgets = [
+    hi - lo for m in results['methods'].values() for lo, hi in [m['paired']['forget']['interval']]
+  ]
+  assert facts['Median interval width (points)'] == (
+    f'task scores {100 * np.median(widths):.1f}, target gain {100 * np.median(gains):.1f}, '
+    f'forget {100 * np.median(forgets):.1f}'
+  )
+  assert facts['Intervals'].startswith('95% percentile bootstrap over examples (B = 1,000')
+  assert 'No bootstrap interval' not in text
+
+
+def test_task_deltas_table(full_report):
+  results, _, paths = full_report
+  rows = parse(paths['html']).tables['task-deltas-table']
+  assert rows[0] == ['Task', 'Kind', *METHODS]
+  for row in rows[1:]:
+    for name, cell in zip(METHODS, row[2:]):
+      d = results['methods'][name]['paired']['tasks'][row[0]]
+      assert cell == _pts(d['delta'], d['interval'], signed=True) + (
+        ' ≈0' if d['within_noise'] else ''
+      ), (name, row[0])
+  assert any(cell.endswith(' ≈0') for row in rows[1:] for cell in row)
+
+
+def test_sweep_section(full_report):
+  results, out_dir, paths = full_report
+  page = parse(paths['html'])
+  assert 'lr_sweep.png' in page.images
+  assert 'No sweep data for: full.' in page.sections['lr-sweep']
+  summary = {r[0]: r for r in page.tables['sweep-summary-table'][1:]}
+  assert list(summary) == [m for m in METHODS if m != 'full']
+  lora = results['methods']['lora']['sweep']
+  assert summary['lora'][1:6] == [f'{lora["chosen_lr"]:.1e}', 'validation', '40', '5', '3']
+  assert summary['dora'][5] == '—'
+  rows = [r for r in page.tables['sweep-table'][1:] if r[0] == 'lora']
+  by_seed = np.asarray(lora['target_by_seed'])
+  for i, row in enumerate(rows):
+    assert row[1:4] == [
+      f'{lora["lr"][i]:.1e}',
+      f'{lora["target"][i]:.3f}',
+      f'{lora["general"][i]:.3f}',
+    ]
+    column = by_seed[:, i]
+    assert row[4] == f'{column.min():.3f}–{column.max():.3f} (std {column.std():.3f})'
+    assert row[5] == ('◀ chosen' if lora['lr'][i] == lora['chosen_lr'] else '')
+  assert [r[5] for r in rows].count('◀ chosen') == 1
+
+
+def test_trajectory_section(full_report):
+  results, _, paths = full_report
+  page = parse(paths['html'])
+  assert 'trajectory.png' in page.images
+  assert 'No trajectory data for: disel.' in page.sections['trajectory']
+  rows = {r[0]: r for r in page.tables['trajectory-table'][1:]}
+  t = results['methods']['oft']['trajectory']
+  assert rows['oft'][1:] == [
+    '5',
+    '120',
+    f'{t["distance"][-1]:.4f}',
+    f'{t["cka"][-1]:.4f}',
+    f'{t["target"][0]:.3f} → {t["target"][-1]:.3f}',
+    f'{t["general"][0]:.3f} → {t["general"][-1]:.3f}',
+  ]
+
+
+def test_results_without_intervals_still_render():
+  """Stage results written before per-example statistics: every score reads "[—]", a note says
+  why, and the summary says no difference can be told from noise."""
+  results = make_results(7)
+  for entry in [results['base'], *results['methods'].values()]:
+    for key in ('intervals', 'paired', 'n'):
+      entry.pop(key, None)
+  del results['bootstrap']
+  report.validate_results(results)
+  page = _PageParser()  # the page without drawing figures (they do not depend on intervals)
+  page.feed(report.render_html(report.build_document(results, {})))
+  rows = {r[0]: r for r in page.tables['methods-table'][1:]}
+  lora = results['methods']['lora']
+  assert rows['lora'][1] == f'{lora["target"]:.3f} [—]'
+  assert rows['lora'][4] == f'{100 * lora["forget"]:.1f} [—]'
+  assert rows['lora'][5] == '—'
+  assert rows['base'][1] == f'{results["base"]["target"]:.3f} [—]'
+  summary = page.sections['summary']
+  assert 'No interval could be computed, so no difference can be told from noise.' in summary
+  assert 'No bootstrap interval ([—]) for: base, ' + ', '.join(METHODS) in summary
+  facts = dict(page.tables['summary-table'][1:])
+  assert facts['Target gain within noise'] == 'no interval'
+  assert facts['Median interval width (points)'] == ('task scores n/a, target gain n/a, forget n/a')
+  assert 'task-deltas-table' not in page.tables
+  assert [r[2] for r in page.tables['tasks-table'][1:]] == ['—'] * 5
+  table = report.print_summary_table(results)
+  assert table.splitlines()[3].split()[:3] == [
+    'full',
+    f'{results["methods"]["full"]["target"]:.3f}',
+    '[—]',
+  ]
 
 
 def test_markdown_tables_match_html(full_report):
@@ -330,12 +568,14 @@ def test_markdown_tables_match_html(full_report):
 def test_task_table_has_every_task(full_report):
   results, _, paths = full_report
   rows = parse(paths['html']).tables['tasks-table']
-  assert rows[0] == ['Task', 'Kind', 'base', *METHODS]
+  assert rows[0] == ['Task', 'Kind', 'n', 'base', *METHODS]
   tasks = [r[0] for r in rows[1:]]
   assert tasks == [*results['target_tasks'], *results['general_tasks']]
   lora_column = rows[0].index('lora')
+  lora = results['methods']['lora']
   for row in rows[1:]:
-    assert row[lora_column] == f'{results["methods"]["lora"]["tasks"][row[0]]:.3f}'
+    assert row[2] == f'{N_PER_TASK[row[0]]:,}'
+    assert row[lora_column] == _ci(lora['tasks'][row[0]], lora['intervals']['tasks'][row[0]])
 
 
 def test_drift_lists_flagged_adapters_with_reasons(full_report):
@@ -422,6 +662,10 @@ def _delete(results, path):
     ('drift', 'delta'),
     ('disel_gates', 'target'),
     ('timing', 'stages'),
+    ('methods', 'lora', 'sweep', 'chosen_lr'),
+    ('methods', 'oft', 'trajectory', 'step'),
+    ('methods', 'vera', 'paired', 'forget', 'delta'),
+    ('base', 'intervals', 'tasks'),
   ],
 )
 def test_missing_required_key_raises_naming_it(path, tmp_path):
@@ -464,6 +708,34 @@ def test_missing_required_key_raises_naming_it(path, tmp_path):
       lambda r: r['methods']['full'].__setitem__('total_params', 0),
       "results['methods']['full']['total_params']: expected a positive count",
     ),
+    (
+      lambda r: r['methods']['lora']['sweep']['target'].pop(),
+      "results['methods']['lora']['sweep']['target']: expected 5 values, got 4",
+    ),
+    (
+      lambda r: r['methods']['lora']['sweep']['target_by_seed'].pop(),
+      "results['methods']['lora']['sweep']['target_by_seed']: expected 3 rows, got 2",
+    ),
+    (
+      lambda r: r['methods']['dora']['sweep']['lr'].__setitem__(0, 0.0),
+      "results['methods']['dora']['sweep']['lr']: expected positive learning rates",
+    ),
+    (
+      lambda r: r['methods']['oft']['trajectory']['cka'].pop(),
+      "results['methods']['oft']['trajectory']['cka']: expected 5 values, got 4",
+    ),
+    (
+      lambda r: r['methods']['lora']['paired']['forget'].__setitem__('within_noise', 'yes'),
+      "results['methods']['lora']['paired']['forget']['within_noise']: expected true, false",
+    ),
+    (
+      lambda r: r['base']['intervals'].__setitem__('target', [0.5, 0.4]),
+      "results['base']['intervals']['target']: expected [lo, hi] with lo <= hi",
+    ),
+    (
+      lambda r: r['methods']['pissa']['n'].__setitem__('nq_open', 0),
+      "results['methods']['pissa']['n']['nq_open']: expected a positive example count",
+    ),
   ],
 )
 def test_malformed_values_raise_naming_the_key(mutate, expected):
@@ -475,6 +747,9 @@ def test_malformed_values_raise_naming_the_key(mutate, expected):
 
 def test_numpy_inputs_and_nan_scores_render(tmp_path):
   results = make_results(5)
+  for method in results['methods'].values():  # two figures fewer to draw; not what is tested
+    method.pop('sweep', None)
+    method.pop('trajectory', None)
   lora = results['methods']['lora']
   lora['train_loss'] = np.asarray(lora['train_loss'])
   lora['target'] = np.float32(0.5)
@@ -483,28 +758,38 @@ def test_numpy_inputs_and_nan_scores_render(tmp_path):
   results['methods']['vera']['forget'] = float('nan')
   paths = report.write_report(results, tmp_path)
   rows = {r[0]: r for r in parse(paths['html']).tables['methods-table']}
-  assert rows['lora'][1] == '0.500' and rows['lora'][5] == '36,864'
-  assert rows['vera'][3] == 'n/a' and rows['vera'][4] == 'n/a'
+  assert rows['lora'][1].startswith('0.500 [') and rows['lora'][6] == '36,864'
+  assert rows['vera'][3].startswith('n/a [') and rows['vera'][4].startswith('n/a [')
 
 
 def test_print_summary_table(full_report, capsys):
   results, _, _ = full_report
   table = report.print_summary_table(results)
   lines = table.splitlines()
-  assert lines[0].split() == ['method', 'target', 'general', 'forget', 'params', 'time']
+  assert lines[0].split() == ['method', 'target', 'general', 'forget', 'noise', 'params', 'time']
   assert set(lines[1].replace(' ', '')) == {'-'}
   assert [line.split()[0] for line in lines[2:]] == ['base', *METHODS]
   width = len(lines[1])
   assert all(len(line) <= width for line in lines)
-  oft = results['methods']['oft']
-  assert lines[2 + METHODS.index('oft') + 1].split() == [
-    'oft',
-    f'{oft["target"]:.3f}',
-    f'{oft["general"]:.3f}',
-    f'{100 * oft["forget"]:.1f}',
-    f'{oft["trainable_params"]:,}',
-    f'{oft["train_time_s"]:.1f}',
-    's',
+  for name in ('oft', 'lora', 'vera'):
+    m = results['methods'][name]
+    noise = [k for k, names in (('gain', GAIN_NOISE), ('forget', FORGET_NOISE)) if name in names]
+    cells = [
+      name,
+      *_ci(m['target'], m['intervals']['target']).split(),
+      *_ci(m['general'], m['intervals']['general']).split(),
+      *_pts(m['forget'], m['paired']['forget']['interval']).split(),
+      ','.join(noise) or 'no',
+      f'{m["trainable_params"]:,}',
+      f'{m["train_time_s"]:.1f}',
+      's',
+    ]
+    assert lines[2 + METHODS.index(name) + 1].split() == cells, name
+  base = results['base']
+  assert lines[2].split()[:5] == [
+    'base',
+    *_ci(base['target'], base['intervals']['target']).split(),
+    *_ci(base['general'], base['intervals']['general']).split()[:1],
   ]
   # Right-aligned numbers: every time column ends at the same place.
   assert len({len(line) for line in lines[2:]}) == 1
