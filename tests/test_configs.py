@@ -1,6 +1,10 @@
 """Every preset of every shipped config file builds, and the training configs it implies are
 valid: a key typo in an override or a schedule that cannot run fails here, not in a user's run."""
 
+import json
+import math
+import os
+
 import pytest
 
 from configs.analyze import default as analyze_default
@@ -10,6 +14,7 @@ from configs.eval import suite as eval_suite
 from configs.pretrain import tiny as pretrain_tiny
 from configs.train import hf as train_hf
 from configs.train import tiny as train_tiny
+from peft_jax import hub
 from peft_jax.adapters import api as adapters
 from peft_jax.arena import pipeline
 from peft_jax.train import optimizer as optimizer_lib
@@ -40,6 +45,8 @@ def test_train_presets(method):
 def test_arena_presets_imply_valid_train_configs(preset):
   config = arena_quick.get_config(preset)
   assert tuple(config.method_order) == adapters.method_names()
+  if pipeline.needs_budget(config):  # custom: steps, batch and warmup come from the data size
+    config, _ = pipeline.derive_budget(config, num_sequences=100, num_devices=8)
   for method in config.method_order:
     _check_train_config(pipeline.method_train_config(config, method, 'base_dir', 'train.jsonl'))
 
@@ -63,3 +70,22 @@ def test_overrides_name_an_unknown_key():
     with_overrides(default_config(), {'optimizer': {'peak_lrr': 1.0}}, where='config.methods.lora')
   replaced = with_overrides(default_config(), {'adapter': {'kwargs': {'block_size': 4}}})
   assert dict(replaced.adapter.kwargs) == {'block_size': 4}  # kwargs are replaced whole
+
+
+def test_hf_runlocal_trains(tmp_path):
+  """The CPU smoke preset of configs/train/hf.py runs for real (on the bundled HF checkpoint)."""
+  config = train_hf.get_config('method=lora,rank=4,runlocal')
+  config.model.path = str(hub.resolve_path('bundled:tiny'))
+  data = tmp_path / 'train.jsonl'
+  data.write_text(
+    ''.join(
+      json.dumps({'prompt': f'What is {i} plus {i % 7}? ', 'completion': f' {i + i % 7}.'}) + '\n'
+      for i in range(32)
+    )
+  )
+  config.data.path = str(data)
+  config.progress_bar = False
+  result = trainer.train(config, str(tmp_path / 'run'))
+  losses = [loss for _, loss in result.losses]
+  assert len(losses) == config.total_steps == 10 and all(map(math.isfinite, losses))
+  assert sorted(os.listdir(tmp_path / 'run' / 'trajectory')) == ['0', '10', '5']

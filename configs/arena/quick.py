@@ -149,9 +149,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.geometry.update(
       dict(num_prompts=4, module='layers_0/self_attn/q_proj', gram_max_tokens=64)
     )
-    config.sweep.update(
-      dict(factors=(0.5, 1.0), methods=('lora',), validation_size=2, general_limits=dict(nq=2))
-    )
+    config.sweep.update(dict(factors=(0.5, 1.0), methods=('lora',), validation_size=2))
+    config.sweep.general_limits = dict(nq=2)  # assigned: update() would merge the dicts
     config.trajectory.update(dict(every=2, methods=('lora',)))
     config.progress_bar = False
   else:

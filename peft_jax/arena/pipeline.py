@@ -349,7 +349,9 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
       row = next(
         r for r in sweep['runs'] if r['lr'] == sweep['chosen_lr'] and r['seed'] == config.seed
       )
-      out.update(train_time_s=row['train_time_s'], reused_sweep_run=True)
+      out.update(
+        train_time_s=row['train_time_s'], num_compiles=row['num_compiles'], reused_sweep_run=True
+      )
     else:
       out = study.stage_train(method, lambda r: trainer.train(c, r), run_dir)
     return dict(out, peak_lr=float(sweep['chosen_lr']))

@@ -326,7 +326,8 @@ def stage_sweep(
 
   Every run resumes by itself and each candidate's scores are kept in its folder
   (``validation.json``), so a killed sweep continues where it stopped. The result holds the grid
-  (``target`` / ``general`` as ``[lr][seed]``), the kept rate and the rule that kept it.
+  (``target`` / ``general``: the mean over seeds per rate; ``*_by_seed``: ``[seed][lr]``), the kept
+  rate and the rule that kept it.
   """
   if not ctx.validation_tasks:
     raise ValueError('the learning-rate sweep needs a validation split of the target')
@@ -353,6 +354,7 @@ def stage_sweep(
           'seed': int(seed),
           'scores': scores,
           'train_time_s': seconds,
+          'num_compiles': int(result.num_compiles),
           'final_loss': float(history[-1]['loss']) if history else float('nan'),
         }
         files.write_json(scores_path, row)
@@ -366,8 +368,8 @@ def stage_sweep(
     'seeds': [int(s) for s in seeds],
     'target': target.mean(axis=1).tolist(),
     'general': general.mean(axis=1).tolist(),
-    'target_by_seed': target.tolist(),
-    'general_by_seed': general.tolist(),
+    'target_by_seed': target.T.tolist(),  # [seed][lr]
+    'general_by_seed': general.T.tolist(),
     'chosen_index': int(chosen),
     'chosen_lr': float(lrs[chosen]),
     'split': 'validation',

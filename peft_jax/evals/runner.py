@@ -50,7 +50,35 @@ def default_config() -> ml_collections.ConfigDict:
   config.baseline_summary = ''
   config.tasks = ml_collections.ConfigDict()
   config.drift_adapters = ml_collections.ConfigDict()
+  # The same entries from a JSON file ({name: {adapter_dir, label, nominal_task[, config_id]}});
+  # the command-line way (a locked config cannot gain keys from flags).
+  config.drift_adapters_file = ''
   return config
+
+
+def drift_entries(config: ml_collections.ConfigDict) -> dict:
+  """``config.drift_adapters`` merged with the entries of ``config.drift_adapters_file``."""
+  entries = dict(config.drift_adapters.to_dict())
+  path = config.get('drift_adapters_file') or ''
+  if path:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'config.drift_adapters_file={path!r} does not exist')
+    with open(path) as f:
+      try:
+        loaded = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}') from e
+    if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+      raise ValueError(f'{path}: expected {{name: {{adapter_dir, label, nominal_task}}}}')
+    base = os.path.dirname(os.path.abspath(path))
+    for name, entry in loaded.items():
+      if name in entries:
+        raise ValueError(f'{path}: adapter {name!r} is also in config.drift_adapters')
+      entry = dict(entry)
+      if entry.get('adapter_dir') and not os.path.isabs(entry['adapter_dir']):
+        entry['adapter_dir'] = os.path.join(base, entry['adapter_dir'])
+      entries[name] = entry
+  return entries
 
 
 def _load_base(config):
@@ -133,7 +161,7 @@ def run_drift(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   Returns:
     the drift report (:func:`peft_jax.evals.drift.drift_report`).
   """
-  entries = config.drift_adapters.to_dict()
+  entries = drift_entries(config)
   if not entries:
     raise ValueError(
       'config.drift_adapters is empty; give {name: {adapter_dir, label, nominal_task[, config_id]}}'

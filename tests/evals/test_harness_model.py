@@ -214,9 +214,14 @@ def test_runner_drift_matrix(setup, tmp_path):
   config.drift_adapters.qa_lora = dict(
     adapter_dir=str(root / 'adapter'), label='qa', nominal_task='nq', config_id='seed0'
   )
-  config.drift_adapters.math_lora = dict(
-    adapter_dir=str(root / 'adapter'), label='math', nominal_task='gsm8k', config_id='seed0'
+  # The command-line way: entries from a JSON file, adapter_dir relative to the file.
+  (root / 'drift.json').write_text(
+    json.dumps(
+      {'math_lora': dict(adapter_dir='adapter', label='math', nominal_task='gsm8k', config_id='s0')}
+    )
   )
+  config.drift_adapters_file = str(root / 'drift.json')
+  assert runner.drift_entries(config)['math_lora']['adapter_dir'] == str(root / 'adapter')
   report = runner.run_drift(config, str(tmp_path))
   assert [row['name'] for row in report['adapters']] == ['math_lora', 'qa_lora']
   base = json.loads((tmp_path / 'base' / 'summary.json').read_text())
