@@ -24,6 +24,7 @@ def _config(data_path):
   config.adapter.targets = ('q_proj', 'v_proj', 'up_proj')
   config.mesh_shape = (2, 2, 2)
   config.total_steps = 1
+  config.optimizer.warmup_steps = 0
   config.checkpoint.every_steps = 1
   config.progress_bar = False
   return config
