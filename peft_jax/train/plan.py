@@ -287,8 +287,9 @@ def analytic_flops(abstract: AbstractTraining) -> float:
   kernel and adapter array, the tied embedding when it is the output layer; not the embedding
   lookup) plus ``4·T·H·hd`` per layer for the attention scores and their weighted sum (the causal
   mask is applied to full ``T×T`` scores). The backward pass costs the forward once more for the
-  input gradients, and ``2·N_trainable`` for the weight gradients of the trainable arrays only
-  (frozen weights get none); remat adds one more forward of the layers.
+  input gradients (attention twice: both operands of each of its matmuls are activations), and
+  ``2·N_trainable`` for the weight gradients of the trainable arrays only (frozen weights get
+  none); remat adds one more forward of the layers.
   """
   cfg = abstract.model_config
   state, frozen, batch = abstract.args
@@ -307,9 +308,11 @@ def analytic_flops(abstract: AbstractTraining) -> float:
     return total
 
   trainable = matmul_sizes(state.params)
-  forward = 2 * (matmul_sizes(frozen) + trainable)
-  forward += 4 * cfg.num_layers * length * cfg.num_heads * cfg.head_dim
-  total = tokens * (2 * forward + 2 * trainable)
+  attention = 4 * cfg.num_layers * length * cfg.num_heads * cfg.head_dim
+  forward = 2 * (matmul_sizes(frozen) + trainable) + attention
+  # backward: input gradients (the forward again; attention's two inputs, q and k or p and v,
+  # both need one), and the trainable weights' gradients
+  total = tokens * (2 * forward + attention + 2 * trainable)
   if cfg.remat:
     total += tokens * forward
   return float(total)
