@@ -1,6 +1,7 @@
 """Decoder model family (Llama 2/3, Mistral, Qwen2/2.5, Gemma 2), KV-cache decoding, activation
 capture programs, logical axes. Text in and out (tokenisation) lives in ``peft_jax.evals.generation``."""
 
+from peft_jax.models.activation_sharding import activation_sharding, constrain
 from peft_jax.models.axes import param_logical_axes
 from peft_jax.models.capture import capture_activations, capture_program, masked_tokens
 from peft_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
@@ -8,6 +9,8 @@ from peft_jax.models.decoder import Decoder, init_cache, init_params
 from peft_jax.models.generate import GenerationOutput, decode, generate, sample_logits
 
 __all__ = [
+  'activation_sharding',
+  'constrain',
   'SUPPORTED_MODEL_TYPES',
   'ModelConfig',
   'Decoder',

@@ -12,6 +12,10 @@ in Hugging Face), ``MLP(x) = down(act(gate(x)) * up(x))``, and the logits are
 
 Every linear layer goes through :func:`peft_jax.adapters.matmul`, so a kernel leaf replaced by an
 ``Adapted`` node runs its adapter's efficient forward. Parameter names follow docs/CONVENTIONS.md.
+Activations carry logical names (``('batch', 'length', 'embed')`` for the residual stream, the
+kernel's output axis for each projection, ``'vocab'`` for the logits) through
+:func:`peft_jax.models.activation_sharding.constrain`: sharding constraints by the rules table
+inside an ``activation_sharding`` context, the identity outside one.
 
 The same attention serves training/scoring (keys = this call's tokens, mask from
 ``attention_mask``/``segment_ids``) and KV-cache decoding (``cache=`` given: this call's keys are
@@ -30,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from peft_jax.adapters import core as adapters_core
+from peft_jax.models.activation_sharding import constrain
 from peft_jax.models.config import ModelConfig
 
 Array = jax.Array
@@ -261,6 +266,7 @@ class Attention(nn.Module):
 
     def linear(name, inp, features, bias, axes):
       out = Dense(features, axes, use_bias=bias, dtype=dtype, name=name)(inp, deterministic)
+      out = constrain(out, ('batch', 'length', axes[1]))
       captures.record(prefix + name, inp, out)
       return out
 
@@ -313,7 +319,7 @@ class Attention(nn.Module):
       values.astype(dtype),
       preferred_element_type=jnp.float32,
     ).astype(dtype)
-    out = out.reshape(batch, length, heads * hd)
+    out = constrain(out.reshape(batch, length, heads * hd), ('batch', 'length', 'heads'))
     return linear('o_proj', out, cfg.hidden_size, False, ('heads', 'embed')), layer_cache
 
 
@@ -331,12 +337,14 @@ class MLP(nn.Module):
 
     def linear(name, inp, features, axes):
       out = Dense(features, axes, dtype=dtype, name=name)(inp, deterministic)
+      out = constrain(out, ('batch', 'length', axes[1]))
       captures.record(prefix + name, inp, out)
       return out
 
     gate = linear('gate_proj', x, cfg.intermediate_size, ('embed', 'mlp'))
     up = linear('up_proj', x, cfg.intermediate_size, ('embed', 'mlp'))
     hidden = _activation(cfg.hidden_act, gate.astype(jnp.float32)).astype(dtype) * up
+    hidden = constrain(hidden, ('batch', 'length', 'mlp'))
     return linear('down_proj', hidden, cfg.hidden_size, ('mlp', 'embed'))
 
 
@@ -373,7 +381,7 @@ class DecoderLayer(nn.Module):
       y = h + MLP(cfg, self.layer_index, name='mlp')(
         norm('post_attention_layernorm')(h), deterministic, captures
       )
-    return y, captures.store, layer_cache
+    return constrain(y, ('batch', 'length', 'embed')), captures.store, layer_cache
 
 
 class Decoder(nn.Module):
@@ -424,6 +432,7 @@ class Decoder(nn.Module):
     if cfg.scale_embeddings:
       # HF casts sqrt(d) to the compute dtype first (bf16 rounds sqrt(3072) to 55.5).
       x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
+    x = constrain(x, ('batch', 'length', 'embed'))
 
     layer_cls = nn.remat(DecoderLayer, static_argnums=(4,)) if cfg.remat else DecoderLayer
     captured: dict[str, Array] = {}
@@ -448,6 +457,7 @@ class Decoder(nn.Module):
       )
       if any(c in ('all', 'lm_head') for c in capture):
         captured['lm_head/in'], captured['lm_head/out'] = h, logits
+    logits = constrain(logits, ('batch', 'length', 'vocab'))
     logits = _softcap(logits.astype(jnp.float32), cfg.final_logit_softcapping)
     if cache is not None:
       return logits, new_cache

@@ -8,7 +8,7 @@ one global ``jax.Array`` with ``jax.make_array_from_process_local_data``.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -89,15 +89,19 @@ def process_batch_slice(
 
 
 def global_batch(
-  local_batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_size: int
+  local_batch: Mapping[str, np.ndarray],
+  mesh: Mesh,
+  global_batch_size: int,
+  rules: Optional[Sequence[Any]] = None,
 ) -> dict[str, jax.Array]:
-  """Builds global arrays ``[global_batch, ...]`` sharded on ``('data', 'fsdp')`` from this
-  process's rows (each ``[global_batch / process_count, ...]``)."""
+  """Builds global arrays ``[global_batch, ...]`` from this process's rows (each
+  ``[global_batch / process_count, ...]``), placed as ``batch_sharding(mesh, ndim, rules)``
+  (default rules: batch split over ``('data', 'fsdp')``)."""
   out = {}
   for name, local in local_batch.items():
     local = np.asarray(local)
     shape = (global_batch_size,) + local.shape[1:]
     out[name] = jax.make_array_from_process_local_data(
-      batch_sharding(mesh, local.ndim), local, shape
+      batch_sharding(mesh, local.ndim, rules), local, shape
     )
   return out

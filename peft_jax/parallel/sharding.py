@@ -5,29 +5,30 @@ of every parameter with logical names (``'embed'``, ``'mlp'``, ``'heads'``, ``'k
 ``'rank'``, ``'norm'``, ``'blocks'``); a rules table maps each logical name to mesh axes of the
 3-D mesh ``('data', 'fsdp', 'tensor')``.
 
-Rule semantics (as Flax's ``logical_to_mesh_axes``, plus divisibility): rules are read in order,
-a repeated logical name is a fallback. For each array dimension we take the first rule for its
-logical name whose mesh axes are not yet used by another dimension of the same array *and* whose
-mesh-axis size product divides the dimension. If the full tuple of mesh axes does not divide,
-its longest dividing prefix is tried. A dimension no rule can shard is replicated, so a tiny model
-still runs on 8 devices.
+Rule semantics (as Flax's ``logical_to_mesh_axes``, plus divisibility; ``common.axis_rules``, shared
+with the decoder's activation constraints): rules are read in order, a repeated logical name is a
+fallback. For each array dimension we take the first rule for its logical name whose mesh axes are
+not yet used by another dimension of the same array *and* whose mesh-axis size product divides the
+dimension. If the full tuple of mesh axes does not divide, its longest dividing prefix is tried. A
+dimension no rule can shard is replicated, so a tiny model still runs on 8 devices.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import jax
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from peft_jax.common import axis_rules
 from peft_jax.common.trees import named_leaves, path_name
 
 PyTree = Any
 MESH_AXES = ('data', 'fsdp', 'tensor')
-# The batch dimension of every input is split over both data-parallel axes.
+# The mesh axes the default rules split the batch dimension of every input over.
 BATCH_MESH_AXES = ('data', 'fsdp')
 
 # Logical axis -> mesh axes, in precedence order. ``None`` means replicated.
@@ -85,23 +86,10 @@ def make_mesh(
   return Mesh(np.asarray(devices, dtype=object).reshape(shape), tuple(axis_names))
 
 
-def _as_axes(mesh_axes: Any) -> tuple[str, ...]:
-  if mesh_axes is None:
-    return ()
-  if isinstance(mesh_axes, str):
-    return (mesh_axes,)
-  return tuple(mesh_axes)
-
-
-def normalize_rules(rules: Optional[Iterable[Sequence[Any]]]) -> tuple[tuple[str, tuple], ...]:
-  """Turns a rules list (e.g. from a config) into ``((logical, (mesh axes...)), ...)``."""
-  rules = DEFAULT_LOGICAL_AXIS_RULES if rules is None else rules
-  out = []
-  for rule in rules:
-    if len(rule) != 2 or not isinstance(rule[0], str):
-      raise ValueError(f'logical-axis rule {rule!r} must be a pair (logical_name, mesh_axes)')
-    out.append((rule[0], _as_axes(rule[1])))
-  return tuple(out)
+def normalize_rules(rules: Optional[Iterable[Sequence[Any]]]) -> axis_rules.Rules:
+  """Turns a rules list (e.g. from a config) into ``((logical, (mesh axes...)), ...)``;
+  ``None`` gives :data:`DEFAULT_LOGICAL_AXIS_RULES`."""
+  return axis_rules.normalize(DEFAULT_LOGICAL_AXIS_RULES if rules is None else rules)
 
 
 def logical_to_spec(
@@ -118,33 +106,8 @@ def logical_to_spec(
     mesh: the mesh (its axis sizes decide divisibility).
     rules: logical-axis rules (default :data:`DEFAULT_LOGICAL_AXIS_RULES`).
   """
-  rules = normalize_rules(rules)
-  if shape is not None and len(axes) != len(shape):
-    raise ValueError(f'logical axes {tuple(axes)} do not match array shape {tuple(shape)}')
-  for mesh_axis in (a for _, r in rules for a in r):
-    if mesh_axis not in mesh.shape:
-      raise ValueError(f'rule mesh axis {mesh_axis!r} is not in the mesh axes {mesh.axis_names}')
-  used: set[str] = set()
-  spec = []
-  for dim, name in enumerate(axes):
-    chosen = None
-    for logical, mesh_axes in rules:
-      if logical != name or not mesh_axes or used.intersection(mesh_axes):
-        continue
-      for n in range(len(mesh_axes), 0, -1):
-        prefix = mesh_axes[:n]
-        size = math.prod(mesh.shape[a] for a in prefix)
-        if shape is None or shape[dim] % size == 0:
-          chosen = prefix
-          break
-      if chosen is not None:
-        break
-    if chosen is None:
-      spec.append(None)
-    else:
-      used.update(chosen)
-      spec.append(chosen[0] if len(chosen) == 1 else chosen)
-  return PartitionSpec(*spec)
+  resolved = axis_rules.resolve(axes, shape, dict(mesh.shape), normalize_rules(rules))
+  return PartitionSpec(*axis_rules.spec_entries(resolved))
 
 
 def _is_axes_leaf(x: Any) -> bool:
@@ -239,6 +202,20 @@ def opt_state_shardings(
   )
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Inputs ``[batch, ...]``: the batch dimension split over ``('data', 'fsdp')``."""
-  return NamedSharding(mesh, PartitionSpec(BATCH_MESH_AXES, *([None] * (ndim - 1))))
+def batch_logical_axes(ndim: int = 2) -> tuple[Optional[str], ...]:
+  """Logical names of an input ``[batch, length, ...]``: ``('batch', 'length', None, ...)``."""
+  if ndim < 1:
+    raise ValueError(f'a batch input has at least one dimension, got ndim={ndim}')
+  return (('batch', 'length') + (None,) * max(ndim - 2, 0))[:ndim]
+
+
+def batch_sharding(
+  mesh: Mesh, ndim: int = 2, rules: Optional[Iterable[Sequence[Any]]] = None
+) -> NamedSharding:
+  """Inputs ``[batch, length, ...]`` placed by the rules for ``'batch'`` and ``'length'``
+  (default table: the batch dimension split over ``('data', 'fsdp')``, length replicated).
+
+  The batch size is not checked here: the step's global batch must divide the mesh axes the
+  rules give ``'batch'`` (``jax.jit`` and ``global_batch`` say so when it does not).
+  """
+  return NamedSharding(mesh, logical_to_spec(batch_logical_axes(ndim), None, mesh, rules))

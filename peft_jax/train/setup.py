@@ -51,6 +51,93 @@ def _as_float32(tree: PyTree) -> PyTree:
   )
 
 
+@dataclasses.dataclass
+class TrainingPlan:
+  """The step and every sharding, built from shapes alone (no array is allocated).
+
+  ``setup_training`` places real params with these shardings; ``peft_jax.train.plan`` lowers
+  ``train_step`` on :meth:`abstract_args` to read XLA's memory and cost analysis.
+  """
+
+  mesh: Mesh
+  train_step: Callable  # jitted: (state, frozen, batch) -> (state, metrics); donates state
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  state_shape: TrainState  # of jax.ShapeDtypeStruct
+  frozen_shape: PyTree
+  state_shardings: TrainState
+  frozen_shardings: PyTree
+  batch_shardings: Mapping[str, Any]
+
+  def abstract_args(self, batch_size: int, seq_len: int) -> tuple[TrainState, PyTree, dict]:
+    """``(state, frozen, batch)`` as ``ShapeDtypeStruct`` carrying their shardings, the
+    arguments of ``train_step`` for a global batch ``[batch_size, seq_len]``."""
+    with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    state = jax.tree.map(with_sharding, self.state_shape, self.state_shardings)
+    frozen = jax.tree.map(with_sharding, self.frozen_shape, self.frozen_shardings)
+    batch = {
+      key: jax.ShapeDtypeStruct(
+        (batch_size, seq_len), BATCH_DTYPES.get(key, jnp.int32), sharding=sharding
+      )
+      for key, sharding in self.batch_shardings.items()
+    }
+    return state, frozen, batch
+
+
+# The dtype of each batch entry as the training loop feeds it (the rest are int32).
+BATCH_DTYPES = {'loss_mask': jnp.float32}
+
+
+def plan_training(
+  params: PyTree,
+  axes: PyTree,
+  *,
+  loss_fn: Callable,
+  partition_fn: Callable,
+  mesh: Mesh,
+  optimizer_kwargs: Mapping[str, Any],
+  rules: Optional[Sequence] = None,
+  seed: int = 0,
+  grad_accum_steps: int = 1,
+  batch_keys: Sequence[str] = BATCH_KEYS,
+) -> TrainingPlan:
+  """Shardings, optimizer and jitted step of ``params`` (arrays or ``ShapeDtypeStruct``).
+
+  Arguments as :func:`setup_training`. Nothing is placed or computed: the state's shapes come
+  from ``jax.eval_shape``.
+  """
+  full_shardings = logical_to_sharding(axes, mesh, rules, shapes=params)
+  trainable, frozen = jax.eval_shape(partition_fn, params)
+  if not jax.tree.leaves(trainable):
+    raise ValueError(
+      'the trainable partition is empty: nothing to train (check the adapter '
+      'targets or use method "full")'
+    )
+  trainable = jax.eval_shape(_as_float32, trainable)  # trainable params stay float32
+  trainable_shardings = shardings_like(trainable, full_shardings)
+  frozen_shardings = shardings_like(frozen, full_shardings)
+  optimizer, schedule = make_optimizer(trainable, **optimizer_kwargs)
+  opt_shardings = opt_state_shardings(optimizer, trainable, trainable_shardings, mesh)
+  state_shardings = train_state_shardings(None, trainable_shardings, opt_shardings, mesh)
+  state_shape = jax.eval_shape(
+    functools.partial(init_train_state, optimizer=optimizer, seed=seed), trainable
+  )
+  batch_shardings = {key: batch_sharding(mesh, 2, rules) for key in batch_keys}
+  step = make_train_step(loss_fn, optimizer, schedule=schedule, grad_accum_steps=grad_accum_steps)
+  jitted = jit_train_step(step, state_shardings, frozen_shardings, batch_shardings, mesh)
+  return TrainingPlan(
+    mesh=mesh,
+    train_step=jitted,
+    optimizer=optimizer,
+    schedule=schedule,
+    state_shape=state_shape,
+    frozen_shape=frozen,
+    state_shardings=state_shardings,
+    frozen_shardings=frozen_shardings,
+    batch_shardings=batch_shardings,
+  )
+
+
 def setup_training(
   params: PyTree,
   axes: PyTree,
@@ -78,39 +165,33 @@ def setup_training(
     grad_accum_steps: microbatches per step (inner scan).
     batch_keys: the batch entries, each ``[batch, seq]``.
   """
-  full_shardings = logical_to_sharding(axes, mesh, rules, shapes=params)
+  plan = plan_training(
+    params,
+    axes,
+    loss_fn=loss_fn,
+    partition_fn=partition_fn,
+    mesh=mesh,
+    optimizer_kwargs=optimizer_kwargs,
+    rules=rules,
+    seed=seed,
+    grad_accum_steps=grad_accum_steps,
+    batch_keys=batch_keys,
+  )
   trainable, frozen = partition_fn(params)
-  if not jax.tree.leaves(trainable):
-    raise ValueError(
-      'the trainable partition is empty: nothing to train (check the adapter '
-      'targets or use method "full")'
-    )
-  trainable = _as_float32(trainable)  # trainable params stay float32 whatever the compute dtype
-  trainable_shardings = shardings_like(trainable, full_shardings)
-  frozen_shardings = shardings_like(frozen, full_shardings)
-  optimizer, schedule = make_optimizer(trainable, **optimizer_kwargs)
-  trainable_shape = jax.eval_shape(lambda t: t, trainable)
-  opt_shardings = opt_state_shardings(optimizer, trainable_shape, trainable_shardings, mesh)
-  state_shardings = train_state_shardings(None, trainable_shardings, opt_shardings, mesh)
-
-  frozen = jax.device_put(frozen, frozen_shardings)
-  trainable = jax.device_put(trainable, trainable_shardings)
+  frozen = jax.device_put(frozen, plan.frozen_shardings)
+  trainable = jax.device_put(_as_float32(trainable), plan.state_shardings.params)
   state = jax.jit(
-    functools.partial(init_train_state, optimizer=optimizer, seed=seed),
-    out_shardings=state_shardings,
+    functools.partial(init_train_state, optimizer=plan.optimizer, seed=seed),
+    out_shardings=plan.state_shardings,
   )(trainable)
-
-  batch_shardings = {key: batch_sharding(mesh, 2) for key in batch_keys}
-  step = make_train_step(loss_fn, optimizer, schedule=schedule, grad_accum_steps=grad_accum_steps)
-  jitted = jit_train_step(step, state_shardings, frozen_shardings, batch_shardings, mesh)
   return ShardedTraining(
     mesh=mesh,
     state=state,
     frozen=frozen,
-    train_step=jitted,
-    optimizer=optimizer,
-    schedule=schedule,
-    state_shardings=state_shardings,
-    frozen_shardings=frozen_shardings,
-    batch_shardings=batch_shardings,
+    train_step=plan.train_step,
+    optimizer=plan.optimizer,
+    schedule=plan.schedule,
+    state_shardings=plan.state_shardings,
+    frozen_shardings=plan.frozen_shardings,
+    batch_shardings=plan.batch_shardings,
   )

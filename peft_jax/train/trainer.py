@@ -29,10 +29,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -108,6 +107,43 @@ def adapt(config: ml_collections.ConfigDict, params: PyTree, method) -> PyTree:
   return adapter_api.inject(params, method, targets, jax.random.PRNGKey(config.seed + 1))
 
 
+def make_loss_fn(model, method, mesh=None, rules=None) -> Callable:
+  """The SFT loss of ``model`` with ``method``'s adapters:
+  ``loss_fn(trainable, frozen, batch, rng) -> (loss_sum, num_tokens)`` (dropout rng only when
+  the method needs one). With a ``mesh``, the model is traced inside
+  ``models.activation_sharding(mesh, rules)``: its activations are constrained by the same rules
+  table as the params (``rules`` ``None``: the default table)."""
+
+  def forward(tree, tokens, positions, segment_ids, rng):
+    if rng is None:
+      return model.apply({'params': tree}, tokens, positions=positions, segment_ids=segment_ids)
+    return model.apply(
+      {'params': tree},
+      tokens,
+      positions=positions,
+      segment_ids=segment_ids,
+      deterministic=False,
+      rngs={'dropout': rng},
+    )
+
+  def apply_fn(*args):
+    if mesh is None:
+      return forward(*args)
+    with models.activation_sharding(mesh, sharding.normalize_rules(rules)):
+      return forward(*args)
+
+  return make_sft_loss(apply_fn, adapter_api.combine, dropout=method.needs_rng)
+
+
+def optimizer_kwargs(config: ml_collections.ConfigDict) -> dict:
+  """Keyword arguments of ``train.optimizer.make_optimizer`` from ``config.optimizer``."""
+  kwargs = dict(config.optimizer)
+  kwargs['lr_groups'] = [tuple(g) for g in kwargs['lr_groups']]
+  kwargs['param_groups'] = adapter_api.param_groups
+  kwargs['total_steps'] = config.total_steps
+  return kwargs
+
+
 def make_tokenizer(config: ml_collections.ConfigDict, model_config, hf_tokenizer):
   name = config.data.tokenizer
   if name == 'byte':
@@ -170,29 +206,14 @@ def train(
   partition_fn, combine_fn = adapter_api.partition, adapter_api.combine
   axes = models.param_logical_axes(params, model_config)
 
-  def apply_fn(tree, tokens, positions, segment_ids, rng):
-    if rng is None:
-      return model.apply({'params': tree}, tokens, positions=positions, segment_ids=segment_ids)
-    return model.apply(
-      {'params': tree},
-      tokens,
-      positions=positions,
-      segment_ids=segment_ids,
-      deterministic=False,
-      rngs={'dropout': rng},
-    )
-
-  loss_fn = make_sft_loss(apply_fn, combine_fn, dropout=method.needs_rng)
-  optimizer_kwargs = dict(config.optimizer)
-  optimizer_kwargs['lr_groups'] = [tuple(g) for g in optimizer_kwargs['lr_groups']]
-  optimizer_kwargs['param_groups'] = adapter_api.param_groups
+  loss_fn = make_loss_fn(model, method, mesh, rules)
   training: ShardedTraining = setup_training(
     params,
     axes,
     loss_fn=loss_fn,
     partition_fn=partition_fn,
     mesh=mesh,
-    optimizer_kwargs=dict(optimizer_kwargs, total_steps=config.total_steps),
+    optimizer_kwargs=optimizer_kwargs(config),
     rules=rules,
     seed=config.seed,
     grad_accum_steps=config.grad_accum_steps,
@@ -264,7 +285,7 @@ def train(
         local = batch_hook(step, local)
       # A float mask keeps one dtype whatever the hook does (no recompilation).
       local = dict(local, loss_mask=np.asarray(local['loss_mask'], np.float32))
-      batch = distributed.global_batch(local, mesh, config.batch_size)
+      batch = distributed.global_batch(local, mesh, config.batch_size, rules)
       start = time.perf_counter()
       state, metrics = training.train_step(state, training.frozen, batch)
       metrics = jax.device_get(metrics)

@@ -1,6 +1,7 @@
 """The real tiny Decoder trained 20 steps (LoRA and full FT) on meshes (1,1,8), (1,2,4), (2,2,2)
 and (8,1,1) of 8 CPU devices gives the single-device losses, with params, adapters and optimizer
-state placed as the logical-axis rules say, and the step compiled once."""
+state placed as the logical-axis rules say, activations constrained by the same rules (the
+trainer's loss), and the step compiled once."""
 
 import jax
 import numpy as np
@@ -11,8 +12,8 @@ from jax.sharding import PartitionSpec as P
 from peft_jax import models, parallel
 from peft_jax.adapters import api as adapters
 from peft_jax.data import sft
-from peft_jax.train import make_sft_loss
 from peft_jax.train.setup import setup_training
+from peft_jax.train.trainer import make_loss_fn
 
 STEPS = 20
 CONFIG = models.ModelConfig(
@@ -47,25 +48,19 @@ def _run(method, mesh):
   model = models.Decoder(CONFIG)
   params = models.init_params(CONFIG, jax.random.PRNGKey(0))
   if method == 'lora':
+    adapter = adapters.LoRA(rank=4, alpha=8.0)
     params = adapters.inject(
-      params,
-      adapters.LoRA(rank=4, alpha=8.0),
-      ['q_proj', 'k_proj', 'v_proj', 'up_proj'],
-      jax.random.PRNGKey(1),
+      params, adapter, ['q_proj', 'k_proj', 'v_proj', 'up_proj'], jax.random.PRNGKey(1)
     )
   else:  # full fine-tuning of every parameter, through Full like every method
-    params = adapters.inject(params, adapters.Full(), None)
-  partition, combine = adapters.partition, adapters.combine
-
-  def apply_fn(tree, tokens, positions, segment_ids, rng):
-    del rng
-    return model.apply({'params': tree}, tokens, positions=positions, segment_ids=segment_ids)
-
+    adapter = adapters.Full()
+    params = adapters.inject(params, adapter, None)
   training = setup_training(
     params,
     models.param_logical_axes(params, CONFIG),
-    loss_fn=make_sft_loss(apply_fn, combine),
-    partition_fn=partition,
+    # the trainer's loss: activations constrained by the same rules as the params
+    loss_fn=make_loss_fn(model, adapter, mesh),
+    partition_fn=adapters.partition,
     mesh=mesh,
     optimizer_kwargs=OPT,
   )
