@@ -10,6 +10,11 @@ from peft_jax.hub.checkpoint import (
   resolve_path,
   save_pretrained,
 )
+from peft_jax.hub.encoder_checkpoint import (
+  load_encoder_directory,
+  load_encoder_tokenizer,
+  save_encoder_pretrained,
+)
 from peft_jax.hub.gguf import load_gguf
 from peft_jax.hub.peft_format import load_adapter, save_adapter
 from peft_jax.hub.pretrained import load_pretrained
@@ -29,4 +34,7 @@ __all__ = [
   'load_adapter',
   'save_adapter',
   'load_gguf',
+  'load_encoder_directory',
+  'load_encoder_tokenizer',
+  'save_encoder_pretrained',
 ]
