@@ -18,7 +18,7 @@ from peft_jax.hub.encoder_checkpoint import (
 from peft_jax.hub.gguf import load_gguf
 from peft_jax.hub.peft_format import load_adapter, save_adapter
 from peft_jax.hub.pretrained import load_pretrained
-from peft_jax.hub.tokenizer import encode_prompts, load_tokenizer
+from peft_jax.hub.tokenizer import encode_prompts, encode_texts, load_tokenizer
 
 __all__ = [
   'config_from_hf_dict',
@@ -30,6 +30,7 @@ __all__ = [
   'resolve_path',
   'save_pretrained',
   'encode_prompts',
+  'encode_texts',
   'load_tokenizer',
   'load_adapter',
   'save_adapter',
