@@ -34,8 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from peft_jax.adapters import core as adapters_core
-from peft_jax.models.decoder import _MASK_VALUE, Axes, _activation, _Captures, _weight
+from peft_jax.models.decoder import _MASK_VALUE, Axes, Dense, _activation, _Captures, _weight
 
 Array = jax.Array
 
@@ -232,39 +231,12 @@ def _activation_encoder(name: str, x: Array) -> Array:
   return _activation(name, x)
 
 
-class _Linear(nn.Module):
-  """A :class:`Dense` with bias whose input and output are recorded under its full path."""
-
-  features: int
-  axes: Axes
-  capture_path: str  # full module path for captures, e.g. 'layers_0/attention/self/query'
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool, captures: _Captures) -> Array:
-    # The kernel and bias live directly in this module: it *is* the HF linear module.
-    y = _dense_apply(self, x, self.features, self.axes, self.dtype, deterministic)
-    captures.record(self.capture_path, x, y)
-    return y
-
-
-def _dense_apply(module, x, features, axes, dtype, deterministic):
-  """``Dense``'s forward on ``module``'s own ``kernel`` / ``bias`` params (no extra name level)."""
-  if module.has_variable('params', 'kernel'):
-    kernel = module.get_variable('params', 'kernel')
-  else:
-    kernel = module.param(
-      'kernel',
-      nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-      (x.shape[-1], features),
-      jnp.float32,
-    )
-  dropout_rng = (
-    None if deterministic or not adapters_core.is_adapted(kernel) else module.make_rng('dropout')
-  )
-  y = adapters_core.matmul(x, kernel, dropout_rng=dropout_rng, dtype=dtype)
-  bias = _weight(module, 'bias', nn.initializers.zeros, (features,), axes[1:])
-  return y + bias.astype(y.dtype)
+def _linear(name, path, x, features, axes, dtype, deterministic, captures):
+  """``Dense(features, name=name)(x)`` with bias, called inside the parent's ``nn.compact`` (so
+  the kernel lands at ``<parent>/<name>/kernel``), its input and output recorded under ``path``."""
+  y = Dense(features, axes, use_bias=True, dtype=dtype, name=name)(x, deterministic)
+  captures.record(path, x, y)
+  return y
 
 
 class SelfAttention(nn.Module):
@@ -281,8 +253,10 @@ class SelfAttention(nn.Module):
     heads, hd = cfg.num_heads, cfg.head_dim
 
     def project(name):
-      linear = _Linear(d, ('embed', 'heads'), self.prefix + name, dtype, name=name)
-      return linear(x, deterministic, captures).reshape(batch, length, heads, hd)
+      y = _linear(
+        name, self.prefix + name, x, d, ('embed', 'heads'), dtype, deterministic, captures
+      )
+      return y.reshape(batch, length, heads, hd)
 
     q, k, v = project('query'), project('key'), project('value')
     scores = jnp.einsum(
@@ -306,10 +280,10 @@ class DenseLayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x, residual, deterministic, captures):
     cfg = self.config
-    dense = _Linear(
-      cfg.hidden_size, self.axes, self.prefix + 'dense', _compute_dtype(cfg), name='dense'
+    dtype = _compute_dtype(cfg)
+    y = _linear(
+      'dense', self.prefix + 'dense', x, cfg.hidden_size, self.axes, dtype, deterministic, captures
     )
-    y = dense(x, deterministic, captures)
     return LayerNorm(cfg.layer_norm_eps, name='LayerNorm')(
       residual.astype(jnp.float32) + y.astype(jnp.float32)
     )
@@ -340,10 +314,10 @@ class Intermediate(nn.Module):
   def __call__(self, x, deterministic, captures):
     cfg = self.config
     dtype = _compute_dtype(cfg)
-    dense = _Linear(
-      cfg.intermediate_size, ('embed', 'mlp'), self.prefix + 'dense', dtype, name='dense'
-    )
-    y = dense(x, deterministic, captures)
+    y = _linear(
+      'dense', self.prefix + 'dense', x, cfg.intermediate_size, ('embed', 'mlp'), dtype,
+      deterministic, captures,
+    )  # fmt: skip
     return _activation_encoder(cfg.hidden_act, y.astype(jnp.float32)).astype(dtype)
 
 
@@ -379,10 +353,11 @@ class Pooler(nn.Module):
   @nn.compact
   def __call__(self, first, deterministic, captures):
     cfg = self.config
-    dense = _Linear(
-      cfg.hidden_size, ('embed', 'mlp'), 'pooler/dense', _compute_dtype(cfg), name='dense'
-    )
-    return jnp.tanh(dense(first, deterministic, captures).astype(jnp.float32))
+    y = _linear(
+      'dense', 'pooler/dense', first, cfg.hidden_size, ('embed', 'mlp'), _compute_dtype(cfg),
+      deterministic, captures,
+    )  # fmt: skip
+    return jnp.tanh(y.astype(jnp.float32))
 
 
 class RobertaHead(nn.Module):
@@ -394,10 +369,15 @@ class RobertaHead(nn.Module):
   def __call__(self, first, deterministic, captures):
     cfg = self.config
     dtype = _compute_dtype(cfg)
-    dense = _Linear(cfg.hidden_size, ('embed', 'mlp'), 'classifier/dense', dtype, name='dense')
-    h = jnp.tanh(dense(first, deterministic, captures).astype(jnp.float32))
-    out_proj = _Linear(cfg.num_labels, ('mlp', None), 'classifier/out_proj', dtype, name='out_proj')
-    return out_proj(h, deterministic, captures)
+    h = _linear(
+      'dense', 'classifier/dense', first, cfg.hidden_size, ('embed', 'mlp'), dtype,
+      deterministic, captures,
+    )  # fmt: skip
+    h = jnp.tanh(h.astype(jnp.float32))
+    return _linear(
+      'out_proj', 'classifier/out_proj', h, cfg.num_labels, ('mlp', None), dtype, deterministic,
+      captures,
+    )  # fmt: skip
 
 
 class Encoder(nn.Module):
@@ -463,10 +443,10 @@ class Encoder(nn.Module):
         logits = RobertaHead(cfg, name='classifier')(first, deterministic, head_captures)
       else:
         features = outputs['pooler_output'] if cfg.head_type == 'bert' else outputs['pooled']
-        classifier = _Linear(
-          cfg.num_labels, ('embed', None), 'classifier', dtype, name='classifier'
-        )
-        logits = classifier(features, deterministic, head_captures)
+        logits = _linear(
+          'classifier', 'classifier', features, cfg.num_labels, ('embed', None), dtype,
+          deterministic, head_captures,
+        )  # fmt: skip
       outputs['logits'] = logits.astype(jnp.float32)
     captured.update(head_captures.store)
     if capture:
