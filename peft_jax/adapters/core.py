@@ -65,6 +65,8 @@ class AdapterMethod(Protocol):
     shared_frozen: names of frozen arrays shared by all nodes of the method (VeRA's
       projections), built once by :meth:`init_shared` and counted once.
     needs_rng: whether the forward needs a dropout rng in training.
+    saved_module: the node is a fully trained copy of a task-head parameter (PEFT's
+      ``modules_to_save``, ``adapters.modules_to_save``), not an adapter's update.
   """
 
   name: str
@@ -129,6 +131,7 @@ class MethodBase:
   has_gates: ClassVar[bool] = False
   peft_type: ClassVar[Optional[str]] = None
   shared_frozen: ClassVar[tuple[str, ...]] = ()
+  saved_module: ClassVar[bool] = False
 
   @property
   def needs_rng(self) -> bool:

@@ -2,7 +2,8 @@
 
 Param paths map to Hugging Face module names (docs/CONVENTIONS.md):
 ``layers_3/self_attn/q_proj/kernel`` <-> ``model.layers.3.self_attn.q_proj``, ``lm_head/kernel`` <->
-``lm_head``. Candidates are the 2-D ``kernel`` leaves (the linear layers). Target semantics are
+``lm_head``; for the encoder ``layers_3/attention/self/query/kernel`` <->
+``encoder.layer.3.attention.self.query`` (``BertModel``'s names). Candidates are the 2-D ``kernel`` leaves (the linear layers). Target semantics are
 PEFT's (``tuners_utils.check_target_module_exists``):
 
 * a **string** target is a regex that must match the whole module name (``re.fullmatch``);
@@ -11,7 +12,10 @@ PEFT's (``tuners_utils.check_target_module_exists``):
   ``'self_attn.q_proj'`` match ``model.layers.0.self_attn.q_proj``; ``'proj'`` does not);
 * ``exclude_modules`` uses the same two forms and wins over targets;
 * ``layers_to_transform`` (int or list, list targets only) keeps modules whose first numbered
-  segment (``model.layers.<i>.``) is in it.
+  segment (``model.layers.<i>.``) is in it;
+* ``modules_to_save`` (PEFT's field of the same name, list form) names whole modules trained in
+  full beside the adapter (a task head): every parameter under them becomes a
+  :class:`~peft_jax.adapters.modules_to_save.ModulesToSave` node and no target rule touches them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import jax
 
 from peft_jax.adapters.core import Adapted, ParamGroup, is_adapted
+from peft_jax.adapters.modules_to_save import ModulesToSave
 from peft_jax.common import trees
 
 Array = jax.Array
@@ -31,11 +36,86 @@ Targets = Union[str, Sequence[str]]
 _LAYER_INDEX = re.compile(r'.*?\.[^.]*\.(?P<idx>\d+)\.')
 
 
+_ENCODER_TOP = ('embeddings', 'pooler', 'classifier')
+_ENCODER_BLOCKS = ('attention', 'intermediate', 'output')
+_LAYER_PART = re.compile(r'^layers_(\d+)$')
+
+
+def is_encoder_path(path: str) -> bool:
+  """Whether a param path belongs to the encoder's tree (``peft_jax.models.encoder``): its top
+  modules (embeddings, pooler, classifier) and block names differ from the decoder's."""
+  parts = path.split('/')
+  if parts[0] in _ENCODER_TOP:
+    return True
+  return bool(_LAYER_PART.match(parts[0])) and len(parts) > 1 and parts[1] in _ENCODER_BLOCKS
+
+
+def encoder_module_name(path: str, base_prefix: str = '') -> str:
+  """Encoder param path (without the leaf) -> Hugging Face module name.
+
+  ``'layers_3/attention/self/query'`` -> ``base_prefix + 'encoder.layer.3.attention.self.query'``,
+  ``'embeddings/word_embeddings'`` -> ``base_prefix + 'embeddings.word_embeddings'``, the head
+  ``'classifier/...'`` -> ``'classifier...'`` (never prefixed). ``base_prefix`` is ``''`` for
+  ``BertModel`` / ``RobertaModel`` names, ``'bert.'`` / ``'roberta.'`` for the
+  ``*ForSequenceClassification`` models, where the base model is an attribute.
+  """
+  parts = path.split('/')
+  if parts[0] == 'classifier':
+    return '.'.join(parts)
+  match = _LAYER_PART.match(parts[0])
+  if match:
+    parts = ['encoder', 'layer', match.group(1)] + parts[1:]
+  return base_prefix + '.'.join(parts)
+
+
 def default_module_name(path: str) -> str:
-  """``'layers_3/self_attn/q_proj'`` -> ``'model.layers.3.self_attn.q_proj'``; ``lm_head`` stays."""
+  """``'layers_3/self_attn/q_proj'`` -> ``'model.layers.3.self_attn.q_proj'``; ``lm_head`` stays;
+  encoder paths go through :func:`encoder_module_name` (``BertModel``'s names)."""
+  if is_encoder_path(path):
+    return encoder_module_name(path)
   parts = [re.sub(r'^layers_(\d+)$', r'layers.\1', p) for p in path.split('/')]
   name = '.'.join(parts)
   return name if parts[0] == 'lm_head' else 'model.' + name
+
+
+def saved_module_paths(
+  params: Mapping,
+  modules_to_save: Sequence[str],
+  module_name_fn: Callable[[str], str] = default_module_name,
+) -> dict[str, str]:
+  """``{param path: modules_to_save entry}`` for every parameter under a named module.
+
+  A parameter is under entry ``m`` when the module name of one of its ancestors (its own module
+  included) equals ``m`` or ends with ``'.' + m`` (``'classifier'`` covers ``classifier/kernel``
+  and RoBERTa's ``classifier/dense/kernel``).
+
+  Raises:
+    ValueError: an entry matching no parameter (listing the module names there are).
+  """
+  if isinstance(modules_to_save, str):
+    raise ValueError(
+      f'modules_to_save={modules_to_save!r} must be a list of module names, not a string'
+    )
+  out: dict[str, str] = {}
+  found = {m: False for m in modules_to_save}
+  names_seen = set()
+  for path in trees.flatten_names(params):
+    parts = path.split('/')
+    for k in range(1, len(parts)):
+      name = module_name_fn('/'.join(parts[:k]))
+      names_seen.add(name)
+      hit = next((m for m in modules_to_save if name == m or name.endswith('.' + m)), None)
+      if hit is not None:
+        out[path] = hit
+        found[hit] = True
+        break
+  missing = [m for m, ok in found.items() if not ok]
+  if missing:
+    raise ValueError(
+      f'modules_to_save {missing} match no module of the params; module names there include: '
+      f'{", ".join(sorted(names_seen)[:24])}'
+    )
+  return out
 
 
 def linear_modules(
@@ -121,6 +201,7 @@ def inject(
   *,
   layers_to_transform=None,
   exclude_modules: Optional[Targets] = None,
+  modules_to_save: Optional[Sequence[str]] = None,
   module_name_fn: Callable[[str], str] = default_module_name,
 ) -> dict:
   """Replaces each selected ``kernel`` leaf by ``method.init(key_i, kernel)`` (an :class:`Adapted`).
@@ -134,6 +215,9 @@ def inject(
     key: PRNG key; module ``i`` (sorted by path) gets ``split(key, n)[i]``.
     layers_to_transform: int or list of layer indices (list targets only).
     exclude_modules: names never adapted (same forms as targets).
+    modules_to_save: module names (exact or dot-suffix, e.g. ``['classifier']``) whose every
+      parameter is trained in full beside the adapter (``ModulesToSave`` nodes); the rules
+      never adapt them.
     module_name_fn: param path (without ``/kernel``) -> HF module name.
   Returns:
     A new tree; untouched leaves are shared with ``params``.
@@ -145,11 +229,15 @@ def inject(
   if key is None:
     key = jax.random.key(0)
   flat = trees.flatten_names(params)
+  saved = saved_module_paths(params, modules_to_save, module_name_fn) if modules_to_save else {}
+  for path in saved:
+    if is_adapted(flat[path]):
+      raise ValueError(f'modules_to_save: {path} is already adapted by {flat[path].method!r}')
   assignment: dict[str, tuple[Any, str]] = {}
   for method, rule_targets in rules:
     if getattr(method, 'adapts', 'targets') == 'all':
       # Every parameter (full fine-tuning of everything): targets do not restrict it.
-      chosen = {path: path for path in flat}
+      chosen = {path: path for path in flat if path not in saved}
     else:
       chosen = select_modules(
         params,
@@ -158,6 +246,7 @@ def inject(
         exclude_modules=exclude_modules,
         module_name_fn=module_name_fn,
       )
+      chosen = {n: p for n, p in chosen.items() if p not in saved}
     if not chosen:
       available = sorted(linear_modules(params, module_name_fn))
       raise ValueError(
@@ -189,6 +278,8 @@ def inject(
     else:
       node = method.init(k, flat[path])
     out = trees.set_path(out, path, node)
+  for path, module in sorted(saved.items()):
+    out = trees.set_path(out, path, ModulesToSave(module=module).init(None, flat[path]))
   return out
 
 

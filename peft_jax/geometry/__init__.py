@@ -31,6 +31,11 @@ from peft_jax.geometry.csd import (
   csd_from_moments,
   csd_general_vs_target,
 )
+from peft_jax.geometry.embeddings import (
+  embedding_drift,
+  pairwise_cosines,
+  similarity_rank_correlation,
+)
 from peft_jax.geometry.paths import (
   alpha_grid_params,
   best_tradeoff,

@@ -10,7 +10,15 @@ Key mapping (PEFT 0.21, default adapter): ``base_model.model.<module>.lora_A.wei
 as is; ``base_model.vera_A [r, max_in]`` / ``vera_B [max_out, r]`` -> shared ``vera_a``/``vera_b``
 (transposed); ``oft_R.weight [n, b(b-1)/2]`` -> ``oft_r``; ``miss_block`` as is. Module names map to
 our param paths by ``peft_jax.adapters.inject.default_module_name``
-(``model.layers.3.self_attn.q_proj`` <-> ``layers_3/self_attn/q_proj/kernel``).
+(``model.layers.3.self_attn.q_proj`` <-> ``layers_3/self_attn/q_proj/kernel``;
+``encoder.layer.3.attention.self.query`` <-> ``layers_3/attention/self/query/kernel``). A module name
+of a ``*ForSequenceClassification`` model (``bert.encoder.layer.3...``, ``roberta....``) loads onto
+the encoder too: the base-model prefix is dropped when the name without it is a module of ours.
+
+``modules_to_save`` (a task head): PEFT stores the trained copy as the module's own tensors,
+``base_model.model.classifier.weight [out, in]`` / ``.bias``, and lists the module in the config's
+``modules_to_save``; they load as ``ModulesToSave`` nodes (kernel transposed) and save back the same
+way.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from peft_jax.adapters.dora import DoRA
 from peft_jax.adapters.inject import adapted_nodes, default_module_name, linear_modules
 from peft_jax.adapters.lora import LoRA
 from peft_jax.adapters.miss import MiSS
+from peft_jax.adapters.modules_to_save import ModulesToSave
 from peft_jax.adapters.oft import OFT
 from peft_jax.adapters.pissa import PiSSA
 from peft_jax.adapters.vera import VeRA
@@ -64,9 +73,28 @@ def _pattern_value(pattern: Mapping[str, Any], module_name: str, default: Any) -
   return default
 
 
-def _group_by_module(tensors: Mapping[str, np.ndarray], peft_type: str) -> dict[str, dict]:
+# Prefixes under which a task model holds its base model (``BertForSequenceClassification.bert``).
+BASE_MODEL_PREFIXES = ('bert.', 'roberta.')
+# Our parameter leaf -> the tensor name's last part in PEFT / transformers files.
+_HF_LEAF = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias'}
+
+
+def _in_saved_module(name: str, saved: list[str]) -> bool:
+  """Whether tensor ``name`` (``classifier.weight``) belongs to a ``modules_to_save`` entry."""
+  module = name.rsplit('.', 1)[0]
+  return any(
+    module == m or module.endswith('.' + m) or module.startswith(m + '.') or f'.{m}.' in module
+    for m in saved
+  )
+
+
+def _group_by_module(
+  tensors: Mapping[str, np.ndarray], peft_type: str, saved: list[str]
+) -> tuple[dict[str, dict], dict[str, tuple[str, np.ndarray]]]:
+  """``({module: {suffix: (key, value)}}, {saved tensor name: (key, value)})``."""
   suffixes = _SUFFIXES[peft_type]
   modules: dict[str, dict] = {}
+  saved_tensors: dict[str, tuple[str, np.ndarray]] = {}
   for key, value in tensors.items():
     if key in ('base_model.vera_A', 'base_model.vera_B', 'vera_A', 'vera_B'):
       continue
@@ -76,11 +104,38 @@ def _group_by_module(tensors: Mapping[str, np.ndarray], peft_type: str) -> dict[
         modules.setdefault(name[: -len(suffix)], {})[suffix] = (key, value)
         break
     else:
+      if _in_saved_module(name, saved):
+        saved_tensors[name] = (key, value)
+        continue
       raise ValueError(
         f'adapter tensor {key!r} is not a {peft_type} tensor this loader '
         f'understands; expected names ending in {suffixes}'
+        + (f' or a tensor of modules_to_save {saved}' if saved else '')
       )
-  return modules
+  return modules, saved_tensors
+
+
+def _resolve(name: str, available: Mapping[str, Any]) -> Optional[str]:
+  """``name`` as a key of ``available``, dropping a task model's base prefix if needed."""
+  if name in available:
+    return name
+  for prefix in BASE_MODEL_PREFIXES:
+    if name.startswith(prefix) and name[len(prefix) :] in available:
+      return name[len(prefix) :]
+  return None
+
+
+def hf_param_names(
+  params: Mapping, module_name_fn: Callable[[str], str] = default_module_name
+) -> dict[str, str]:
+  """``{HF tensor name: our param path}`` for every parameter (``classifier.weight`` ->
+  ``classifier/kernel``); kernels are stored transposed under that name."""
+  out = {}
+  for path in flatten_params(params):
+    module, leaf = path.rsplit('/', 1)
+    if leaf in _HF_LEAF:
+      out[f'{module_name_fn(module)}.{_HF_LEAF[leaf]}'] = path
+  return out
 
 
 def _check_shape(key: str, value: np.ndarray, expected: tuple, module: str, w_shape) -> None:
@@ -162,23 +217,29 @@ def load_adapter(
       f'valid: {sorted(_SUFFIXES)}'
     )
   tensors = _load_weights(weights_path)
-  modules = _group_by_module(tensors, peft_type)
+  saved = config.get('modules_to_save') or []
+  if isinstance(saved, str):
+    saved = [saved]
+  modules, saved_tensors = _group_by_module(tensors, peft_type, list(saved))
   available = linear_modules(params, module_name_fn)
   flat = flatten_params(params)
   shared = None
   if peft_type == 'VERA':
     shared = _vera_shared(
-      config, tensors, [flat[available[m]].shape for m in modules if m in available]
+      config,
+      tensors,
+      [flat[available[_resolve(m, available)]].shape for m in modules if _resolve(m, available)],
     )
   out = dict(params)
   for module, module_tensors in sorted(modules.items()):
-    if module not in available:
+    resolved = _resolve(module, available)
+    if resolved is None:
       raise ValueError(
         f'adapter module {module!r} (tensors '
         f'{sorted(k for k, _ in module_tensors.values())}) has no matching linear '
         f'weight in the base params; available: {", ".join(sorted(available))}'
       )
-    kernel_path = available[module]
+    kernel_path = available[resolved]
     w0 = flat[kernel_path]
     if peft_type == 'LORA':
       node = _lora_node(config, module, module_tensors, w0, jax.random.key(0))
@@ -189,6 +250,36 @@ def load_adapter(
     else:
       node = _miss_node(config, module, module_tensors, w0)
     out = set_path(out, kernel_path, node)
+  if saved_tensors:
+    out = _load_saved_modules(out, params, saved_tensors, list(saved), module_name_fn)
+  return out
+
+
+def _load_saved_modules(out, params, saved_tensors, saved, module_name_fn):
+  """``ModulesToSave`` nodes from the file's copies of the saved modules (kernels transposed)."""
+  flat = flatten_params(params)
+  names = hf_param_names(params, module_name_fn)
+  for name, (key, value) in sorted(saved_tensors.items()):
+    resolved = _resolve(name, names)
+    if resolved is None:
+      raise ValueError(
+        f'adapter tensor {key!r} (modules_to_save {saved}) names no parameter of the base '
+        f'params; parameters there include: {", ".join(sorted(names)[-12:])}'
+      )
+    path = names[resolved]
+    w0 = flat[path]
+    array = value.T if path.endswith('/kernel') else value
+    if tuple(array.shape) != tuple(w0.shape):
+      raise ValueError(
+        f'adapter tensor {key!r} has shape {tuple(value.shape)} but the base parameter {path} '
+        f'needs {tuple(w0.shape[::-1]) if path.endswith("/kernel") else tuple(w0.shape)}: the '
+        'head was made for a different number of labels or model'
+      )
+    module = next(m for m in saved if _in_saved_module(resolved, [m]))
+    node = Adapted(
+      w0, {'weight': jnp.asarray(array, jnp.float32)}, {}, ModulesToSave(module=module)
+    )
+    out = set_path(out, path, node)
   return out
 
 
@@ -332,9 +423,16 @@ def save_adapter(
   All nodes must be one PEFT type: LoRA (LoRA nodes may differ in rank/alpha, written as
   ``rank_pattern``/``alpha_pattern``), DoRA, PiSSA (converted to plain LoRA of rank ``2r`` on the
   original base, alpha doubled, or times sqrt(2) with rsLoRA, as PEFT's conversion), VeRA, OFT or
-  MiSS. DISeL and Full have no PEFT format.
+  MiSS. DISeL and Full have no PEFT format. ``ModulesToSave`` nodes (a trained task head) are
+  written as PEFT's ``modules_to_save``: the module's tensors under their HF names.
+
+  For an encoder with a head, give ``task_type='SEQ_CLS'`` and ``module_name_fn=
+  functools.partial(adapters.encoder_module_name, base_prefix='bert.')`` (``'roberta.'``) so the
+  names are those of ``BertForSequenceClassification``, the model PEFT then loads it onto.
   """
-  nodes = adapted_nodes(tree)
+  all_nodes = adapted_nodes(tree)
+  saved_nodes = {p: n for p, n in all_nodes.items() if getattr(n.method, 'saved_module', False)}
+  nodes = {p: n for p, n in all_nodes.items() if p not in saved_nodes}
   if not nodes:
     raise ValueError('save_adapter: the tree holds no adapted weights (run inject first)')
   names = {p: module_name_fn(p[: -len('/kernel')]) for p in nodes}
@@ -454,6 +552,14 @@ def save_adapter(
       init_weights=True if mode == 'balance' else mode,
       exclude_modules=None,
     )
+  if saved_nodes:
+    for p, node in sorted(saved_nodes.items()):
+      module, leaf = p.rsplit('/', 1)
+      weight = _np(node.params['weight'])
+      tensors[f'{_PREFIX}{module_name_fn(module)}.{_HF_LEAF[leaf]}'] = (
+        weight.T if leaf == 'kernel' else weight
+      )
+    config['modules_to_save'] = sorted({n.method.module for n in saved_nodes.values()})
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, CONFIG_NAME), 'w') as f:
     json.dump(config, f, indent=2, sort_keys=True)

@@ -108,3 +108,50 @@ def encode_prompts(
     tokens[i, length - len(row) :] = row
     mask[i, length - len(row) :] = 1
   return tokens, mask
+
+
+def encode_texts(
+  tokenizer: Any,
+  texts: Sequence[str],
+  pairs: Sequence[str] | None = None,
+  *,
+  max_length: int = 128,
+  pad_to_multiple_of: int = 8,
+) -> dict[str, np.ndarray]:
+  """Tokenises texts (or text pairs) for an encoder into a right-padded batch.
+
+  Args:
+    tokenizer: a transformers tokenizer of a BERT-family model (``[CLS] a [SEP] (b [SEP])``).
+    texts: first segments.
+    pairs: optional second segments (``token_type_ids`` 1 on them), one per text.
+    max_length: longest row; longer rows are cut (the longest segment first, as transformers'
+      ``truncation=True``).
+    pad_to_multiple_of: round the padded length up to a multiple of this (fewer compiled shapes).
+  Returns:
+    ``{'tokens', 'attention_mask', 'token_type_ids'}``, each ``[B, T] int32``, padding on the
+    right (BERT counts positions from the first slot).
+  """
+  if not texts:
+    raise ValueError('encode_texts got no texts')
+  if pairs is not None and len(pairs) != len(texts):
+    raise ValueError(f'encode_texts: {len(texts)} texts but {len(pairs)} pairs')
+  side = tokenizer.padding_side
+  tokenizer.padding_side = 'right'
+  try:
+    encoded = tokenizer(
+      list(texts),
+      None if pairs is None else list(pairs),
+      truncation=True,
+      max_length=max_length,
+      padding='longest',
+      pad_to_multiple_of=pad_to_multiple_of,
+      return_token_type_ids=True,
+      return_tensors='np',
+    )
+  finally:
+    tokenizer.padding_side = side
+  return {
+    'tokens': np.asarray(encoded['input_ids'], np.int32),
+    'attention_mask': np.asarray(encoded['attention_mask'], np.int32),
+    'token_type_ids': np.asarray(encoded['token_type_ids'], np.int32),
+  }

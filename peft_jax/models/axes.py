@@ -1,4 +1,4 @@
-"""Logical axis names of decoder params (docs/CONVENTIONS.md), adapters included.
+"""Logical axis names of decoder and encoder params (docs/CONVENTIONS.md), adapters included.
 
 ``param_logical_axes(params, config)`` mirrors the params tree; each array leaf becomes a tuple of
 logical axis names (one per dimension, ``None`` = replicated). An ``Adapted`` kernel becomes an
@@ -15,6 +15,7 @@ import numpy as np
 from peft_jax.adapters.core import Adapted
 from peft_jax.models.config import ModelConfig
 from peft_jax.models.decoder import declared_axes
+from peft_jax.models.encoder import EncoderConfig, declared_encoder_axes
 
 Axes = tuple[Optional[str], ...]
 
@@ -50,17 +51,18 @@ def _adapter_array_axes(
   return (None,) * len(shape)
 
 
-def param_logical_axes(params: Mapping[str, Any], config: ModelConfig) -> Any:
+def param_logical_axes(params: Mapping[str, Any], config: ModelConfig | EncoderConfig) -> Any:
   """Tree of logical-axis tuples matching ``params`` (plain arrays and ``Adapted`` nodes).
 
-  The axis names of each decoder parameter are the ones its module declares where it creates
-  the parameter (``peft_jax.models.decoder``, ``nn.with_logical_partitioning``), read back from an
-  abstract init of ``Decoder(config)``; a parameter the decoder does not create is an error.
+  The axis names of each parameter are the ones its module declares where it creates the
+  parameter (``peft_jax.models.decoder`` / ``encoder``, ``nn.with_logical_partitioning``), read
+  back from an abstract init of ``Decoder(config)`` (``Encoder(config)`` for an
+  ``EncoderConfig``); a parameter the model does not create is an error.
 
   Args:
     params: decoder params (``{'embed_tokens': {'embedding': [V, d]}, 'layers_0': ...}``),
       possibly holding ``Adapted`` nodes (or abstract ``ShapeDtypeStruct`` leaves).
-    config: the decoder's config.
+    config: the decoder's ``ModelConfig`` or the encoder's ``EncoderConfig``.
   Returns:
     The same nesting with a tuple of axis names per array (``('embed', 'heads')`` for q_proj's
     kernel); an ``Adapted`` node whose base/params/frozen leaves are such tuples. Adapter axes
@@ -69,13 +71,15 @@ def param_logical_axes(params: Mapping[str, Any], config: ModelConfig) -> Any:
   Raises:
     KeyError: a parameter the decoder does not declare (naming it and the declared ones).
   """
-  declared = declared_axes(config)
+  is_encoder = isinstance(config, EncoderConfig)
+  declared = declared_encoder_axes(config) if is_encoder else declared_axes(config)
+  kind = 'encoder' if is_encoder else 'decoder'
 
   def base_axes(path: tuple[str, ...], ndim: int) -> Axes:
     name = '/'.join(path)
     if name not in declared:
       raise KeyError(
-        f'param {name!r} is not a parameter of the {config.model_type} decoder; '
+        f'param {name!r} is not a parameter of the {config.model_type} {kind}; '
         f'declared: {sorted(declared)[:12]} ...'
       )
     axes = declared[name]
@@ -88,7 +92,10 @@ def param_logical_axes(params: Mapping[str, Any], config: ModelConfig) -> Any:
       base_shape = _shape(node.base)
       base = base_axes(path, len(base_shape))
       method_axes = getattr(node.method, 'param_axes', None)
-      if callable(method_axes) and (len(base) == 2 or getattr(node.method, 'adapts', '') == 'all'):
+      whole = getattr(node.method, 'adapts', '') == 'all' or getattr(
+        node.method, 'saved_module', False
+      )
+      if callable(method_axes) and (len(base) == 2 or whole):
         # The method knows its own layout (peft_jax.adapters methods define param_axes).
         params_axes, frozen_axes = method_axes(node, *base)
         return Adapted(base, params_axes, frozen_axes, node.method)
