@@ -67,7 +67,9 @@ def drift_entries(config: ml_collections.ConfigDict) -> dict:
       try:
         loaded = json.load(f)
       except json.JSONDecodeError as e:
-        raise ValueError(f'{path}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}') from e
+        raise ValueError(
+          f'{path}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}'
+        ) from e
     if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
       raise ValueError(f'{path}: expected {{name: {{adapter_dir, label, nominal_task}}}}')
     base = os.path.dirname(os.path.abspath(path))
