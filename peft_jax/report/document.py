@@ -342,6 +342,7 @@ def _summary(results: Mapping[str, Any]) -> Section:
     Paragraph(_noise_sentence(gain_noise, forget_noise, widths)),
     Table('summary-table', 'Key facts', ('Item', 'Value'), tuple(rows), ('l', 'l')),
   ]
+  blocks += [Paragraph(text) for text in _not_learned(methods)]
   missing = _missing_intervals(results)
   if missing:
     blocks.append(_no_interval_note(missing))
@@ -359,6 +360,55 @@ def _noise_sentence(
     f'interval width: {fmt.fmt_points(widths[0])} points for a task score, '
     f'{fmt.fmt_points(widths[1])} for a Target gain, {fmt.fmt_points(widths[2])} for a Forget.'
   )
+
+
+def _not_learned(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """One sentence per method whose Target gain is not above noise, with the evidence the run
+  has for why: did its training loss fall, what its learning-rate sweep saw."""
+  out = []
+  for name, m in methods.items():
+    diff = _difference(m, 'target_gain') or {}
+    interval = diff.get('interval')
+    if interval is not None and interval[0] > 0:
+      continue  # learned: the whole interval of the gain is above 0
+    if interval is None and not (m.get('target') is not None and diff.get('delta', 1) <= 0):
+      continue
+    reasons = []
+    losses = [x for x in m.get('train_loss') or [] if x == x]
+    if len(losses) >= 2:
+      k = max(1, len(losses) // 10)
+      first, last = float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
+      fell = (first - last) / max(abs(first), 1e-12)
+      reasons.append(
+        f'its training loss went {first:.3f} -> {last:.3f} ({-fell:+.1%})'
+        + (', so it barely fitted the SFT data in this budget' if fell < 0.05 else '')
+      )
+    sweep = m.get('sweep')
+    if sweep:
+      lrs, target = list(sweep['lr']), list(sweep['target'])
+      i = lrs.index(sweep['chosen_lr']) if sweep['chosen_lr'] in lrs else None
+      reasons.append(
+        'validation Target over the swept rates '
+        + ', '.join(f'{lr:.2g}: {t:.3f}' for lr, t in zip(lrs, target))
+      )
+      if max(target) <= 0:
+        reasons.append('no swept rate raised the validation Target above 0')
+      elif i in (0, len(lrs) - 1):
+        reasons.append('the kept rate is at the edge of the grid (a wider grid may do better)')
+    gain = diff.get('delta')
+    gain_text = f'{fmt.fmt_signed_points(gain)} points' if gain is not None else 'unknown'
+    out.append(
+      f'{name} did not raise the Target beyond noise (gain {gain_text}'
+      + (
+        f', 95% interval {fmt.fmt_points_ci(gain, interval, signed=True).split(" ", 1)[1]}'
+        if interval
+        else ''
+      )
+      + '): '
+      + ('; '.join(reasons) if reasons else 'no training record to say why')
+      + '.'
+    )
+  return out
 
 
 def _no_interval_note(missing: Sequence[str]) -> Note:

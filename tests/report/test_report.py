@@ -845,3 +845,33 @@ def test_figures_survive_degenerate_data(tmp_path):
     figures.plot_spectra({'lora': {'spectral': None}}, tmp_path / 'x.png')
   assert figures.short_module_name('model.layers.3.self_attn.q_proj') == 'L3 q_proj'
   assert figures.short_module_name('layers_12/mlp/down_proj/kernel') == 'L12 down_proj'
+
+
+def test_summary_says_which_methods_did_not_learn_and_why():
+  from peft_jax.report import document  # pylint: disable=g-import-not-at-top
+
+  def method(interval, losses, sweep=None):
+    entry = {
+      'target': 0.1,
+      'train_loss': losses,
+      'paired': {'target_gain': {'delta': 0.02, 'interval': interval, 'within_noise': True}},
+    }
+    if sweep:
+      entry['sweep'] = sweep
+    return entry
+
+  sweep = {'lr': [1e-3, 3e-3, 9e-3], 'target': [0.0, 0.05, 0.1], 'chosen_lr': 9e-3}
+  methods = {
+    'learned': method([0.01, 0.2], [2.0] * 10),
+    'flat': method([-0.03, 0.06], [2.0] * 10 + [1.99] * 10),
+    'edge': method([-0.01, 0.05], [2.0] * 10 + [1.0] * 10, sweep),
+  }
+  lines = document._not_learned(methods)  # pylint: disable=protected-access
+  assert len(lines) == 2
+  flat, edge = lines
+  assert flat.startswith(
+    'flat did not raise the Target beyond noise (gain +2.0 points, 95% interval'
+  )
+  assert '[-3.0, +6.0]' in flat and '2.000 -> 1.990 (-0.5%)' in flat and 'barely fitted' in flat
+  assert '2.000 -> 1.000 (-50.0%)' in edge and '0.009: 0.100' in edge
+  assert 'the kept rate is at the edge of the grid' in edge
