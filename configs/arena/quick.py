@@ -57,13 +57,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # model path, data path, method name, seed, mesh and progress bar itself.
   config.train = ml_collections.ConfigDict(
     dict(
-      total_steps=200,
+      total_steps=80,  # x3 learning rates in the sweep: 240 steps per method
       batch_size=16,
       log_every=1,
       adapter=dict(target_regex='all-linear'),
       data=dict(seq_len=128),
       optimizer=dict(warmup_steps=10, weight_decay=0.0),
-      checkpoint=dict(every_steps=100, keep=1, snapshot_every=0),
+      checkpoint=dict(every_steps=40, keep=1, snapshot_every=0),
     )
   )
   config.eval = ml_collections.ConfigDict(
@@ -100,7 +100,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     )
   )
   # Snapshots along training for the report's trajectory section (every K steps; 0 = off).
-  config.trajectory = ml_collections.ConfigDict(dict(every=0, methods=()))
+  config.trajectory = ml_collections.ConfigDict(dict(every=40, methods=('full', 'lora')))
   # Budget rules for values set to 0 (-1 for warmup) in config.train: the custom preset derives
   # steps, batch and warmup from the size of its data (peft_jax.arena.pipeline.derive_budget).
   config.budget = ml_collections.ConfigDict(dict(epochs=3, max_batch=16, max_warmup=10))
