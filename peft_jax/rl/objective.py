@@ -105,9 +105,12 @@ def token_log_probs(logits: Array, targets: Array, temperature: float = 1.0) -> 
 
 def k3_kl(log_probs: Array, ref_log_probs: Array) -> Array:
   """Per-token ``exp(q - p) - (q - p) - 1`` with ``p = log π``, ``q = log π_ref`` (Schulman's
-  k3 estimator of KL(π || π_ref) on samples from π; non-negative, 0 iff the log-probs agree)."""
+  k3 estimator of KL(π || π_ref) on samples from π; non-negative, 0 iff the log-probs agree).
+
+  Computed as ``expm1(d) - d``: for the tiny ``d`` of a policy near its reference, ``exp(d) - 1``
+  in float32 would cancel to noise of the size of ``d`` itself instead of ``d² / 2``."""
   diff = ref_log_probs - log_probs
-  return jnp.exp(diff) - diff - 1.0
+  return jnp.expm1(diff) - diff
 
 
 def masked_mean(x: Array, mask: Array) -> Array:
