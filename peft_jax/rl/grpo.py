@@ -69,6 +69,7 @@ class GRPOResult:
   model: Any  # the linen Decoder
   tree: PyTree  # combine(trainable, frozen): the adapted params tree
   tokenizer: Any
+  mesh: Any  # the device mesh the state lives on
   metrics: list  # (step, metrics dict) of every step run by this call (1-based step)
   evals: list  # (step, {'pass@k': ..., 'reward_mean': ...}) of the held-out evaluations
   start_step: int  # step the call resumed from (0: fresh)
@@ -361,7 +362,7 @@ def train(
     ),
   )
   del params
-  prepare = jax.jit(rl_step.make_prepare(model, grpo.temperature, old_log_probs=reuse))
+  prepare = jax.jit(rl_step.make_prepare(model, grpo.temperature)) if reuse else None
   sampling = make_sampling(model_config, tokenizer, grpo.group_size, grpo)
 
   # ---- Everything is checked: only now write to the workdir ---------------------------------
@@ -450,7 +451,11 @@ def train(
         'mask': out.mask,
         'advantages': placed['advantages'],
       }
-      batch.update(prepare(state.params, training.frozen, batch))
+      batch['old_log_probs'] = (
+        prepare(state.params, training.frozen, batch)
+        if reuse
+        else jnp.zeros(out.tokens.shape, jnp.float32)
+      )
       batch = {k: jax.device_put(v, training.batch_shardings[k]) for k, v in batch.items()}
       updates = []
       for _ in range(grpo.num_iterations):
@@ -505,6 +510,7 @@ def train(
     model=model,
     tree=tree,
     tokenizer=tokenizer,
+    mesh=mesh,
     metrics=history,
     evals=evals,
     start_step=start_step,

@@ -148,7 +148,8 @@ def grpo_loss(
   Args:
     log_probs: ``[B, N]`` ``log π(y_t | ...)`` (differentiated).
     old_log_probs: ``[B, N]`` under the sampling policy (constants).
-    ref_log_probs: ``[B, N]`` under the reference (constants; unused when ``beta == 0``).
+    ref_log_probs: ``[B, N]`` under the reference (constants; the KL is reported also when
+      ``beta == 0``).
     advantages: ``[B]``.
     mask: ``[B, N]`` 1 on completion tokens.
     epsilon_low, epsilon_high: the clip range ``[1 - ε_low, 1 + ε_high]``.

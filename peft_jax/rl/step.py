@@ -8,15 +8,17 @@
   from the live tree inside the program, so no second copy of the weights is kept: adapter
   methods hold ``W0`` as their frozen base anyway, and full fine-tuning (``Full``) keeps its
   frozen pretrained copy in the node's base, which is the reference.
-* :func:`make_prepare`: once per generation batch, the sampling policy's log-probs (needed when
-  a batch gets several updates) and the reference's.
+* :func:`make_prepare`: once per generation batch with several updates, the sampling policy's
+  log-probs (the importance ratio's denominator).
 * :func:`make_grpo_step`: one optimizer update on the clipped objective
   (:mod:`peft_jax.rl.objective`), built for ``train.setup.setup_training``'s sharded state,
-  optimizer and jit (same in/out shardings and donation as SFT).
+  optimizer and jit (same in/out shardings and donation as SFT). The reference's log-probs are
+  computed in the same program as the policy's (one extra forward, no backward), so a policy
+  equal to its reference gives a KL of exactly 0, not a rounding difference between programs.
 
 Batch entries (all ``[B, ·]``, split over ``('data', 'fsdp')`` like SFT batches):
 ``prompt_tokens``/``prompt_mask [B, P]``, ``tokens``/``mask [B, N]``, ``advantages [B, 1]``,
-``old_log_probs``/``ref_log_probs [B, N]``.
+``old_log_probs [B, N]`` (zeros, unused, with one update per batch).
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ BATCH_KEYS = (
   'mask',
   'advantages',
   'old_log_probs',
-  'ref_log_probs',
 )
 
 
@@ -77,21 +78,14 @@ def reference_params(tree: PyTree) -> PyTree:
   return adapter_api.path(jax.lax.stop_gradient(tree), 0.0)
 
 
-def make_prepare(model: Any, temperature: float, *, old_log_probs: bool) -> Callable:
-  """``prepare(trainable, frozen, batch) -> {'old_log_probs', 'ref_log_probs'}`` (jit it).
-
-  ``old_log_probs=False`` (one update per batch): the step uses ``stop_gradient`` of its own
-  log-probs (ratio exactly 1), so zeros are returned for it and one forward is saved.
-  """
+def make_prepare(model: Any, temperature: float) -> Callable:
+  """``prepare(trainable, frozen, batch) -> log π_old [B, N]``: the sampling policy's log-probs
+  of a batch that gets several updates (jit it; one update per batch needs none: the step uses
+  ``stop_gradient`` of its own log-probs, a ratio of exactly 1)."""
 
   def prepare(trainable, frozen, batch):
     tree = adapter_api.combine(trainable, frozen)
-    ref, _ = completion_log_probs(model, reference_params(tree), batch, temperature)
-    if old_log_probs:
-      old, _ = completion_log_probs(model, tree, batch, temperature)
-    else:
-      old = jnp.zeros_like(ref)
-    return {'old_log_probs': old, 'ref_log_probs': ref}
+    return completion_log_probs(model, tree, batch, temperature)[0]
 
   return prepare
 
@@ -111,7 +105,8 @@ def make_grpo_step(
     loss_kwargs: :func:`peft_jax.rl.objective.grpo_loss` options (clip range, beta, loss type).
     temperature: the sampling temperature (the policy is the tempered softmax).
     reuse_batch: several updates per generation batch: the ratio is taken against
-      ``batch['old_log_probs']``; otherwise against the step's own (stop-gradient) log-probs.
+      ``batch['old_log_probs']`` (:func:`make_prepare`); otherwise against the step's own
+      (stop-gradient) log-probs.
     dropout: pass the step's rng to the model (adapter dropout).
   Returns:
     ``builder(optimizer, schedule) -> step(state, frozen, batch) -> (state, metrics)``. Metrics:
@@ -127,10 +122,12 @@ def make_grpo_step(
         model, tree, batch, temperature, rng if dropout else None
       )
       old = batch['old_log_probs'] if reuse_batch else jax.lax.stop_gradient(log_probs)
+      ref, _ = completion_log_probs(model, reference_params(tree), batch, temperature)
+      ref = jax.lax.stop_gradient(ref)
       loss, stats = objective.grpo_loss(
         log_probs,
         old,
-        batch['ref_log_probs'],
+        ref,
         batch['advantages'][:, 0],
         batch['mask'],
         **loss_kwargs,

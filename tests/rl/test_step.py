@@ -152,10 +152,8 @@ def prepared(base, batch):
   """The batch with the sampling policy's and the reference's log-probs (one device)."""
   model, params = base
   trainable, frozen = adapters.partition(_lora_tree(params))
-  logps = jax.jit(rl_step.make_prepare(model, TEMPERATURE, old_log_probs=True))(
-    trainable, frozen, batch
-  )
-  return dict(batch, **jax.device_get(logps))
+  old = jax.jit(rl_step.make_prepare(model, TEMPERATURE))(trainable, frozen, batch)
+  return dict(batch, old_log_probs=jax.device_get(old))
 
 
 def _grpo_updates(base, prepared, mesh, updates=2):
