@@ -203,6 +203,18 @@ def _sample_and_score(
   return out, np.asarray(lengths), reward_fn(texts, repeated), texts
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _mean_pass_at_ks(counts, num_samples: int, ks: tuple[int, ...]):
+  """Mean over prompts of the unbiased pass@k for every k (one program)."""
+  return [jnp.mean(scorers.pass_at_k(num_samples, counts, k)) for k in ks]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _advantages_and_stats(rewards, group_size: int, scale_rewards: str, eps: float):
+  advantages = objective.group_advantages(rewards, group_size, scale_rewards=scale_rewards, eps=eps)
+  return advantages, objective.group_reward_stats(rewards, group_size)
+
+
 def pass_at_k_curve(
   model: Any,
   params: PyTree,
@@ -267,10 +279,8 @@ def pass_at_k_curve(
     rewards.append(reward.reshape(prompts_per_batch, num_samples)[:real])
   rewards = np.concatenate(rewards)
   counts = np.sum(rewards > 0.5, axis=1).astype(np.int32)
-  out = {
-    f'pass@{int(k)}': float(np.mean(np.asarray(scorers.pass_at_k(num_samples, counts, int(k)))))
-    for k in ks
-  }
+  estimates = _mean_pass_at_ks(counts, num_samples, tuple(int(k) for k in ks))
+  out = {f'pass@{int(k)}': float(v) for k, v in zip(ks, jax.device_get(estimates))}
   out['mean_reward'] = float(np.mean(rewards))
   out['num_examples'] = float(len(examples))
   return out
@@ -433,12 +443,9 @@ def train(
         mesh=mesh,
       )
       generation_seconds = time.perf_counter() - start
-      advantages = np.asarray(
-        objective.group_advantages(
-          jnp.asarray(rewards),
-          grpo.group_size,
-          scale_rewards=grpo.scale_rewards,
-          eps=grpo.advantage_eps,
+      advantages, reward_stats = jax.device_get(
+        _advantages_and_stats(
+          rewards, grpo.group_size, grpo.scale_rewards, float(grpo.advantage_eps)
         )
       )
       placed = distributed.global_batch(
@@ -454,7 +461,7 @@ def train(
       batch['old_log_probs'] = (
         prepare(state.params, training.frozen, batch)
         if reuse
-        else jnp.zeros(out.tokens.shape, jnp.float32)
+        else np.zeros(out.tokens.shape, np.float32)
       )
       batch = {k: jax.device_put(v, training.batch_shardings[k]) for k, v in batch.items()}
       updates = []
@@ -467,9 +474,7 @@ def train(
         updates.append(metrics)
       seconds = time.perf_counter() - start
       scalars = _mean_metrics(updates)
-      scalars.update(
-        {k: float(v) for k, v in objective.group_reward_stats(rewards, grpo.group_size).items()}
-      )
+      scalars.update({k: float(v) for k, v in reward_stats.items()})
       generated = float(np.sum(lengths))
       scalars.update(
         completion_length=float(np.mean(lengths)),

@@ -10,6 +10,7 @@ comes from ``(seed, step)`` only, so a resumed run draws the same completions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
@@ -174,6 +175,12 @@ def sample_groups(
     lengths=out.lengths,
     sample_log_probs=out.log_probs,
   )
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _completion_mask(lengths, max_new_tokens: int):
+  """``[B, N]`` float32: 1 on the first ``lengths[b]`` positions of row ``b``."""
+  return (jnp.arange(max_new_tokens)[None, :] < lengths[:, None]).astype(jnp.float32)
 
 
 def completion_texts(

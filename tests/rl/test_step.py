@@ -1,6 +1,10 @@
 """The GRPO programs on the real tiny Decoder: the reference is the adapter switched off (exactly,
-per method), teacher-forced log-probs match the KV-cache sampler's, and one GRPO update is the
-same on one device and on meshes (8,1,1) and (2,4,1) of 8 CPU devices."""
+per method), and GRPO updates are the same on one device and on meshes (8,1,1) and (2,4,1) of 8
+CPU devices.
+
+The test-owned programs compile without LLVM optimisation (``O0``: half the compile time; the
+numbers are checked against each other and against exact identities, which do not depend on it).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -72,12 +76,13 @@ def _inject(params, name):
   return adapters.inject(params, method, TARGETS, jax.random.PRNGKey(1))
 
 
-@jax.jit
+O0 = {'xla_backend_optimization_level': 0}
+
+
 def _log_probs(tree, batch):
   return rl_step.completion_log_probs(models.Decoder(CONFIG), tree, batch, TEMPERATURE)[0]
 
 
-@jax.jit
 def _policy_and_reference(tree, batch):
   return _log_probs(tree, batch), _log_probs(rl_step.reference_params(tree), batch)
 
@@ -99,10 +104,11 @@ def test_adapter_switched_off_is_the_reference(base, batch):
   _, params = base
   names = adapters.method_names()
   trees = [_inject(params, name) for name in names]
-  both = jax.device_get(
-    jax.jit(lambda ts, b: [_policy_and_reference(t, b) for t in ts])(trees, batch)
+  every = jax.jit(
+    lambda ts, plain, b: ([_policy_and_reference(t, b) for t in ts], _log_probs(plain, b)),
+    compiler_options=O0,
   )
-  pretrained = jax.device_get(_log_probs(params, batch))
+  both, pretrained = jax.device_get(every(trees, params, batch))
   mask = batch['mask'] > 0
   for name, (policy, reference) in zip(names, both):
     kl = float(objective.masked_mean(objective.k3_kl(policy, reference), batch['mask']))
@@ -115,34 +121,6 @@ def test_adapter_switched_off_is_the_reference(base, batch):
       assert kl == 0.0, name
 
 
-def test_teacher_forced_log_probs_match_the_sampler(base):
-  """The update's log-probs of sampled completions (one forward over prompt + completion) are
-  the KV-cache sampler's (temperature 1: the same distribution), up to float32 rounding of two
-  differently ordered computations."""
-  model, params = base
-  tree = _lora_tree(params)
-  prompts = np.array([[0, 0, 0, 1, 9, 10, 11, 12], [1, 20, 21, 22, 23, 24, 25, 26]], np.int32)
-  sampling = rollout.Sampling(group_size=G, max_new_tokens=N, temperature=1.0, eos_token_ids=(2,))
-  out = rollout.sample_groups(
-    CONFIG, tree, prompts, (prompts > 0).astype(np.int32), rollout.sampling_key(0, 3), sampling
-  )
-  batch = dict(
-    prompt_tokens=out.prompt_tokens, prompt_mask=out.prompt_mask, tokens=out.tokens, mask=out.mask
-  )
-  log_probs, _ = jax.jit(lambda t, b: rl_step.completion_log_probs(model, t, b, 1.0))(tree, batch)
-  mask = np.asarray(out.mask) > 0
-  assert mask.sum() > B  # several tokens per completion
-  np.testing.assert_allclose(
-    np.asarray(log_probs)[mask], np.asarray(out.sample_log_probs)[mask], atol=2e-5
-  )
-  # Groups are the prompt repeated in consecutive rows, and keys differ per step.
-  np.testing.assert_array_equal(np.asarray(out.prompt_tokens)[:G], np.repeat(prompts[:1], G, 0))
-  again = rollout.sample_groups(
-    CONFIG, tree, prompts, (prompts > 0).astype(np.int32), rollout.sampling_key(0, 3), sampling
-  )
-  np.testing.assert_array_equal(np.asarray(again.tokens), np.asarray(out.tokens))
-
-
 def _lora_tree(params):
   return adapters.inject(params, adapters.LoRA(rank=4, alpha=8.0), TARGETS, jax.random.PRNGKey(1))
 
@@ -152,7 +130,9 @@ def prepared(base, batch):
   """The batch with the sampling policy's and the reference's log-probs (one device)."""
   model, params = base
   trainable, frozen = adapters.partition(_lora_tree(params))
-  old = jax.jit(rl_step.make_prepare(model, TEMPERATURE))(trainable, frozen, batch)
+  old = jax.jit(rl_step.make_prepare(model, TEMPERATURE), compiler_options=O0)(
+    trainable, frozen, batch
+  )
   return dict(batch, old_log_probs=jax.device_get(old))
 
 
@@ -170,9 +150,10 @@ def _grpo_updates(base, prepared, mesh, updates=2):
     step_builder=rl_step.make_grpo_step(model, LOSS, temperature=TEMPERATURE, reuse_batch=True),
   )
   placed = parallel.global_batch(prepared, mesh, B)
+  step = training.train_step.lower(training.state, training.frozen, placed).compile(O0)
   state, history = training.state, []
   for _ in range(updates):
-    state, metrics = training.train_step(state, training.frozen, placed)
+    state, metrics = step(state, training.frozen, placed)
     history.append(jax.device_get(metrics))
   return history, jax.device_get(state.params)
 
