@@ -139,9 +139,11 @@ def test_metrics_kl_ratio_and_pass_at_k(reference, task_path):
   rows = read_metrics(workdir)
   assert [r['step'] for r in rows] == list(range(STEPS + 1))  # step 0: the base's evaluation
   first = rows[1]
-  # The adapter starts switched off (LoRA's B = 0): the policy is the reference, KL 0 exactly;
-  # one update per batch: the ratio is 1 and nothing is clipped, at every step.
-  assert first['kl'] == 0.0
+  # The adapter starts switched off (LoRA's B = 0): the policy is the reference, so the KL is 0
+  # (exactly here; XLA may round the two forwards of one program apart by an ulp of a log-prob,
+  # ~1e-7, which k3 turns into < 1e-13); one update per batch: the ratio is 1 and nothing is
+  # clipped, at every step.
+  assert first['kl'] < 1e-12
   for row in rows[1:]:
     assert row['ratio_mean'] == 1.0 and row['clip_fraction'] == 0.0
     assert np.isfinite(row['kl']) and row['kl'] >= 0.0
