@@ -2,6 +2,11 @@
 
   python -m launch.train --config=configs/train/tiny.py:lora --workdir=/tmp/run \
       --config.data.path=data/train.jsonl --config.total_steps=50
+  python -m launch.train --config=configs/train/grpo.py:lora --workdir=/tmp/grpo \
+      --config.grpo.task.path=train.jsonl
+
+``config.algorithm`` picks the trainer: ``'sft'`` (absent: SFT, ``peft_jax.train.train``) or
+``'grpo'`` (RL with verifiable rewards, ``peft_jax.rl.grpo.train``).
 
 Rerunning the same command resumes the run in ``--workdir``, which is locked while it runs (a
 second run on it is refused, naming the first one's pid and host). SIGTERM/SIGINT save a
@@ -33,12 +38,30 @@ def main(argv):
   initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   import jax  # pylint: disable=g-import-not-at-top
 
+  from peft_jax.rl import grpo  # pylint: disable=g-import-not-at-top
   from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
 
+  config = _CONFIG.value
+  algorithm = config.get('algorithm', 'sft')
+  if algorithm not in ('sft', 'grpo'):
+    raise ValueError(f"config.algorithm={algorithm!r}; valid: 'sft', 'grpo'")
   # Process 0 holds the lock for all processes of a multi-process run.
   with lock.workdir_lock(_WORKDIR.value, enabled=jax.process_index() == 0):
-    result = trainer.train(_CONFIG.value, _WORKDIR.value)
-  if jax.process_index() == 0:
+    if algorithm == 'grpo':
+      result = grpo.train(config, _WORKDIR.value)
+    else:
+      result = trainer.train(config, _WORKDIR.value)
+  if jax.process_index() == 0 and algorithm == 'grpo':
+    last = (
+      f'final mean reward {result.metrics[-1][1]["reward_mean"]:.4f}'
+      if result.metrics
+      else 'nothing left to run'
+    )
+    print(
+      f'grpo: steps {result.start_step}..{config.total_steps} done, {last}; '
+      f'workdir {_WORKDIR.value}'
+    )
+  elif jax.process_index() == 0:
     last = f'final loss {result.losses[-1][1]:.4f}' if result.losses else 'nothing left to run'
     print(
       f'train: steps {result.start_step}..{_CONFIG.value.total_steps} done, {last}; '

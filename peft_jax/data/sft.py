@@ -255,6 +255,24 @@ class ByteTokenizer:
     ids = [3 + byte % (self.vocab_size - 3) for byte in text.encode('utf-8')]
     return [self.bos_token_id] + ids if add_special_tokens else ids
 
+  def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+    """``{'input_ids': encode(text)}``, the transformers call ``hub.encode_prompts`` uses."""
+    return {'input_ids': self.encode(text, add_special_tokens=add_special_tokens)}
+
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    """Bytes ``id - 3`` back to text (exact when ``vocab_size >= 259``; smaller vocabularies
+    fold bytes together, so decoding gives the lowest byte of each id's class). Special ids are
+    dropped with ``skip_special_tokens``, else written as ``<pad>``/``<s>``/``</s>``."""
+    out, names = bytearray(), {0: b'<pad>', 1: b'<s>', 2: b'</s>'}
+    for token in ids:
+      token = int(token)
+      if token < 3:
+        if not skip_special_tokens:
+          out += names[token]
+      elif token < self.vocab_size:
+        out.append((token - 3) % 256)
+    return out.decode('utf-8', errors='replace')
+
 
 def _render_plain(message: Mapping[str, str]) -> tuple[str, str]:
   """Plain chat format: a ``<|role|>`` header line (never a target), then the content."""

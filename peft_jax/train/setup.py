@@ -100,6 +100,7 @@ def plan_training(
   seed: int = 0,
   grad_accum_steps: int = 1,
   batch_keys: Sequence[str] = BATCH_KEYS,
+  step_builder: Optional[Callable] = None,
 ) -> TrainingPlan:
   """Shardings, optimizer and jitted step of ``params`` (arrays or ``ShapeDtypeStruct``).
 
@@ -123,7 +124,10 @@ def plan_training(
     functools.partial(init_train_state, optimizer=optimizer, seed=seed), trainable
   )
   batch_shardings = {key: batch_sharding(mesh, 2, rules) for key in batch_keys}
-  step = make_train_step(loss_fn, optimizer, schedule=schedule, grad_accum_steps=grad_accum_steps)
+  if step_builder is None:
+    step = make_train_step(loss_fn, optimizer, schedule=schedule, grad_accum_steps=grad_accum_steps)
+  else:
+    step = step_builder(optimizer, schedule)
   jitted = jit_train_step(step, state_shardings, frozen_shardings, batch_shardings, mesh)
   return TrainingPlan(
     mesh=mesh,
@@ -150,6 +154,7 @@ def setup_training(
   seed: int = 0,
   grad_accum_steps: int = 1,
   batch_keys: Sequence[str] = BATCH_KEYS,
+  step_builder: Optional[Callable] = None,
 ) -> ShardedTraining:
   """Shards ``params`` by their logical ``axes``, splits trainable/frozen, builds the step.
 
@@ -164,6 +169,10 @@ def setup_training(
     seed: seed of the state's rng.
     grad_accum_steps: microbatches per step (inner scan).
     batch_keys: the batch entries, each ``[batch, seq]``.
+    step_builder: ``(optimizer, schedule) -> train_step(state, frozen, batch)`` replacing the
+      SFT step of :func:`~peft_jax.train.step.make_train_step` (``loss_fn`` and
+      ``grad_accum_steps`` are then unused): another objective on the same sharded state,
+      optimizer and jit (GRPO, ``peft_jax.rl``).
   """
   plan = plan_training(
     params,
@@ -176,6 +185,7 @@ def setup_training(
     seed=seed,
     grad_accum_steps=grad_accum_steps,
     batch_keys=batch_keys,
+    step_builder=step_builder,
   )
   trainable, frozen = partition_fn(params)
   frozen = jax.device_put(frozen, plan.frozen_shardings)

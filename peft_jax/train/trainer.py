@@ -165,6 +165,33 @@ def host_copy(tree: PyTree) -> PyTree:
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def export_run(
+  config: ml_collections.ConfigDict, workdir: str, method, tree: PyTree, model_config, hf_tokenizer
+) -> None:
+  """Writes ``export/adapter`` (PEFT format) and/or ``export/merged`` (HF directory) of ``tree``
+  as ``config.export`` asks (process 0 writes; every process takes part in the gather)."""
+  if not (config.export.adapter or config.export.merged):
+    return
+  host_tree = host_copy(tree)
+  if jax.process_index() != 0:
+    return
+  if config.export.adapter:
+    if method.peft_type is None:
+      raise ValueError(
+        f'config.export.adapter: method {method.name!r} has no PEFT file format; use export.merged'
+      )
+    hub.save_adapter(
+      host_tree,
+      os.path.join(workdir, 'export', 'adapter'),
+      base_model_name_or_path=config.model.path or None,
+    )
+  if config.export.merged:
+    merged = adapter_api.merge(host_tree)
+    hub.save_pretrained(
+      model_config, merged, os.path.join(workdir, 'export', 'merged'), tokenizer=hf_tokenizer
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
@@ -323,25 +350,7 @@ def train(
 
   # ---- Export ------------------------------------------------------------------------------
   tree = combine_fn(state.params, training.frozen)
-  if config.export.adapter or config.export.merged:
-    host_tree = host_copy(tree)
-    if jax.process_index() == 0:
-      if config.export.adapter:
-        if method.peft_type is None:
-          raise ValueError(
-            f'config.export.adapter: method {method.name!r} has no PEFT file '
-            'format; use export.merged'
-          )
-        hub.save_adapter(
-          host_tree,
-          os.path.join(workdir, 'export', 'adapter'),
-          base_model_name_or_path=config.model.path or None,
-        )
-      if config.export.merged:
-        merged = adapter_api.merge(host_tree)
-        hub.save_pretrained(
-          model_config, merged, os.path.join(workdir, 'export', 'merged'), tokenizer=hf_tokenizer
-        )
+  export_run(config, workdir, method, tree, model_config, hf_tokenizer)
   compiles = training.train_step._cache_size() - compiles_before  # pylint: disable=protected-access
 
   def lower_step():

@@ -25,6 +25,7 @@ LAYERS = {
   'evals': 4,
   'geometry': 4,
   'sae': 4,
+  'rl': 5,
   'report': 5,
   'arena': 6,
 }
