@@ -78,7 +78,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       alphas=(0.0, 0.25, 0.5, 0.75, 1.0),
       tradeoff_weight=0.5,
       oft_generator_schedule='sqrt',  # 'sqrt' (PEFT-Arena: Cayley(sqrt(α) Q)) or 'linear'
-      limits=dict(ifeval=16, nq=16, bbh=3, gsm=32, cipher=8),
+      limits=dict(ifeval=8, nq=8, bbh=1, gsm=16, cipher=4),
     )
   )
   config.geometry = ml_collections.ConfigDict(
@@ -95,8 +95,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       steps=0,
       seeds=(),  # () = (config.seed,); more seeds average the validation score per rate
       methods=(),  # () = every method
-      validation_size=64,  # target training problems held out as the validation split
-      general_limits=dict(ifeval=16, nq=16, bbh=2),  # general validation (train splits); {} = off
+      validation_size=48,  # target training problems held out as the validation split
+      general_limits=dict(ifeval=8, nq=8, bbh=1),  # general validation (train splits); {} = off
     )
   )
   # Snapshots along training for the report's trajectory section (every K steps; 0 = off).
