@@ -306,6 +306,8 @@ def _ce(model_config, tree, base_params, params, sae_config, mean, scale, site, 
     'loss_spliced': float(loss['spliced'][0]),
     'loss_ablated': float(loss['ablated'][0]),
     'ce_loss_recovered': {'value': float(recovered[0]), 'interval': interval, 'level': level},
+    # The score means something only when ablating the site hurts the model.
+    'ablation_hurts': bool(loss['ablated'][0] > loss['clean'][0]),
     'n_sequences': num,
     'n_tokens': int(sums['count'].sum()),
   }
