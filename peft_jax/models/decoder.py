@@ -135,20 +135,37 @@ def _softcap(x: Array, cap: Optional[float]) -> Array:
   return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-class _Captures:
-  """Decides which linear inputs/outputs to record and collects them in a flat dict."""
+# An intervention replaces a site's activation: ``fn(y, x) -> y'`` with ``y`` the site's value
+# (a linear module's output, or a layer's output residual stream) and ``x`` its input (the module's
+# input, or the layer's input residual stream); ``y'`` must have ``y``'s shape.
+Intervention = Callable[[Array, Array], Array]
 
-  def __init__(self, requested: Sequence[str]):
+
+class _Captures:
+  """Decides which linear inputs/outputs to record (collected in a flat dict) and applies the
+  interventions on module outputs (captures hold the value before the intervention)."""
+
+  def __init__(self, requested: Sequence[str], interventions: Mapping[str, Intervention] = None):
     self.requested = tuple(requested)
+    self.interventions = dict(interventions or {})
     self.store: dict[str, Array] = {}
 
   def wants(self, path: str) -> bool:
     return any(r == 'all' or r == path or path.endswith('/' + r) for r in self.requested)
 
-  def record(self, path: str, x: Array, y: Array):
+  def record(self, path: str, x: Array, y: Array) -> Array:
     if self.wants(path):
       self.store[path + '/in'] = x
       self.store[path + '/out'] = y
+    fn = self.interventions.get(path + '/out')
+    return y if fn is None else _intervene(path + '/out', fn, y, x)
+
+
+def _intervene(site: str, fn: Intervention, y: Array, x: Array) -> Array:
+  out = fn(y, x)
+  if out.shape != y.shape:
+    raise ValueError(f'intervention at {site!r} returned shape {out.shape}, expected {y.shape}')
+  return out.astype(y.dtype)
 
 
 Axes = tuple[Optional[str], ...]
@@ -267,8 +284,7 @@ class Attention(nn.Module):
     def linear(name, inp, features, bias, axes):
       out = Dense(features, axes, use_bias=bias, dtype=dtype, name=name)(inp, deterministic)
       out = constrain(out, ('batch', 'length', axes[1]))
-      captures.record(prefix + name, inp, out)
-      return out
+      return captures.record(prefix + name, inp, out)
 
     q = linear('q_proj', x, heads * hd, cfg.attention_bias, ('embed', 'heads'))
     k = linear('k_proj', x, kv_heads * hd, cfg.attention_bias, ('embed', 'kv'))
@@ -338,8 +354,7 @@ class MLP(nn.Module):
     def linear(name, inp, features, axes):
       out = Dense(features, axes, dtype=dtype, name=name)(inp, deterministic)
       out = constrain(out, ('batch', 'length', axes[1]))
-      captures.record(prefix + name, inp, out)
-      return out
+      return captures.record(prefix + name, inp, out)
 
     gate = linear('gate_proj', x, cfg.intermediate_size, ('embed', 'mlp'))
     up = linear('up_proj', x, cfg.intermediate_size, ('embed', 'mlp'))
@@ -354,6 +369,8 @@ class DecoderLayer(nn.Module):
   config: ModelConfig
   layer_index: int
   capture: tuple[str, ...] = ()
+  # ((site, fn), ...) for this layer's module outputs (see ``Intervention``).
+  interventions: tuple = ()
 
   @nn.compact
   def __call__(
@@ -365,7 +382,7 @@ class DecoderLayer(nn.Module):
     layer_cache: Optional[dict],
   ):
     cfg = self.config
-    captures = _Captures(self.capture)
+    captures = _Captures(self.capture, dict(self.interventions))
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.norm_plus_one, name=name)
     attn_out, layer_cache = Attention(cfg, self.layer_index, name='self_attn')(
       norm('input_layernorm')(x), positions, mask_info, deterministic, captures, layer_cache
@@ -396,6 +413,11 @@ class Decoder(nn.Module):
     ``pos[t] - pos[s] < W``.
   * ``capture``: names to record ('residual', a linear name such as 'q_proj', a full path such as
     'layers_0/self_attn/q_proj', or 'all'); returns ``(logits, captures)`` then.
+  * ``interventions``: ``{site: fn}`` with sites ``'layers_{i}/residual'`` (the stream after layer
+    ``i``) or ``'<module path>/out'`` (e.g. ``'layers_1/mlp/down_proj/out'``); ``fn(y, x)``
+    returns the activation that replaces ``y`` from there on (``x``: the layer's or module's
+    input). Traced like the rest of the forward, so it runs under ``jit``; captures record the
+    values before the intervention. Used to splice SAE reconstructions in (``peft_jax.sae``).
   * ``cache``: KV cache from :func:`init_cache` for decoding; returns ``(logits, new_cache)``.
     This call's tokens go to cache slots ``[index, index + T)``; ``attention_mask`` then marks
     which of them are real. Positions must be given.
@@ -413,11 +435,14 @@ class Decoder(nn.Module):
     capture: Sequence[str] = (),
     deterministic: bool = True,
     cache: Optional[dict] = None,
+    interventions: Optional[Mapping[str, Intervention]] = None,
   ):
     cfg = self.config
     dtype = _compute_dtype(cfg)
     capture = tuple([capture] if isinstance(capture, str) else capture)
     _validate_capture(capture, cfg)
+    interventions = dict(interventions or {})
+    _validate_interventions(interventions, cfg)
     batch, length = tokens.shape
     if positions is None:
       if cache is not None:
@@ -439,12 +464,21 @@ class Decoder(nn.Module):
     want_residual = any(c in ('residual', 'all') for c in capture)
     for i in range(cfg.num_layers):
       layer_cache = None if cache is None else cache['layers'][i]
-      x, layer_captures, layer_cache = layer_cls(cfg, i, capture, name=f'layers_{i}')(
-        x, positions, mask_info, deterministic, layer_cache
+      prefix = f'layers_{i}/'
+      layer_interventions = tuple(
+        (site, fn)
+        for site, fn in sorted(interventions.items())
+        if site.startswith(prefix) and site.endswith('/out')
       )
+      x_in = x
+      x, layer_captures, layer_cache = layer_cls(
+        cfg, i, capture, layer_interventions, name=f'layers_{i}'
+      )(x, positions, mask_info, deterministic, layer_cache)
       captured.update(layer_captures)
       if want_residual:
         captured[f'layers_{i}/residual'] = x
+      if prefix + 'residual' in interventions:
+        x = _intervene(prefix + 'residual', interventions[prefix + 'residual'], x, x_in)
       if cache is not None:
         new_cache['layers'].append(layer_cache)
 
@@ -480,6 +514,23 @@ def _validate_capture(capture: tuple[str, ...], cfg: ModelConfig):
         f'capture name {name!r} matches no module; valid: residual, all, '
         f'{", ".join(LINEAR_NAMES)} or a full path such as {valid_paths[0]!r}'
       )
+
+
+def _validate_interventions(interventions: Mapping[str, Any], cfg: ModelConfig):
+  valid = []
+  for i in range(cfg.num_layers):
+    valid.append(f'layers_{i}/residual')
+    valid += [f'layers_{i}/self_attn/{n}/out' for n in LINEAR_NAMES[:4]]
+    valid += [f'layers_{i}/mlp/{n}/out' for n in LINEAR_NAMES[4:7]]
+  for site, fn in interventions.items():
+    if site not in valid:
+      raise ValueError(
+        f'intervention site {site!r} is not a site of this model; valid: '
+        f"'layers_{{i}}/residual' for i < {cfg.num_layers} or a module output such as "
+        f'{valid[1]!r}'
+      )
+    if not callable(fn):
+      raise TypeError(f'intervention at {site!r} must be a callable fn(y, x), got {type(fn)}')
 
 
 def _mask_info(tokens, positions, segment_ids, attention_mask, cache):

@@ -455,7 +455,7 @@ class SAEConfig:
     return {'activation': self.activation, 'k': self.k, 'bandwidth': self.bandwidth}
 
 
-class _StepSpec(NamedTuple):
+class StepSpec(NamedTuple):
   """The static part of a training step (what changes the compiled program)."""
 
   activation: str
@@ -466,8 +466,8 @@ class _StepSpec(NamedTuple):
   dead_after: int
 
 
-def _step_spec(config: SAEConfig) -> _StepSpec:
-  return _StepSpec(
+def step_spec(config: SAEConfig) -> StepSpec:
+  return StepSpec(
     config.activation,
     config.k,
     config.batch_size,
@@ -479,18 +479,26 @@ def _step_spec(config: SAEConfig) -> _StepSpec:
 
 # Adam without the learning rate, so the rate stays a traced scalar and a new rate (or a new λ, or a
 # new step count) reuses the compiled chunk.
-_ADAM = optax.scale_by_adam()
+ADAM = optax.scale_by_adam()
 
 
-def _train_step(spec: _StepSpec, acts, learning_rate, l1_coeff, carry, step_key):
-  params, opt_state, since_fired = carry
+def _train_step(spec: StepSpec, acts, learning_rate, l1_coeff, carry, step_key):
   idx = jax.random.randint(step_key, (spec.batch_size,), 0, acts.shape[0])
-  x = jnp.take(acts, idx, axis=0)
+  return update_step(spec, learning_rate, l1_coeff, carry, jnp.take(acts, idx, axis=0))
+
+
+def update_step(spec: StepSpec, learning_rate, l1_coeff, carry, x):
+  """One Adam step on the batch ``x: [batch, d]``; ``carry = (params, opt_state, since_fired)``.
+
+  The decoder gradient is projected onto the rows' tangent planes, the rows renormalised after
+  the update; ``since_fired`` counts steps since each feature last fired.
+  """
+  params, opt_state, since_fired = carry
   (loss, aux), grads = jax.value_and_grad(sae_loss, has_aux=True)(
     params, x, l1_coeff, spec.activation, k=spec.k, bandwidth=spec.bandwidth
   )
   grads = remove_parallel_decoder_grad(params, grads)
-  updates, opt_state = _ADAM.update(grads, opt_state, params)
+  updates, opt_state = ADAM.update(grads, opt_state, params)
   updates = jax.tree.map(lambda u: -learning_rate * u, updates)
   params = normalize_decoder(optax.apply_updates(params, updates))
   since_fired = jnp.where(aux['feature_fired'], 0, since_fired + 1)
@@ -500,7 +508,7 @@ def _train_step(spec: _StepSpec, acts, learning_rate, l1_coeff, carry, step_key)
 
 @functools.partial(jax.jit, static_argnames=('spec',))
 def _train_chunk(
-  params, opt_state, since_fired, acts, key, learning_rate, l1_coeff, *, spec: _StepSpec
+  params, opt_state, since_fired, acts, key, learning_rate, l1_coeff, *, spec: StepSpec
 ):
   """``spec.log_every`` steps under one ``lax.scan``; returns the carry and chunk-mean metrics."""
   keys = jax.random.split(key, spec.log_every)
@@ -526,8 +534,8 @@ def _zero_feature_entries(path, leaf, dead):
 
 
 @functools.partial(jax.jit, static_argnames=('spec', 'num_features', 'pool'))
-def _resample_dead(
-  params, opt_state, since_fired, acts, key, *, spec: _StepSpec, num_features: int, pool: int
+def resample_dead(
+  params, opt_state, since_fired, acts, key, *, spec: StepSpec, num_features: int, pool: int
 ):
   """Re-initialises dead features towards badly reconstructed inputs (Anthropic, 2023).
 
@@ -599,8 +607,8 @@ def train_sae(acts: Array, config: SAEConfig, key: Array) -> tuple[SAEParams, di
     init_threshold=config.init_threshold,
     b_dec=b_dec,
   )
-  opt_state = _ADAM.init(params)
-  spec = _step_spec(config)
+  opt_state = ADAM.init(params)
+  spec = step_spec(config)
   learning_rate = jnp.asarray(config.learning_rate, jnp.float32)
   l1_coeff = jnp.asarray(config.l1_coeff, jnp.float32)
   since_fired = jnp.zeros((config.num_features,), jnp.int32)
@@ -615,7 +623,7 @@ def train_sae(acts: Array, config: SAEConfig, key: Array) -> tuple[SAEParams, di
     )
     resampled = 0
     if config.resample_every and step % config.resample_every == 0 and step < config.num_steps:
-      params, opt_state, since_fired, count = _resample_dead(
+      params, opt_state, since_fired, count = resample_dead(
         params,
         opt_state,
         since_fired,

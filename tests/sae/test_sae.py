@@ -248,17 +248,17 @@ def test_resampling_reinitialises_only_dead_features():
   params = S.init_sae(jax.random.key(4), d, m)
   params['W_enc'] = params['W_enc'] * jnp.arange(1.0, m + 1.0)  # distinct encoder norms
   params['b_enc'] = jnp.full((m,), 0.25)
-  opt_state = sae_lib._ADAM.init(params)
+  opt_state = sae_lib.ADAM.init(params)
   opt_state = jax.tree.map(lambda leaf: jnp.ones_like(leaf) if leaf.ndim else leaf, opt_state)
   since = jnp.asarray([0, 5, 1, 3, 0, 2], jnp.int32)  # features 1 and 3 dead
   dead = np.asarray(since) >= 3
-  new, new_opt, new_since, count = sae_lib._resample_dead(
+  new, new_opt, new_since, count = sae_lib.resample_dead(
     params,
     opt_state,
     since,
     acts,
     jax.random.key(5),
-    spec=sae_lib._step_spec(config),
+    spec=sae_lib.step_spec(config),
     num_features=m,
     pool=32,
   )
