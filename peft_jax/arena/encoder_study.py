@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from peft_jax import hub
+from peft_jax import hub, models
 from peft_jax.adapters import api as adapters
 from peft_jax.arena import stages as stages_lib
 from peft_jax.arena.context import path_identity
@@ -57,6 +57,7 @@ TASKS = ('pydoc_topics', 'pydoc_same_section')
 TRAINED_FILE = 'trained.npz'
 BASE_EMBEDDINGS = 'general_embeddings.npy'
 METHOD_KEYS = ('kwargs', 'peak_lr', 'targets')
+_embedding_drift = jax.jit(embedding_geometry.embedding_drift)  # one program for every method
 
 
 # ---- what the study is, from the config alone --------------------------------------------------
@@ -264,7 +265,7 @@ def load_trained(start: Mapping, path: str) -> dict:
           f'injected tree has {tuple(value.shape)}; delete the train stage to retrain'
         )
       params[name] = jnp.asarray(saved[key], value.dtype)
-    tree = trees.set_path(tree, p, adapters.Adapted(node.base, params, node.frozen, node.method))
+    tree = trees.set_path(tree, p, dataclasses.replace(node, params=params))
   extra = sorted(set(saved) - expected)
   if extra:
     raise ValueError(f'{path}: arrays {extra[:4]} match no node of the injected tree')
@@ -274,9 +275,42 @@ def load_trained(start: Mapping, path: str) -> dict:
 # ---- stage functions ---------------------------------------------------------------------------
 
 
-def _correct(model, tree, data, batch_size) -> np.ndarray:
-  logits = classify.predict(model, tree, data, batch_size=batch_size)
-  return (np.argmax(logits, axis=-1) == np.asarray(data['labels']).reshape(-1)).astype(np.int64)
+def forward_rows(model, tree, data: Mapping[str, np.ndarray], batch_size: int) -> dict:
+  """``{'logits': [N, L], 'embeddings': [N, d]}`` of every row of ``data`` under ``tree``, in one
+  compiled program of ``[batch_size, T]`` (the last batch padded; padded rows dropped). The
+  embeddings are L2-normalised mean-pooled states: ``train.classify.embed_texts``'s, and the
+  logits ``train.classify.predict``'s, from one forward."""
+
+  def apply(t, b):
+    out = model.apply(
+      {'params': t}, b['tokens'], attention_mask=b['attention_mask'],
+      token_type_ids=b['token_type_ids'],
+    )  # fmt: skip
+    return out['logits'], models.l2_normalize(out['pooled'])
+
+  program = jax.jit(apply)
+  logits, pooled = [], []
+  n = len(data['tokens'])
+  for begin in range(0, n, batch_size):
+    chunk = {k: np.asarray(data[k])[begin : begin + batch_size] for k in classify.BATCH_KEYS[:3]}
+    real = len(chunk['tokens'])
+    if real < batch_size:
+      chunk = {k: np.pad(v, ((0, batch_size - real), (0, 0))) for k, v in chunk.items()}
+      chunk['attention_mask'][real:, 0] = 1  # a padded row needs one visible key
+    z, e = jax.device_get(program(tree, chunk))
+    logits.append(np.asarray(z)[:real])
+    pooled.append(np.asarray(e)[:real])
+  return {'logits': np.concatenate(logits), 'embeddings': np.concatenate(pooled)}
+
+
+def _outputs(ctx: EncoderContext, tree, config) -> tuple[np.ndarray, np.ndarray]:
+  """(per-example correctness on the test split, general-text embeddings): one program."""
+  batch = int(config.eval.batch_size)
+  test = forward_rows(ctx.model, tree, ctx.test_data, batch)
+  general = forward_rows(ctx.model, tree, ctx.general_data, batch)
+  labels = np.asarray(ctx.test_data['labels']).reshape(-1)
+  correct = (np.argmax(test['logits'], axis=-1) == labels).astype(np.int64)
+  return correct, general['embeddings']
 
 
 def _accuracy_entry(correct: np.ndarray, task: str, config) -> dict:
@@ -294,25 +328,12 @@ def _accuracy_entry(correct: np.ndarray, task: str, config) -> dict:
   }
 
 
-def _embed(ctx: EncoderContext, tree, config) -> np.ndarray:
-  return classify.embed_texts(
-    ctx.model,
-    tree,
-    ctx.tokenizer,
-    ctx.general_texts,
-    max_length=int(config.max_length),
-    batch_size=int(config.eval.batch_size),
-  )
-
-
 def stage_base(ctx: EncoderContext, config, task: str, out_dir: str) -> dict:
-  embeddings = _embed(ctx, ctx.params, config)
+  correct, embeddings = _outputs(ctx, ctx.params, config)
   files.atomic_write(
     os.path.join(out_dir, BASE_EMBEDDINGS), lambda f: np.save(f, embeddings), binary=True
   )
-  out = _accuracy_entry(
-    _correct(ctx.model, ctx.params, ctx.test_data, int(config.eval.batch_size)), task, config
-  )
+  out = _accuracy_entry(correct, task, config)
   out.update(
     num_general=len(ctx.general_texts),
     num_train=len(ctx.train),
@@ -376,20 +397,18 @@ def trained_tree(ctx, config, method: str, train_dir: str, keep: dict) -> dict:
 
 def stage_eval(ctx, config, task: str, tree, base_dir: str, out_dir: str) -> dict:
   del out_dir
-  out = _accuracy_entry(
-    _correct(ctx.model, tree, ctx.test_data, int(config.eval.batch_size)), task, config
-  )
+  correct, e1 = _outputs(ctx, tree, config)
+  out = _accuracy_entry(correct, task, config)
   e0 = np.load(os.path.join(base_dir, BASE_EMBEDDINGS))
-  e1 = _embed(ctx, tree, config)
-  drift = jax.jit(embedding_geometry.embedding_drift)(jnp.asarray(e0), jnp.asarray(e1))
+  drift = _embedding_drift(jnp.asarray(e0), jnp.asarray(e1))
   out['drift'] = {k: float(v) for k, v in drift.items()}
   rng = intervals.task_rng(int(config.seed), 'general_text')
   indices = rng.integers(0, len(e0), size=(int(config.eval.resamples), len(e0)))
-  reps = embedding_geometry.drift_replicates(jnp.asarray(e0), jnp.asarray(e1), jnp.asarray(indices))
-  confidence = float(config.eval.confidence)
-  out['drift_intervals'] = {
-    k: intervals.percentile_interval(np.asarray(v), confidence) for k, v in reps.items()
-  }
+  replicates = embedding_geometry.similarity_spearman_replicates(
+    jnp.asarray(e0), jnp.asarray(e1), jnp.asarray(indices)
+  )
+  interval = intervals.percentile_interval(np.asarray(replicates), float(config.eval.confidence))
+  out['drift_intervals'] = {'similarity_spearman': interval}
   return out
 
 

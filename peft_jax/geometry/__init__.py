@@ -32,10 +32,10 @@ from peft_jax.geometry.csd import (
   csd_general_vs_target,
 )
 from peft_jax.geometry.embeddings import (
-  drift_replicates,
   embedding_drift,
   pairwise_cosines,
   similarity_rank_correlation,
+  similarity_spearman_replicates,
 )
 from peft_jax.geometry.paths import (
   alpha_grid_params,

@@ -7,8 +7,8 @@ cosine-Gram distortion), :func:`similarity_rank_correlation` asks whether the fi
 still *orders* pairs of texts by similarity as the base did: the Spearman correlation of the
 ``n(n-1)/2`` pairwise cosine similarities before and after (1: the same ranking; the measure of
 sentence-embedding benchmarks such as STS, with the base model's similarities as the gold
-scores). :func:`drift_replicates` recomputes CKA and that correlation on bootstrap resamples of
-the texts, for intervals. docs/METRICS.md, "Sentence embeddings". Everything is jit-able.
+scores). :func:`similarity_spearman_replicates` recomputes that correlation on bootstrap
+resamples of the texts, for intervals. docs/METRICS.md, "Sentence embeddings". Everything is jit-able.
 """
 
 from __future__ import annotations
@@ -100,56 +100,37 @@ def _resampled_spearman(g0: Array, g1: Array, index: Array) -> Array:
   return jnp.sum(r0 * r1) / (jnp.linalg.norm(r0) * jnp.linalg.norm(r1) + EPS)
 
 
-def _resampled_cka(k0: Array, k1: Array, index: Array) -> Array:
-  """Linear CKA of the drawn rows from the linear kernels ``K = X Xᵀ``: with ``H`` the centring
-  matrix, ``‖X̄0ᵀX̄1‖_F² = tr(HK0H HK1H)`` and ``‖X̄ᵀX̄‖_F = ‖HKH‖_F``."""
-  a = _centre_kernel(k0[index][:, index])
-  b = _centre_kernel(k1[index][:, index])
-  return jnp.sum(a * b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + EPS)
-
-
-def _centre_kernel(k: Array) -> Array:
-  return k - k.mean(axis=0, keepdims=True) - k.mean(axis=1, keepdims=True) + k.mean()
-
-
-def drift_replicates(e0: Array, e1: Array, indices: Array) -> dict[str, Array]:
-  """Bootstrap replicates of linear CKA and of :func:`similarity_rank_correlation`.
+def similarity_spearman_replicates(e0: Array, e1: Array, indices: Array) -> Array:
+  """Bootstrap replicates of :func:`similarity_rank_correlation`.
 
   Replicate ``j`` draws the texts ``indices[j]`` (``n`` row indices, with replacement) and
-  recomputes both statistics on them. CKA takes the drawn rows as they are (a text drawn twice
-  weighs twice), computed from the ``n x n`` linear kernels (the same number as
-  :func:`~peft_jax.geometry.activations.linear_cka` of the drawn rows). The rank correlation
-  is taken over the pairs of drawn positions ``p < q`` whose texts differ
-  (``indices[j, p] != indices[j, q]``): a text paired with itself is no pair, and its cosine
-  would be 1 in both models. Pairs that repeat (one text drawn twice, paired with a third)
-  tie, and ties take their average rank, as in ``scipy.stats.spearmanr``. With
-  ``indices[j] = arange(n)`` both equal :func:`embedding_drift`'s values (up to its tie rule).
+  recomputes the rank correlation over the pairs of drawn positions ``p < q`` whose texts
+  differ (``indices[j, p] != indices[j, q]``): a text paired with itself is no pair, and its
+  cosine would be 1 in both models. Pairs that repeat (one text drawn twice, paired with a
+  third) tie, and ties take their average rank, as in ``scipy.stats.spearmanr``. With
+  ``indices[j] = arange(n)`` it equals :func:`similarity_rank_correlation` (up to its tie
+  rule). (Linear CKA has no such replicates here: repeated rows bias it upwards, so its
+  percentile interval need not even hold the point estimate.)
 
   Args:
     e0: ``[n, d0]`` base embeddings.
     e1: ``[n, d1]`` fine-tuned embeddings of the same texts.
     indices: ``[B, n]`` int row indices, one resample per row.
   Returns:
-    ``{'cka': [B], 'similarity_spearman': [B]}`` float32.
+    ``[B]`` float32.
   """
   if e0.shape[0] != e1.shape[0] or indices.ndim != 2:
     raise ValueError(
-      f'drift_replicates: need e0, e1 with the same rows and indices [B, n]; got {e0.shape}, '
-      f'{e1.shape}, {indices.shape}'
+      'similarity_spearman_replicates: need e0, e1 with the same rows and indices [B, n]; '
+      f'got {e0.shape}, {e1.shape}, {indices.shape}'
     )
-  return _drift_replicates(e0, e1, indices)
+  return _spearman_replicates(e0, e1, indices)
 
 
 @jax.jit
-def _drift_replicates(e0: Array, e1: Array, indices: Array) -> dict[str, Array]:
+def _spearman_replicates(e0: Array, e1: Array, indices: Array) -> Array:
   e0, e1 = e0.astype(jnp.float32), e1.astype(jnp.float32)
   z0 = e0 / jnp.maximum(jnp.linalg.norm(e0, axis=-1, keepdims=True), EPS)
   z1 = e1 / jnp.maximum(jnp.linalg.norm(e1, axis=-1, keepdims=True), EPS)
   g0, g1 = z0 @ z0.T, z1 @ z1.T
-  k0, k1 = e0 @ e0.T, e1 @ e1.T  # linear kernels: CKA in sample space costs n² per replicate
-
-  def one(index):
-    return _resampled_cka(k0, k1, index), _resampled_spearman(g0, g1, index)
-
-  cka, spearman = jax.vmap(one)(indices)
-  return {'cka': cka, 'similarity_spearman': spearman}
+  return jax.vmap(lambda index: _resampled_spearman(g0, g1, index))(indices)

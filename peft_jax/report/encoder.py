@@ -18,7 +18,7 @@ Results schema (every key required unless marked optional):
     "methods": {name: {
         "accuracy": float, "interval": [lo, hi] | None,           # test accuracy, 95% bootstrap
         "drift": {"cka", "procrustes", "gram", "similarity_spearman": float},  # general text
-        "drift_intervals": {"cka": [lo, hi] | None, "similarity_spearman": [lo, hi] | None},
+        "drift_intervals": {"similarity_spearman": [lo, hi] | None},  # bootstrap of the texts
         "trainable_params": int, "head_params": int, "total_params": int,
         "train_time_s": float, "num_compiles": int, "peak_lr": float, "steps": int,
         "train_loss": [float per step]}},
@@ -252,7 +252,8 @@ def _plane(figures: Mapping[str, str]) -> list[doc.Block]:
     doc.Image(
       figures['plane'],
       'stability-plasticity plane',
-      'Accuracy vs similarity Spearman (left) and vs CKA (right), 95% intervals.',
+      'Accuracy vs similarity Spearman (left) and vs CKA (right); bars: 95% bootstrap '
+      'intervals of accuracy (test examples) and of the Spearman (general texts).',
     ),
   ]
 
@@ -267,7 +268,7 @@ def method_rows(results: Mapping[str, Any]) -> list[tuple[str, ...]]:
         name,
         _ci(m['accuracy'], m['interval']),
         _ci(d['similarity_spearman'], di.get('similarity_spearman')),
-        _ci(d['cka'], di.get('cka')),
+        fmt.fmt_score(d['cka']),
         fmt.fmt_metric(d['procrustes']),
         fmt.fmt_metric(d['gram']),
         fmt.fmt_params(m['trainable_params']),
@@ -282,7 +283,7 @@ METHOD_COLUMNS = (
   'Method',
   'Accuracy [95% CI]',
   'Similarity Spearman [95% CI]',
-  'CKA [95% CI]',
+  'CKA',
   'Procrustes',
   'Gram',
   'Trainable params',
