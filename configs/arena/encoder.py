@@ -72,6 +72,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       optimizer=dict(peak_lr=1e-3, warmup_steps=5, decay='cosine', clip_norm=1.0),
     )
   )
+  # The head alone on the frozen base: the plane's base point (retention 1 by construction).
+  config.probe = ml_collections.ConfigDict(dict(enabled=True, peak_lr=5e-3))
   config.eval = ml_collections.ConfigDict(
     dict(batch_size=64, resamples=1000, confidence=0.95)  # bootstrap of the intervals
   )

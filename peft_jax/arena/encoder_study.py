@@ -8,6 +8,8 @@ arena").
 
 ``base_<task>``   the base encoder's sentence embeddings of the held-out general texts (the
                   reference of every forgetting number) and the accuracy of its fresh head
+``probe_<task>``  the head alone trained on the frozen base (a linear probe; ``config.probe``):
+                  the accuracy the base's features give without fine-tuning the encoder
 ``train_<m>``     method m plus the head (``modules_to_save``) trained on the task's train
                   split (``train.classify.train_classifier``); the trained arrays are kept
 ``eval_<m>``      test accuracy with a bootstrap 95% interval; on the general texts CKA,
@@ -156,10 +158,12 @@ def _slices(config, plan: EncoderPlan) -> dict:
   }
 
 
-def _train_slice(config, plan: EncoderPlan, method: str) -> dict:
+def _train_slice(config, plan: EncoderPlan, method: Optional[str]) -> dict:
+  """What a training run reads; ``method=None``: the head-only probe."""
   train = config.train.to_dict()
   train.pop('targets', None)
-  return dict(_world(config, plan), method=method, train=train, **method_settings(config, method))
+  settings = method_settings(config, method) if method is not None else {}
+  return dict(_world(config, plan), method=method, train=train, **settings)
 
 
 # ---- the loaded context ------------------------------------------------------------------------
@@ -386,6 +390,40 @@ def stage_train(ctx: EncoderContext, config, method: str, out_dir: str, keep: di
   }
 
 
+def stage_probe(ctx: EncoderContext, config, task: str, out_dir: str) -> dict:
+  """The head alone on the frozen base (``method=None``): a linear probe of the sentence
+  embeddings with ``head_type='mean'``. Its encoder is the base's, so its geometry columns are
+  the base's (retention 1) by construction."""
+  del out_dir
+  optimizer = dict(config.train.optimizer.to_dict(), peak_lr=float(config.probe.peak_lr))
+  start = time.perf_counter()
+  result = classify.train_classifier(
+    ctx.model,
+    ctx.params,
+    None,
+    ctx.train_data,
+    modules_to_save=tuple(config.train.modules_to_save),
+    steps=int(config.train.steps),
+    batch_size=int(config.train.batch_size),
+    seed=int(config.seed),
+    optimizer=optimizer,
+  )
+  seconds = time.perf_counter() - start
+  test = forward_rows(ctx.model, result.tree, ctx.test_data, int(config.eval.batch_size))
+  labels = np.asarray(ctx.test_data['labels']).reshape(-1)
+  correct = (np.argmax(test['logits'], axis=-1) == labels).astype(np.int64)
+  out = _accuracy_entry(correct, task, config)
+  out.update(
+    train_loss=[float(loss) for _, loss in result.losses],
+    train_time_s=seconds,
+    num_compiles=int(result.num_compiles),
+    trainable_params=int(adapters.count_params(result.tree)['trainable']),
+    peak_lr=float(config.probe.peak_lr),
+    steps=int(config.train.steps),
+  )
+  return out
+
+
 def trained_tree(ctx, config, method: str, train_dir: str, keep: dict) -> dict:
   """The trained tree of ``method``: kept from this process's training, else reloaded."""
   if method not in keep:
@@ -477,11 +515,23 @@ def base_stage(plan: EncoderPlan) -> str:
   return f'base_{plan.task}'
 
 
+def probe_stage(plan: EncoderPlan) -> str:
+  return f'probe_{plan.task}'
+
+
 def _graph(config, plan: EncoderPlan, get_ctx) -> _Graph:
   slices = _slices(config, plan)
   graph, keep = _Graph(), {}
   base = base_stage(plan)
   graph.add(base, slices['base'], fn=lambda d: stage_base(get_ctx(), config, plan.task, d))
+  if config.probe.enabled:
+    graph.add(
+      probe_stage(plan),
+      dict(
+        _train_slice(config, plan, None), probe=config.probe.to_dict(), eval=config.eval.to_dict()
+      ),
+      fn=lambda d: stage_probe(get_ctx(), config, plan.task, d),
+    )
   for method in plan.methods:
     train = f'train_{method}'
 
@@ -575,6 +625,13 @@ def assemble(config, plan: EncoderPlan, runner: stages_lib.StageRunner, extra: d
       gates[method] = {
         k: runner.result(f'gates_{method}')[k] for k in ('layers', 'general', 'target')
       }
+  probe = None
+  if runner.done(probe_stage(plan)) and config.probe.enabled:
+    stored = runner.result(probe_stage(plan))
+    probe = {
+      k: stored[k]
+      for k in ('accuracy', 'interval', 'train_loss', 'train_time_s', 'trainable_params', 'peak_lr')
+    }
   return {
     'study': STUDY,
     'title': str(config.title),
@@ -589,6 +646,7 @@ def assemble(config, plan: EncoderPlan, runner: stages_lib.StageRunner, extra: d
     },
     'general': {'num_texts': base['num_general']},
     'base': {'accuracy': base['accuracy'], 'interval': base['interval']},
+    'probe': probe,
     'methods': methods,
     'gates': gates,
     'excluded': dict(plan.excluded),

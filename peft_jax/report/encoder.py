@@ -15,6 +15,8 @@ Results schema (every key required unless marked optional):
     "task": {"name": str, "labels": [str], "num_train": int, "num_test": int, "chance": float},
     "general": {"num_texts": int},
     "base": {"accuracy": float, "interval": [lo, hi] | None},     # the base with its fresh head
+    "probe": {"accuracy", "interval", "train_loss", "train_time_s", "trainable_params",
+              "peak_lr"} | None,                       # optional: the head alone, frozen base
     "methods": {name: {
         "accuracy": float, "interval": [lo, hi] | None,           # test accuracy, 95% bootstrap
         "drift": {"cka", "procrustes", "gram", "similarity_spearman": float},  # general text
@@ -153,8 +155,9 @@ def plot_plane(results: Mapping[str, Any], path: str) -> str:
         ax.scatter(
           [x], [y], s=80, color=color, marker=marker, edgecolor='black', linewidth=0.6, zorder=4
         )
-      base_y = float(base['accuracy'])
-      base_entry = {'intervals': {'y': base.get('interval')}}
+      anchor = results.get('probe') or base  # the frozen base: with its trained head if run
+      base_y = float(anchor['accuracy'])
+      base_entry = {'intervals': {'y': anchor.get('interval')}}
       base_err = figs._error_bar(base_entry, 'y', base_y)  # pylint: disable=protected-access
       ax.errorbar([1.0], [base_y], yerr=base_err, fmt='none', ecolor='0.35', lw=1.0, capsize=2.5)
       ax.scatter(
@@ -178,7 +181,7 @@ def plot_plane(results: Mapping[str, Any], path: str) -> str:
         figure,
         ax,
         [(1.0, base_y), *zip(xs, ys)],
-        ['base', *names],
+        ['base + head' if results.get('probe') else 'base', *names],
         ['black', *[styles[n][0] for n in names]],
       )
     axes[0].set_ylabel(f'test accuracy ({results["task"]["name"]})  →  more plastic')
@@ -212,6 +215,7 @@ def _summary(results: Mapping[str, Any]) -> list[doc.Block]:
   stable = max(methods, key=lambda n: float(methods[n]['drift']['similarity_spearman']))
   boot = results.get('bootstrap') or {}
   top, kept = methods[best], methods[stable]
+  probe = results.get('probe')
   kept_rho = _ci(
     kept['drift']['similarity_spearman'], kept['drift_intervals'].get('similarity_spearman')
   )
@@ -229,7 +233,12 @@ def _summary(results: Mapping[str, Any]) -> list[doc.Block]:
       (
         f'Highest test accuracy: {best}, {_ci(top["accuracy"], top["interval"])}'
         f' (majority class {fmt.fmt_score(task["chance"])}; base with its untrained head '
-        f'{_ci(results["base"]["accuracy"], results["base"].get("interval"))}).',
+        f'{_ci(results["base"]["accuracy"], results["base"].get("interval"))}'
+        + (
+          f'; head alone on the frozen base {_ci(probe["accuracy"], probe.get("interval"))}).'
+          if probe
+          else ').'
+        ),
         f'Most retained general-text geometry (similarity Spearman): {stable}, {kept_rho}.',
         f'Intervals are {int(100 * float(boot.get("confidence", 0.95)))}% percentile bootstrap '
         f'intervals ({boot.get("resamples", "?")} resamples of the test examples or of the '
@@ -242,12 +251,17 @@ def _summary(results: Mapping[str, Any]) -> list[doc.Block]:
   return blocks
 
 
-def _plane(figures: Mapping[str, str]) -> list[doc.Block]:
+def _plane(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[doc.Block]:
+  star = (
+    'the base encoder with only its head trained (the linear probe)'
+    if results.get('probe')
+    else 'the base with its fresh, untrained head'
+  )
   return [
     doc.Paragraph(
       "y: test accuracy on the target task. x: how much of the base model's geometry of "
-      "general text survives, 1 for the base itself (the star, placed at its fresh head's "
-      'accuracy). Up is plasticity, right is stability.'
+      f'general text survives, 1 for the base itself. The star is {star}: what the frozen '
+      'features give. Up is plasticity, right is stability.'
     ),
     doc.Image(
       figures['plane'],
@@ -292,22 +306,38 @@ METHOD_COLUMNS = (
 )
 
 
-def _methods(results: Mapping[str, Any]) -> list[doc.Block]:
+def base_rows(results: Mapping[str, Any]) -> list[tuple[str, ...]]:
+  """Rows of the frozen base: its fresh head, and its trained head (the probe) when run. The
+  encoder is the base's, so the geometry columns are the identity's values."""
+  unchanged = (fmt.fmt_score(1.0), fmt.fmt_score(1.0), fmt.fmt_metric(0.0), fmt.fmt_metric(0.0))
   base = results['base']
+  rows = [('base (untrained head)', _ci(base['accuracy'], base.get('interval')), *unchanged,
+           '0', fmt.fmt_percent(0, 1), fmt.NOT_AVAILABLE)]  # fmt: skip
+  probe = results.get('probe')
+  if probe:
+    total = next(iter(results['methods'].values()))['total_params']
+    rows.append(('base + head (probe)', _ci(probe['accuracy'], probe.get('interval')),
+                 *unchanged, fmt.fmt_params(probe['trainable_params']),
+                 fmt.fmt_percent(probe['trainable_params'], total),
+                 fmt.fmt_seconds(probe['train_time_s'])))  # fmt: skip
+  return rows
+
+
+def _methods(results: Mapping[str, Any]) -> list[doc.Block]:
   return [
     doc.Paragraph(
       'Accuracy on the test split; the four geometry columns compare sentence embeddings of '
       "the general texts with the base model's (Spearman and CKA: 1 = unchanged; Procrustes "
       'residual and Gram distortion: 0 = unchanged). Trainable parameters include the head '
       f'({fmt.fmt_params(next(iter(results["methods"].values())).get("head_params"))}). Train '
-      'time includes the compilation of the step. Base with its untrained head: accuracy '
-      f'{_ci(base["accuracy"], base.get("interval"))}.'
+      'time includes the compilation of the step. The base rows keep the base encoder, so '
+      'their geometry is unchanged by construction.'
     ),
     doc.Table(
       'methods-table',
       'Per method',
       METHOD_COLUMNS,
-      tuple(method_rows(results)),
+      tuple(base_rows(results) + method_rows(results)),
       ('l',) + ('r',) * (len(METHOD_COLUMNS) - 1),
     ),
   ]
@@ -373,6 +403,13 @@ def _training(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[do
     )
     for name, m in results['methods'].items()
   )
+  probe = results.get('probe')
+  if probe:
+    loss = probe['train_loss']
+    rows = ((
+      'base + head (probe)', str(len(loss)), fmt.fmt_lr(probe['peak_lr']), fmt.fmt_metric(loss[0]),
+      fmt.fmt_metric(loss[-1]), 'n/a', fmt.fmt_seconds(probe['train_time_s']),
+    ),) + rows  # fmt: skip
   return [
     doc.Table(
       'training-table',
@@ -434,7 +471,7 @@ def _versions_timing(results: Mapping[str, Any]) -> list[doc.Block]:
 def build_encoder_document(results: Mapping[str, Any], figures: Mapping[str, str]) -> doc.Document:
   bodies = {
     'summary': _summary(results),
-    'stability-plasticity': _plane(figures),
+    'stability-plasticity': _plane(results, figures),
     'methods': _methods(results),
     'gates': _gates(results, figures),
     'training': _training(results, figures),

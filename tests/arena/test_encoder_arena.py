@@ -67,7 +67,8 @@ def _numbers(cell: str) -> list[float]:
 def test_every_stage_and_report_section(smoke_run):
   config, workdir, results = smoke_run
   runner = stages_lib.StageRunner(workdir, readonly=True)
-  expected = ['base_pydoc_topics', 'train_disel', 'eval_disel', 'gates_disel']  # has_gates
+  expected = ['base_pydoc_topics', 'probe_pydoc_topics', 'train_disel', 'eval_disel']
+  expected.append('gates_disel')  # DISeL has_gates
   assert results['timing']['ran'] == expected
   markdown = open(os.path.join(workdir, 'report', 'index.md')).read()
   page = open(os.path.join(workdir, 'report', 'index.html')).read()
@@ -79,8 +80,17 @@ def test_every_stage_and_report_section(smoke_run):
 
   # Every number of the methods table is a stage output, rounded as printed.
   rows = {row[0]: row for row in _table_rows(markdown, 'Per method')}
-  assert list(rows) == ['disel']
-  for method, row in rows.items():
+  assert list(rows) == ['base (untrained head)', 'base + head (probe)', 'disel']
+  for name, stage in (('base (untrained head)', 'base'), ('base + head (probe)', 'probe')):
+    stored = runner.result(f'{stage}_pydoc_topics')
+    np.testing.assert_allclose(
+      _numbers(rows[name][1]), [stored['accuracy'], *stored['interval']], atol=5e-4 + 1e-12
+    )
+  probe = runner.result('probe_pydoc_topics')
+  assert probe['trainable_params'] == 32 * 3 + 3  # the head alone: kernel [d, 3] and bias
+  assert _numbers(rows['base + head (probe)'][6])[0] == probe['trainable_params']
+  for method in ['disel']:
+    row = rows[method]
     ev, train = runner.result(f'eval_{method}'), runner.result(f'train_{method}')
     accuracy, lo, hi = _numbers(row[1])
     np.testing.assert_allclose(
@@ -159,12 +169,12 @@ def test_rerun_reuses_every_stage_and_plans(smoke_run):
   changed.methods.disel.peak_lr = 1e-2
   decisions = {d.name: d for d in encoder_study.plan_encoder_arena(changed, workdir)}
   runs = sorted(n for n, d in decisions.items() if d.action != 'reuse')
-  assert runs == ['eval_disel', 'gates_disel', 'report', 'train_disel']
+  assert runs == ['eval_disel', 'gates_disel', 'report', 'train_disel']  # not the probe
   assert 'peak_lr: 0.002 -> 0.01' in decisions['train_disel'].reason
   changed.methods.disel.peak_lr = config.methods.disel.peak_lr
   changed.general.num_texts = 10  # the general texts feed every stage but training
   decisions = encoder_study.plan_encoder_arena(changed, workdir)
-  assert [d.name for d in decisions if d.action == 'reuse'] == ['train_disel']
+  assert [d.name for d in decisions if d.action == 'reuse'] == ['probe_pydoc_topics', 'train_disel']
 
 
 def test_methods_that_only_copy_modules_are_excluded(tiny_bert):
