@@ -42,7 +42,11 @@ def main(argv):
     lo, hi = m['interval'] or (float('nan'), float('nan'))
     rho = m['drift']['similarity_spearman']
     print(f'{name:<8} accuracy {m["accuracy"]:.3f} [{lo:.3f}, {hi:.3f}]  similarity rho {rho:.3f}')
-  print(f'report: {_WORKDIR.value}/report/index.html ({results["timing"]["total_s"]:.0f} s in all)')
+  timing = results['timing']
+  print(
+    f'report: {_WORKDIR.value}/report/index.html (this run {timing["total_s"]:.0f} s; '
+    f'the stages took {sum(timing["stages"].values()):.0f} s when computed)'
+  )
 
 
 if __name__ == '__main__':

@@ -632,6 +632,17 @@ def assemble(config, plan: EncoderPlan, runner: stages_lib.StageRunner, extra: d
       k: stored[k]
       for k in ('accuracy', 'interval', 'train_loss', 'train_time_s', 'trainable_params', 'peak_lr')
     }
+    # Paired bootstrap of (method - probe) accuracy: the same test examples, the same draws.
+    for method in plan.methods:
+      correct = runner.result(f'eval_{method}')['correct']
+      paired = intervals.paired_intervals(
+        {plan.task: dict(intervals.unit_stats(stored['correct']), kind='target')},
+        {plan.task: dict(intervals.unit_stats(correct), kind='target')},
+        resamples=int(config.eval.resamples),
+        seed=int(config.seed),
+        confidence=float(config.eval.confidence),
+      )
+      methods[method]['gain_over_probe'] = paired['tasks'][plan.task]
   return {
     'study': STUDY,
     'title': str(config.title),

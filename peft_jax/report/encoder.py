@@ -23,7 +23,8 @@ Results schema (every key required unless marked optional):
         "drift_intervals": {"similarity_spearman": [lo, hi] | None},  # bootstrap of the texts
         "trainable_params": int, "head_params": int, "total_params": int,
         "train_time_s": float, "num_compiles": int, "peak_lr": float, "steps": int,
-        "train_loss": [float per step]}},
+        "train_loss": [float per step],
+        "gain_over_probe": {"delta", "interval", "within_noise"}}},  # optional: paired bootstrap
     "gates": {name: {"layers": [module], "general": [[g per rank]], "target": [[...]]}},
     "excluded": {name: reason},
     "bootstrap": {"resamples": int, "seed": int, "confidence": float},
@@ -288,9 +289,18 @@ def method_rows(results: Mapping[str, Any]) -> list[tuple[str, ...]]:
         fmt.fmt_params(m['trainable_params']),
         fmt.fmt_percent(m['trainable_params'], m['total_params']),
         fmt.fmt_seconds(m['train_time_s']),
+        _gain(m.get('gain_over_probe')),
       )
     )
   return rows
+
+
+def _gain(difference: Any) -> str:
+  """``+1.7 [-5.0, +8.3]`` points, ``(noise)`` when the interval holds 0; ``n/a`` without."""
+  if not difference:
+    return fmt.NOT_AVAILABLE
+  text = fmt.fmt_points_ci(difference['delta'], difference['interval'], signed=True)
+  return text + (' (noise)' if difference.get('within_noise') else '')
 
 
 METHOD_COLUMNS = (
@@ -303,6 +313,7 @@ METHOD_COLUMNS = (
   'Trainable params',
   'Trainable %',
   'Train time',
+  'Gain over probe (pts) [95% CI]',
 )
 
 
@@ -312,14 +323,14 @@ def base_rows(results: Mapping[str, Any]) -> list[tuple[str, ...]]:
   unchanged = (fmt.fmt_score(1.0), fmt.fmt_score(1.0), fmt.fmt_metric(0.0), fmt.fmt_metric(0.0))
   base = results['base']
   rows = [('base (untrained head)', _ci(base['accuracy'], base.get('interval')), *unchanged,
-           '0', fmt.fmt_percent(0, 1), fmt.NOT_AVAILABLE)]  # fmt: skip
+           '0', fmt.fmt_percent(0, 1), fmt.NOT_AVAILABLE, fmt.NOT_AVAILABLE)]  # fmt: skip
   probe = results.get('probe')
   if probe:
     total = next(iter(results['methods'].values()))['total_params']
     rows.append(('base + head (probe)', _ci(probe['accuracy'], probe.get('interval')),
                  *unchanged, fmt.fmt_params(probe['trainable_params']),
                  fmt.fmt_percent(probe['trainable_params'], total),
-                 fmt.fmt_seconds(probe['train_time_s'])))  # fmt: skip
+                 fmt.fmt_seconds(probe['train_time_s']), 'reference'))  # fmt: skip
   return rows
 
 
@@ -331,7 +342,9 @@ def _methods(results: Mapping[str, Any]) -> list[doc.Block]:
       'residual and Gram distortion: 0 = unchanged). Trainable parameters include the head '
       f'({fmt.fmt_params(next(iter(results["methods"].values())).get("head_params"))}). Train '
       'time includes the compilation of the step. The base rows keep the base encoder, so '
-      'their geometry is unchanged by construction.'
+      'their geometry is unchanged by construction. Gain over probe: accuracy minus the '
+      "probe's, in points, with a paired bootstrap interval over the same test examples; "
+      '(noise) marks an interval that holds 0.'
     ),
     doc.Table(
       'methods-table',
@@ -450,19 +463,22 @@ def _versions_timing(results: Mapping[str, Any]) -> list[doc.Block]:
   if items:
     blocks.append(doc.Bullets(tuple(items)))
   if timing is not None:
-    total = float(timing['total_s'])
+    stages = timing['stages']
+    total = float(sum(stages.values()))
+    reused = set(timing.get('reused') or ())
     rows = [
-      (stage, fmt.fmt_seconds(s), fmt.fmt_percent(s, total))
-      for stage, s in timing['stages'].items()
+      (stage, fmt.fmt_seconds(s), fmt.fmt_percent(s, total), 'yes' if stage in reused else '')
+      for stage, s in stages.items()
     ]
-    rows.append(('total', fmt.fmt_seconds(total), fmt.fmt_percent(total, total)))
+    rows.append(('sum of the stages', fmt.fmt_seconds(total), fmt.fmt_percent(total, total), ''))
+    rows.append(('this run, wall', fmt.fmt_seconds(timing['total_s']), '', ''))
     blocks.append(
       doc.Table(
         'timing-table',
-        'Wall time per stage (as computed, also when reused)',
-        ('Stage', 'Time', 'Share'),
+        'Wall time per stage (a reused stage shows the time it took when computed)',
+        ('Stage', 'Time', 'Share', 'Reused'),
         tuple(rows),
-        ('l', 'r', 'r'),
+        ('l', 'r', 'r', 'l'),
       )
     )
   return blocks

@@ -112,6 +112,12 @@ def test_every_stage_and_report_section(smoke_run):
     assert ev['accuracy'] == pytest.approx(np.mean(ev['correct']))
     assert ev['interval'][0] <= ev['accuracy'] <= ev['interval'][1]
     assert len(train['train_loss']) == config.train.steps
+    # The paired gain over the probe: the point is the difference of the two accuracies.
+    gain = _numbers(row[9])
+    np.testing.assert_allclose(
+      gain[0], 100 * (ev['accuracy'] - probe['accuracy']), atol=0.05 + 1e-9
+    )
+    assert gain[1] <= gain[0] <= gain[2]
   gates = _table_rows(markdown, 'disel: mean gate per layer')
   stored = runner.result('gates_disel')
   assert [int(r[0]) for r in gates] == [0, 1]
