@@ -57,7 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def drift_entries(config: ml_collections.ConfigDict) -> dict:
-  """``config.drift_adapters`` merged with the entries of ``config.drift_adapters_file``."""
+  """``config.drift_adapters`` merged with the entries of ``config.drift_adapters_file``, by name."""
   entries = dict(config.drift_adapters.to_dict())
   path = config.get('drift_adapters_file') or ''
   if path:
@@ -80,7 +80,7 @@ def drift_entries(config: ml_collections.ConfigDict) -> dict:
       if entry.get('adapter_dir') and not os.path.isabs(entry['adapter_dir']):
         entry['adapter_dir'] = os.path.join(base, entry['adapter_dir'])
       entries[name] = entry
-  return entries
+  return dict(sorted(entries.items()))
 
 
 def _load_base(config):
