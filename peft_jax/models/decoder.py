@@ -594,14 +594,15 @@ def init_params(config: ModelConfig, key: Array, batch: int = 1, length: int = 8
 @functools.lru_cache(maxsize=32)
 def _jitted_init(config: ModelConfig, batch: int, length: int):
   # Jitted (and cached per config): op-by-op initialisation of every layer is slow on CPU.
-  tokens = jnp.zeros((batch, length), jnp.int32)
+  # NumPy, not jnp: a first call under a trace (eval_shape) must not cache a tracer.
+  tokens = np.zeros((batch, length), np.int32)
   return jax.jit(lambda key: nn.meta.unbox(Decoder(config).init(key, tokens)['params']))
 
 
 @functools.lru_cache(maxsize=32)
 def declared_axes(config: ModelConfig) -> dict:
   """``{'/'-joined param path: logical axis names}`` as the modules declare them at creation."""
-  tokens = jnp.zeros((1, 8), jnp.int32)
+  tokens = np.zeros((1, 8), np.int32)
   boxed = jax.eval_shape(lambda: Decoder(config).init(jax.random.key(0), tokens)['params'])
   flat = jax.tree_util.tree_flatten_with_path(
     boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)

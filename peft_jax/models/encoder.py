@@ -33,6 +33,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from peft_jax.models.decoder import _MASK_VALUE, Axes, Dense, _activation, _Captures, _weight
 
@@ -504,14 +505,15 @@ def init_encoder_params(config: EncoderConfig, key: Array, batch: int = 1, lengt
 
 @functools.lru_cache(maxsize=32)
 def _jitted_init(config: EncoderConfig, batch: int, length: int):
-  tokens = jnp.full((batch, length), config.pad_token_id + 1, jnp.int32) % config.vocab_size
+  # NumPy, not jnp: a first call under a trace (eval_shape) must not cache a tracer.
+  tokens = np.full((batch, length), (config.pad_token_id + 1) % config.vocab_size, np.int32)
   return jax.jit(lambda key: nn.meta.unbox(Encoder(config).init(key, tokens)['params']))
 
 
 @functools.lru_cache(maxsize=32)
 def declared_encoder_axes(config: EncoderConfig) -> dict:
   """``{'/'-joined param path: logical axis names}`` as the encoder's modules declare them."""
-  tokens = jnp.zeros((1, 4), jnp.int32)
+  tokens = np.zeros((1, 4), np.int32)
   boxed = jax.eval_shape(lambda: Encoder(config).init(jax.random.key(0), tokens)['params'])
   flat = jax.tree_util.tree_flatten_with_path(
     boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)

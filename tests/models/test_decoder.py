@@ -344,3 +344,22 @@ def test_qwen2_sliding_window_layers_match_transformers(tmp_path):
     ).logits.numpy()
   ours = np.asarray(_forward(model.config)(params, tokens, mask))
   assert np.abs(ours - ref)[mask == 1].max() < 1e-4
+
+
+def test_init_params_first_called_under_a_trace_caches_no_tracer():
+  """``init_params`` caches its jitted initialiser per config; a first call inside
+  ``jax.eval_shape`` (the planner, sharding tests) must not leave a tracer in that cache."""
+  config = ModelConfig(
+    vocab_size=61,
+    hidden_size=16,
+    intermediate_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=8,
+  )
+  shapes = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+  params = init_params(config, jax.random.PRNGKey(0))  # leaked a tracer before the fix
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), params) == jax.tree.map(
+    lambda x: (x.shape, x.dtype), shapes
+  )
