@@ -134,7 +134,11 @@ def run(main: Callable[[list[str]], Any]) -> None:
     try:
       return main(argv)
     except RunFailure as error:
-      sys.stderr.write(f'{type(error).__name__}: {error}\n')
+      # One write that starts on a fresh line: a background thread (orbax's serializers after a
+      # failed save) may be half-way through printing its own traceback, and the report must
+      # still be a line of its own that a reader or a script can find.
+      sys.stderr.flush()
+      sys.stderr.write(f'\n{type(error).__name__}: {error}\n')
       sys.stderr.flush()
       sys.exit(getattr(error, 'exit_code', 1))
 
