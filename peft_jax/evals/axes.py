@@ -51,8 +51,10 @@ def evaluate_scores(
   *,
   resamples: int = intervals.DEFAULT_RESAMPLES,
   seed: int = intervals.DEFAULT_SEED,
+  loglik_fn=None,
 ) -> dict[str, Any]:
-  """Scores of ``generate_fn`` on ``tasks``, with their bootstrap intervals.
+  """Scores of ``generate_fn`` on ``tasks``, with their bootstrap intervals (``loglik_fn``:
+  the same model's log-likelihoods, for perplexity tasks; ``peft_jax.evals.loglik``).
 
   Returns:
     ``{'tasks': {name: score}, 'target': float, 'general': float, 'per_example': {name:
@@ -70,6 +72,7 @@ def evaluate_scores(
     batch_size=batch_size,
     out_dir=out_dir,
     generate_fn=generate_fn,
+    loglik_fn=loglik_fn,
   )
   scores = {name: float(r['score']) for name, r in summary['tasks'].items()}
   per_example = {name: r['per_example'] for name, r in summary['tasks'].items()}

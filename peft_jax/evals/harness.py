@@ -11,7 +11,9 @@ reported for each requested k.
 
 Generation goes through a ``generate_fn(prompts, *, max_new_tokens, chat, temperature, key) ->
 list[str]``; :func:`model_generate_fn` builds one from a model with
-:func:`peft_jax.evals.generation.generate_text`, and tests pass a deterministic fake.
+:func:`peft_jax.evals.generation.generate_text`, and tests pass a deterministic fake. A
+``'loglik'`` task (perplexity) goes through a ``loglik_fn(texts) -> (nll [B], tokens [B])``
+instead (:func:`peft_jax.evals.loglik.model_loglik_fn`), in the same fixed-size batches.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from peft_jax.common import files
 from peft_jax.evals import scorers
 from peft_jax.evals.generation import generate_text
+from peft_jax.evals.loglik import model_loglik_fn
 from peft_jax.evals.tasks import Task
 
 GenerateFn = Callable[..., list[str]]
@@ -93,10 +96,53 @@ def _generate_all(
   return [outputs[i * n : (i + 1) * n] for i in range(len(task.examples))]
 
 
+def _loglik_all(loglik_fn: Callable, task: Task, batch_size: int) -> list[dict[str, float]]:
+  """``[{'nll', 'tokens'}]`` per example, in batches of ``batch_size`` texts sorted by length
+  (the last batch filled by repeating its last text, so every call has one shape)."""
+  texts = [example.prompt for example in task.examples]
+  order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+  out: list[dict[str, float]] = [{}] * len(texts)
+  for start in range(0, len(order), batch_size):
+    indices = order[start : start + batch_size]
+    batch = [texts[i] for i in indices]
+    batch += [batch[-1]] * (batch_size - len(batch))
+    nll, tokens = loglik_fn(batch)
+    nll, tokens = np.asarray(nll, np.float64), np.asarray(tokens, np.int64)
+    if nll.shape != (len(batch),) or tokens.shape != (len(batch),):
+      raise ValueError(
+        f'task {task.name!r}: loglik_fn returned shapes {nll.shape}, {tokens.shape} for a batch '
+        f'of {len(batch)} texts'
+      )
+    for j, i in enumerate(indices):
+      out[i] = {'nll': float(nll[j]), 'tokens': int(tokens[j])}
+  return out
+
+
+def _evaluate_loglik(loglik_fn, task: Task, batch_size: int):
+  if loglik_fn is None:
+    raise ValueError(
+      f'task {task.name!r} scores log-likelihoods: pass a loglik_fn (or the model) to evaluate it'
+    )
+  values = _loglik_all(loglik_fn, task, batch_size)
+  rows, records = [], []
+  for example, value in zip(task.examples, values):
+    scores = task.scorer.score(value, example)
+    records.append(scores)
+    rows.append(
+      {'prompt': example.prompt, 'reference': None, 'meta': dict(example.meta), 'scores': scores}
+    )
+  return rows, records
+
+
 def evaluate_task(
-  generate_fn: GenerateFn, task: Task, *, key: jax.Array, batch_size: int
+  generate_fn: Optional[GenerateFn],
+  task: Task,
+  *,
+  key: jax.Array,
+  batch_size: int,
+  loglik_fn: Optional[Callable] = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-  """Generates and scores one task.
+  """Generates and scores one task (a ``'loglik'`` task: scores its texts with ``loglik_fn``).
 
   Returns:
     ``(result, rows)``: ``result = {'kind', 'main_metric', 'score' (main metric, 0-1),
@@ -106,8 +152,14 @@ def evaluate_task(
     one dict per example with the prompt, reference, meta, generations and per-sample and
     averaged scores.
   """
-  generations = _generate_all(generate_fn, task, key, batch_size)
   rows, records, correct_counts = [], [], []
+  if task.mode == 'loglik':
+    rows, records = _evaluate_loglik(loglik_fn, task, batch_size)
+    generations = []
+  else:
+    if generate_fn is None:
+      raise ValueError(f'task {task.name!r} generates text: pass a generate_fn (or the model)')
+    generations = _generate_all(generate_fn, task, key, batch_size)
   for example, samples in zip(task.examples, generations):
     sample_scores = [task.scorer.score(text, example) for text in samples]
     averaged = {name: float(np.mean([s[name] for s in sample_scores])) for name in sample_scores[0]}
@@ -163,6 +215,7 @@ def evaluate(
   batch_size: int,
   out_dir: Optional[str] = None,
   generate_fn: Optional[GenerateFn] = None,
+  loglik_fn: Optional[Callable] = None,
 ) -> dict[str, Any]:
   """Evaluates a model (or any ``generate_fn``) on ``tasks``.
 
@@ -176,6 +229,8 @@ def evaluate(
     out_dir: if set, writes ``<out_dir>/<task>.jsonl`` (one row per example) and
       ``<out_dir>/summary.json``, each atomically.
     generate_fn: ``(prompts, *, max_new_tokens, chat, temperature, key) -> list[str]``.
+    loglik_fn: ``(texts) -> (nll [B], tokens [B])`` for ``'loglik'`` tasks (default: built from
+      the model when one is given, :func:`peft_jax.evals.loglik.model_loglik_fn`).
   Returns:
     ``{'tasks': {name: result}, 'target': float|None, 'general': float|None}`` (axes on 0-100).
   """
@@ -189,10 +244,14 @@ def evaluate(
     if model is None or tokenizer is None:
       raise ValueError('evaluate needs model, params and tokenizer, or a generate_fn')
     generate_fn = model_generate_fn(model, params, tokenizer)
+  if loglik_fn is None and model is not None and tokenizer is not None:
+    loglik_fn = model_loglik_fn(model, params, tokenizer)
   task_results = {}
   for task in tasks:
     task_key = jax.random.fold_in(key, zlib.crc32(task.name.encode()) & 0x7FFFFFFF)
-    result, rows = evaluate_task(generate_fn, task, key=task_key, batch_size=batch_size)
+    result, rows = evaluate_task(
+      generate_fn, task, key=task_key, batch_size=batch_size, loglik_fn=loglik_fn
+    )
     task_results[task.name] = result
     if out_dir is not None:
       files.write_jsonl(os.path.join(out_dir, f'{task.name}.jsonl'), rows, sort_keys=True)

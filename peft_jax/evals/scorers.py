@@ -14,6 +14,11 @@ follow the evaluation code the PEFT-Arena numbers come from (docs/METRICS.md, "T
   with a trailing period dropped.
 * **NQ-open.** SQuAD normalisation (lower-case, drop punctuation, drop the articles a/an/the,
   collapse whitespace), exact match against any of the gold aliases.
+* **Closed-book facts (docs/REAL.md).** ``normalize_fact`` (``peft_jax.common.text``; accents folded, lower-case,
+  hyphens to spaces, other punctuation dropped, articles dropped) and *containment*: correct when
+  some gold alias occurs as a whole-word span of the normalised answer and no distractor does
+  (:func:`score_contains`). An instruct model answers in a sentence ("The capital of France is
+  Paris."), which exact match would score 0.
 * **pass@k.** The unbiased estimator of Chen et al. (2021), ``1 - C(n-c, k) / C(n, k)``, in the
   numerically stable product form ``1 - prod_{i=n-c+1}^{n} (1 - k / i)``.
 """
@@ -27,6 +32,8 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from peft_jax.common.text import contains_phrase, normalize_fact
 
 Array = jax.Array
 
@@ -311,6 +318,23 @@ def score_nq(generation: str, gold_answers: Sequence[str]) -> float:
     raise TypeError(f'NQ gold answers must be a list of aliases, got the string {gold_answers!r}')
   predicted = normalize_squad(extract_short_answer(generation))
   return float(any(predicted == normalize_squad(gold) for gold in gold_answers))
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed-book facts: normalised whole-word containment.
+# ---------------------------------------------------------------------------------------------
+
+
+def score_contains(
+  generation: str, gold_answers: Sequence[str], distractors: Sequence[str] = ()
+) -> float:
+  """1.0 if some gold alias occurs in the generation (whole words, after ``normalize_fact``)
+  and no distractor does, else 0.0."""
+  if isinstance(gold_answers, str):
+    raise TypeError(f'gold answers must be a list of aliases, got the string {gold_answers!r}')
+  if not any(contains_phrase(generation, gold) for gold in gold_answers):
+    return 0.0
+  return float(not any(contains_phrase(generation, other) for other in distractors))
 
 
 # ---------------------------------------------------------------------------------------------

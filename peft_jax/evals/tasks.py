@@ -14,18 +14,29 @@ File formats:
 * BBH: a directory of ``<subtask>.json`` files ``{"examples": [{"input", "target"}]}`` (or one
   such file); optional chain-of-thought exemplars ``<fewshot_dir>/<subtask>.txt``.
 * NQ-open: JSONL ``{"question", "answer": [aliases...]}``.
+* Facts (closed-book QA, docs/REAL.md): JSONL ``{"id", "question", "answer": [aliases...]}``,
+  optional ``"distractors": [...]`` (answers that make a response wrong even when it also holds
+  a gold alias) and ``"relation"`` (per-relation accuracy is reported); scored by normalised
+  whole-word containment (``peft_jax.evals.scorers.score_contains``).
+* Perplexity (log-likelihood, not generative): JSONL ``{"id", "text"}``. The main score is
+  higher-is-better: the mean over passages of ``exp(-NLL_i / n_i)`` (one over each passage's
+  perplexity, in (0, 1]); the corpus NLL per token and its perplexity are reported beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from peft_jax.evals import ifeval, intervals, scorers
 
 KINDS = ('target', 'general')
+# How a task is run: 'generate' (text from a generate_fn, then scored) or 'loglik' (per-example
+# log-likelihood of the example's text from a loglik_fn; peft_jax.evals.loglik).
+MODES = ('generate', 'loglik')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +60,10 @@ class Scorer:
   """How a task is scored.
 
   Attributes:
-    score: ``(generation, example) -> {metric: value}`` for one generated sample.
-    aggregate: ``([per-example metrics], [examples]) -> {metric: value}``, every value in [0, 1].
+    score: ``(generation, example) -> {metric: value}`` for one generated sample (for a
+      ``'loglik'`` task: ``({'nll', 'tokens'}, example)``).
+    aggregate: ``([per-example metrics], [examples]) -> {metric: value}``; the main metric is in
+      [0, 1], higher is better (a perplexity task reports its NLL and perplexity beside it).
     main_metric: the aggregate metric reported on the PEFT-Arena axes.
     correct_metric: the per-sample 0/1 metric pass@k counts.
     per_example: ``([per-example metrics], [examples]) -> unit_stats dict``: the per-example
@@ -81,6 +94,8 @@ class Task:
     pass_k: the k values to report pass@k for (each ``<= num_samples``).
     stop: strings that end a generation: the text from the earliest one on is cut before
       scoring (a base model keeps writing the next few-shot "Question:" otherwise).
+    mode: ``'generate'`` or ``'loglik'`` (the example's prompt is the text scored; generation
+      settings are unused).
   """
 
   name: str
@@ -93,10 +108,15 @@ class Task:
   num_samples: int = 1
   pass_k: tuple[int, ...] = ()
   stop: tuple[str, ...] = ()
+  mode: str = 'generate'
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f'task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}')
+    if self.mode not in MODES:
+      raise ValueError(f'task {self.name!r}: mode must be one of {MODES}, got {self.mode!r}')
+    if self.mode == 'loglik' and (self.num_samples != 1 or self.pass_k):
+      raise ValueError(f'task {self.name!r}: a loglik task has one score per example, no pass@k')
     if not self.examples:
       raise ValueError(f'task {self.name!r} has no examples')
     if self.num_samples < 1:
@@ -216,6 +236,67 @@ IFEVAL_SCORER = Scorer(
 )
 
 
+def _facts_score(generation: str, example: Example) -> dict[str, float]:
+  reference = example.reference
+  return {
+    'accuracy': scorers.score_contains(
+      generation, reference['aliases'], reference.get('distractors', ())
+    )
+  }
+
+
+def _facts_aggregate(records, examples):
+  """Accuracy over every item (the main metric) and per relation."""
+  per_relation: dict[str, list[float]] = {}
+  for record, example in zip(records, examples):
+    per_relation.setdefault(example.meta.get('relation') or 'all', []).append(record['accuracy'])
+  result = {'accuracy': sum(r['accuracy'] for r in records) / len(records)}
+  if len(per_relation) > 1:
+    result.update({f'accuracy/{k}': sum(v) / len(v) for k, v in sorted(per_relation.items())})
+  return result
+
+
+FACTS_SCORER = Scorer(
+  score=_facts_score,
+  aggregate=_facts_aggregate,
+  main_metric='accuracy',
+  correct_metric='accuracy',
+  per_example=_mean_units('accuracy'),
+)
+
+
+def _loglik_score(value: Mapping[str, float], example: Example) -> dict[str, float]:
+  nll, tokens = float(value['nll']), float(value['tokens'])
+  if tokens < 1:
+    raise ValueError(
+      f'perplexity example {example.meta.get("id")!r}: no token is predicted (the text must '
+      'encode to at least 2 tokens)'
+    )
+  return {'nll': nll, 'tokens': tokens, 'inv_perplexity': math.exp(-nll / tokens)}
+
+
+def _loglik_aggregate(records, examples):
+  """``inv_perplexity`` (main): the mean over passages of ``exp(-NLL_i / n_i)``;
+  ``nll_per_token`` = ``sum NLL_i / sum n_i`` (nats) and ``perplexity`` = its exp."""
+  del examples
+  nll = sum(r['nll'] for r in records) / sum(r['tokens'] for r in records)
+  return {
+    'inv_perplexity': sum(r['inv_perplexity'] for r in records) / len(records),
+    'nll_per_token': nll,
+    'perplexity': math.exp(nll),
+    'tokens': float(sum(r['tokens'] for r in records)),
+  }
+
+
+PERPLEXITY_SCORER = Scorer(
+  score=_loglik_score,
+  aggregate=_loglik_aggregate,
+  main_metric='inv_perplexity',
+  correct_metric='inv_perplexity',
+  per_example=_mean_units('inv_perplexity'),
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loaders.
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +412,49 @@ def load_nq_open(
   return examples
 
 
+FACTS_TEMPLATE = '{question}'
+
+
+def load_facts(
+  path: str, *, template: str = FACTS_TEMPLATE, fewshot: str = '', limit: Optional[int] = None
+) -> list[Example]:
+  """Closed-book facts JSONL; the reference is ``{'aliases', 'distractors'}``."""
+  rows = _read_jsonl(path, ('id', 'question', 'answer'))[: limit or None]
+  examples, seen = [], set()
+  for line, row in enumerate(rows, start=1):
+    for field in ('answer', 'distractors'):
+      value = row.get(field, [])
+      if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+        raise ValueError(
+          f'{path}: row {line} (id {row["id"]!r}): {field!r} must be a list of strings'
+        )
+    if not row['answer']:
+      raise ValueError(f'{path}: row {line} (id {row["id"]!r}): no gold answer')
+    if row['id'] in seen:
+      raise ValueError(f'{path}: row {line}: id {row["id"]!r} repeats')
+    seen.add(row['id'])
+    examples.append(
+      Example(
+        prompt=fewshot + template.format(question=row['question']),
+        reference={'aliases': list(row['answer']), 'distractors': list(row.get('distractors', []))},
+        meta={'id': row['id'], **{k: row[k] for k in ('relation', 'subject') if k in row}},
+      )
+    )
+  return examples
+
+
+def load_passages(path: str, *, limit: Optional[int] = None) -> list[Example]:
+  """Perplexity JSONL ``{"id", "text"}``: the example's prompt is the text to score."""
+  rows = _read_jsonl(path, ('id', 'text'))[: limit or None]
+  examples = []
+  for line, row in enumerate(rows, start=1):
+    if not isinstance(row['text'], str) or not row['text'].strip():
+      raise ValueError(f'{path}: row {line} (id {row["id"]!r}): "text" must be a non-empty string')
+    meta = {'id': row['id'], **{k: row[k] for k in ('source', 'topic') if k in row}}
+    examples.append(Example(prompt=row['text'], reference=None, meta=meta))
+  return examples
+
+
 def load_bbh(
   path: str,
   *,
@@ -390,7 +514,10 @@ _FAMILIES = {
   'ifeval': (load_ifeval, IFEVAL_SCORER, 'general', 1024, True, ()),
   'bbh': (load_bbh, BBH_SCORER, 'general', 512, False, ('\nQ:',)),
   'nq_open': (load_nq_open, NQ_SCORER, 'general', 64, True, ('\nQuestion:',)),
+  'facts': (load_facts, FACTS_SCORER, 'general', 32, True, ('\n\n',)),
+  'perplexity': (load_passages, PERPLEXITY_SCORER, 'general', 0, False, ()),
 }
+_LOGLIK_FAMILIES = ('perplexity',)
 _SPEC_KEYS = (
   'type',
   'name',
@@ -413,7 +540,8 @@ _SPEC_KEYS = (
 def load_task(spec: Mapping[str, Any]) -> Task:
   """Builds a :class:`Task` from a small dict / ``ConfigDict``.
 
-  Keys: ``type`` (one of gsm8k, math500, ifeval, bbh, nq_open; required), ``path`` (required),
+  Keys: ``type`` (one of gsm8k, math500, ifeval, bbh, nq_open, facts, perplexity; required),
+  ``path`` (required),
   ``name`` (default: type), ``kind``, ``limit``, ``max_new_tokens``, ``chat``, ``temperature``,
   ``num_samples``, ``pass_k``, ``stop`` (list of strings; default per type), ``template``
   (with ``{question}``; not IFEval), ``fewshot_path``
@@ -433,13 +561,15 @@ def load_task(spec: Mapping[str, Any]) -> Task:
   loader, scorer, kind, max_new_tokens, chat, stop = _FAMILIES[family]
   loader_kwargs: dict[str, Any] = {'limit': spec.get('limit')}
   if spec.get('template') is not None:
-    if family == 'ifeval':
-      raise KeyError("task spec key 'template' does not apply to ifeval (prompts are used as is)")
+    if family in ('ifeval',) + _LOGLIK_FAMILIES:
+      raise KeyError(
+        f"task spec key 'template' does not apply to {family} (its texts are used as they are)"
+      )
     loader_kwargs['template'] = spec['template']
   if spec.get('fewshot_path'):
-    if family not in ('gsm8k', 'math500', 'nq_open'):
+    if family not in ('gsm8k', 'math500', 'nq_open', 'facts'):
       raise KeyError(
-        f"task spec key 'fewshot_path' applies to gsm8k/math500/nq_open, not {family}"
+        f"task spec key 'fewshot_path' applies to gsm8k/math500/nq_open/facts, not {family}"
         + (" (BBH takes 'fewshot_dir')" if family == 'bbh' else '')
       )
     loader_kwargs['fewshot'] = _read_text(spec['fewshot_path'])
@@ -460,4 +590,5 @@ def load_task(spec: Mapping[str, Any]) -> Task:
     num_samples=int(spec.get('num_samples') or 1),
     pass_k=tuple(int(k) for k in (spec.get('pass_k') or ())),
     stop=tuple(spec['stop']) if spec.get('stop') is not None else stop,
+    mode='loglik' if family in _LOGLIK_FAMILIES else 'generate',
   )
