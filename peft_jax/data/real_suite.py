@@ -107,8 +107,11 @@ _DEMONYM_ALIASES = {
   'Ecuadorean': ('Ecuadorian',),
   'Filipino': ('Filipina',),
   'British': ('Briton', 'English'),
-  'Dutch': ('Netherlander',),
-  'Swiss': (),
+  'Dutch': ('Dutchman', 'Dutchwoman', 'Netherlander'),
+  'French': ('Frenchman', 'Frenchwoman'),
+  'Kazakhstani': ('Kazakh',),
+  'Uzbekistani': ('Uzbek',),
+  'Tajikistani': ('Tajik',),
 }
 # Continent (the files' region) -> accepted names; the others' names are the distractors.
 CONTINENTS = {
@@ -209,10 +212,7 @@ def country_aliases(country: Country) -> list[str]:
 
 
 def demonym_aliases(demonym: str) -> list[str]:
-  extra = list(_DEMONYM_ALIASES.get(demonym, ()))
-  if demonym.endswith(('ch', 'sh')):  # French -> Frenchman, Dutch -> Dutchman
-    extra += [demonym + 'man', demonym + 'woman']
-  return _dedupe([demonym, *extra])
+  return _dedupe([demonym, *_DEMONYM_ALIASES.get(demonym, ())])
 
 
 def fact_items(countries: Sequence[Country]) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """The base model on the real suite (docs/REAL.md): every task's score with its bootstrap
-interval, n, floor and seconds; the retention set and the above-chance BBH subtasks chosen from
+interval, n, floor (the score of a model that ignores its input) and seconds; the retention set and the above-chance BBH subtasks chosen from
 the base's own records.
 
 :func:`evaluate_base` is what ``launch/real_eval.py`` runs and what an arena's base-evaluation
@@ -27,14 +27,44 @@ from peft_jax.evals.loglik import LoglikScorer
 RETENTION_FILE = 'facts_retention.jsonl'
 
 
-def _floor(task: tasks_lib.Task, manifest: Mapping[str, Any], subtasks) -> Optional[float]:
-  """The score of a model with no ability: BBH's mean majority-answer rate over the evaluated
-  subtasks, 0 for the open-answer tasks (facts, IFEval, GSM), none for perplexity."""
+# Responses that ignore every instruction: IFEval's floor is the better of their scores.
+IGNORING_RESPONSES = (
+  '',
+  'I am not sure what you mean, but here is a short answer. The weather was mild today, and '
+  'the streets were quiet. Nothing else happened.',
+)
+
+
+def _best_constant(task: tasks_lib.Task, candidates, examples=None) -> float:
+  """The highest main score a fixed response (one of ``candidates``) gets on ``examples``."""
+  examples = list(task.examples if examples is None else examples)
+  best = 0.0
+  for candidate in candidates:
+    records = [task.scorer.score(candidate, e) for e in examples]
+    best = max(best, float(task.scorer.aggregate(records, examples)[task.scorer.main_metric]))
+  return best
+
+
+def floor_score(task: tasks_lib.Task, bbh_chance: Mapping[str, float]) -> float:
+  """The score of a model that ignores its input (docs/REAL.md, "Floors"): the best fixed
+  answer, chosen per relation (facts) or per subtask (BBH: its majority-answer rate), or over
+  the references (GSM); IFEval: the better of :data:`IGNORING_RESPONSES`; perplexity: the
+  uniform distribution over the vocabulary (``1 / V``, set by the caller)."""
   if task.scorer is tasks_lib.BBH_SCORER:
-    return float(np.mean([manifest['bbh_chance'][s] for s in subtasks]))
-  if task.mode == 'loglik':
-    return None
-  return 0.0
+    subtasks = sorted({e.meta['subtask'] for e in task.examples})
+    return float(np.mean([bbh_chance[s] for s in subtasks]))
+  if task.scorer is tasks_lib.IFEVAL_SCORER:
+    return _best_constant(task, IGNORING_RESPONSES)
+  if task.scorer is tasks_lib.FACTS_SCORER:
+    groups: dict[str, list] = {}
+    for e in task.examples:
+      groups.setdefault(e.meta.get('relation', 'all'), []).append(e)
+    total = sum(
+      len(g) * _best_constant(task, sorted({e.reference['aliases'][0] for e in g}), g)
+      for g in groups.values()
+    )
+    return total / len(task.examples)
+  return _best_constant(task, sorted({str(e.reference) for e in task.examples}))
 
 
 def evaluate_base(
@@ -72,13 +102,16 @@ def evaluate_base(
     files.write_jsonl(os.path.join(out_dir, f'{task.name}.jsonl'), rows, sort_keys=True)
     rows_of[task.name] = rows
     per_example[task.name] = result['per_example']
-    subtasks = sorted({e.meta['subtask'] for e in task.examples if 'subtask' in e.meta})
+    if task.mode == 'loglik':
+      floor = 1.0 / float(model.config.vocab_size)
+    else:
+      floor = floor_score(task, manifest['bbh_chance'])
     results[task.name] = {
       'kind': task.kind,
       'main_metric': result['main_metric'],
       'score': result['score'],
       'n': result['num_examples'],
-      'floor': _floor(task, manifest, subtasks),
+      'floor': floor,
       'seconds': round(seconds, 1),
       'metrics': result['metrics'],
     }

@@ -15,7 +15,7 @@ import torch
 
 from peft_jax import hub
 from peft_jax.common.text import normalize_fact
-from peft_jax.evals import harness, intervals, retention, scorers, tasks
+from peft_jax.evals import harness, intervals, real, retention, scorers, tasks
 from peft_jax.evals.loglik import LoglikScorer, encode_for_loglik, model_loglik_fn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
@@ -114,6 +114,29 @@ def test_facts_task_through_the_harness(tmp_path):
   assert result['metrics']['accuracy/continent'] == 0.0
   assert [r['meta']['id'] for r in rows] == ['capital:fr', 'capital:jp', 'continent:ke']
   assert retention.retained_ids(rows) == ['capital:fr']
+
+
+def test_floor_is_the_best_fixed_answer(tmp_path):
+  path = tmp_path / 'facts.jsonl'
+  continents = ['Africa', 'Africa', 'Africa', 'Europe']
+  others = {'Africa': ['Europe'], 'Europe': ['Africa']}
+  rows = [
+    {
+      'id': f'c{i}',
+      'question': 'q',
+      'answer': [c],
+      'distractors': others[c],
+      'relation': 'continent',
+    }
+    for i, c in enumerate(continents)
+  ] + [
+    {'id': f'k{i}', 'question': 'q', 'answer': [city], 'relation': 'capital'}
+    for i, city in enumerate(['Paris', 'Rome', 'Paris', 'Lima'])
+  ]
+  _write_jsonl(path, rows)
+  task = tasks.load_task({'type': 'facts', 'path': str(path)})
+  # Always "Africa" on continents (3 of 4), always "Paris" on capitals (2 of 4): 5 of 8.
+  assert real.floor_score(task, {}) == pytest.approx(5 / 8)
 
 
 def test_facts_loader_errors_name_the_row(tmp_path):
