@@ -473,7 +473,7 @@ def task_specs(
 ) -> list[dict]:
   """Task specs (``peft_jax.evals.load_task``) of the real suite: general tasks, then the target.
 
-  ``bbh_subtasks``: the subtasks to keep (default: all); ``retention_path``: a retention set's
+  ``bbh_subtasks``: the subtasks to keep (default: all; empty: no BBH task); ``retention_path``: a retention set's
   file (``peft_jax.evals.retention``), evaluated as the general task ``facts_retention``.
   """
   join = lambda *p: os.path.join(suite_dir, *p)
@@ -492,16 +492,6 @@ def task_specs(
       max_new_tokens=192,
     ),
     dict(
-      type='bbh',
-      name='bbh',
-      path=join('general', 'bbh', 'test'),
-      kind='general',
-      fewshot_dir=join('general', 'bbh', 'fewshot'),
-      max_new_tokens=96,
-      stop=['\nQ:', '\n\n'],
-      **({'subtasks': list(bbh_subtasks)} if bbh_subtasks is not None else {}),
-    ),
-    dict(
       type='perplexity',
       name='pydoc_ppl',
       path=join('general', 'pydoc_ppl_test.jsonl'),
@@ -515,6 +505,20 @@ def task_specs(
       max_new_tokens=128,
     ),
   ]
+  if bbh_subtasks is None or list(bbh_subtasks):  # no subtask above chance: BBH is left out
+    specs.insert(
+      len(specs) - 2,
+      dict(
+        type='bbh',
+        name='bbh',
+        path=join('general', 'bbh', 'test'),
+        kind='general',
+        fewshot_dir=join('general', 'bbh', 'fewshot'),
+        max_new_tokens=96,
+        stop=['\nQ:', '\n\n'],
+        **({'subtasks': list(bbh_subtasks)} if bbh_subtasks is not None else {}),
+      ),
+    )
   for spec in specs:
     if limits and spec['name'] in limits:
       spec['limit'] = int(limits[spec['name']])

@@ -133,6 +133,10 @@ def test_bbh_chance_and_suite_files(suite):
   assert len(loaded['facts'].examples) == 5
   assert loaded['pydoc_ppl'].mode == 'loglik' and loaded['gsm'].kind == 'target'
   assert loaded['bbh'].examples[0].prompt.startswith('Q: ')  # the few-shot exemplars first
+  kept = real_suite.task_specs(str(root / 'a'), bbh_subtasks=[], retention_path='/r.jsonl')
+  assert [s['name'] for s in kept] == ['facts', 'facts_retention', 'ifeval', 'pydoc_ppl', 'gsm']
+  one = real_suite.task_specs(str(root / 'a'), bbh_subtasks=['navigate'])
+  assert {e.meta['subtask'] for e in tasks.load_task(one[2]).examples} == {'navigate'}
   for count_name, count in manifest['counts'].items():
     if not count_name.startswith('general/bbh'):
       assert len(_jsonl(paths[count_name])) == count
