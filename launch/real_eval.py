@@ -1,7 +1,7 @@
 r"""Writes the real-base evaluation suite and measures the base on it (docs/REAL.md).
 
   python -m launch.real_eval --out_dir=runs/real_eval --base=smollm2-135m-instruct \
-      --limits='{"facts": 200, "ifeval": 48, "bbh": 16, "gsm": 64}'
+      --limits='{"bbh": 10, "gsm": 48}'
 
 writes the suite under ``<out_dir>/suite`` (``peft_jax.data.real_suite``), evaluates the base on
 every task (``peft_jax.evals.real.evaluate_base``: per-example files, the retention set, the
