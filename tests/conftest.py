@@ -1,6 +1,18 @@
-"""Test-wide setup: 8 fake CPU devices, set before JAX initialises any backend."""
+"""Test-wide setup: 8 fake CPU devices, set before JAX initialises any backend, and one persistent
+JAX compilation cache for the session.
 
+The cache: many tests compile the same programs (the tiny models' train steps and generation
+loops, rebuilt per test from fresh closures, and the CLI subprocesses); with one on-disk cache per
+session, set in the environment before pytest-xdist starts its workers, each distinct program
+compiles once for the workers and the subprocesses together. Cached executables are XLA's own
+serialised output for the same program on the same devices, so results do not change. A cache dir
+given in the environment is used as is (and kept); the session's own is removed at exit.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '')
 if 'xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
@@ -8,6 +20,14 @@ if 'xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # the first process: pytest, or its controller
+  _cache_dir = tempfile.mkdtemp(prefix='peft_jax_tests_jax_cache-')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache_dir
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  # Every program, however quick to compile: the suite's are small and many.
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import jax  # noqa: E402
 
