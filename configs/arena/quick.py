@@ -107,6 +107,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.tasks_file = ''  # custom world: a JSON (or YAML) list of task specs
   config.validation_path = ''  # custom world: the target's validation file (enables the sweep)
   config.mesh_shape = (-1, 1, 1)  # data parallel over every device
+  # JAX's persistent compilation cache, a folder in the workdir ('' = off): a rerun, a resumed
+  # run and repeated programs load their compiled code (peft_jax.common.compile_cache).
+  config.compile_cache = 'jax_cache'
   config.progress_bar = True
 
   if arg in ('', 'quick'):

@@ -52,7 +52,7 @@ from peft_jax.arena.context import (
   resolve_study,
   sweep_enabled,
 )
-from peft_jax.common import files
+from peft_jax.common import compile_cache, files
 from peft_jax.data import sft
 from peft_jax.evals import tasks as tasks_lib
 from peft_jax.report import results as results_lib
@@ -266,6 +266,9 @@ def _graph(config: ml_collections.ConfigDict, plan: StudyPlan, get_ctx) -> _Grap
 
 def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
   train_name, cache = f'train_{method}', {}
+  # One compiled train step for the method's sweep rates, its final run and its restores (the
+  # peak learning rate is a runtime value of the optimizer state).
+  programs = trainer.ProgramCache()
   train_config = method_train_config(config, method, plan.base_dir, plan.target_train_path)
   train_slice = dict(slices['world'], train=_without_resume_safe(train_config))
   train_inputs, reuse = [], False
@@ -299,7 +302,7 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
         method,
         lrs,
         seeds,
-        lambda lr, seed, run_dir: trainer.train(sweep_config(lr, seed), run_dir),
+        lambda lr, seed, run_dir: trainer.train(sweep_config(lr, seed), run_dir, programs=programs),
         d,
         steps=steps,
         centre=centre,
@@ -329,7 +332,8 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
   def train_result():
     if 'result' not in cache:
       c, run_dir = run_config()
-      cache['result'] = trainer.train(c, run_dir)  # a finished run restores; runs no step
+      # a finished run restores; runs no step
+      cache['result'] = trainer.train(c, run_dir, programs=programs)
     return cache['result']
 
   def tree():  # restore the finished run only when a later stage needs it
@@ -341,7 +345,7 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
     del d
     c, run_dir = run_config()
     if not swept:
-      out = study.stage_train(method, lambda r: trainer.train(c, r), run_dir)
+      out = study.stage_train(method, lambda r: trainer.train(c, r, programs=programs), run_dir)
       return dict(out, peak_lr=float(c.optimizer.peak_lr))
     sweep = graph.runner.result(f'sweep_{method}')
     if reuse:  # the kept sweep run is the final run: its own training time, no second run
@@ -353,7 +357,7 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
         train_time_s=row['train_time_s'], num_compiles=row['num_compiles'], reused_sweep_run=True
       )
     else:
-      out = study.stage_train(method, lambda r: trainer.train(c, r), run_dir)
+      out = study.stage_train(method, lambda r: trainer.train(c, r, programs=programs), run_dir)
     return dict(out, peak_lr=float(sweep['chosen_lr']))
 
   graph.add(train_name, train_slice, train_inputs, fn=train_fn, in_place=True)
@@ -453,9 +457,20 @@ def plan_arena(config: ml_collections.ConfigDict, workdir: str) -> list[stages_l
 def run_arena(
   config: ml_collections.ConfigDict, workdir: str, log: Optional[Callable[[str], None]] = print
 ) -> dict:
-  """Runs (or resumes) the whole study in ``workdir``; returns the report's results dict."""
+  """Runs (or resumes) the whole study in ``workdir``; returns the report's results dict.
+
+  Compiled programs are cached on disk in ``config.compile_cache`` (a folder, relative to the
+  workdir; '' = off; ``peft_jax.common.compile_cache``) for the run, so a rerun or resumed run
+  and identical programs of later stages load instead of compiling.
+  """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  folder = str(config.get('compile_cache', '') or '')
+  with compile_cache.persistent_cache(os.path.join(workdir, folder) if folder else None):
+    return _run_arena(config, workdir, log)
+
+
+def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
   log = log or (lambda line: None)
   started = time.perf_counter()
   config = normalized(config)
