@@ -209,6 +209,7 @@ def export_run(
 NON_PROGRAM_KEYS = (
   'seed',
   'optimizer.peak_lr',
+  'stop_step',
   'model.path',  # replaced by the resolved model config
   'data.path',
   'data.split',
@@ -380,9 +381,12 @@ def train(
   peak_flops = config.peak_flops_per_device * jax.device_count()
   compiles_before = training.train_step._cache_size()  # pylint: disable=protected-access
   losses = []
-  progress = range(start_step, config.total_steps)
+  # stop_step: end this call after that step, on the schedule of total_steps (a later call with
+  # stop_step 0 continues the same run to the end, bit for bit).
+  last = int(config.get('stop_step', 0) or 0) or config.total_steps
+  progress = range(start_step, last)
   if config.progress_bar and jax.process_index() == 0:
-    progress = tqdm(progress, initial=start_step, total=config.total_steps, desc='train')
+    progress = tqdm(progress, initial=start_step, total=last, desc='train')
   try:
     stop.install()
     for step in progress:
@@ -400,7 +404,7 @@ def train(
       if guard.problem(metrics):
         guard.check(step, metrics, checkpointer.latest_complete_step())
       losses.append((step, float(metrics['loss'])))
-      if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
+      if (step + 1) % config.log_every == 0 or step + 1 == last:
         scalars = dict(
           metrics,
           step_seconds=seconds,
@@ -408,7 +412,7 @@ def train(
           mfu=flops_per_step / seconds / peak_flops,
         )
         writer.write(step + 1, scalars)
-      if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == config.total_steps:
+      if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == last:
         checkpointer.save(step + 1, state, iterator.get_state())
       if trajectory is not None and (step + 1) % config.checkpoint.snapshot_every == 0:
         trajectory.save(step + 1, state.params)
