@@ -57,7 +57,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # model path, data path, method name, seed, mesh and progress bar itself.
   config.train = ml_collections.ConfigDict(
     dict(
-      total_steps=80,  # x3 learning rates in the sweep: 240 steps per method
+      total_steps=80,  # sweep: 3 rates x 40 steps, then the kept one to 80: 160 steps per method
       batch_size=16,
       log_every=1,
       adapter=dict(target_regex='all-linear'),
@@ -86,12 +86,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   )
   # The learning-rate sweep (peft_jax.arena.pipeline): each method at centre x factor, where the
   # centre is the method's optimizer.peak_lr above, scored on the target's validation split
-  # (held out from its SFT data); the best rate is kept. steps=0: the sweep runs the full
-  # budget and the kept run is the final run (no second training).
+  # (held out from its SFT data); the best rate is kept. select_fraction=0.5: every candidate
+  # runs the full schedule but stops, and is scored, at half of it; the kept one continues to
+  # the end as the final run (the same run, resumed: 2 x 40 steps fewer than full-length
+  # candidates). select_fraction=0 and steps=0: candidates run the full budget and the kept run
+  # is the final run; steps=N: separate N-step candidates, then a fresh final run.
   config.sweep = ml_collections.ConfigDict(
     dict(
       enabled=True,
       factors=(1 / 3, 1.0, 3.0),
+      select_fraction=0.5,
       steps=0,
       seeds=(),  # () = (config.seed,); more seeds average the validation score per rate
       methods=(),  # () = every method
@@ -107,6 +111,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.tasks_file = ''  # custom world: a JSON (or YAML) list of task specs
   config.validation_path = ''  # custom world: the target's validation file (enables the sweep)
   config.mesh_shape = (-1, 1, 1)  # data parallel over every device
+  # JAX's persistent compilation cache, a folder in the workdir ('' = off): a rerun, a resumed
+  # run and repeated programs load their compiled code (peft_jax.common.compile_cache).
+  config.compile_cache = 'jax_cache'
   config.progress_bar = True
 
   if arg in ('', 'quick'):
@@ -114,6 +121,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   elif arg == 'full':
     config.title = 'PEFT-Arena: full preset'
     config.train.total_steps = 600
+    config.sweep.select_fraction = 0.0  # a real machine: every candidate runs the full budget
     config.eval.limits = dict(ifeval=200, nq=108, bbh=50, gsm=200, cipher=200)
     config.paths.alphas = tuple(i / 10 for i in range(11))
     config.paths.limits = dict(ifeval=64, nq=64, bbh=10, gsm=64, cipher=64)

@@ -52,7 +52,7 @@ from peft_jax.arena.context import (
   resolve_study,
   sweep_enabled,
 )
-from peft_jax.common import files
+from peft_jax.common import compile_cache, files
 from peft_jax.data import sft
 from peft_jax.evals import tasks as tasks_lib
 from peft_jax.report import results as results_lib
@@ -109,6 +109,27 @@ def sweep_grid(config: ml_collections.ConfigDict, method: str) -> tuple[list, in
   factors = [float(f) for f in config.sweep.factors]
   centre = min(range(len(factors)), key=lambda i: abs(math.log(factors[i])))
   return [centre_lr * f for f in factors], centre
+
+
+def sweep_select_at(config: ml_collections.ConfigDict, total_steps: int) -> int:
+  """The step at which sweep candidates are scored, from ``config.sweep.select_fraction``
+  (0: off): candidates are trained on the full schedule, stopped and scored after
+  ``round(fraction * total_steps)`` steps (at least 1), and the kept one continues to
+  ``total_steps`` as the final run."""
+  fraction = float(config.sweep.get('select_fraction', 0.0) or 0.0)
+  if not fraction:
+    return 0
+  where = f'config.sweep.select_fraction={fraction}'
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f'{where} must be in (0, 1) (0: off)')
+  if int(config.sweep.get('steps', 0) or 0):
+    raise ValueError(
+      f'{where} and config.sweep.steps={config.sweep.steps} exclude each other (candidates as '
+      'prefixes of the full run, or separate short runs); set one to 0'
+    )
+  if total_steps < 2:
+    raise ValueError(f'{where} needs config.train.total_steps >= 2, got {total_steps}')
+  return min(max(1, round(fraction * total_steps)), total_steps - 1)
 
 
 def _without_resume_safe(train: ml_collections.ConfigDict) -> dict:
@@ -266,13 +287,21 @@ def _graph(config: ml_collections.ConfigDict, plan: StudyPlan, get_ctx) -> _Grap
 
 def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
   train_name, cache = f'train_{method}', {}
+  # One compiled train step for the method's sweep rates, its final run and its restores (the
+  # peak learning rate is a runtime value of the optimizer state).
+  programs = trainer.ProgramCache()
   train_config = method_train_config(config, method, plan.base_dir, plan.target_train_path)
-  train_slice = dict(slices['world'], train=_without_resume_safe(train_config))
-  train_inputs, reuse = [], False
+  # (optimizer_state: the peak learning rate lives in the optimizer state; checkpoints written
+  # before it do not restore, so their stages are recomputed.)
+  train_slice = dict(
+    slices['world'], train=_without_resume_safe(train_config), optimizer_state='peak_lr'
+  )
+  train_inputs, reuse, continued = [], False, False
   if swept:
     lrs, centre = sweep_grid(config, method)
     seeds = [int(s) for s in (config.sweep.get('seeds') or [config.seed])]
-    steps = int(config.sweep.steps) or int(train_config.total_steps)
+    select_at = sweep_select_at(config, int(train_config.total_steps))
+    steps = select_at or int(config.sweep.steps) or int(train_config.total_steps)
     sweep_slice = dict(
       train_slice,
       lrs=lrs,
@@ -281,14 +310,19 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
       validation=plan.validation_specs,
       batch_size=config.eval.batch_size,
     )
+    if select_at:
+      sweep_slice['select_at'] = select_at
     sweep_name = f'sweep_{method}'
 
-    def sweep_config(lr, seed):
+    def sweep_config(lr, seed, stop=True):
       c = method_train_config(config, method, plan.base_dir, plan.target_train_path)
       c.optimizer.peak_lr = float(lr)
       c.seed = int(seed)
-      c.total_steps = steps
-      c.optimizer.warmup_steps = min(int(c.optimizer.warmup_steps), max(steps - 1, 0))
+      if select_at:  # the full schedule, stopped at select_at (stop=False: run to the end)
+        c.stop_step = select_at if stop else 0
+      else:
+        c.total_steps = steps
+        c.optimizer.warmup_steps = min(int(c.optimizer.warmup_steps), max(steps - 1, 0))
       return c
 
     graph.add(
@@ -299,7 +333,7 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
         method,
         lrs,
         seeds,
-        lambda lr, seed, run_dir: trainer.train(sweep_config(lr, seed), run_dir),
+        lambda lr, seed, run_dir: trainer.train(sweep_config(lr, seed), run_dir, programs=programs),
         d,
         steps=steps,
         centre=centre,
@@ -307,8 +341,11 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
       in_place=True,
     )
     train_inputs = [sweep_name]
-    reuse = int(config.sweep.steps) == 0 and int(config.seed) in seeds
+    reuse = not select_at and int(config.sweep.steps) == 0 and int(config.seed) in seeds
+    continued = bool(select_at) and int(config.seed) in seeds
     train_slice = dict(train_slice, sweep_reuse=reuse)
+    if continued:
+      train_slice['sweep_continue'] = select_at
 
   def run_config():
     """(train config, run dir) of the final run: the sweep's kept rate when swept."""
@@ -318,6 +355,8 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
       if swept:
         sweep = graph.runner.result(f'sweep_{method}')
         c.optimizer.peak_lr = float(sweep['chosen_lr'])
+        if continued:  # the kept candidate, copied into this stage and trained to the end
+          c = sweep_config(sweep['chosen_lr'], config.seed, stop=False)
         if reuse:
           c = sweep_config(sweep['chosen_lr'], config.seed)
           run_dir = study.sweep_run_dir(
@@ -329,7 +368,8 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
   def train_result():
     if 'result' not in cache:
       c, run_dir = run_config()
-      cache['result'] = trainer.train(c, run_dir)  # a finished run restores; runs no step
+      # a finished run restores; runs no step
+      cache['result'] = trainer.train(c, run_dir, programs=programs)
     return cache['result']
 
   def tree():  # restore the finished run only when a later stage needs it
@@ -341,10 +381,18 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
     del d
     c, run_dir = run_config()
     if not swept:
-      out = study.stage_train(method, lambda r: trainer.train(c, r), run_dir)
+      out = study.stage_train(method, lambda r: trainer.train(c, r, programs=programs), run_dir)
       return dict(out, peak_lr=float(c.optimizer.peak_lr))
     sweep = graph.runner.result(f'sweep_{method}')
-    if reuse:  # the kept sweep run is the final run: its own training time, no second run
+    if continued:  # the kept candidate continues from select_at to the end (one run, resumed)
+      source = study.sweep_run_dir(
+        graph.runner.path(f'sweep_{method}'), sweep['chosen_index'], int(config.seed)
+      )
+      study.copy_run(source, run_dir)
+      out = study.stage_train(method, lambda r: train_result(), run_dir)
+      out.update(continued_sweep_run=os.path.relpath(source, graph.runner.root))
+      out.update(selected_at_step=int(sweep['steps']))
+    elif reuse:  # the kept sweep run is the final run: its own training time, no second run
       out = study.stage_train(method, lambda r: train_result(), run_dir, timed=False)
       row = next(
         r for r in sweep['runs'] if r['lr'] == sweep['chosen_lr'] and r['seed'] == config.seed
@@ -353,7 +401,7 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
         train_time_s=row['train_time_s'], num_compiles=row['num_compiles'], reused_sweep_run=True
       )
     else:
-      out = study.stage_train(method, lambda r: trainer.train(c, r), run_dir)
+      out = study.stage_train(method, lambda r: trainer.train(c, r, programs=programs), run_dir)
     return dict(out, peak_lr=float(sweep['chosen_lr']))
 
   graph.add(train_name, train_slice, train_inputs, fn=train_fn, in_place=True)
@@ -453,9 +501,20 @@ def plan_arena(config: ml_collections.ConfigDict, workdir: str) -> list[stages_l
 def run_arena(
   config: ml_collections.ConfigDict, workdir: str, log: Optional[Callable[[str], None]] = print
 ) -> dict:
-  """Runs (or resumes) the whole study in ``workdir``; returns the report's results dict."""
+  """Runs (or resumes) the whole study in ``workdir``; returns the report's results dict.
+
+  Compiled programs are cached on disk in ``config.compile_cache`` (a folder, relative to the
+  workdir; '' = off; ``peft_jax.common.compile_cache``) for the run, so a rerun or resumed run
+  and identical programs of later stages load instead of compiling.
+  """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  folder = str(config.get('compile_cache', '') or '')
+  with compile_cache.persistent_cache(os.path.join(workdir, folder) if folder else None):
+    return _run_arena(config, workdir, log)
+
+
+def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
   log = log or (lambda line: None)
   started = time.perf_counter()
   config = normalized(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -82,6 +83,21 @@ def timed_attempt(run_dir: str, fn):
     attempts[-1]['end'] = time.time()
     files.write_json(path, attempts)
   return result, sum(a['end'] - a['start'] for a in attempts)
+
+
+def copy_run(source: str, run_dir: str) -> None:
+  """Copies a training run folder (checkpoints, metrics, attempts, snapshots) to ``run_dir``
+  to continue it there; nothing when ``run_dir`` already holds one (a resumed continuation).
+  The copy is made in a sibling folder renamed into place, so ``run_dir`` is whole or absent."""
+  if os.path.isdir(os.path.join(run_dir, 'checkpoints')):
+    return
+  if not os.path.isdir(os.path.join(source, 'checkpoints')):
+    raise FileNotFoundError(f'{source} holds no checkpoints to continue')
+  tmp = f'{run_dir}.copy-tmp'
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(source, tmp, ignore=shutil.ignore_patterns('.lock'))
+  shutil.rmtree(run_dir, ignore_errors=True)
+  os.replace(tmp, run_dir)
 
 
 def stage_train(method: str, train_fn, run_dir: str, *, timed: bool = True) -> dict:

@@ -61,15 +61,22 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
   return text[: min(positions)] if positions else text
 
 
+def batch_rows(num_prompts: int, batch_size: int) -> int:
+  """Rows of a generation call for ``num_prompts`` prompts (``1 <= num_prompts <= batch_size``):
+  the smallest power of two >= ``num_prompts``, capped at ``batch_size``."""
+  return min(batch_size, 1 << max(0, int(num_prompts) - 1).bit_length())
+
+
 def _generate_all(
   generate_fn: GenerateFn, task: Task, key: jax.Array, batch_size: int
 ) -> list[list[str]]:
   """``[examples][num_samples]`` generations, in batches of ``batch_size`` prompts.
 
   Prompts are batched in order of length (a stable sort, so the samples of one prompt stay
-  together) so that a batch pads little, and the last batch is filled up to ``batch_size`` by
-  repeating its last prompt (extra outputs dropped) so that every call has the same batch shape
-  and compiles once per length bucket.
+  together) so that a batch pads little. The last batch is filled up, by repeating its last
+  prompt (extra outputs dropped), to :func:`batch_rows`: the smallest power of two that holds it
+  (at most ``batch_size``), so that few batch shapes compile and a task smaller than
+  ``batch_size`` does not decode mostly copies.
   """
   prompts = [example.prompt for example in task.examples for _ in range(task.num_samples)]
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -77,7 +84,7 @@ def _generate_all(
   for batch_index, start in enumerate(range(0, len(order), batch_size)):
     indices = order[start : start + batch_size]
     batch = [prompts[i] for i in indices]
-    batch += [batch[-1]] * (batch_size - len(batch))
+    batch += [batch[-1]] * (batch_rows(len(batch), batch_size) - len(batch))
     generated = generate_fn(
       batch,
       max_new_tokens=task.max_new_tokens,

@@ -46,10 +46,11 @@ RESUME_SAFE_KEYS = (
   'guard',
   'metric_timeout_s',
   'data.allow_changed_data',
+  'stop_step',  # where a call stops, not what the run computes
 )
 # Keys added to the config after runs were already written, with the value that reproduces the
 # older behaviour: a config (saved or new) lacking one of them is read as holding this value.
-ADDED_KEYS = {'data.drop_truncated': False}
+ADDED_KEYS = {'data.drop_truncated': False, 'stop_step': 0}
 # The fingerprint of the training data (path, size, content hash) the trainer adds to the config
 # it guards: a changed data file is refused like a changed config key.
 FINGERPRINT_KEY = 'data_fingerprint'

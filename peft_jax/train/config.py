@@ -65,6 +65,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.batch_size = 8  # global rows per step
   config.grad_accum_steps = 1  # microbatches per step (inner scan)
   config.total_steps = 20
+  # Stop this call after that many steps (0: at total_steps); the schedule still spans
+  # total_steps, and rerunning with 0 continues the run (a learning-rate sweep's candidates).
+  config.stop_step = 0
 
   config.optimizer = ml_collections.ConfigDict(
     dict(
@@ -131,6 +134,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f'config.batch_size={config.batch_size} is not divisible by '
       f'config.grad_accum_steps={config.grad_accum_steps}'
+    )
+  stop_step = config.get('stop_step', 0)
+  if not isinstance(stop_step, int) or isinstance(stop_step, bool):
+    raise ValueError(f'config.stop_step={stop_step!r} must be an integer')
+  if not 0 <= stop_step <= config.total_steps:
+    raise ValueError(
+      f'config.stop_step={stop_step} must be in [0, total_steps={config.total_steps}] (0: the end)'
     )
   if config.checkpoint.every_steps <= 0:
     raise ValueError(f'config.checkpoint.every_steps={config.checkpoint.every_steps} must be > 0')

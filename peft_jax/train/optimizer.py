@@ -7,12 +7,18 @@
 with ``η_t`` linear warmup to ``peak_lr`` over ``warmup_steps`` then cosine (or linear) decay to
 ``peak_lr * final_lr_fraction`` at ``total_steps``, and ``m_p`` the learning-rate multiplier of
 the first ``lr_groups`` pattern that fully matches parameter ``p``'s '/'-joined name.
+
+The peak learning rate is a runtime value, not a constant of the compiled program: it lives in
+the optimizer state (:class:`PeakLRState`, like ``optax.inject_hyperparams``) and the schedule is
+evaluated from it inside the step, with the same float32 operations as a schedule built from a
+constant peak. One compiled train step therefore serves every rate of a learning-rate sweep
+(:func:`with_peak_lr` sets the rate of a fresh state), and a checkpoint carries its rate.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +125,90 @@ def scale_by_tree(multipliers: PyTree) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+class PeakLRState(NamedTuple):
+  """State of :func:`scale_by_peak_lr_schedule`: the update count and the peak learning rate."""
+
+  count: jax.Array  # [] int32, updates applied
+  peak_lr: jax.Array  # [] float32, the schedule's peak (a runtime value)
+
+
+class PeakSchedule:
+  """``η_t`` as a function of the step and of a (possibly traced) peak learning rate.
+
+  ``schedule(count)`` is the schedule at the configured peak (an ``optax.Schedule``);
+  ``schedule.at(count, peak_lr)`` at any peak; both build :func:`lr_schedule` with the peak as a
+  value, so their float32 arithmetic is the same.
+  """
+
+  def __init__(self, peak_lr: float, **kwargs):
+    lr_schedule(float(peak_lr), **kwargs)  # validates the settings now, with their names
+    self.peak_lr = float(peak_lr)
+    self.kwargs = kwargs
+
+  def at(self, count, peak_lr):
+    return lr_schedule(peak_lr, **self.kwargs)(count)
+
+  def __call__(self, count):
+    return self.at(count, self.peak_lr)
+
+
+def scale_by_peak_lr_schedule(schedule: PeakSchedule) -> optax.GradientTransformation:
+  """``u <- -η_t u`` with ``η_t = schedule.at(count, state.peak_lr)``; the peak starts at
+  ``schedule.peak_lr`` (``optax.scale_by_learning_rate`` with the peak in the state)."""
+
+  def init_fn(params):
+    del params
+    return PeakLRState(
+      count=jnp.zeros([], jnp.int32), peak_lr=jnp.asarray(schedule.peak_lr, jnp.float32)
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    step_size = -1 * schedule.at(state.count, state.peak_lr)
+    updates = jax.tree.map(lambda u: jnp.array(step_size, dtype=u.dtype) * u, updates)
+    return updates, PeakLRState(count=optax.safe_increment(state.count), peak_lr=state.peak_lr)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _is_peak_state(node) -> bool:
+  return isinstance(node, PeakLRState)
+
+
+def peak_lr_of(opt_state: PyTree) -> Optional[jax.Array]:
+  """The runtime peak learning rate held in ``opt_state`` (None: the optimizer has none)."""
+  found = [n for n in jax.tree.leaves(opt_state, is_leaf=_is_peak_state) if _is_peak_state(n)]
+  return found[0].peak_lr if found else None
+
+
+def with_peak_lr(opt_state: PyTree, peak_lr: float) -> PyTree:
+  """``opt_state`` with its peak learning rate set to ``peak_lr`` (placed like the old value)."""
+  if peak_lr_of(opt_state) is None:
+    raise ValueError('this optimizer state holds no peak learning rate (no PeakLRState)')
+
+  def one(node):
+    if not _is_peak_state(node):
+      return node
+    old = node.peak_lr
+    value = jnp.asarray(peak_lr, jnp.float32)
+    if isinstance(old, jax.Array):
+      value = jax.device_put(value, old.sharding)
+    return node._replace(peak_lr=value)
+
+  return jax.tree.map(one, opt_state, is_leaf=_is_peak_state)
+
+
+def scheduled_lr(schedule: Optional[Callable], opt_state: PyTree, count) -> Optional[jax.Array]:
+  """The learning rate of the update at ``count``: from the state's runtime peak when the
+  optimizer has one (:class:`PeakSchedule`), else ``schedule(count)``; None without a schedule."""
+  if schedule is None:
+    return None
+  peak = peak_lr_of(opt_state)
+  if peak is not None and isinstance(schedule, PeakSchedule):
+    return jnp.asarray(schedule.at(count, peak), jnp.float32)
+  return jnp.asarray(schedule(count), jnp.float32)
+
+
 def make_optimizer(
   params: PyTree,
   *,
@@ -147,9 +237,16 @@ def make_optimizer(
       of ``params`` giving it (``peft_jax.adapters.param_groups``): lr multipliers and forced
       decay on/off.
   Returns:
-    ``(optimizer, schedule)``.
+    ``(optimizer, schedule)``: the schedule is a :class:`PeakSchedule`; the optimizer's state
+    holds the peak learning rate (:class:`PeakLRState`, set with :func:`with_peak_lr`).
   """
-  schedule = lr_schedule(peak_lr, total_steps, warmup_steps, decay, final_lr_fraction)
+  schedule = PeakSchedule(
+    peak_lr,
+    total_steps=total_steps,
+    warmup_steps=warmup_steps,
+    decay=decay,
+    final_lr_fraction=final_lr_fraction,
+  )
   if callable(param_groups):  # e.g. peft_jax.adapters.param_groups, applied to these params
     param_groups = param_groups(params)
   parts = []
@@ -162,7 +259,7 @@ def make_optimizer(
         weight_decay, mask=decay_mask(params, no_decay_patterns, param_groups)
       )
     )
-  parts.append(optax.scale_by_learning_rate(schedule))
+  parts.append(scale_by_peak_lr_schedule(schedule))
   multipliers = lr_multipliers(params, lr_groups, param_groups)
   if any(m != 1.0 for m in jax.tree.leaves(multipliers)):
     parts.append(scale_by_tree(multipliers))

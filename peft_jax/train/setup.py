@@ -1,4 +1,10 @@
-"""From a params tree to a sharded train state and the jitted step (shapes -> shardings -> jit)."""
+"""From a params tree to a sharded train state and the jitted step (shapes -> shardings -> jit).
+
+A :class:`TrainingPlan` (the jitted step and state initialiser, and every sharding) depends on
+the shapes and the optimizer's settings but not on the peak learning rate nor the seed, which
+are runtime values (``peft_jax.train.optimizer.PeakLRState``, the state's rng); passing a plan
+back to :func:`setup_training` reuses its compiled programs for another rate or seed.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from peft_jax.parallel.sharding import (
   opt_state_shardings,
   shardings_like,
 )
-from peft_jax.train.optimizer import make_optimizer
+from peft_jax.train.optimizer import make_optimizer, peak_lr_of, with_peak_lr
 from peft_jax.train.step import (
   TrainState,
   init_train_state,
@@ -43,6 +49,7 @@ class ShardedTraining:
   state_shardings: TrainState
   frozen_shardings: PyTree
   batch_shardings: Mapping[str, Any]
+  plan: Optional['TrainingPlan'] = None  # the programs this setup used (reusable)
 
 
 def _as_float32(tree: PyTree) -> PyTree:
@@ -68,6 +75,8 @@ class TrainingPlan:
   state_shardings: TrainState
   frozen_shardings: PyTree
   batch_shardings: Mapping[str, Any]
+  # jitted (trainable, rng) -> TrainState at step 0 (the configured peak lr), sharded
+  init_state: Optional[Callable] = None
 
   def abstract_args(self, batch_size: int, seq_len: int) -> tuple[TrainState, PyTree, dict]:
     """``(state, frozen, batch)`` as ``ShapeDtypeStruct`` carrying their shardings, the
@@ -129,6 +138,12 @@ def plan_training(
   else:
     step = step_builder(optimizer, schedule)
   jitted = jit_train_step(step, state_shardings, frozen_shardings, batch_shardings, mesh)
+  init_state = jax.jit(
+    lambda params, rng: TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng
+    ),
+    out_shardings=state_shardings,
+  )
   return TrainingPlan(
     mesh=mesh,
     train_step=jitted,
@@ -139,6 +154,7 @@ def plan_training(
     state_shardings=state_shardings,
     frozen_shardings=frozen_shardings,
     batch_shardings=batch_shardings,
+    init_state=init_state,
   )
 
 
@@ -155,6 +171,7 @@ def setup_training(
   grad_accum_steps: int = 1,
   batch_keys: Sequence[str] = BATCH_KEYS,
   step_builder: Optional[Callable] = None,
+  plan: Optional[TrainingPlan] = None,
 ) -> ShardedTraining:
   """Shards ``params`` by their logical ``axes``, splits trainable/frozen, builds the step.
 
@@ -173,27 +190,35 @@ def setup_training(
       SFT step of :func:`~peft_jax.train.step.make_train_step` (``loss_fn`` and
       ``grad_accum_steps`` are then unused): another objective on the same sharded state,
       optimizer and jit (GRPO, ``peft_jax.rl``).
+    plan: a plan from an earlier call whose program-defining arguments (everything but the
+      params' values, ``seed`` and ``optimizer_kwargs['peak_lr']``) were the same: its compiled
+      step and initialiser are reused (``ShardedTraining.plan``; the caller vouches for the
+      sameness, e.g. ``peft_jax.train.trainer.ProgramCache``).
   """
-  plan = plan_training(
-    params,
-    axes,
-    loss_fn=loss_fn,
-    partition_fn=partition_fn,
-    mesh=mesh,
-    optimizer_kwargs=optimizer_kwargs,
-    rules=rules,
-    seed=seed,
-    grad_accum_steps=grad_accum_steps,
-    batch_keys=batch_keys,
-    step_builder=step_builder,
-  )
+  if plan is None:
+    plan = plan_training(
+      params,
+      axes,
+      loss_fn=loss_fn,
+      partition_fn=partition_fn,
+      mesh=mesh,
+      optimizer_kwargs=optimizer_kwargs,
+      rules=rules,
+      seed=seed,
+      grad_accum_steps=grad_accum_steps,
+      batch_keys=batch_keys,
+      step_builder=step_builder,
+    )
   trainable, frozen = partition_fn(params)
   frozen = jax.device_put(frozen, plan.frozen_shardings)
   trainable = jax.device_put(_as_float32(trainable), plan.state_shardings.params)
-  state = jax.jit(
-    functools.partial(init_train_state, optimizer=plan.optimizer, seed=seed),
-    out_shardings=plan.state_shardings,
-  )(trainable)
+  rng = jax.device_put(jax.random.PRNGKey(seed), plan.state_shardings.rng)
+  state = plan.init_state(trainable, rng)
+  if peak_lr_of(state.opt_state) is not None and 'peak_lr' in optimizer_kwargs:
+    # The plan's initialiser starts at the rate it was built with; this run's rate is set here.
+    state = state.replace(
+      opt_state=with_peak_lr(state.opt_state, float(optimizer_kwargs['peak_lr']))
+    )
   return ShardedTraining(
     mesh=mesh,
     state=state,
@@ -204,4 +229,5 @@ def setup_training(
     state_shardings=plan.state_shardings,
     frozen_shardings=plan.frozen_shardings,
     batch_shardings=plan.batch_shardings,
+    plan=plan,
   )

@@ -12,6 +12,7 @@ import optax
 
 from peft_jax.common.trees import path_name
 from peft_jax.parallel.sharding import replicated
+from peft_jax.train.optimizer import scheduled_lr
 
 Array = jax.Array
 PyTree = Any
@@ -143,7 +144,7 @@ def make_train_step(
       'update_norm': _tree_norm(updates),
     }
     if schedule is not None:
-      metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
+      metrics['lr'] = scheduled_lr(schedule, state.opt_state, state.step)
     metrics.update(per_layer_norms(updates, 'update_norm'))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics

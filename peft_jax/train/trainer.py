@@ -22,11 +22,18 @@ Workdir layout::
   .lock              held by the launcher while it runs (peft_jax.common.lock)
   trajectory/<step>  adapter (trainable) snapshots every `checkpoint.snapshot_every` steps
   export/adapter     PEFT-format adapter, export/merged HF directory (when configured)
+
+Compiled programs across runs: ``train(..., programs=ProgramCache())`` reuses the jitted step
+and state initialiser of an earlier call in the same process whose config differed only in keys
+that do not change the program (:data:`NON_PROGRAM_KEYS`: the peak learning rate, the seed, the
+data, checkpointing and logging). The peak learning rate is a runtime value of the optimizer
+state (``peft_jax.train.optimizer``), so a learning-rate sweep compiles its step once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable, Optional
@@ -47,7 +54,7 @@ from peft_jax.train.config import validate_config
 from peft_jax.train.guard import DivergenceGuard
 from peft_jax.train.loss import make_sft_loss
 from peft_jax.train.metrics import MetricWriter
-from peft_jax.train.setup import ShardedTraining, setup_training
+from peft_jax.train.setup import ShardedTraining, TrainingPlan, setup_training
 
 PyTree = Any
 
@@ -193,6 +200,73 @@ def export_run(
 
 
 # ------------------------------------------------------------------------------------------------
+# Programs reused across runs
+# ------------------------------------------------------------------------------------------------
+
+# Config keys that change no compiled program: runtime values of the state (peak_lr, seed), what
+# the data is (its shapes, batch_size and data.seq_len, stay in the key) and the run's
+# bookkeeping. Every other key, including ones added later, is part of the program key.
+NON_PROGRAM_KEYS = (
+  'seed',
+  'optimizer.peak_lr',
+  'stop_step',
+  'model.path',  # replaced by the resolved model config
+  'data.path',
+  'data.split',
+  'data.tokenizer',
+  'data.packing',
+  'data.shuffle',
+  'data.drop_truncated',
+  'data.allow_changed_data',
+  'checkpoint',
+  'log_every',
+  'progress_bar',
+  'throttle_s',
+  'peak_flops_per_device',
+  'guard',
+  'metric_timeout_s',
+  'export',
+)
+
+
+def program_key(config: ml_collections.ConfigDict, model_config, method) -> str:
+  """What the compiled train step depends on: the config without :data:`NON_PROGRAM_KEYS`, the
+  resolved model config and the method object."""
+  flat = json.loads(json.dumps(config.to_dict(), default=str))
+  for key in NON_PROGRAM_KEYS:
+    node, parts = flat, key.split('.')
+    for part in parts[:-1]:
+      node = node.get(part, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict):
+      node.pop(parts[-1], None)
+  return json.dumps([flat, repr(model_config), repr(method)], sort_keys=True, default=str)
+
+
+class ProgramCache:
+  """Training programs (``setup.TrainingPlan``) by :func:`program_key`, reused by ``train``.
+
+  Attributes:
+    hits / misses: ``train`` calls that reused a plan / built one.
+  """
+
+  def __init__(self):
+    self._plans: dict[str, TrainingPlan] = {}
+    self.hits = 0
+    self.misses = 0
+
+  def get(self, key: str) -> Optional[TrainingPlan]:
+    plan = self._plans.get(key)
+    if plan is None:
+      self.misses += 1
+    else:
+      self.hits += 1
+    return plan
+
+  def put(self, key: str, plan: TrainingPlan) -> None:
+    self._plans[key] = plan
+
+
+# ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
 
@@ -202,6 +276,7 @@ def train(
   workdir: str,
   *,
   batch_hook: Optional[Callable[[int, dict], dict]] = None,
+  programs: Optional[ProgramCache] = None,
 ) -> TrainResult:
   """Trains (or resumes) the run in ``workdir``; see the module docstring.
 
@@ -210,6 +285,7 @@ def train(
     workdir: the run directory (shared by all processes).
     batch_hook: optional ``(step, local_batch) -> local_batch`` applied to each host batch
       (inspection, augmentation, fault injection in tests).
+    programs: reuse (and add to) these compiled programs (see the module docstring).
   Raises:
     FloatingPointError: (``guard.DivergenceError``) the loss, gradient, update or parameter norm
       became non-finite or exceeded its ``config.guard`` bound (names the step, the metric and
@@ -234,6 +310,7 @@ def train(
   axes = models.param_logical_axes(params, model_config)
 
   loss_fn = make_loss_fn(model, method, mesh, rules)
+  key = None if programs is None else program_key(config, model_config, method)
   training: ShardedTraining = setup_training(
     params,
     axes,
@@ -244,7 +321,10 @@ def train(
     rules=rules,
     seed=config.seed,
     grad_accum_steps=config.grad_accum_steps,
+    plan=None if programs is None else programs.get(key),
   )
+  if programs is not None:
+    programs.put(key, training.plan)
   del params  # the sharded state and frozen partition own the weights now
   num_params = adapter_api.count_params(combine_fn(training.state.params, training.frozen))['total']
 
@@ -301,9 +381,12 @@ def train(
   peak_flops = config.peak_flops_per_device * jax.device_count()
   compiles_before = training.train_step._cache_size()  # pylint: disable=protected-access
   losses = []
-  progress = range(start_step, config.total_steps)
+  # stop_step: end this call after that step, on the schedule of total_steps (a later call with
+  # stop_step 0 continues the same run to the end, bit for bit).
+  last = int(config.get('stop_step', 0) or 0) or config.total_steps
+  progress = range(start_step, last)
   if config.progress_bar and jax.process_index() == 0:
-    progress = tqdm(progress, initial=start_step, total=config.total_steps, desc='train')
+    progress = tqdm(progress, initial=start_step, total=last, desc='train')
   try:
     stop.install()
     for step in progress:
@@ -321,7 +404,7 @@ def train(
       if guard.problem(metrics):
         guard.check(step, metrics, checkpointer.latest_complete_step())
       losses.append((step, float(metrics['loss'])))
-      if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
+      if (step + 1) % config.log_every == 0 or step + 1 == last:
         scalars = dict(
           metrics,
           step_seconds=seconds,
@@ -329,7 +412,7 @@ def train(
           mfu=flops_per_step / seconds / peak_flops,
         )
         writer.write(step + 1, scalars)
-      if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == config.total_steps:
+      if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == last:
         checkpointer.save(step + 1, state, iterator.get_state())
       if trajectory is not None and (step + 1) % config.checkpoint.snapshot_every == 0:
         trajectory.save(step + 1, state.params)

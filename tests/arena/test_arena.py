@@ -14,6 +14,7 @@ from configs.arena import quick as arena_presets
 from peft_jax.arena import context, pipeline, study
 from peft_jax.arena import stages as stages_lib
 from peft_jax.report import SECTIONS
+from peft_jax.train import trainer
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -80,7 +81,9 @@ def test_numbers_come_from_stage_outputs(arena_run):
     assert entry['interpolation']['general'] == paths['interpolation']['general']
     train = runner.result(f'train_{method}')
     assert entry['train_loss'] == train['train_loss']
-    assert len(train['train_loss']) == 4 and train['num_compiles'] == 1
+    # One compilation per method; a continued sweep run reuses the sweep's (then 0 here).
+    assert len(train['train_loss']) == 4
+    assert train['num_compiles'] == (0 if 'continued_sweep_run' in train else 1)
   # α = 0 of every path, of every method, is the base model itself.
   at_zero = {
     (entry[path]['general'][0], entry[path]['target'][0])
@@ -237,9 +240,20 @@ def test_sweep_keeps_the_best_validation_rate_and_its_run(arena_run):
   best = max(range(2), key=lambda i: (sweep['target'][i], sweep['general'][i], -abs(i - 1)))
   assert sweep['chosen_index'] == best
   train = runner.result('train_lora')
-  assert train['peak_lr'] == sweep['chosen_lr'] and train['reused_sweep_run']
+  assert train['peak_lr'] == sweep['chosen_lr']
+  # select_fraction 0.5: candidates stop at step 2 of the 4-step schedule; the kept one is
+  # continued to step 4 as the final run, bit for bit the uninterrupted run at that rate.
+  assert sweep['steps'] == train['selected_at_step'] == 2
+  assert train['continued_sweep_run'] == f'sweep_lora/lr{sweep["chosen_index"]}_seed0/run'
   kept = sweep['runs'][sweep['chosen_index']]
-  assert train['final_loss'] == kept['final_loss']  # the kept sweep run is the final run
+  assert len(train['train_loss']) == 4 and train['train_loss'][1] == kept['final_loss']
+  final_config = pipeline.method_train_config(
+    config, 'lora', config.base, os.path.join(workdir, context.SPLITS_DIR, 'gsm_sft.jsonl')
+  )
+  final_config.optimizer.peak_lr = sweep['chosen_lr']
+  uninterrupted = trainer.train(final_config, os.path.join(workdir, 'uninterrupted'))
+  assert [loss for _, loss in uninterrupted.losses] == train['train_loss']
+  assert train['num_compiles'] == 0  # the sweep's compiled step served the continuation
   assert not runner.done('sweep_full')  # config.sweep.methods = ('lora',)
   # The validation problems are held out of the SFT data and disjoint from the test split.
   split_dir = os.path.join(workdir, context.SPLITS_DIR)

@@ -335,7 +335,17 @@ def test_harness_batches_by_length_with_full_batches(data_dir):
     None, None, None, [task], key=jax.random.key(0), batch_size=2, generate_fn=recording_generate
   )
   assert summary['tasks']['gsm8k']['score'] == pytest.approx(2 / 3)
-  assert [len(b) for b in batches] == [2, 2]  # the last batch is filled up
+  assert [len(b) for b in batches] == [2, 1]  # the last batch: the next power of two >= 1
   lengths = [len(p) for b in batches for p in b]
   assert lengths == sorted(lengths)
-  assert batches[1][0] == batches[1][1]  # filled with its own last prompt
+  # A task smaller than the batch: one call of 4 rows (the power of two >= 3), not 8, filled
+  # with its own last prompt.
+  batches.clear()
+  again = harness.evaluate(
+    None, None, None, [task], key=jax.random.key(0), batch_size=8, generate_fn=recording_generate
+  )
+  assert again['tasks']['gsm8k']['score'] == pytest.approx(2 / 3)
+  assert [len(b) for b in batches] == [4]
+  assert batches[0][2] == batches[0][3] and len(set(batches[0])) == 3
+  assert [harness.batch_rows(n, 64) for n in (1, 2, 3, 8, 9, 48, 64)] == [1, 2, 4, 8, 16, 64, 64]
+  assert harness.batch_rows(5, 6) == 6

@@ -16,6 +16,7 @@ from peft_jax import hub, parallel
 from peft_jax.adapters import api as adapters
 from peft_jax.data import sft
 from peft_jax.train import (
+  ProgramCache,
   decay_mask,
   default_config,
   load_trajectory,
@@ -23,6 +24,7 @@ from peft_jax.train import (
   read_metrics,
   train,
 )
+from peft_jax.train import optimizer as optimizer_lib
 from peft_jax.train.trainer import build_model, make_method
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -123,6 +125,37 @@ def test_config_guard_and_noop_resume(lora_run, data_path):
   harmless = _config(data_path, **{'log_every': 5, 'export.adapter': True, 'export.merged': False})
   result = train(harmless, workdir)
   assert result.start_step == 8 and result.losses == []
+
+
+def test_program_cache_compiles_the_step_once_for_every_rate(lora_run, data_path, tmp_path):
+  config, workdir, reference = lora_run
+  programs = ProgramCache()
+  # Another peak learning rate and seed (a sweep's candidate): the step compiles once ...
+  first = train(
+    _config(data_path, **{'optimizer.peak_lr': 1e-2, 'seed': 1}),
+    str(tmp_path / 'a'),
+    programs=programs,
+  )
+  assert first.num_compiles == 1 and (programs.hits, programs.misses) == (0, 1)
+  # ... and serves the reference's rate and seed unchanged: no compilation, and bit for bit the
+  # losses, learning rates and final state of the uncached reference run.
+  again = train(_config(data_path), str(tmp_path / 'b'), programs=programs)
+  assert again.num_compiles == 0 and (programs.hits, programs.misses) == (1, 1)
+  assert again.losses == reference.losses
+  assert [r['lr'] for r in read_metrics(str(tmp_path / 'b'))] == [
+    r['lr'] for r in read_metrics(workdir)
+  ]
+  for a, b in zip(jax.tree.leaves(again.state), jax.tree.leaves(reference.state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert [r['lr'] for r in read_metrics(str(tmp_path / 'a'))][2] == pytest.approx(1e-2)
+  # A finished run restores through the cache (its checkpoint carries its rate) and runs nothing.
+  restored = train(_config(data_path), str(tmp_path / 'b'), programs=programs)
+  assert restored.start_step == 8 and restored.losses == [] and restored.num_compiles == 0
+  for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(reference.state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(optimizer_lib.peak_lr_of(restored.state.opt_state)) == np.float32(
+    config.optimizer.peak_lr
+  )
 
 
 def test_nan_stops_with_intact_checkpoint(data_path, tmp_path):
