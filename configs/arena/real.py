@@ -61,28 +61,30 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.methods = _methods()
   # The real suite (peft_jax.data.real_suite.write_real_suite): its seed and sizes.
   config.real = ml_collections.ConfigDict(dict(suite_seed=0, sizes=dict(gsm_train=600)))
+  # Sized for <= 2 hours on 2 CPU cores from measured step and generation times (docs/REAL.md,
+  # "The arena on a real base": the arithmetic). SFT rows are ~55 tokens: 128 packs two.
   config.train.update(
     dict(
-      total_steps=40,
+      total_steps=8,
       batch_size=8,
-      log_every=5,
-      data=dict(seq_len=256),
-      optimizer=dict(warmup_steps=4, weight_decay=0.0),
-      checkpoint=dict(every_steps=20, keep=1, snapshot_every=0),
+      log_every=1,
+      data=dict(seq_len=128),
+      optimizer=dict(warmup_steps=1, weight_decay=0.0),
+      checkpoint=dict(every_steps=8, keep=1, snapshot_every=0),
     )
   )
   config.eval.batch_size = 16
   # Limits by task name (bbh: per subtask). facts_retention: the base's correct facts items.
-  config.eval.limits = dict(facts=96, facts_retention=64, ifeval=16, bbh=6, pydoc_ppl=64, gsm=48)
-  config.eval.max_new_tokens = dict(facts=32, facts_retention=32, ifeval=128, bbh=96, gsm=48)
+  config.eval.limits = dict(facts=32, facts_retention=32, ifeval=8, bbh=4, pydoc_ppl=32, gsm=32)
+  config.eval.max_new_tokens = dict(facts=32, facts_retention=32, ifeval=64, bbh=96, gsm=48)
   config.paths.alphas = (0.0, 0.5, 1.0)
-  config.paths.limits = dict(facts=16, facts_retention=16, ifeval=4, bbh=1, pydoc_ppl=16, gsm=16)
+  config.paths.limits = dict(facts=8, facts_retention=8, ifeval=1, bbh=1, pydoc_ppl=8, gsm=8)
   config.geometry.update(
-    dict(num_prompts=16, module='layers_1/self_attn/q_proj', gram_max_tokens=512)
+    dict(num_prompts=8, module='layers_1/self_attn/q_proj', gram_max_tokens=512)
   )
-  config.sweep.update(dict(factors=(1 / 3, 1.0), steps=0, validation_size=32))
+  config.sweep.update(dict(factors=(1 / 3, 1.0), steps=0, validation_size=16))
   config.sweep.general_limits = dict(pydoc_ppl=16)  # assigned: update() would merge the dicts
-  config.trajectory.update(dict(every=20, methods=('full', 'lora')))
+  config.trajectory.update(dict(every=4, methods=('lora',)))
 
   if arg in ('', 'real'):
     pass
@@ -90,7 +92,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     # A GPU (one H100/H200-class device): the whole suite, longer training, three rates.
     config.title = 'PEFT-Arena on SmolLM2-135M-Instruct (full)'
     config.real.sizes = dict(gsm_train=1000)
-    config.train.update(dict(total_steps=600, batch_size=32))
+    config.train.update(dict(total_steps=600, batch_size=32, log_every=10))
+    config.train.data.seq_len = 256
+    config.train.optimizer.warmup_steps = 30
     config.train.checkpoint.every_steps = 200
     config.eval.batch_size = 64
     config.eval.limits = dict(bbh=40)  # every item of every other task
@@ -102,7 +106,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.geometry.num_prompts = 64
     config.sweep.update(dict(factors=(1 / 3, 1.0, 3.0), validation_size=64))
     config.sweep.general_limits = dict(pydoc_ppl=64)
-    config.trajectory.every = 100
+    config.trajectory.update(dict(every=100, methods=('full', 'lora')))
   elif arg == 'smoke':
     config.title = 'PEFT-Arena real-world smoke run'
     config.method_order = ('lora', 'full')
@@ -110,7 +114,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_countries=12, ifeval_test=4, bbh_test=4, pydoc_passages=8, gsm_train=40, gsm_test=8
     )
     config.train.update(dict(total_steps=2, batch_size=8, log_every=1))
-    config.train.data.seq_len = 64
+    config.train.data.seq_len = 80  # every smoke SFT row (<= 72 tokens) fits
+    config.train.adapter.update(dict(target_regex='', targets=('q_proj', 'v_proj')))  # 4 modules
     config.train.optimizer.warmup_steps = 1
     config.train.checkpoint.every_steps = 2
     config.eval.batch_size = 8
@@ -123,7 +128,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     )
     config.sweep.update(dict(factors=(0.5, 1.0), methods=('lora',), validation_size=4))
     config.sweep.general_limits = dict(pydoc_ppl=2)
-    config.trajectory.update(dict(every=1, methods=('lora',)))
+    config.trajectory.update(dict(every=2, methods=('lora',)))
     config.progress_bar = False
   else:
     raise ValueError(f'unknown preset {arg!r}; valid: real (default), full, smoke')
