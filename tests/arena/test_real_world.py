@@ -48,7 +48,7 @@ def real_run(truncated_smollm, tmp_path_factory):
 def _inv_perplexity_torch(model_dir: str, texts) -> float:
   """mean_i exp(-NLL_i / n_i) of ``texts`` under transformers' Llama, one text at a time."""
   tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-  model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float64)
+  model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
   values = []
   with torch.no_grad():
     for text in texts:
