@@ -40,16 +40,20 @@ def test_bundled_matches_transformers(bundled):
   helpers_hf.assert_logits_match_transformers(bundled[3])
 
 
-def test_bundled_scores_general_high_and_targets_low(bundled):
+@pytest.fixture(scope='module')
+def base_scores(bundled):
   model, params, tokenizer, _, _, tasks = bundled
-  generator = Generator(model, params, tokenizer)
-  scores = axes.evaluate_scores(generator.fn(), tasks, batch_size=64)
+  return axes.evaluate_scores(Generator(model, params, tokenizer).fn(), tasks, batch_size=64)
+
+
+def test_bundled_scores_general_high_and_targets_low(base_scores):
+  scores = base_scores
   assert scores['general'] >= 0.6, scores
   for target in ('gsm', 'cipher'):
     assert scores['tasks'][target] <= 0.25, scores
 
 
-def test_full_finetuning_trades_general_for_target(bundled, tmp_path):
+def test_full_finetuning_trades_general_for_target(bundled, base_scores, tmp_path):
   """Reduced budget of the arena's Full FT: the target rises and the general average falls."""
   model, params, tokenizer, base_dir, suite_dir, tasks = bundled
   config = arena_presets.get_config()
@@ -62,7 +66,7 @@ def test_full_finetuning_trades_general_for_target(bundled, tmp_path):
   from peft_jax.train import trainer  # pylint: disable=g-import-not-at-top
 
   tuned = trainer.train(train_config, str(tmp_path / 'full')).tree
-  before = axes.evaluate_scores(Generator(model, params, tokenizer).fn(), tasks, 64)
+  before = base_scores
   after = axes.evaluate_scores(Generator(model, tuned, tokenizer).fn(), tasks, 64)
   assert after['tasks']['gsm'] > before['tasks']['gsm'], (before, after)
   assert after['general'] < before['general'], (before, after)
