@@ -16,7 +16,8 @@ from peft_jax import hub
 from peft_jax.arena import pipeline, progress, real_world
 from peft_jax.data import real_suite
 
-pytest.importorskip('countryinfo')
+# countryinfo is in the test extra (`make test` installs it): a missing package is a broken
+# install, and real_suite says how to install it.
 
 
 @pytest.fixture(scope='module')
