@@ -3,7 +3,8 @@
 definitions in docs/METRICS.md, "Capability drift").
 
 For every nominal label (``config.drift_study.labels``: label -> the suite task it names, whose
-SFT split ``sft/<task>.jsonl`` of the real suite it trains on) and every configuration
+SFT split ``sft/<task>.jsonl`` of the real suite it trains on; the target's is the arena's own
+SFT data, without the sweep's validation rows) and every configuration
 (``config.drift_study.configs``: name -> ``{'lr_factor', 'train'}``), one adapter of
 ``config.drift_study.method`` is trained and evaluated on every task the arena evaluates:
 
@@ -96,20 +97,24 @@ def adapters(config: ml_collections.ConfigDict) -> list[dict]:
   return out
 
 
-def sft_path(suite_dir: str, task: str) -> str:
-  return os.path.join(suite_dir, 'sft', f'{task}.jsonl')
+def sft_path(plan, task: str) -> str:
+  """A label's SFT data: the suite's ``sft/<task>.jsonl``; for the target, the arena's own SFT
+  data (the sweep's validation rows held out)."""
+  if task == real_world.TARGET:
+    return plan.target_train_path
+  return os.path.join(plan.suite_dir, 'sft', f'{task}.jsonl')
 
 
 def train_config(
   config: ml_collections.ConfigDict,
   adapter: Mapping[str, Any],
-  base_dir: str,
-  suite_dir: str,
+  plan,
   method_train_config: Callable[..., ml_collections.ConfigDict],
 ) -> ml_collections.ConfigDict:
-  """The resolved train config of one study adapter (module docstring)."""
+  """The resolved train config of one study adapter (module docstring); ``plan``: the
+  study's ``StudyPlan`` (base, suite, target data)."""
   method = settings(config).get('method', 'lora')
-  c = method_train_config(config, method, base_dir, sft_path(suite_dir, adapter['task']))
+  c = method_train_config(config, method, plan.base_dir, sft_path(plan, adapter['task']))
   where = 'config.drift_study'
   c = train_config_lib.with_overrides(
     c, settings(config).get('train') or {}, where=f'{where}.train'
@@ -205,30 +210,35 @@ def add_stages(
   extra = real_world.extra_eval_inputs(config)
   names, evals = [], []
   for adapter in specs:
-    c = train_config(config, adapter, plan.base_dir, plan.suite_dir, method_train_config)
+    c = train_config(config, adapter, plan, method_train_config)
     train_name, eval_name = f'train_drift_{adapter["name"]}', f'eval_drift_{adapter["name"]}'
     cache: dict = {}
 
     def run_dir(name=train_name):
       return os.path.join(graph.runner.path(name), 'run')
 
-    def train_fn(d, c=c, adapter=adapter, run_dir=run_dir):
+    def train_result(c=c, cache=cache, run_dir=run_dir):
+      # The run itself, or (a finished run) its restore; kept for the evaluation that follows.
+      if 'result' not in cache:
+        cache['result'] = trainer.train(c, run_dir(), programs=programs)
+      return cache['result']
+
+    def train_fn(d, c=c, adapter=adapter, run_dir=run_dir, train_result=train_result):
       del d
-      out = study.stage_train(
-        str(c.adapter.method), lambda r: trainer.train(c, r, programs=programs), run_dir()
-      )
+      out = study.stage_train(str(c.adapter.method), lambda r: train_result(), run_dir())
       return dict(
         out,
         label=adapter['label'],
         nominal_task=adapter['task'],
         config_id=adapter['config_id'],
         peak_lr=float(c.optimizer.peak_lr),
-        data=os.path.relpath(str(c.data.path), plan.suite_dir),
+        data=os.path.relpath(str(c.data.path), os.path.dirname(plan.suite_dir)),
       )
 
-    def tree(c=c, cache=cache, run_dir=run_dir):  # a finished run restores; runs no step
+    def tree(cache=cache, train_result=train_result):
       if 'tree' not in cache:
-        cache['tree'] = jax.device_get(trainer.train(c, run_dir(), programs=programs).tree)
+        cache['tree'] = jax.device_get(train_result().tree)
+        cache.pop('result')  # the tree is all the evaluation needs
       return cache['tree']
 
     graph.add(
