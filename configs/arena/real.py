@@ -10,7 +10,8 @@ the real suite (country facts + their retention set, IFEval, BBH subtasks above 
 pydoc perplexity; target GSM), every method with a 2-point learning-rate sweep, sized to finish
 within 2 hours on 2 CPU cores (the arithmetic is in docs/REAL.md). full: the same study at the
 sizes a GPU affords. smoke: LoRA only, two steps, a handful of examples, for a truncated
-checkpoint (tests/arena/test_real_world.py).
+checkpoint (tests/arena/test_real_world.py). Every preset adds the drift study: LoRA adapters
+labelled instruction / arithmetic / facts, each at lr x1 and x3 (config.drift_study).
 """
 
 import importlib.util
@@ -85,6 +86,18 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.sweep.update(dict(factors=(1 / 3, 1.0), steps=0, validation_size=16))
   config.sweep.general_limits = dict(pydoc_ppl=16)  # assigned: update() would merge the dicts
   config.trajectory.update(dict(every=4, methods=('lora',)))
+  # The drift study (peft_jax.arena.drift_study; docs/REAL.md, "The drift study"): one LoRA
+  # adapter per nominal label (label -> the suite task whose SFT split it trains on) and per
+  # configuration (the method's arena lr times lr_factor; `train`: more overrides), each
+  # evaluated on every task. Learning rates, not ranks, so every run shares one compiled step.
+  config.drift_study = ml_collections.ConfigDict(
+    dict(
+      method='lora',
+      labels=dict(instruction='ifeval', arithmetic='gsm', facts='facts'),
+      configs=dict(lr1=dict(lr_factor=1.0, train={}), lr3=dict(lr_factor=3.0, train={})),
+      train=dict(total_steps=4, checkpoint=dict(every_steps=4)),
+    )
+  )
 
   if arg in ('', 'real'):
     pass
@@ -107,11 +120,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.sweep.update(dict(factors=(1 / 3, 1.0, 3.0), validation_size=64))
     config.sweep.general_limits = dict(pydoc_ppl=64)
     config.trajectory.update(dict(every=100, methods=('full', 'lora')))
+    config.drift_study.train = dict(total_steps=200, checkpoint=dict(every_steps=200))
   elif arg == 'smoke':
     config.title = 'PEFT-Arena real-world smoke run'
     config.method_order = ('lora',)  # the wiring; the quick smoke test covers every method
     config.real.sizes = dict(
-      num_countries=12, ifeval_test=4, bbh_test=4, pydoc_passages=8, gsm_train=40, gsm_test=8
+      num_countries=12,
+      ifeval_test=4,
+      bbh_test=4,
+      pydoc_passages=8,
+      gsm_train=40,
+      gsm_test=8,
+      ifeval_train=8,
+      facts_train_countries=4,
     )
     config.train.update(dict(total_steps=2, batch_size=8, log_every=1))
     config.train.data.seq_len = 80  # every smoke SFT row (<= 72 tokens) fits
@@ -129,6 +150,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.sweep.update(dict(factors=(0.5, 1.0), methods=('lora',), validation_size=4))
     config.sweep.general_limits = dict(pydoc_ppl=2)
     config.trajectory.update(dict(every=2, methods=('lora',)))
+    # One step per adapter: the six runs share one compiled step (ProgramCache).
+    config.drift_study.train = dict(
+      total_steps=1, optimizer=dict(warmup_steps=0), checkpoint=dict(every_steps=1)
+    )
     config.progress_bar = False
   else:
     raise ValueError(f'unknown preset {arg!r}; valid: real (default), full, smoke')

@@ -18,6 +18,9 @@ folder atomically and records what it was computed from; the stage functions are
                        (``config.trajectory``)
 ``gates_<m>``          gate activations per module and rank component (methods with gates)
 ``drift``              the capability-drift matrix over all trained adapters
+``*_drift_*``          real world with ``config.drift_study``: labelled adapters trained on
+                       their own SFT data at several configurations, evaluated, and their drift
+                       matrix (``peft_jax.arena.drift_study``)
 ``report``             ``<workdir>/report/index.html`` + ``index.md`` + PNGs (rebuilt every run)
 
 Every stage declares the config slice it reads and its input stages; a rerun recomputes exactly
@@ -43,8 +46,8 @@ from tqdm import tqdm
 from peft_jax import hub
 from peft_jax import report as report_lib
 from peft_jax.adapters import api as adapters
+from peft_jax.arena import drift_study, real_world, study
 from peft_jax.arena import progress as progress_lib
-from peft_jax.arena import real_world, study
 from peft_jax.arena import stages as stages_lib
 from peft_jax.arena.context import (
   ArenaContext,
@@ -285,6 +288,15 @@ def _graph(config: ml_collections.ConfigDict, plan: StudyPlan, get_ctx) -> _Grap
       {m: graph.runner.result(f'eval_{m}')['tasks'] for m in config.method_order},
       d,
     ),
+  )
+  drift_study.add_stages(  # real world with config.drift_study: labelled adapters, their matrix
+    graph,
+    config,
+    plan,
+    slices,
+    get_ctx,
+    method_train_config=method_train_config,
+    train_slice=_without_resume_safe,
   )
   graph.add('report', {}, always=True)
   return graph
@@ -614,6 +626,8 @@ def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
   )
   results['plan'] = [d.line() for d in runner.decisions]
   results['notes'] = list(plan.notes) + real_world.notes(runner.result('base_eval'))
+  if any(spec.name == drift_study.STAGE for spec in graph.specs):
+    results['drift_study'] = drift_study.results_entry(runner.result(drift_study.STAGE))
 
   # The report is cheap and reflects every stage: rebuild it on every run.
   shutil.rmtree(runner.path('report'), ignore_errors=True)

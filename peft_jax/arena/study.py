@@ -270,7 +270,7 @@ def stage_paths(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
       continue
     generator = Generator(ctx.model, stacked, ctx.tokenizer, stacked=True)
     scorer = LoglikScorer(ctx.model, stacked, ctx.tokenizer, stacked=True)  # one vmapped program
-    curve = {'target': [], 'general': [], 'tasks': []}
+    curve = {'target': [], 'general': [], 'tasks': [], 'per_example': []}
     for i in range(len(alphas)):
       scores = axes.evaluate_scores(
         generator.fn(i), ctx.path_tasks, ctx.config.eval.batch_size, loglik_fn=scorer.fn(i)
@@ -278,6 +278,7 @@ def stage_paths(ctx: ArenaContext, tree: PyTree, out_dir: str) -> dict:
       curve['target'].append(scores['tasks'][ctx.config.target])
       curve['general'].append(scores[axes.GENERAL_KIND])
       curve['tasks'].append(scores['tasks'])
+      curve['per_example'].append(scores['per_example'])  # paired intervals along α (claims)
     curve['kind'] = kind if name == 'rewind' else 'linear'
     best = paths_lib.best_tradeoff(
       jnp.asarray(alphas),

@@ -12,6 +12,12 @@ Layout under ``out_dir``::
   general/pydoc_ppl_test.jsonl    perplexity passages {id, text, topic}
   targets/gsm_{train,test}.jsonl  GSM8K {question, answer: "...\\n#### n"}
   sft/gsm.jsonl                   {prompt, completion}: the target's training pairs
+  sft/ifeval.jsonl                {messages}: IFEval prompts drawn apart from the test prompts
+                                  (no shared request + primary instruction) with the generator's
+                                  compliant responses (the drift study's instruction label)
+  sft/facts.jsonl                 {messages}: the facts relations about the
+                                  ``facts_train_countries`` countries ranked after the test ones,
+                                  answered with the first gold alias (the facts label)
   manifest.json                   sources (package versions, digests), seed, sizes, counts, the
                                   BBH chance levels, the prompt formats
 
@@ -65,7 +71,12 @@ DEFAULT_SIZES = {
   'pydoc_passages': 128,
   'gsm_train': 1000,
   'gsm_test': 200,
+  'ifeval_train': 200,  # SFT rows of the drift study's instruction label
+  'facts_train_countries': 40,  # countries after the test ones, for the facts label's SFT rows
 }
+# The SFT splits (sft/<name>.jsonl), by the task whose capability they train (the drift study's
+# nominal tasks, peft_jax.arena.drift_study).
+SFT_TASKS = ('gsm', 'ifeval', 'facts')
 
 QUESTION_TEMPLATES = {
   'capital': 'What is the capital of {country}?',
@@ -262,6 +273,19 @@ def fact_items(countries: Sequence[Country]) -> list[dict[str, Any]]:
   return items
 
 
+def chat_sft_row(prompt: str, response: str) -> dict:
+  """An SFT row asked with the chat template, as the facts and IFEval tasks ask their prompts."""
+  return {
+    'messages': [{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}]
+  }
+
+
+def facts_sft_row(item: Mapping[str, Any]) -> dict:
+  """The SFT row of a facts item: its question (the facts task's prompt) and its first gold
+  alias as a one-line answer."""
+  return dict(chat_sft_row(item['question'], f'{item["answer"][0]}.'), id=item['id'])
+
+
 def _rng(seed: int, name: str) -> random.Random:
   return random.Random(f'peft_jax-real:{seed}:{name}')
 
@@ -338,10 +362,17 @@ def write_real_suite(
 
   # Facts.
   data_dir = countryinfo_data_dir()
-  countries = top_countries(read_countries(data_dir), int(size['num_countries']))
+  num_test, num_train = int(size['num_countries']), int(size['facts_train_countries'])
+  ranked = top_countries(read_countries(data_dir), num_test + num_train)
+  countries = ranked[:num_test]
   items = fact_items(countries)
   _rng(seed, 'facts').shuffle(items)  # a `limit` then takes a random subset of items
   save_jsonl('general/facts_test', items)
+  # The facts label's SFT rows: the same relations about the next countries by population, so
+  # no test item (nor its retention subset) is trained on.
+  train_items = fact_items(ranked[num_test:])
+  _rng(seed, 'facts_train').shuffle(train_items)
+  save_jsonl('sft/facts', [facts_sft_row(item) for item in train_items])
 
   # Perplexity passages (sections no pydoc task trains on).
   passages = pydoc_tasks.heldout_passages(int(size['pydoc_passages']), seed=seed)
@@ -353,11 +384,13 @@ def write_real_suite(
 
   # IFEval over the suite's invented world.
   world = world_lib.build_world(_rng(seed, 'world'), num_people=80, num_cities=20, num_animals=20)
-  (ifeval,) = _draw_distinct(
+  # Test examples first, then the SFT examples, in one draw: the test rows do not depend on the
+  # SFT size, and no SFT example shares a test example's request and primary instruction.
+  ifeval, ifeval_train = _draw_distinct(
     lambda r: ifeval_tasks.make_example(r, world),
     _rng(seed, 'ifeval'),
     'split_key',
-    [int(size['ifeval_test'])],
+    [int(size['ifeval_test']), int(size['ifeval_train'])],
     'ifeval',
   )
   save_jsonl(
@@ -370,6 +403,18 @@ def write_real_suite(
         'kwargs': e['kwargs'],
       }
       for i, e in enumerate(ifeval)
+    ],
+  )
+
+  save_jsonl(
+    'sft/ifeval',
+    [
+      dict(  # the instructions beside the messages, so the responses can be checked
+        chat_sft_row(e['prompt'], e['completion']),
+        instruction_id_list=e['instruction_id_list'],
+        kwargs=e['kwargs'],
+      )
+      for e in ifeval_train
     ],
   )
 
@@ -427,7 +472,8 @@ def write_real_suite(
         'license': 'MIT',
         'data_dir': 'countryinfo/data',
         'countries': [c.name for c in countries],
-        'digest': _data_digest(data_dir, countries),
+        'train_countries': [c.name for c in ranked[num_test:]],
+        'digest': _data_digest(data_dir, ranked),
         'relations': dict(collections.Counter(i['relation'] for i in items)),
       },
       'perplexity': {
@@ -446,6 +492,8 @@ def write_real_suite(
       'ifeval': '{prompt} (chat)',
       'bbh': BBH_PROMPT + ' (3-shot, plain)',
       'gsm': GSM_PROMPT,
+      'sft/facts': 'question -> first gold alias + "." (chat)',
+      'sft/ifeval': "prompt -> the generator's compliant completion (chat)",
     },
     'files': {name: os.path.relpath(path, out_dir) for name, path in sorted(paths.items())},
   }

@@ -61,6 +61,11 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
     "drift": {"adapters": [names], "labels": {adapter: label},                # optional
               "tasks": [task names], "delta": [[float] adapter x task],
               "flagged": {adapter: [reason strings]}},  # flagged adapters are in adapters
+    "claims": {"claims": [{"id": int, "finding": str, "rule": str, "evidence": str,  # optional
+                           "reason": str, "verdict": "agrees" | "disagrees" | "inconclusive"}],
+               "correlations": [{"pair": str, "n": int, "rho": float | None,
+                                 "p": float | None, "interval": [lo, hi] | None}]},
+               # peft_jax.report.claims.compute_claims of the stage outputs
     "config": dict,                     # optional: the resolved config, shown as JSON
     "versions": {package: version str}, # optional
     "timing": {"total_s": float, "stages": {stage: seconds}},                 # optional
@@ -68,7 +73,7 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
 
 Report sections (headings, in order): Summary, Stability–plasticity, Methods table,
 [Learning-rate sweep], Paths, [Trajectory], Weight spectra, Activation geometry, CSD, DISeL gates,
-Capability drift, Training, Configuration, Versions & timing. The bracketed ones appear only when
+Capability drift, Claims, Training, Configuration, Versions & timing. The bracketed ones appear only when
 some method has a ``sweep`` / ``trajectory``.
 
 Formats: scores 3 decimals, Forget and gains (0-1 values) shown in points with 1 decimal,

@@ -103,6 +103,7 @@ SECTIONS = (
   ('csd', 'CSD'),
   ('disel-gates', 'DISeL gates'),
   ('capability-drift', 'Capability drift'),
+  ('claims', 'Claims'),
   ('training', 'Training'),
   ('configuration', 'Configuration'),
   ('versions-timing', 'Versions & timing'),
@@ -124,6 +125,7 @@ FIGURE_FILES = {
   'csd': 'csd.png',
   'disel_gates': 'disel_gates.png',
   'capability_drift': 'capability_drift.png',
+  'drift_study': 'drift_study.png',
   'training_loss': 'training_loss.png',
   'lr_sweep': 'lr_sweep.png',
   'trajectory': 'trajectory.png',
@@ -798,7 +800,95 @@ def _disel(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block
 def _drift(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
   drift = results.get('drift')
   if drift is None:
-    return [_not_run("no capability-drift matrix (results['drift'] absent)")]
+    blocks = [_not_run("no capability-drift matrix (results['drift'] absent)")]
+  else:
+    blocks = _drift_matrix(drift, figures)
+  if results.get('drift_study') is not None:
+    blocks += _drift_study(results['drift_study'], figures)
+  return blocks
+
+
+def _flag_text(flags: Sequence[str]) -> str:
+  return '⚑ ' + ', '.join(flags) if flags else 'no'
+
+
+def _drift_study(study: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
+  tasks, flagged = list(study['tasks']), study['flagged']
+  rows = []
+  for name, deltas in zip(study['adapters'], study['delta']):
+    rows.append(
+      (
+        name,
+        study['labels'][name],
+        study['config_ids'][name],
+        study['nominal_tasks'][name],
+        *(fmt.fmt_signed_score(d) for d in deltas),
+        _flag_text(flagged.get(name, ())),
+      )
+    )
+  sensitivity_rows = []
+  for label, entry in study['sensitivity'].items():
+    across = [
+      'largest gain on different tasks' if entry['capability_differs'] else 'same top task',
+      'nominal gain changes sign' if entry['sign_change'] else 'same sign',
+    ]
+    for row in entry['configs']:
+      sensitivity_rows.append(
+        (
+          label,
+          row['config_id'],
+          row['nominal_task'],
+          fmt.fmt_signed_score(row['nominal_gain']),
+          DASH
+          if row['top_task'] is None
+          else f'{row["top_task"]} ({fmt.fmt_signed_score(row["top_gain"])})',
+          fmt.fmt_signed_score(row['drift']),
+          _flag_text(row['flags']),
+          '; '.join(across),
+        )
+      )
+  return [
+    Paragraph(
+      'Drift study: adapters with a nominal label, each trained on the SFT data of the task '
+      'its label names, at several configurations, and evaluated on every task. Δ = '
+      "score(adapter) − score(base) in the tasks' native units. A flag marks where the label "
+      'and the measured gains disagree: nominal_not_improved when Δ on the nominal task is ≤ 0, '
+      'off_target_exceeds_nominal when some other task has |Δ| above the nominal Δ.'
+    ),
+    *_image(
+      figures,
+      'drift_study',
+      'Drift-study heatmap',
+      'Labelled adapters × tasks; flagged adapters are marked ⚑ in red.',
+    ),
+    Table(
+      'drift-study-table',
+      'Δ score vs base per task, per labelled adapter',
+      ('Adapter', 'Label', 'Config', 'Nominal task', *tasks, 'Flags'),
+      tuple(rows),
+      ('l', 'l', 'l', 'l') + ('r',) * len(tasks) + ('l',),
+      tuple(name in flagged for name in study['adapters']),
+    ),
+    Table(
+      'drift-sensitivity-table',
+      'Configuration sensitivity: the same label at different configurations',
+      (
+        'Label',
+        'Config',
+        'Nominal task',
+        'Nominal Δ',
+        'Largest Δ (task)',
+        'Drift',
+        'Flags',
+        'Across configs',
+      ),
+      tuple(sensitivity_rows),
+      ('l', 'l', 'l', 'r', 'r', 'r', 'l', 'l'),
+    ),
+  ]
+
+
+def _drift_matrix(drift: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
   flagged = drift['flagged']
   labels = drift['labels']
   blocks: list[Block] = [
@@ -846,6 +936,68 @@ def _drift(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block
       tuple(name in flagged for name in drift['adapters']),
     )
   )
+  return blocks
+
+
+def _claims(results: Mapping[str, Any]) -> list[Block]:
+  found = results.get('claims')
+  if found is None:
+    return [_not_run("no claims table (results['claims'] absent)")]
+  rows = tuple(
+    (str(c['id']), c['finding'], c['evidence'], c['rule'], f'{c["verdict"]}: {c["reason"]}')
+    for c in found['claims']
+  )
+  counts = {v: sum(c['verdict'] == v for c in found['claims']) for v in ('agrees', 'disagrees')}
+  blocks: list[Block] = [
+    Paragraph(
+      "PEFT-Arena's qualitative findings, each checked against this run's stage outputs by "
+      'the rule in its row. A difference is significant when its 95% paired bootstrap '
+      'interval (same examples, same resample indices; B = '
+      f'{int(found.get("resamples", 1000)):,}) excludes 0; a correlation across methods when '
+      f'its permutation p-value is below {found.get("alpha", 0.05)}. A finding agrees when '
+      'every part is significant as claimed, disagrees when a part is significant against '
+      'it, and is inconclusive otherwise: no absence of evidence counts for a claim. Gains '
+      'and Forget are in points; a − b is the paired difference of two methods.'
+    ),
+    Paragraph(
+      f'Methods in this run: {", ".join(found.get("methods") or []) or DASH}. '
+      f'{counts["agrees"]} of {len(rows)} findings agree, {counts["disagrees"]} disagree, '
+      f'{len(rows) - counts["agrees"] - counts["disagrees"]} are inconclusive.'
+    ),
+    Table(
+      'claims-table',
+      'PEFT-Arena findings against this run',
+      ('#', 'Finding', 'This run (95% intervals)', 'Rule', 'Verdict'),
+      rows,
+      ('r', 'l', 'l', 'l', 'l'),
+      tuple(c['verdict'] == 'disagrees' for c in found['claims']),
+    ),
+  ]
+  tests = found.get('correlations') or []
+  if tests:
+    expected = {1: 'ρ > 0', -1: 'ρ < 0', 0: '|ρ| small'}
+    blocks.append(
+      Table(
+        'claims-correlations-table',
+        'Spearman correlations across methods (claims 7 and 8)',
+        ('Claim', 'Pair', 'Expected', 'n', 'ρ', 'p', '95% bootstrap interval'),
+        tuple(
+          (
+            str(t['claim']),
+            t['pair'],
+            expected.get(int(t.get('expected', 0)), DASH),
+            str(t['n']),
+            fmt.NOT_AVAILABLE if t['rho'] is None else f'{t["rho"]:+.3f}',
+            fmt.NOT_AVAILABLE if t['p'] is None else f'{t["p"]:.3g} ({t["p_method"]})',
+            fmt.NO_INTERVAL
+            if t.get('interval') is None
+            else f'[{t["interval"][0]:+.3f}, {t["interval"][1]:+.3f}]',
+          )
+          for t in tests
+        ),
+        ('r', 'l', 'l', 'r', 'r', 'r', 'r'),
+      )
+    )
   return blocks
 
 
@@ -1078,6 +1230,7 @@ def build_document(results: Mapping[str, Any], figures: Mapping[str, str]) -> Do
     'csd': _csd(results, figures),
     'disel-gates': _disel(results, figures),
     'capability-drift': _drift(results, figures),
+    'claims': _claims(results),
     'training': _training(results, figures),
     'configuration': _configuration(results),
     'versions-timing': _versions_timing(results),

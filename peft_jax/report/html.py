@@ -169,6 +169,8 @@ def _draw_figures(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
     drawn['capability_drift'] = figs.plot_capability_drift(
       results['drift'], path('capability_drift')
     )
+  if results.get('drift_study') is not None:
+    drawn['drift_study'] = figs.plot_capability_drift(results['drift_study'], path('drift_study'))
   if any(m.get('train_loss') is not None for m in methods.values()):
     drawn['training_loss'] = figs.plot_training_loss(methods, path('training_loss'))
   if any(m.get('sweep') is not None for m in methods.values()):

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 
 from peft_jax.evals import axes, intervals
+from peft_jax.report import claims as claims_lib
 from peft_jax.report import figures
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'transformers', 'numpy')
@@ -176,6 +177,7 @@ def assemble_results(
     'methods': {m: method_entry(base, r, target, general_tasks) for m, r in per_method.items()},
     'bootstrap': base.get('bootstrap'),
     'drift': drift_entry(drift_result),
+    'claims': claims_lib.compute_claims(base, per_method, target, general_tasks),
     'config': dict(config),
     'versions': versions(),
     'timing': dict(timing),

@@ -7,9 +7,9 @@ matplotlib traceback halfway through the report.
 
 Required keys must be present. Optional keys (per-method paths, spectra, activation geometry,
 CSD, training loss, intervals, paired differences, example counts, learning-rate sweep and
-trajectory; the base's intervals and counts; the top-level DISeL gates, capability drift,
-bootstrap settings, config, versions and timing) may be absent or ``None``: the report then
-renders that section with a "not run" note, shows a score without its interval, or (sweep,
+trajectory; the base's intervals and counts; the top-level DISeL gates, capability drift, the
+drift study, claims, bootstrap settings, config, versions and timing) may be absent or ``None``:
+the report then renders that section with a "not run" note, shows a score without its interval, or (sweep,
 trajectory) leaves the section out. When an optional entry is present, its own keys are required
 and checked like the rest.
 """
@@ -38,7 +38,17 @@ OPTIONAL_METHOD_KEYS = (
 # Optional entries of the base's scores.
 OPTIONAL_BASE_KEYS = ('n', 'intervals')
 # Optional top-level entries.
-OPTIONAL_TOP_KEYS = ('disel_gates', 'drift', 'bootstrap', 'config', 'versions', 'timing')
+OPTIONAL_TOP_KEYS = (
+  'disel_gates',
+  'drift',
+  'drift_study',
+  'claims',
+  'bootstrap',
+  'config',
+  'versions',
+  'timing',
+)
+VERDICTS = ('agrees', 'disagrees', 'inconclusive')
 REWIND_KINDS = ('cayley', 'additive', 'magnitude_direction', 'gated')
 
 
@@ -320,8 +330,8 @@ def _check_disel_gates(gates: Any) -> None:
   )
 
 
-def _check_drift(drift: Any) -> None:
-  parts = ['drift']
+def _check_drift(drift: Any, parts: Sequence[str | int] = ('drift',)) -> None:
+  parts = list(parts)
   drift = _require_mapping(drift, parts)
   adapters = _require_strings(_require_key(drift, 'adapters', parts), [*parts, 'adapters'])
   if not adapters:
@@ -340,9 +350,55 @@ def _check_drift(drift: Any) -> None:
     if adapter not in adapters:
       _fail(
         [*parts, 'flagged', adapter],
-        f"flagged adapter is not in results['drift']['adapters'] ({', '.join(adapters)})",
+        f'flagged adapter is not in {_path([*parts, "adapters"])} ({", ".join(adapters)})',
       )
     _require_strings(reasons, [*parts, 'flagged', adapter])
+
+
+def _check_drift_study(study: Any) -> None:
+  parts = ['drift_study']
+  _check_drift(study, parts)
+  for key in ('config_ids', 'nominal_tasks'):
+    found = _require_mapping(_require_key(study, key, parts), [*parts, key])
+    for adapter in study['adapters']:
+      _require_str(_require_key(found, adapter, [*parts, key]), [*parts, key, adapter])
+  sensitivity = _require_mapping(_require_key(study, 'sensitivity', parts), [*parts, 'sensitivity'])
+  for label, entry in sensitivity.items():
+    where = [*parts, 'sensitivity', label]
+    entry = _require_mapping(entry, where)
+    for row_index, row in enumerate(
+      _require_sequence(_require_key(entry, 'configs', where), where)
+    ):
+      row_parts = [*where, 'configs', row_index]
+      row = _require_mapping(row, row_parts)
+      for key in ('nominal_gain', 'top_gain', 'drift'):
+        _require_number(_require_key(row, key, row_parts), [*row_parts, key])
+      _require_str(_require_key(row, 'config_id', row_parts), [*row_parts, 'config_id'])
+
+
+def _check_claims(claims: Any) -> None:
+  parts = ['claims']
+  claims = _require_mapping(claims, parts)
+  rows = _require_sequence(_require_key(claims, 'claims', parts), [*parts, 'claims'])
+  for i, row in enumerate(rows):
+    where = [*parts, 'claims', i]
+    row = _require_mapping(row, where)
+    _require_int(_require_key(row, 'id', where), [*where, 'id'])
+    for key in ('finding', 'rule', 'evidence', 'reason'):
+      _require_str(_require_key(row, key, where), [*where, key])
+    verdict = _require_str(_require_key(row, 'verdict', where), [*where, 'verdict'])
+    if verdict not in VERDICTS:
+      _fail([*where, 'verdict'], f'expected one of {VERDICTS}, got {verdict!r}')
+  tests = _require_sequence(_require_key(claims, 'correlations', parts), [*parts, 'correlations'])
+  for i, test in enumerate(tests):
+    where = [*parts, 'correlations', i]
+    test = _require_mapping(test, where)
+    _require_str(_require_key(test, 'pair', where), [*where, 'pair'])
+    _require_int(_require_key(test, 'n', where), [*where, 'n'])
+    for key in ('rho', 'p'):
+      if test.get(key) is not None:
+        _require_number(test[key], [*where, key])
+    _check_interval(test.get('interval'), [*where, 'interval'])
 
 
 def _check_timing(timing: Any) -> None:
@@ -383,6 +439,10 @@ def validate_results(results: Mapping[str, Any]) -> None:
     _check_disel_gates(results['disel_gates'])
   if results.get('drift') is not None:
     _check_drift(results['drift'])
+  if results.get('drift_study') is not None:
+    _check_drift_study(results['drift_study'])
+  if results.get('claims') is not None:
+    _check_claims(results['claims'])
   if results.get('bootstrap') is not None:
     bootstrap = _require_mapping(results['bootstrap'], ['bootstrap'])
     _require_int(_require_key(bootstrap, 'resamples', ['bootstrap']), ['bootstrap', 'resamples'])

@@ -8,12 +8,14 @@ import json
 import os
 
 import helpers_hf
+import numpy as np
 import pytest
+from scipy import stats
 
 from configs.arena import quick as arena_presets
 from peft_jax.arena import context, pipeline, study
 from peft_jax.arena import stages as stages_lib
-from peft_jax.report import SECTIONS
+from peft_jax.report import SECTIONS, claims
 from peft_jax.train import trainer
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -91,6 +93,33 @@ def test_numbers_come_from_stage_outputs(arena_run):
     for path in ('interpolation', 'rewind')
   }
   assert len(at_zero) == 1
+
+
+def test_claims_from_the_stage_outputs(arena_run):
+  config, workdir, results = arena_run
+  found = results['claims']
+  assert [c['id'] for c in found['claims']] == list(range(1, 9))
+  assert all(c['verdict'] in claims.VERDICTS for c in found['claims'])
+  # Claims 7 and 8 correlate over every method, with scipy's Spearman on the stage outputs.
+  runner = stages_lib.StageRunner(workdir)
+  base = runner.result('base_eval')
+  forget = [base['general'] - runner.result(f'eval_{m}')['general'] for m in config.method_order]
+  tests = {t['pair']: t for t in found['correlations']}
+  for key, pair in (('procrustes', 'Procrustes vs Forget'), ('cka', 'CKA vs Forget')):
+    values = [
+      np.mean(runner.result(f'geometry_{m}')['activation'][key]) for m in config.method_order
+    ]
+    assert tests[pair]['n'] == len(config.method_order) == 8
+    rho = stats.spearmanr(values, forget).statistic
+    if np.isnan(rho):  # a constant side (every Forget equal at this size): no test
+      assert tests[pair]['rho'] is None
+    else:
+      np.testing.assert_allclose(tests[pair]['rho'], rho, rtol=1e-12, atol=1e-15)
+  markdown = open(os.path.join(workdir, 'report', 'index.md')).read()
+  section = markdown.split('## Claims', 1)[1].split('\n## ', 1)[0]
+  for claim in found['claims']:
+    assert f'| {claim["id"]} | {claim["finding"]} |' in section
+    assert f'| {claim["verdict"]}: ' in section
 
 
 def test_rerun_skips_completed_stages_and_redoes_interrupted_ones(arena_run):

@@ -13,7 +13,8 @@ import transformers
 
 from configs.arena import real as real_presets
 from peft_jax import hub
-from peft_jax.arena import pipeline, progress, real_world
+from peft_jax.arena import drift_study, pipeline, progress, real_world
+from peft_jax.arena import stages as stages_lib
 from peft_jax.data import real_suite
 
 # countryinfo is in the test extra (`make test` installs it): a missing package is a broken
@@ -105,6 +106,57 @@ def test_real_arena_end_to_end(real_run, truncated_smollm):
   again = pipeline.run_arena(real_run['config'], workdir, log=None)
   assert again['timing']['ran'] == []
   assert len(again['timing']['reused']) == len(results['timing']['ran'])
+
+
+def test_drift_study(real_run):
+  """Labelled LoRA adapters at two learning rates: the matrix is adapters x tasks of the stored
+  evaluations, and its flags follow the stated rule from the stored gains."""
+  config, workdir, results = real_run['config'], real_run['workdir'], real_run['results']
+  runner = stages_lib.StageRunner(workdir, readonly=True)
+  specs = drift_study.adapters(config)
+  assert [(s['label'], s['config_id']) for s in specs] == [
+    (label, cfg) for label in ('arithmetic', 'facts', 'instruction') for cfg in ('lr1', 'lr3')
+  ]  # ConfigDict keys in sorted order
+  base = runner.result('base_eval')
+  tasks = list(base['tasks'])
+  entry = results['drift_study']
+  delta = np.asarray(entry['delta'])
+  assert entry['tasks'] == tasks and delta.shape == (len(specs), len(tasks))
+  stored = runner.result('drift_study')['adapters']
+  compiles = 0
+  for i, spec in enumerate(specs):
+    scores = runner.result(f'eval_drift_{spec["name"]}')['tasks']
+    gains = [scores[t] - base['tasks'][t] for t in tasks]
+    np.testing.assert_array_equal(delta[i], gains)
+    nominal = gains[tasks.index(spec['task'])]
+    flags = ['nominal_not_improved'] if nominal <= 0 else []
+    if any(abs(g) > nominal for t, g in zip(tasks, gains) if t != spec['task']):
+      flags.append('off_target_exceeds_nominal')
+    assert stored[i]['flags'] == flags and entry['flagged'].get(spec['name'], []) == flags
+    train = runner.result(f'train_drift_{spec["name"]}')
+    # The suite's SFT split of the label's task; the target's without the validation rows.
+    data = 'splits/gsm_sft.jsonl' if spec['task'] == 'gsm' else f'suite/sft/{spec["task"]}.jsonl'
+    assert train['data'] == data
+    centre = config.methods.lora.optimizer.peak_lr
+    assert train['peak_lr'] == pytest.approx(centre * spec['lr_factor'], rel=1e-12)
+    assert len(train['train_loss']) == config.drift_study.train.total_steps == 1
+    compiles += train['num_compiles']
+    record = json.load(open(os.path.join(runner.path(f'eval_drift_{spec["name"]}'), 'stage.json')))
+    assert set(record['inputs']) == {f'train_drift_{spec["name"]}', 'base_eval'}
+  assert compiles <= 1  # one compiled step for the six runs (at most; the disk cache may hold it)
+  # The configuration-sensitivity view: per label, both configurations, in the report.
+  sensitivity = entry['sensitivity']
+  assert set(sensitivity) == {'instruction', 'arithmetic', 'facts'}
+  report = open(os.path.join(workdir, 'report', 'index.md')).read()
+  assert (
+    'Configuration sensitivity' in report and '![Drift-study heatmap](drift_study.png)' in report
+  )
+  for label, view in sensitivity.items():
+    assert [r['config_id'] for r in view['configs']] == ['lr1', 'lr3']
+    tops = {r['top_task'] for r in view['configs']}
+    assert view['capability_differs'] == (len(tops) > 1)
+    for row in view['configs']:
+      assert f'| {label} | {row["config_id"]} | {row["nominal_task"]} |' in report
 
 
 def test_select_tasks_from_rows(tmp_path):

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from peft_jax.data import pydoc_tasks, real_suite
-from peft_jax.evals import tasks
+from peft_jax.evals import ifeval, tasks
 
 SIZES = {
   'num_countries': 40,
@@ -20,6 +20,8 @@ SIZES = {
   'pydoc_passages': 24,
   'gsm_train': 20,
   'gsm_test': 10,
+  'ifeval_train': 6,
+  'facts_train_countries': 5,
 }
 
 
@@ -97,6 +99,51 @@ def test_facts_match_the_countryinfo_files(suite):
   assert facts['version'] == importlib.metadata.version('countryinfo') == '1.0.1'
   assert facts['countries'] == [row['name'] for row in top.values()]
   assert facts['relations'] == dict(collections.Counter(i['relation'] for i in items))
+
+
+def _usable_by_population(files):
+  regions = {'Africa', 'Americas', 'Asia', 'Europe', 'Oceania'}
+  usable = [
+    (stem, row)
+    for stem, row in files.items()
+    if row.get('capital')
+    and row.get('region') in regions
+    and row['name'] != 'Serbia and Montenegro'
+  ]
+  return sorted(usable, key=lambda item: (-(item[1].get('population') or 0), item[1]['name']))
+
+
+def test_sft_splits_for_the_drift_study(suite):
+  root, paths = suite
+  # Facts: the relations of the next countries by population, none of the test items.
+  ranked = _usable_by_population(_countryinfo_files())
+  test_stems = {s for s, _ in ranked[: SIZES['num_countries']]}
+  train = dict(ranked[SIZES['num_countries'] : SIZES['num_countries'] + 5])
+  rows = _jsonl(paths['sft/facts'])
+  test = _jsonl(paths['general/facts_test'])
+  assert {r['id'].split(':', 1)[1] for r in rows} == set(train)
+  assert not {r['id'].split(':', 1)[1] for r in rows} & test_stems
+  assert not {r['messages'][0]['content'] for r in rows} & {t['question'] for t in test}
+  for row in rows:
+    relation, stem = row['id'].split(':', 1)
+    user, assistant = row['messages']
+    assert (user['role'], assistant['role']) == ('user', 'assistant')
+    if relation == 'capital':
+      assert assistant['content'] == train[stem]['capital'] + '.'
+      assert train[stem]['name'] in user['content']
+    elif relation == 'capital_of':
+      assert assistant['content'] == train[stem]['name'] + '.'
+  # IFEval: prompts apart from the test prompts, responses that follow every instruction.
+  rows = _jsonl(paths['sft/ifeval'])
+  test = _jsonl(paths['general/ifeval_test'])
+  assert len(rows) == SIZES['ifeval_train']
+  assert not {r['messages'][0]['content'] for r in rows} & {t['prompt'] for t in test}
+  for row in rows:
+    response = row['messages'][1]['content']
+    result = ifeval.score_ifeval_example(response, row['instruction_id_list'], row['kwargs'])
+    assert result['prompt_strict'] == 1.0, (row['instruction_id_list'], response[:200])
+  manifest = json.load(open(paths['manifest']))
+  assert manifest['sources']['facts']['train_countries'] == [r['name'] for r in train.values()]
 
 
 def test_perplexity_passages_are_held_out(suite):

@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from peft_jax import report
+from peft_jax.arena import drift_study
+from peft_jax.evals import drift
 from peft_jax.report import schema
 
 METHODS = ('full', 'lora', 'dora', 'pissa', 'vera', 'oft', 'miss', 'disel')
@@ -22,6 +24,7 @@ HEADINGS = (
   'CSD',
   'DISeL gates',
   'Capability drift',
+  'Claims',
   'Training',
   'Configuration',
   'Versions & timing',
@@ -216,6 +219,21 @@ def make_results(seed: int = 0) -> dict:
   general_gates = rng.uniform(0.02, 0.3, (len(gate_modules), RANK))
   drift_tasks = [*target_tasks, *general_tasks]
   delta = np.array([[methods[m]['tasks'][t] - base_tasks[t] for t in drift_tasks] for m in METHODS])
+  # The drift study: two labels at two configurations (peft_jax.arena.drift_study's entry).
+  study = drift.drift_report(
+    {t: base_tasks[t] for t in drift_tasks},
+    [
+      drift.AdapterScores(
+        f'{label}_{cfg}',
+        label,
+        task,
+        {t: base_tasks[t] + float(rng.normal(0.0, 0.05)) for t in drift_tasks},
+        cfg,
+      )
+      for label, task in (('instruction', 'ifeval_strict'), ('arithmetic', 'gsm8k_synth'))
+      for cfg in ('lr1', 'lr3')
+    ],
+  )
   results = {
     'title': 'PEFT arena: tiny base on synthetic math',
     'created': '2026-11-25T14:00:00+00:00',
@@ -239,6 +257,9 @@ def make_results(seed: int = 0) -> dict:
         'vera': ['nominal gain ≤ 0', 'largest gain off-target (bbh_avg)'],
       },
     },
+    'drift_study': drift_study.results_entry(
+      dict(study, sensitivity=drift_study.sensitivity(study))
+    ),
     'config': {
       'model': {'name': 'bundled:tiny', 'layers': NUM_LAYERS},
       'train': {'steps': 120, 'lr': 2e-4, 'batch_size': 8},
@@ -257,7 +278,7 @@ def minimal_results() -> dict:
   """Only the required keys: every optional section must say "Not run"."""
   results = make_results(1)
   for key in schema.OPTIONAL_TOP_KEYS:
-    del results[key]
+    results.pop(key, None)  # claims: absent from the hand-built fixture too
   for method in results['methods'].values():
     for key in schema.OPTIONAL_METHOD_KEYS:
       method.pop(key, None)
@@ -594,6 +615,20 @@ def test_drift_lists_flagged_adapters_with_reasons(full_report):
   assert '- ⚑ vera [math]: nominal gain ≤ 0; largest gain off-target (bbh_avg)' in markdown
 
 
+def test_drift_study_tables(full_report):
+  results, _, paths = full_report
+  study = results['drift_study']
+  page = parse(paths['html'])
+  rows = page.tables['drift-study-table'][1:]
+  assert [r[0] for r in rows] == study['adapters']
+  assert [r[-1] != 'no' for r in rows] == [a in study['flagged'] for a in study['adapters']]
+  sensitivity = page.tables['drift-sensitivity-table'][1:]
+  assert [(r[0], r[1]) for r in sensitivity] == [
+    (label, cfg) for label in ('arithmetic', 'instruction') for cfg in ('lr1', 'lr3')
+  ]
+  assert 'drift_study.png' in page.images
+
+
 def test_partial_data_is_named(full_report):
   _, _, paths = full_report
   text = parse(paths['html']).sections['weight-spectra']
@@ -617,6 +652,7 @@ NOT_RUN_SECTIONS = {
   'csd': 'CSD',
   'disel-gates': 'DISeL gates',
   'capability-drift': 'Capability drift',
+  'claims': 'Claims',
   'training': 'Training',
   'configuration': 'Configuration',
   'versions-timing': 'Versions & timing',
