@@ -57,8 +57,8 @@ def test_full_finetuning_trades_general_for_target(bundled, base_scores, tmp_pat
   """Reduced budget of the arena's Full FT: the target rises and the general average falls."""
   model, params, tokenizer, base_dir, suite_dir, tasks = bundled
   config = arena_presets.get_config()
-  config.train.total_steps = 80
-  config.train.checkpoint.every_steps = 80
+  config.train.total_steps = 40
+  config.train.checkpoint.every_steps = 40
   config.progress_bar = False
   train_config = pipeline.method_train_config(
     config, 'full', base_dir, os.path.join(suite_dir, 'sft', 'gsm.jsonl')
