@@ -14,7 +14,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   # Model: a tiny random decoder, or a Hugging Face directory when `path` is set
-  # (then the size fields below are ignored; dtype/remat still apply).
+  # (then the size fields below are ignored; dtype/remat/scan_layers still apply).
   config.model = ml_collections.ConfigDict(
     dict(
       path='',
@@ -29,6 +29,9 @@ def default_config() -> ml_collections.ConfigDict:
       # Compute dtype; trainable params stay float32 either way.
       dtype='float32',
       remat=False,
+      # Scan over the layers (params stacked on a leading 'layers' axis): True, False or
+      # 'auto' (scan >= 16 layers off the CPU); see peft_jax.models.ModelConfig.scan_layers.
+      scan_layers=ml_collections.FieldReference(False, field_type=object),
     )
   )
 

@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -86,13 +87,24 @@ def build_model(config: ml_collections.ConfigDict):
     # Params load in float32; the compute dtype and remat are ModelConfig switches.
     model, params, tokenizer = hub.load_pretrained(config.model.path)
     model_config = dataclasses.replace(
-      model.config, dtype=config.model.dtype, remat=config.model.remat
+      model.config,
+      dtype=config.model.dtype,
+      remat=config.model.remat,
+      scan_layers=config.model.get('scan_layers', False),
     )
-    return models.Decoder(model_config), params, model_config, tokenizer
+    _log_scan(model_config)
+    # The files are read unrolled; a scanning config stacks them (peft_jax.common.stacking).
+    return models.Decoder(model_config), models.scanned(model_config, params), model_config, tokenizer
   fields = {k: v for k, v in config.model.items() if k != 'path'}
   model_config = models.ModelConfig(**fields)
+  _log_scan(model_config)
   params = models.init_params(model_config, jax.random.PRNGKey(config.seed))
   return models.Decoder(model_config), params, model_config, None
+
+
+def _log_scan(model_config) -> None:
+  if model_config.scan_layers is not False:
+    logging.info('model layers: %s', model_config.scan_plan()[1])
 
 
 def make_method(config: ml_collections.ConfigDict):

@@ -1,0 +1,175 @@
+"""Scan over layers (``ModelConfig.scan_layers``): the scanned decoder reads the same checkpoint
+as the unrolled one (stacked on load), gives transformers' logits, equals the unrolled model with
+adapters injected on the stacked kernels, decodes with a KV cache, and writes byte-identical
+adapter and HF files."""
+
+import filecmp
+import os
+
+import helpers_hf
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from peft_jax import hub, models
+from peft_jax.adapters import api as adapters
+from peft_jax.common import stacking
+
+# 1e-5: float32 logits of O(10) through the same ops in a different fusion order (scan body vs
+# unrolled program); measured differences are ~1e-6.
+ATOL = 1e-5
+TARGETS = ['q_proj', 'v_proj', 'down_proj']
+
+
+@pytest.fixture(scope='module')
+def scanned(tiny_pairs):
+  """{model_type: (scanned model, stacked params)} loaded from the shared tiny checkpoints."""
+  out = {}
+  for model_type in ('llama', 'gemma2'):
+    model, params, _ = hub.load_pretrained(tiny_pairs[model_type].path, scan_layers=True)
+    out[model_type] = (model, params)
+  return out
+
+
+def _adapt(params, key=1):
+  """LoRA on q/v/down and VeRA on up (a method with arrays shared by every layer)."""
+  rules = [(adapters.LoRA(rank=2, alpha=4.0), TARGETS), (adapters.VeRA(rank=4), ['up_proj'])]
+  tree = adapters.inject(params, rules, key=jax.random.key(key))
+  # Non-zero B factors / VeRA scales so the adapters change the logits.
+  return jax.tree_util.tree_map_with_path(
+    lambda path, x: x + 0.05 if str(path[-1]) in ("['lora_b']", "['vera_lambda_d']") else x, tree
+  )
+
+
+def test_scan_plan_by_layer_kinds_and_backend():
+  cfg = models.ModelConfig(
+    vocab_size=8,
+    hidden_size=8,
+    intermediate_size=8,
+    num_layers=16,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=4,
+  )
+  assert cfg.scan_plan()[0] == 0
+  assert cfg.replace(scan_layers=True).scan_plan()[0] == 1
+  assert cfg.replace(scan_layers='auto').scan_plan('cpu')[0] == 0
+  assert cfg.replace(scan_layers='auto').scan_plan('gpu')[0] == 1
+  assert cfg.replace(scan_layers='auto', num_layers=12, layer_types=None).scan_plan('tpu')[0] == 0
+  gemma = cfg.replace(
+    scan_layers=True, sliding_window=4, layer_types=('sliding_attention', 'full_attention') * 8
+  )
+  assert gemma.scan_plan()[0] == 2
+  odd = gemma.replace(layer_types=('sliding_attention',) + ('full_attention',) * 15)
+  period, reason = odd.scan_plan()
+  assert period == 0 and 'unrolled' in reason
+  with pytest.raises(ValueError, match='scan_layers'):
+    cfg.replace(scan_layers='yes')
+
+
+@pytest.mark.parametrize('model_type', ['llama', 'gemma2'])
+def test_scanned_logits_equal_transformers_and_unrolled_with_adapters(
+  tiny_pairs, scanned, model_type
+):
+  pair = tiny_pairs[model_type]
+  model, params = scanned[model_type]
+  period = 2 if model_type == 'gemma2' else 1  # Gemma 2 alternates sliding / full attention
+  assert model.config.scan_period == period
+  assert stacking.is_stacked(params) and stacking.stack_period(params) == period
+  q = params['layers']['block_0']['self_attn']['q_proj']['kernel']
+  assert q.shape == (helpers_hf.NUM_LAYERS // period,) + pair.params['layers_0']['self_attn'][
+    'q_proj'
+  ]['kernel'].shape
+  tokens, mask = helpers_hf.left_padded_tokens()
+  forward = lambda m, p: np.asarray(
+    jax.jit(lambda p: m.apply({'params': p}, tokens, attention_mask=mask))(p)
+  )
+  # The base model against transformers (the independent reference).
+  with torch.no_grad():
+    theirs = pair.hf_model(
+      input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)
+    ).logits.numpy()
+  real = mask.astype(bool)
+  np.testing.assert_allclose(forward(model, params)[real], theirs[real], atol=1e-4)
+  # Adapters injected on the stacked kernels equal the same adapters on the unrolled model.
+  adapted, adapted_unrolled = _adapt(params), _adapt(pair.params)
+  node = adapted['layers']['block_0']['self_attn']['q_proj']['kernel']
+  assert node.params['lora_a'].shape[0] == helpers_hf.NUM_LAYERS // period
+  ours, reference = forward(model, adapted), forward(pair.model, adapted_unrolled)
+  assert np.abs(reference[real] - theirs[real]).max() > 1e-2  # the adapters change the logits
+  np.testing.assert_allclose(ours, reference, atol=ATOL, rtol=0)
+  # The unrolled view of the stacked tree is the unrolled tree.
+  back = stacking.unstack_layers(adapted)
+  for (pa, a), (pb, b) in zip(
+    jax.tree_util.tree_flatten_with_path(back)[0],
+    jax.tree_util.tree_flatten_with_path(adapted_unrolled)[0],
+  ):
+    assert pa == pb
+    np.testing.assert_array_equal(a, b)
+  if model_type != 'gemma2':
+    return
+  # KV-cache decoding (scanned pairs of sliding / full layers): prefill, one step, as unrolled.
+  positions = jnp.asarray(models.decoder.default_positions(mask, None, tokens.shape))
+
+  @jax.jit
+  def decode_scan(p):
+    return decode(model, p)
+
+  def decode(m, p):
+    cache = models.init_cache(m.config, tokens.shape[0], tokens.shape[1] + 1)
+    _, cache = m.apply(
+      {'params': p}, tokens, positions=positions, attention_mask=mask, cache=cache
+    )
+    logits, _ = m.apply(
+      {'params': p}, tokens[:, -1:], positions=positions[:, -1:] + 1, cache=cache
+    )
+    return logits
+
+  reference = jax.jit(lambda p: decode(pair.model, p))(adapted_unrolled)
+  np.testing.assert_allclose(decode_scan(adapted), reference, atol=ATOL, rtol=0)
+
+
+def test_capture_on_a_scanned_model_says_how_to_unroll(scanned):
+  model, params = scanned['llama']
+  with pytest.raises(ValueError, match='models.unrolled'):
+    model.apply({'params': params}, np.zeros((1, 4), np.int32), capture=('residual',))
+  config, unrolled = models.unrolled(model.config, params)
+  assert config.scan_period == 0 and sorted(k for k in unrolled if k.startswith('layers')) == [
+    'layers_0',
+    'layers_1',
+  ]
+
+
+def test_adapter_and_hf_files_byte_identical(tiny_pairs, scanned, tmp_path):
+  pair = tiny_pairs['gemma2']
+  model, params = scanned['gemma2']
+  lora = adapters.LoRA(rank=2, alpha=4.0)
+  trees = {
+    'scan': adapters.inject(params, lora, TARGETS, jax.random.key(3)),
+    'unrolled': adapters.inject(pair.params, lora, TARGETS, jax.random.key(3)),
+  }
+  for name, tree in trees.items():
+    hub.save_adapter(tree, str(tmp_path / name / 'adapter'))
+    config = model.config if name == 'scan' else pair.config
+    hub.save_pretrained(config, adapters.merge(tree), tmp_path / name / 'merged')
+  for sub, files in (('adapter', None), ('merged', ['model.safetensors', 'config.json'])):
+    left, right = tmp_path / 'scan' / sub, tmp_path / 'unrolled' / sub
+    names = files or sorted(os.listdir(left))
+    assert names and sorted(os.listdir(left)) == sorted(os.listdir(right))
+    match, mismatch, errors = filecmp.cmpfiles(left, right, names, shallow=False)
+    assert not mismatch and not errors, (sub, mismatch, errors)
+  # A PEFT adapter loads onto the stacked base as onto the unrolled one.
+  loaded = hub.load_adapter(params, str(tmp_path / 'unrolled' / 'adapter'))
+  assert stacking.is_stacked(loaded)
+  reference = hub.load_adapter(pair.params, str(tmp_path / 'unrolled' / 'adapter'))
+  for a, b in zip(
+    jax.tree.leaves(stacking.unstack_layers(loaded)), jax.tree.leaves(reference)
+  ):
+    np.testing.assert_array_equal(a, b)
+  # A tree whose layers differ (an adapter on one layer only) cannot stack, and says so.
+  with pytest.raises(ValueError, match='layers_1 differs in structure'):
+    adapters.inject(
+      stacking.stack_layers(pair.params), lora, ['q_proj'], jax.random.key(0), layers_to_transform=0
+    )
