@@ -122,9 +122,14 @@ def _save_error(
   )
 
 
+# The two iterator states: data.sft.SFTIterator's and (per-process loading)
+# data.sft.ShardedSFTIterator's.
+_DATA_STATE_KEYS = (('epoch', 'index', 'seed'), ('step', 'seed', 'num_shards'))
+
+
 def _valid_data_state(data: Any) -> bool:
-  return isinstance(data, Mapping) and all(
-    isinstance(data.get(k), int) for k in ('epoch', 'index', 'seed')
+  return isinstance(data, Mapping) and any(
+    all(isinstance(data.get(k), int) for k in keys) for keys in _DATA_STATE_KEYS
   )
 
 
@@ -194,7 +199,8 @@ class StateCheckpointer:
         state, data_state = self.restore(step, like)
         if not _valid_data_state(data_state):
           raise ValueError(
-            f'its data-iterator state {data_state!r} lacks integer "epoch", "index", "seed"'
+            f'its data-iterator state {data_state!r} lacks integer "epoch", "index", "seed" '
+            '(or "step", "seed", "num_shards")'
           )
       except Exception as error:  # pylint: disable=broad-except
         bad.append((step, path, f'{type(error).__name__}: {str(error)[:300]}'))

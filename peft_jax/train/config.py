@@ -62,6 +62,12 @@ def default_config() -> ml_collections.ConfigDict:
       shuffle=True,
       drop_truncated=False,
       allow_changed_data=False,
+      # Per-process loading: > 0 splits the rows into this many shards (row i in shard
+      # i % num_shards, each packed and shuffled on its own) and each process reads and
+      # tokenises only its num_shards / process_count of them (data.sft.ShardedSFTIterator).
+      # Batches then depend on num_shards, not on the process count. 0: every process reads
+      # the whole data and takes its slice of each batch.
+      num_shards=0,
     )
   )
 

@@ -177,6 +177,45 @@ def make_tokenizer(config: ml_collections.ConfigDict, model_config, hf_tokenizer
     raise type(error)(f'config.data.tokenizer={name!r}: {error}') from error
 
 
+def make_iterator(config: ml_collections.ConfigDict, tokenizer) -> tuple[Any, Any]:
+  """``(loaded rows, iterator)`` of this process's batches: the whole data read and sliced per
+  batch, or with ``config.data.num_shards`` only this process's shards read and tokenised
+  (``sft.ShardedSFTIterator``)."""
+  build = dict(
+    packing=config.data.packing, drop_truncated=config.data.get('drop_truncated', False)
+  )
+  num_shards = int(config.data.get('num_shards', 0) or 0)
+  if num_shards:
+    shards = sft.process_shards(num_shards, jax.process_index(), jax.process_count())
+    loaded = sft.read_rows(
+      config.data.path, config.data.split, num_shards=num_shards, shards=shards
+    )
+    missing = sorted(set(shards) - set(loaded.shards))
+    if missing:
+      raise ValueError(
+        f'config.data.path={config.data.path!r}: data shards {missing} of {num_shards} hold no '
+        'rows (fewer rows than shards); lower config.data.num_shards'
+      )
+    arrays = sft.build_shard_arrays(loaded, tokenizer, config.data.seq_len, **build)
+    iterator = sft.ShardedSFTIterator(
+      arrays, config.batch_size, num_shards, seed=config.seed, shuffle=config.data.shuffle
+    )
+    return loaded, iterator
+  loaded = sft.read_rows(config.data.path, config.data.split)
+  arrays = sft.build_sft_arrays(
+    loaded.rows, tokenizer, config.data.seq_len, locations=loaded.locations, **build
+  )
+  iterator = sft.SFTIterator(
+    arrays,
+    config.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    shuffle=config.data.shuffle,
+  )
+  return loaded, iterator
+
+
 def host_copy(tree: PyTree) -> PyTree:
   """All of ``tree`` on the host (gathers across processes when needed)."""
   if all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
@@ -227,6 +266,7 @@ NON_PROGRAM_KEYS = (
   'data.split',
   'data.tokenizer',
   'data.packing',
+  'data.num_shards',
   'data.shuffle',
   'data.drop_truncated',
   'data.allow_changed_data',
@@ -342,23 +382,7 @@ def train(
 
   # ---- Input pipeline (each process loads only its rows of every global batch) -------------
   tokenizer = make_tokenizer(config, model_config, hf_tokenizer)
-  loaded = sft.read_rows(config.data.path, config.data.split)
-  arrays = sft.build_sft_arrays(
-    loaded.rows,
-    tokenizer,
-    config.data.seq_len,
-    packing=config.data.packing,
-    drop_truncated=config.data.get('drop_truncated', False),
-    locations=loaded.locations,
-  )
-  iterator = sft.SFTIterator(
-    arrays,
-    config.batch_size,
-    seed=config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    shuffle=config.data.shuffle,
-  )
+  loaded, iterator = make_iterator(config, tokenizer)
   # Everything is checked: only now write to the workdir.
   ckpt_lib.check_or_write_config(
     workdir,
