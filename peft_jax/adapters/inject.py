@@ -361,9 +361,7 @@ def merge(tree: Mapping) -> dict:
   """Plain params: every adapted node replaced by ``method.merge(node)`` (per layer of stacked
   layers, which stay stacked)."""
   if stacking.is_stacked(tree):
-    return stacking.stack_layers(
-      merge(stacking.unstack_layers(tree)), stacking.stack_period(tree)
-    )
+    return stacking.stack_layers(merge(stacking.unstack_layers(tree)), stacking.stack_period(tree))
   return _map_tree(tree, lambda p, v: v.method.merge(v) if is_adapted(v) else v)
 
 
@@ -390,9 +388,7 @@ def path(
       without it use ``'path'``).
   """
   if stacking.is_stacked(tree):
-    out = path(
-      stacking.unstack_layers(tree), t, layer_scales=layer_scales, method_fn=method_fn
-    )
+    out = path(stacking.unstack_layers(tree), t, layer_scales=layer_scales, method_fn=method_fn)
     return stacking.stack_layers(out, stacking.stack_period(tree))
   layer_scales = layer_scales or {}
   unknown = set(layer_scales) - set(adapted_nodes(tree))

@@ -140,9 +140,7 @@ class ModelConfig:
           f'supported: {SUPPORTED_ROPE_TYPES}'
         )
     if self.scan_layers not in (True, False, 'auto'):
-      raise ValueError(
-        f"ModelConfig.scan_layers={self.scan_layers!r}; valid: True, False, 'auto'"
-      )
+      raise ValueError(f"ModelConfig.scan_layers={self.scan_layers!r}; valid: True, False, 'auto'")
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, 'eos_token_id', tuple(self.eos_token_id))
 
@@ -176,9 +174,7 @@ class ModelConfig:
       if backend == 'cpu':
         return 0, "scan_layers='auto' on CPU (scanned steps were measured slower there)"
       if self.num_layers < AUTO_SCAN_MIN_LAYERS:
-        return 0, (
-          f"scan_layers='auto' with {self.num_layers} < {AUTO_SCAN_MIN_LAYERS} layers"
-        )
+        return 0, (f"scan_layers='auto' with {self.num_layers} < {AUTO_SCAN_MIN_LAYERS} layers")
     kinds = self.layer_types
     for period in (1, 2):
       if self.num_layers % period == 0 and all(

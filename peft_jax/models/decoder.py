@@ -448,16 +448,13 @@ def _scanned_layers(cfg: ModelConfig, period: int, deterministic: bool) -> nn.Mo
 
 def _stack_cache(layers: Sequence[dict], period: int) -> list:
   """Per-layer KV caches -> per block member, stacked over the scan steps."""
-  return [
-    jax.tree.map(lambda *xs: jnp.stack(xs), *layers[j::period]) for j in range(period)
-  ]
+  return [jax.tree.map(lambda *xs: jnp.stack(xs), *layers[j::period]) for j in range(period)]
 
 
 def _unstack_cache(blocks: list, period: int) -> list:
   steps = jax.tree.leaves(blocks[0])[0].shape[0]
   return [
-    jax.tree.map(lambda x, i=i: x[i // period], blocks[i % period])
-    for i in range(steps * period)
+    jax.tree.map(lambda x, i=i: x[i // period], blocks[i % period]) for i in range(steps * period)
   ]
 
 

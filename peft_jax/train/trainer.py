@@ -94,7 +94,12 @@ def build_model(config: ml_collections.ConfigDict):
     )
     _log_scan(model_config)
     # The files are read unrolled; a scanning config stacks them (peft_jax.common.stacking).
-    return models.Decoder(model_config), models.scanned(model_config, params), model_config, tokenizer
+    return (
+      models.Decoder(model_config),
+      models.scanned(model_config, params),
+      model_config,
+      tokenizer,
+    )
   fields = {k: v for k, v in config.model.items() if k != 'path'}
   model_config = models.ModelConfig(**fields)
   _log_scan(model_config)
@@ -181,9 +186,7 @@ def make_iterator(config: ml_collections.ConfigDict, tokenizer) -> tuple[Any, An
   """``(loaded rows, iterator)`` of this process's batches: the whole data read and sliced per
   batch, or with ``config.data.num_shards`` only this process's shards read and tokenised
   (``sft.ShardedSFTIterator``)."""
-  build = dict(
-    packing=config.data.packing, drop_truncated=config.data.get('drop_truncated', False)
-  )
+  build = dict(packing=config.data.packing, drop_truncated=config.data.get('drop_truncated', False))
   num_shards = int(config.data.get('num_shards', 0) or 0)
   if num_shards:
     shards = sft.process_shards(num_shards, jax.process_index(), jax.process_count())

@@ -79,9 +79,11 @@ def test_scanned_logits_equal_transformers_and_unrolled_with_adapters(
   assert model.config.scan_period == period
   assert stacking.is_stacked(params) and stacking.stack_period(params) == period
   q = params['layers']['block_0']['self_attn']['q_proj']['kernel']
-  assert q.shape == (helpers_hf.NUM_LAYERS // period,) + pair.params['layers_0']['self_attn'][
-    'q_proj'
-  ]['kernel'].shape
+  assert (
+    q.shape
+    == (helpers_hf.NUM_LAYERS // period,)
+    + pair.params['layers_0']['self_attn']['q_proj']['kernel'].shape
+  )
   tokens, mask = helpers_hf.left_padded_tokens()
   forward = lambda m, p: np.asarray(
     jax.jit(lambda p: m.apply({'params': p}, tokens, attention_mask=mask))(p)
@@ -119,12 +121,8 @@ def test_scanned_logits_equal_transformers_and_unrolled_with_adapters(
 
   def decode(m, p):
     cache = models.init_cache(m.config, tokens.shape[0], tokens.shape[1] + 1)
-    _, cache = m.apply(
-      {'params': p}, tokens, positions=positions, attention_mask=mask, cache=cache
-    )
-    logits, _ = m.apply(
-      {'params': p}, tokens[:, -1:], positions=positions[:, -1:] + 1, cache=cache
-    )
+    _, cache = m.apply({'params': p}, tokens, positions=positions, attention_mask=mask, cache=cache)
+    logits, _ = m.apply({'params': p}, tokens[:, -1:], positions=positions[:, -1:] + 1, cache=cache)
     return logits
 
   reference = jax.jit(lambda p: decode(pair.model, p))(adapted_unrolled)
@@ -164,9 +162,7 @@ def test_adapter_and_hf_files_byte_identical(tiny_pairs, scanned, tmp_path):
   loaded = hub.load_adapter(params, str(tmp_path / 'unrolled' / 'adapter'))
   assert stacking.is_stacked(loaded)
   reference = hub.load_adapter(pair.params, str(tmp_path / 'unrolled' / 'adapter'))
-  for a, b in zip(
-    jax.tree.leaves(stacking.unstack_layers(loaded)), jax.tree.leaves(reference)
-  ):
+  for a, b in zip(jax.tree.leaves(stacking.unstack_layers(loaded)), jax.tree.leaves(reference)):
     np.testing.assert_array_equal(a, b)
   # A tree whose layers differ (an adapter on one layer only) cannot stack, and says so.
   with pytest.raises(ValueError, match='layers_1 differs in structure'):
