@@ -408,6 +408,9 @@ def plan(config: ml_collections.ConfigDict, *, name: str = '') -> dict[str, Any]
       xla_per_device=cost['flops'],
       xla_total=cost['flops'] * devices,
       analytic_total=analytic_flops(abstract),
+      # XLA's cost analysis counts a while loop's body once, not once per iteration: with
+      # scanned layers its count covers one block of layers (plus what is outside the scan).
+      xla_counts_one_scan_step=bool(cfg.scan_period),
     ),
     bytes_accessed_per_device=cost['bytes_accessed'],
     seconds=dict(build=built - start, lower=lowered_at - built, compile=compiled_at - lowered_at),
@@ -449,7 +452,12 @@ def format_report(report: dict[str, Any]) -> str:
     f'(redundancy {params["redundancy"]:.2f}x)',
     f'  FLOPs per step: XLA {report["flops_per_step"]["xla_total"]:.4g} '
     f'({report["flops_per_step"]["xla_per_device"]:.4g} per device), analytic '
-    f'{report["flops_per_step"]["analytic_total"]:.4g}',
+    f'{report["flops_per_step"]["analytic_total"]:.4g}'
+    + (
+      ' (scanned layers: XLA counts the loop body once, i.e. one block of layers)'
+      if report['flops_per_step'].get('xla_counts_one_scan_step')
+      else ''
+    ),
     f'  batch sharding: {report["batch_sharding"].get("tokens")}',
     '  sharding of each parameter group (layer index folded):',
   ]
