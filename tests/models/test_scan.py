@@ -135,6 +135,10 @@ def test_capture_on_a_scanned_model_says_how_to_unroll(scanned):
   with pytest.raises(ValueError, match='models.unrolled'):
     model.apply({'params': params}, np.zeros((1, 4), np.int32), capture=('residual',))
   config, unrolled = models.unrolled(model.config, params)
+  # capture_activations runs a scanned model unrolled (its captures are per layer).
+  tokens, mask = np.ones((1, 4), np.int32), np.ones((1, 4), np.int32)
+  captured = models.capture_activations(model.config, params, tokens, mask, ['residual'])
+  assert sorted(captured) == ['layers_0/residual', 'layers_1/residual']
   assert config.scan_period == 0 and sorted(k for k in unrolled if k.startswith('layers')) == [
     'layers_0',
     'layers_1',
