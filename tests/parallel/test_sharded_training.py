@@ -128,10 +128,11 @@ def test_sharded_losses_and_placement(single_device, method, mesh_shape):
 
 
 def test_scanned_layers_train_as_unrolled(single_device):
-  """Layers scanned over params stacked on a 'layers' axis (replicated by the rules): the first
-  5 LoRA losses on a (2, 2, 2) mesh equal the unrolled single-device run's."""
+  """Layers scanned over params stacked on a 'layers' axis (replicated by the rules), remat inside
+  the scan body: the first 5 LoRA losses on a (2, 2, 2) mesh equal the unrolled single-device
+  run's (no remat)."""
   mesh = parallel.make_mesh((2, 2, 2))
-  config = CONFIG.replace(scan_layers=True)
+  config = CONFIG.replace(scan_layers=True, remat=True)
   training, state, losses = _run('lora', mesh, config, steps=5)
   np.testing.assert_allclose(losses, single_device['lora'][:5], rtol=1e-5)
   assert training.train_step._cache_size() == 1
