@@ -50,7 +50,15 @@ RESUME_SAFE_KEYS = (
 )
 # Keys added to the config after runs were already written, with the value that reproduces the
 # older behaviour: a config (saved or new) lacking one of them is read as holding this value.
-ADDED_KEYS = {'data.drop_truncated': False, 'stop_step': 0}
+ADDED_KEYS = {
+  'data.drop_truncated': False,
+  'stop_step': 0,
+  'model.scan_layers': False,
+  'data.num_shards': 0,
+}
+# Keys added after the arena's stage digests were in use, left out of a stage's config slice while
+# they hold their default (peft_jax.arena.pipeline), so an older study's stages are still reused.
+SLICE_NEUTRAL_DEFAULTS = {'model.scan_layers': False, 'data.num_shards': 0}
 # The fingerprint of the training data (path, size, content hash) the trainer adds to the config
 # it guards: a changed data file is refused like a changed config key.
 FINGERPRINT_KEY = 'data_fingerprint'
