@@ -16,6 +16,7 @@ import torch
 from peft_jax import hub, models
 from peft_jax.adapters import api as adapters
 from peft_jax.common import stacking
+from peft_jax.train.step import per_layer_norms
 
 # 1e-5: float32 logits of O(10) through the same ops in a different fusion order (scan body vs
 # unrolled program); measured differences are ~1e-6.
@@ -163,6 +164,12 @@ def test_adapter_and_hf_files_byte_identical(tiny_pairs, scanned, tmp_path):
     assert names and sorted(os.listdir(left)) == sorted(os.listdir(right))
     match, mismatch, errors = filecmp.cmpfiles(left, right, names, shallow=False)
     assert not mismatch and not errors, (sub, mismatch, errors)
+  # The trainer's per-layer norms read stacked layers per layer, under the unrolled names.
+  norms_fn = jax.jit(lambda t: per_layer_norms(t, 'n'))
+  norms = {k: norms_fn(adapters.partition(t)[0]) for k, t in trees.items()}
+  assert sorted(norms['scan']) == sorted(norms['unrolled']) == ['n/layers_0', 'n/layers_1']
+  for key, value in norms['unrolled'].items():
+    np.testing.assert_allclose(norms['scan'][key], value, rtol=1e-6)
   # A PEFT adapter loads onto the stacked base as onto the unrolled one.
   loaded = hub.load_adapter(params, str(tmp_path / 'unrolled' / 'adapter'))
   assert stacking.is_stacked(loaded)
