@@ -66,6 +66,12 @@ _TARGETS = flags.DEFINE_string(
 )
 _DTYPE = flags.DEFINE_enum('dtype', 'bf16', ['bf16', 'f32'], 'Compute dtype.')
 _REMAT = flags.DEFINE_boolean('remat', False, 'Rematerialise each layer in the backward pass.')
+_SCAN = flags.DEFINE_enum(
+  'scan_layers',
+  'false',
+  ['false', 'true', 'auto'],
+  'Scan over the layers (ModelConfig.scan_layers).',
+)
 _ACCUM = flags.DEFINE_integer('grad_accum', 1, 'Microbatches per step.')
 _OUT = flags.DEFINE_string('out', None, 'Write the report here as JSON (atomically).')
 flags.mark_flags_as_required(['model', 'mesh', 'batch', 'seq'])
@@ -88,6 +94,7 @@ def main(argv):
     targets=_TARGETS.value,
     dtype=_DTYPE.value,
     remat=_REMAT.value,
+    scan_layers={'false': False, 'true': True, 'auto': 'auto'}[_SCAN.value],
     grad_accum_steps=_ACCUM.value,
     base=_CONFIG.value,
   )

@@ -27,7 +27,7 @@ import jax
 
 from peft_jax.adapters.core import Adapted, ParamGroup, is_adapted
 from peft_jax.adapters.modules_to_save import ModulesToSave
-from peft_jax.common import trees
+from peft_jax.common import stacking, trees
 
 Array = jax.Array
 PyTree = Any
@@ -220,11 +220,27 @@ def inject(
       never adapt them.
     module_name_fn: param path (without ``/kernel``) -> HF module name.
   Returns:
-    A new tree; untouched leaves are shared with ``params``.
+    A new tree; untouched leaves are shared with ``params``. Stacked layers
+    (``peft_jax.common.stacking``) give stacked nodes: a node's arrays carry the leading layer
+    axis and the model's scan hands each layer its slice.
   Raises:
     ValueError: a rule matching nothing (listing available module names), or a method's own
       shape errors (rank too large, OFT block size not dividing d_in, ...).
   """
+  if stacking.is_stacked(params):
+    # Stacked (scanned) layers: inject on the unrolled view (the same keys per module path as an
+    # unrolled model, so both give the same adapter) and stack the nodes back.
+    unrolled = inject(
+      stacking.unstack_layers(params),
+      method_or_rules,
+      targets,
+      key,
+      layers_to_transform=layers_to_transform,
+      exclude_modules=exclude_modules,
+      modules_to_save=modules_to_save,
+      module_name_fn=module_name_fn,
+    )
+    return stacking.stack_layers(unrolled, stacking.stack_period(params))
   rules = _as_rules(method_or_rules, targets)
   if key is None:
     key = jax.random.key(0)
@@ -284,7 +300,8 @@ def inject(
 
 
 def adapted_nodes(tree: Mapping) -> dict[str, Adapted]:
-  """``{kernel path: node}`` for every adapted leaf."""
+  """``{kernel path: node}`` for every adapted leaf (of the unrolled view of stacked layers)."""
+  tree = stacking.unstack_layers(tree)
   return {p: v for p, v in trees.flatten_names(tree).items() if is_adapted(v)}
 
 
@@ -341,7 +358,10 @@ def combine(trainable: Mapping, frozen: Mapping) -> dict:
 
 
 def merge(tree: Mapping) -> dict:
-  """Plain params: every adapted node replaced by ``method.merge(node)``."""
+  """Plain params: every adapted node replaced by ``method.merge(node)`` (per layer of stacked
+  layers, which stay stacked)."""
+  if stacking.is_stacked(tree):
+    return stacking.stack_layers(merge(stacking.unstack_layers(tree)), stacking.stack_period(tree))
   return _map_tree(tree, lambda p, v: v.method.merge(v) if is_adapted(v) else v)
 
 
@@ -367,6 +387,9 @@ def path(
     method_fn: the node method to call (``'path'``, or e.g. ``'dense_path'`` for OFT; nodes
       without it use ``'path'``).
   """
+  if stacking.is_stacked(tree):
+    out = path(stacking.unstack_layers(tree), t, layer_scales=layer_scales, method_fn=method_fn)
+    return stacking.stack_layers(out, stacking.stack_period(tree))
   layer_scales = layer_scales or {}
   unknown = set(layer_scales) - set(adapted_nodes(tree))
   if unknown:
@@ -392,6 +415,7 @@ def count_params(tree: Mapping) -> dict[str, int]:
   A node's base and trainable arrays count as ``method.num_stored(node)`` (full fine-tuning's
   trained weight replaces its base, so the model is counted once).
   """
+  tree = stacking.unstack_layers(tree)
   total = 0
   trainable = 0
   shared_seen: set = set()

@@ -145,6 +145,13 @@ def _without_resume_safe(train: ml_collections.ConfigDict) -> dict:
       node = node.get(part, {}) if isinstance(node, dict) else {}
     if isinstance(node, dict):
       node.pop(parts[-1], None)
+  for key, default in ckpt_lib.SLICE_NEUTRAL_DEFAULTS.items():
+    node, parts = flat, key.split('.')
+    for part in parts[:-1]:
+      node = node.get(part, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict) and parts[-1] in node and node[parts[-1]] == default:
+      if type(node[parts[-1]]) is type(default):  # False, not 0; 0, not False
+        node.pop(parts[-1])
   return flat
 
 

@@ -50,6 +50,8 @@ class LoadedRows:
   rows: list
   locations: list
   fingerprint: dict
+  # With a shard selection (read_rows(num_shards=...)): the shard of each row; else None.
+  shards: Optional[list] = None
 
 
 def _sha256_file(path: str) -> tuple[int, str]:
@@ -75,10 +77,16 @@ def _fingerprint_dir(path: str) -> dict:
   return {'path': os.path.abspath(path), 'size': total, 'sha256': digest.hexdigest()}
 
 
-def _parse_json_lines(path: str, text: str) -> tuple[list, list]:
+def _parse_json_lines(path: str, text: str, keep=None) -> tuple[list, list]:
+  """Rows and locations of JSON Lines text; ``keep(row_index)`` (row index: non-blank lines
+  counted from 0) selects the rows parsed at all (``None``: every row)."""
   rows, locations = [], []
+  index = -1
   for number, line in enumerate(text.splitlines(), start=1):
     if not line.strip():
+      continue
+    index += 1
+    if keep is not None and not keep(index):
       continue
     try:
       row = json.loads(line)
@@ -100,8 +108,9 @@ def _parse_json_lines(path: str, text: str) -> tuple[list, list]:
   return rows, locations
 
 
-def _read_json_file(path: str) -> tuple[list, list, dict]:
-  """Rows of a JSON Lines file, or of a JSON document holding a list of row objects."""
+def _read_json_file(path: str, keep=None) -> tuple[list, list, dict]:
+  """Rows of a JSON Lines file, or of a JSON document holding a list of row objects
+  (``keep``: as :func:`_parse_json_lines`; a JSON document is parsed whole, then selected)."""
   with open(path, 'rb') as f:
     data = f.read()
   fingerprint = {
@@ -140,15 +149,26 @@ def _read_json_file(path: str) -> tuple[list, list, dict]:
         f'{type(document[bad[0]]).__name__}; expected row objects such as '
         '{"prompt": ..., "completion": ...}'
       )
-    rows, locations = document, [f'{path} row {i}' for i in range(len(document))]
+    kept = [i for i in range(len(document)) if keep is None or keep(i)]
+    rows, locations = [document[i] for i in kept], [f'{path} row {i}' for i in kept]
+    if document:
+      return rows, locations, fingerprint  # (a selection may be empty: the caller says so)
   else:
-    rows, locations = _parse_json_lines(path, text)
+    rows, locations = _parse_json_lines(path, text, keep)
+    if keep is not None:
+      return rows, locations, fingerprint  # the text holds rows; this selection may be empty
   if not rows:
     raise ValueError(f'{path} holds no rows (only blank lines); expected JSON Lines of SFT rows')
   return rows, locations, fingerprint
 
 
-def read_rows(source: str, split: str = 'train') -> LoadedRows:
+def read_rows(
+  source: str,
+  split: str = 'train',
+  *,
+  num_shards: int = 0,
+  shards: Sequence[int] = (),
+) -> LoadedRows:
   """Loads SFT rows, with their locations and a fingerprint of what was read.
 
   Args:
@@ -157,18 +177,36 @@ def read_rows(source: str, split: str = 'train') -> LoadedRows:
       json/parquet files), or a hub dataset name already in the local cache (offline); those
       are read with ``datasets``.
     split: split to read (file sources have only ``'train'``).
+    num_shards, shards: with ``num_shards > 0``, only the rows of the given shards are parsed
+      and returned (row ``i``, counting rows from 0 in file order, is in shard
+      ``i % num_shards``); :attr:`LoadedRows.shards` then gives each returned row's shard.
   Returns:
     :class:`LoadedRows`. The fingerprint hashes the file's bytes (a directory: every file in it;
-    a cached hub dataset: the rows themselves).
+    a cached hub dataset: the rows themselves), whatever shards are read.
   Raises:
     FileNotFoundError / ValueError: naming the file (and line, for JSON Lines), what was
       expected and what was found.
   """
+  keep = None
+  if num_shards:
+    wanted = frozenset(int(k) for k in shards)
+    bad = sorted(k for k in wanted if not 0 <= k < num_shards)
+    if bad or not wanted:
+      raise ValueError(f'read_rows: shards {sorted(shards)} must be in [0, {num_shards})')
+    accepted: list[int] = []  # row indices kept, in order (the readers call keep once per row)
+
+    def keep(i: int) -> bool:
+      if i % num_shards in wanted:
+        accepted.append(i)
+        return True
+      return False
+
+    keep.accepted = accepted
   lower = source.lower()
   if os.path.isfile(source):
     if lower.endswith(('.json', '.jsonl')):
-      rows, locations, fingerprint = _read_json_file(source)
-      return LoadedRows([dict(r) for r in rows], locations, fingerprint)
+      rows, locations, fingerprint = _read_json_file(source, keep)
+      return _selected(rows, locations, fingerprint, num_shards, keep)
     if not lower.endswith('.parquet'):
       raise ValueError(f'data file {source!r}: expected a .json, .jsonl or .parquet file')
     if os.path.getsize(source) == 0:
@@ -185,7 +223,20 @@ def read_rows(source: str, split: str = 'train') -> LoadedRows:
   if fingerprint is None:
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
     fingerprint = {'path': source, 'size': None, 'sha256': digest.hexdigest()}
-  return LoadedRows(rows, [f'{source} row {i}' for i in range(len(rows))], fingerprint)
+  kept = [i for i in range(len(rows)) if keep is None or keep(i)]
+  return _selected(
+    [rows[i] for i in kept], [f'{source} row {i}' for i in kept], fingerprint, num_shards, keep
+  )
+
+
+def _selected(rows, locations, fingerprint, num_shards, keep) -> LoadedRows:
+  rows = [dict(r) for r in rows]
+  if keep is None:
+    return LoadedRows(rows, locations, fingerprint)
+  indices = keep.accepted
+  if len(indices) != len(rows):
+    raise AssertionError(f'read_rows: {len(rows)} rows for {len(indices)} selected indices')
+  return LoadedRows(rows, locations, fingerprint, [i % num_shards for i in indices])
 
 
 def load_rows(source: str, split: str = 'train') -> list[dict]:
@@ -542,3 +593,138 @@ class SFTIterator(Iterator[dict]):
     if int(state['seed']) != self.seed:
       raise ValueError(f'iterator state has seed {state["seed"]}, this iterator {self.seed}')
     self.epoch, self.index = int(state['epoch']), int(state['index'])
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-process loading: each process reads and tokenises only its shards
+# ----------------------------------------------------------------------------------------------
+
+
+def process_shards(num_shards: int, process_index: int, process_count: int) -> tuple[int, ...]:
+  """The shards process ``p`` of ``P`` reads: ``[p * N/P, (p + 1) * N/P)`` (contiguous, so its
+  rows of every global batch are a contiguous slice, as ``parallel.global_batch`` expects).
+
+  Raises:
+    ValueError: ``num_shards`` is not a positive multiple of ``process_count``.
+  """
+  if num_shards <= 0 or num_shards % process_count:
+    raise ValueError(
+      f'config.data.num_shards={num_shards} must be a positive multiple of the number of '
+      f'processes ({process_count})'
+    )
+  per = num_shards // process_count
+  return tuple(range(process_index * per, (process_index + 1) * per))
+
+
+def build_shard_arrays(
+  loaded: LoadedRows, tokenizer: Any, seq_len: int, **kwargs: Any
+) -> dict[int, dict[str, np.ndarray]]:
+  """``{shard: build_sft_arrays of its rows}`` for the rows of ``read_rows(num_shards=...)``:
+  each shard is tokenised and packed on its own (``kwargs``: packing, drop_truncated).
+
+  Raises:
+    ValueError: ``loaded`` has no shard selection, or a shard holds no rows (naming it).
+  """
+  if loaded.shards is None:
+    raise ValueError('build_shard_arrays: read the rows with read_rows(num_shards=..., shards=...)')
+  by_shard: dict[int, list[int]] = {}
+  for index, shard in enumerate(loaded.shards):
+    by_shard.setdefault(shard, []).append(index)
+  out = {}
+  for shard, indices in sorted(by_shard.items()):
+    out[shard] = build_sft_arrays(
+      [loaded.rows[i] for i in indices],
+      tokenizer,
+      seq_len,
+      locations=[loaded.locations[i] for i in indices],
+      **kwargs,
+    )
+  return out
+
+
+class ShardedSFTIterator(Iterator[dict]):
+  """Per-process batches from this process's shards only (``config.data.num_shards``).
+
+  The rows are split into ``N`` shards (row ``i`` in shard ``i % N``); each shard is tokenised,
+  packed and shuffled on its own. Global batch ``t`` (``B`` rows) is shard-major: rows
+  ``[k*B/N, (k+1)*B/N)`` come from shard ``k``, its batch ``t mod n_k`` of epoch ``t // n_k``
+  (``n_k = rows_k // (B/N)``; each shard wraps on its own), in the order
+  ``default_rng([seed, epoch, k]).permutation(rows_k)``. So batch ``t`` depends on
+  ``(data, N, B, seed, t)`` alone, not on the number of processes: a process holding shards
+  ``[p*N/P, (p+1)*N/P)`` yields exactly its contiguous slice of the global batch, and 2
+  processes reproduce one. The whole state is ``{'step', 'seed', 'num_shards'}``.
+
+  Args:
+    shard_arrays: ``{shard: {name: [rows_k, seq_len]}}`` of this process's shards
+      (:func:`build_shard_arrays`).
+    global_batch_size: ``B`` (a multiple of ``num_shards``).
+    num_shards: ``N``.
+    seed, shuffle: as :class:`SFTIterator`.
+  Raises:
+    ValueError: ``B`` not a multiple of ``N``, or a shard with fewer packed rows than its
+      ``B/N`` rows of a batch (naming the shard).
+  """
+
+  def __init__(
+    self,
+    shard_arrays: Mapping[int, Mapping[str, np.ndarray]],
+    global_batch_size: int,
+    num_shards: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+  ):
+    if global_batch_size % num_shards:
+      raise ValueError(
+        f'global_batch_size={global_batch_size} is not a multiple of '
+        f'config.data.num_shards={num_shards}'
+      )
+    self.per_shard = global_batch_size // num_shards
+    self.shards = sorted(int(k) for k in shard_arrays)
+    self.arrays = {k: dict(shard_arrays[k]) for k in self.shards}
+    self.num_rows = {}
+    for k in self.shards:
+      rows = {len(v) for v in self.arrays[k].values()}
+      if len(rows) != 1:
+        raise ValueError(f'shard {k}: arrays have different row counts')
+      self.num_rows[k] = rows.pop()
+      if self.num_rows[k] < self.per_shard:
+        raise ValueError(
+          f'data shard {k} of {num_shards} has {self.num_rows[k]} packed rows, fewer than its '
+          f'{self.per_shard} rows of every global batch; add data or lower '
+          'config.data.num_shards or the batch size'
+        )
+    self.num_shards, self.seed, self.shuffle = int(num_shards), int(seed), shuffle
+    self.step = 0
+
+  def _rows(self, shard: int, step: int) -> np.ndarray:
+    batches = self.num_rows[shard] // self.per_shard
+    epoch, index = divmod(step, batches)
+    order = (
+      np.random.default_rng([self.seed, epoch, shard]).permutation(self.num_rows[shard])
+      if self.shuffle
+      else np.arange(self.num_rows[shard])
+    )
+    return order[index * self.per_shard : (index + 1) * self.per_shard]
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    parts = [
+      {n: a[self._rows(k, self.step)] for n, a in self.arrays[k].items()} for k in self.shards
+    ]
+    self.step += 1
+    return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+
+  def get_state(self) -> dict[str, int]:
+    """``{'step', 'seed', 'num_shards'}``: the position of the *next* batch."""
+    return {'step': int(self.step), 'seed': self.seed, 'num_shards': self.num_shards}
+
+  def set_state(self, state: Mapping[str, int]) -> None:
+    missing = {'step', 'seed', 'num_shards'} - set(state)
+    if missing:
+      raise KeyError(f'sharded iterator state {dict(state)} lacks {sorted(missing)}')
+    for key in ('seed', 'num_shards'):
+      if int(state[key]) != getattr(self, key):
+        raise ValueError(
+          f'iterator state has {key} {state[key]}, this iterator {getattr(self, key)}'
+        )
+    self.step = int(state['step'])

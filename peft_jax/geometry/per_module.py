@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from peft_jax.common import stacking
 from peft_jax.common.trees import path_name
 from peft_jax.geometry import activations, spectral
 
@@ -23,7 +24,9 @@ PyTree = Any
 
 
 def flat_kernels(params: PyTree) -> dict[str, Array]:
-  """``{'/'-joined path: leaf}`` for every 2-D leaf named ``kernel`` (Flax ``[d_in, d_out]``)."""
+  """``{'/'-joined path: leaf}`` for every 2-D leaf named ``kernel`` (Flax ``[d_in, d_out]``);
+  stacked (scanned) layers are read per layer, under the unrolled names (``layers_3/...``)."""
+  params = stacking.unstack_layers(params) if stacking.is_stacked(params) else params
   out = {}
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     name = path_name(key_path)

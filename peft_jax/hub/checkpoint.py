@@ -29,6 +29,7 @@ import ml_dtypes
 import numpy as np
 
 from peft_jax.adapters.core import is_adapted
+from peft_jax.common import stacking
 from peft_jax.common.files import replace_directory, temporary_directory_for
 from peft_jax.common.trees import flatten_dict, unflatten_dict
 from peft_jax.hub.paths import resolve_path
@@ -418,6 +419,10 @@ def load_params(
   and put on ``shardings`` (a tree of ``jax.sharding.Sharding`` matching the params, or ``None``
   for the default device), one tensor at a time.
   """
+  if config.scan_period:
+    # The files hold one tensor per layer: read them unrolled, then stack for the scan.
+    unrolled = load_params(path, config.replace(scan_layers=False), dtype=dtype)
+    return place_stacked(stacking.stack_layers(unrolled, config.scan_period), shardings)
   directory = resolve_path(path)
   index = _SafetensorsIndex(directory)
   expected = flatten_dict(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
@@ -464,6 +469,13 @@ def load_params(
   return unflatten_dict(flat)
 
 
+def place_stacked(params: dict, shardings: Any) -> dict:
+  """Stacked params on their ``shardings`` (a matching tree, or ``None``: left as they are)."""
+  if shardings is None:
+    return params
+  return jax.device_put(params, shardings)
+
+
 def _load_tokenizer_if_present(directory: pathlib.Path):
   if not any(
     (directory / f).is_file()
@@ -493,6 +505,9 @@ def save_pretrained(
   temporary sibling directory that then replaces ``path``, so a crash never leaves half a
   checkpoint.
   """
+  # Stacked (scanned) layers are written one tensor per layer, as the unrolled model's.
+  params = stacking.unstack_layers(params)
+  config = config.replace(scan_layers=False)
   leaves = jax.tree.leaves(params, is_leaf=is_adapted)
   if any(is_adapted(leaf) for leaf in leaves):
     raise ValueError(

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from peft_jax.common import stacking
 from peft_jax.common.trees import flatten_dict, unflatten_dict
 from peft_jax.hub.checkpoint import config_from_hf_dict
 from peft_jax.models.config import ModelConfig
@@ -343,6 +344,11 @@ def load_gguf_params(
   transpose to ``[d_in, d_out]``), cast to ``dtype`` and put on its sharding (``shardings``: a
   tree of ``jax.sharding.Sharding`` matching the params, or ``None``) before the next one is read.
   """
+  if config.scan_period:
+    # One tensor per layer in the file: read them unrolled, then stack for the scan.
+    unrolled = load_gguf_params(reader, config.replace(scan_layers=False), dtype=dtype)
+    stacked = stacking.stack_layers(unrolled, config.scan_period)
+    return stacked if shardings is None else jax.device_put(stacked, shardings)
   arch = _Metadata(reader).arch
   mapping = _tensor_map(config)
   expected = flatten_dict(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))

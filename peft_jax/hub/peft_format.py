@@ -45,6 +45,7 @@ from peft_jax.adapters.pissa import PiSSA
 from peft_jax.adapters.vera import VeRA
 
 # By name: `peft_jax.adapters.inject` is also the re-exported inject function.
+from peft_jax.common import stacking
 from peft_jax.common.trees import flatten_names as flatten_params
 from peft_jax.common.trees import set_path
 from peft_jax.hub.checkpoint import read_json, read_safetensors_header
@@ -201,6 +202,10 @@ def load_adapter(
       (listing available ones), or tensors whose shapes do not fit the base (naming the tensor).
   """
   del key
+  if stacking.is_stacked(params):
+    # Files name one module per layer: load onto the unrolled view, stack the nodes back.
+    out = load_adapter(stacking.unstack_layers(params), path, module_name_fn=module_name_fn)
+    return stacking.stack_layers(out, stacking.stack_period(params))
   config_path = os.path.join(path, CONFIG_NAME)
   weights_path = os.path.join(path, WEIGHTS_NAME)
   for p in (config_path, weights_path):
@@ -430,6 +435,7 @@ def save_adapter(
   functools.partial(adapters.encoder_module_name, base_prefix='bert.')`` (``'roberta.'``) so the
   names are those of ``BertForSequenceClassification``, the model PEFT then loads it onto.
   """
+  tree = stacking.unstack_layers(tree)  # files name one module per layer
   all_nodes = adapted_nodes(tree)
   saved_nodes = {p: n for p, n in all_nodes.items() if getattr(n.method, 'saved_module', False)}
   nodes = {p: n for p, n in all_nodes.items() if p not in saved_nodes}

@@ -5,7 +5,7 @@ from peft_jax.models.activation_sharding import activation_sharding, constrain
 from peft_jax.models.axes import param_logical_axes
 from peft_jax.models.capture import capture_activations, capture_program, masked_tokens
 from peft_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
-from peft_jax.models.decoder import Decoder, init_cache, init_params
+from peft_jax.models.decoder import Decoder, init_cache, init_params, scanned, unrolled
 from peft_jax.models.encoder import (
   Encoder,
   EncoderConfig,
@@ -30,6 +30,8 @@ __all__ = [
   'sentence_embeddings',
   'init_cache',
   'init_params',
+  'scanned',
+  'unrolled',
   'param_logical_axes',
   'GenerationOutput',
   'decode',

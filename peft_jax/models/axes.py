@@ -10,14 +10,28 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+import jax
 import numpy as np
 
 from peft_jax.adapters.core import Adapted
+from peft_jax.common import stacking
 from peft_jax.models.config import ModelConfig
 from peft_jax.models.decoder import declared_axes
 from peft_jax.models.encoder import EncoderConfig, declared_encoder_axes
 
 Axes = tuple[Optional[str], ...]
+
+
+class _Shape:
+  """A shape standing in for one layer's slice of a stacked array (a pytree leaf)."""
+
+  def __init__(self, shape):
+    self.shape = tuple(shape)
+    self.ndim = len(self.shape)
+
+
+def _is_axes(x: Any) -> bool:
+  return isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -88,21 +102,29 @@ def param_logical_axes(params: Mapping[str, Any], config: ModelConfig | EncoderC
     return axes
 
   def visit(node: Any, path: tuple[str, ...]) -> Any:
+    if isinstance(node, Adapted) and path[:1] == (stacking.STACKED_KEY,):
+      # A node on a stacked kernel: its axes are one layer's, behind the leading 'layers' axis.
+      axes = base_axes(path, len(_shape(node.base)))
+      per_layer = jax.tree.map(lambda x: _Shape(_shape(x)[1:]), node)
+      inner = visit_node(per_layer, axes[1:])
+      return jax.tree.map(lambda a: (axes[0],) + a, inner, is_leaf=_is_axes)
     if isinstance(node, Adapted):
-      base_shape = _shape(node.base)
-      base = base_axes(path, len(base_shape))
-      method_axes = getattr(node.method, 'param_axes', None)
-      whole = getattr(node.method, 'adapts', '') == 'all' or getattr(
-        node.method, 'saved_module', False
-      )
-      if callable(method_axes) and (len(base) == 2 or whole):
-        # The method knows its own layout (peft_jax.adapters methods define param_axes).
-        params_axes, frozen_axes = method_axes(node, *base)
-        return Adapted(base, params_axes, frozen_axes, node.method)
-      sub = lambda d: {k: _adapter_array_axes(_shape(v), base_shape, base) for k, v in d.items()}
-      return Adapted(base, sub(node.params), sub(node.frozen), node.method)
+      return visit_node(node, base_axes(path, len(_shape(node.base))))
     if isinstance(node, Mapping):
       return {k: visit(v, path + (k,)) for k, v in node.items()}
     return base_axes(path, len(_shape(node)))
+
+  def visit_node(node: Adapted, base: Axes) -> Any:
+    base_shape = _shape(node.base)
+    method_axes = getattr(node.method, 'param_axes', None)
+    whole = getattr(node.method, 'adapts', '') == 'all' or getattr(
+      node.method, 'saved_module', False
+    )
+    if callable(method_axes) and (len(base) == 2 or whole):
+      # The method knows its own layout (peft_jax.adapters methods define param_axes).
+      params_axes, frozen_axes = method_axes(node, *base)
+      return Adapted(base, params_axes, frozen_axes, node.method)
+    sub = lambda d: {k: _adapter_array_axes(_shape(v), base_shape, base) for k, v in d.items()}
+    return Adapted(base, sub(node.params), sub(node.frozen), node.method)
 
   return visit(params, ())

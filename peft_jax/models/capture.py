@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from peft_jax.models.config import ModelConfig
-from peft_jax.models.decoder import Decoder
+from peft_jax.models.decoder import Decoder, unrolled
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,7 +35,9 @@ def capture_program(config: ModelConfig, names: tuple[str, ...]):
 def capture_activations(
   config: ModelConfig, params: Any, tokens: Any, mask: Any, names: Sequence[str]
 ) -> dict[str, np.ndarray]:
-  """The captured activations of one batch, as float32 host arrays."""
+  """The captured activations of one batch, as float32 host arrays (a model that scans its
+  layers is run unrolled here: captures are per layer)."""
+  config, params = unrolled(config, params)
   captures = capture_program(config, tuple(names))(params, jnp.asarray(tokens), jnp.asarray(mask))
   return {k: np.asarray(v, np.float32) for k, v in captures.items()}
 

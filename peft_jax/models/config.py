@@ -9,6 +9,8 @@ SUPPORTED_MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'gemma2')
 SUPPORTED_ROPE_TYPES = ('default', 'linear', 'llama3')
 SUPPORTED_ACTIVATIONS = ('silu', 'gelu', 'gelu_pytorch_tanh', 'gelu_new')
 LAYER_TYPES = ('full_attention', 'sliding_attention')
+# scan_layers='auto' scans models at least this deep (off the CPU).
+AUTO_SCAN_MIN_LAYERS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,10 @@ class ModelConfig:
     dtype: compute dtype name, 'float32' or 'bfloat16' (params keep their own dtype; norms,
       softmax and logits are float32).
     remat: rematerialise each layer in the backward pass (memory for compute).
+    scan_layers: run the layers as one ``nn.scan`` over params stacked on a leading ``layers``
+      axis (``peft_jax.common.stacking``) instead of unrolling them: True, False or 'auto'
+      (scan for >= :data:`AUTO_SCAN_MIN_LAYERS` layers on an accelerator; never on CPU, where
+      the scanned step was measured slower, BENCHMARKS.md). See :meth:`scan_period`.
     bos_token_id / eos_token_id / pad_token_id: special ids (eos may be a tuple of ids).
     max_position_embeddings: informational (written back to config.json).
   """
@@ -73,6 +79,7 @@ class ModelConfig:
   norm_plus_one: bool = False
   dtype: str = 'float32'
   remat: bool = False
+  scan_layers: bool | str = False
   bos_token_id: Optional[int] = None
   eos_token_id: Optional[int | tuple[int, ...]] = None
   pad_token_id: Optional[int] = None
@@ -132,6 +139,8 @@ class ModelConfig:
           f'ModelConfig.rope_scaling rope_type={rope_type!r} is not supported; '
           f'supported: {SUPPORTED_ROPE_TYPES}'
         )
+    if self.scan_layers not in (True, False, 'auto'):
+      raise ValueError(f"ModelConfig.scan_layers={self.scan_layers!r}; valid: True, False, 'auto'")
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, 'eos_token_id', tuple(self.eos_token_id))
 
@@ -147,6 +156,40 @@ class ModelConfig:
     if isinstance(self.eos_token_id, int):
       return (self.eos_token_id,)
     return tuple(self.eos_token_id)
+
+  def scan_plan(self, backend: Optional[str] = None) -> tuple[int, str]:
+    """``(period, reason)``: scan over blocks of ``period`` layers (0: unrolled) and why.
+
+    Uniform layers scan one at a time; layer kinds that repeat with period 2 (Gemma 2's
+    alternating sliding/full attention) scan as pairs; any other pattern runs unrolled. 'auto'
+    decides by depth and ``backend`` (default ``jax.default_backend()``).
+    """
+    if self.scan_layers is False:
+      return 0, 'scan_layers=False'
+    if self.scan_layers == 'auto':
+      if backend is None:
+        import jax  # the backend is only asked for an 'auto' decision
+
+        backend = jax.default_backend()
+      if backend == 'cpu':
+        return 0, "scan_layers='auto' on CPU (scanned steps were measured slower there)"
+      if self.num_layers < AUTO_SCAN_MIN_LAYERS:
+        return 0, (f"scan_layers='auto' with {self.num_layers} < {AUTO_SCAN_MIN_LAYERS} layers")
+    kinds = self.layer_types
+    for period in (1, 2):
+      if self.num_layers % period == 0 and all(
+        kinds[i] == kinds[i % period] for i in range(self.num_layers)
+      ):
+        return period, f'scanning blocks of {period} layer(s)'
+    return 0, (
+      f'layer kinds {kinds} neither uniform nor alternating with period 2 over '
+      f'{self.num_layers} layers: unrolled'
+    )
+
+  @property
+  def scan_period(self) -> int:
+    """Layers per scanned block (0: the layers are unrolled); see :meth:`scan_plan`."""
+    return self.scan_plan()[0]
 
   def replace(self, **changes: Any) -> 'ModelConfig':
     return dataclasses.replace(self, **changes)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from peft_jax.adapters import core as adapters_core
+from peft_jax.common import stacking
 from peft_jax.models.activation_sharding import constrain
 from peft_jax.models.config import ModelConfig
 
@@ -401,6 +402,62 @@ class DecoderLayer(nn.Module):
     return constrain(y, ('batch', 'length', 'embed')), captures.store, layer_cache
 
 
+class _LayerBlock(nn.Module):
+  """The body of the layer scan: ``period`` consecutive layers (``block_j`` is layer kind ``j``).
+
+  ``(x, xs) -> (x', ys)`` in ``nn.scan``'s carry/scanned form: ``x`` the residual stream (carry),
+  the broadcast positions and mask, and this step's slice of the KV cache (``None`` when not
+  decoding) in and out.
+  """
+
+  config: ModelConfig
+  period: int
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, positions, mask_info, block_cache):
+    out_cache = [] if block_cache is not None else None
+    for j in range(self.period):
+      layer_cache = None if block_cache is None else block_cache[j]
+      # layer_index j: layer kinds repeat with the period (ModelConfig.scan_plan), so j gives
+      # this block member's kind (sliding or full attention).
+      x, _, layer_cache = DecoderLayer(self.config, j, name=f'block_{j}')(
+        x, positions, mask_info, self.deterministic, layer_cache
+      )
+      if out_cache is not None:
+        out_cache.append(layer_cache)
+    return x, out_cache
+
+
+def _scanned_layers(cfg: ModelConfig, period: int, deterministic: bool) -> nn.Module:
+  """``nn.scan`` of :class:`_LayerBlock` over ``L / period`` steps, params stacked on a leading
+  axis named ``'layers'`` (``peft_jax.common.stacking``'s form), remat inside the scan body."""
+  block = _LayerBlock
+  if cfg.remat:
+    block = nn.remat(block, prevent_cse=False)
+  scanned = nn.scan(
+    block,
+    variable_axes={'params': 0},
+    split_rngs={'params': True, 'dropout': True},
+    in_axes=(nn.broadcast, nn.broadcast, 0),
+    length=cfg.num_layers // period,
+    metadata_params={nn.PARTITION_NAME: 'layers'},
+  )
+  return scanned(cfg, period, deterministic, name='layers')
+
+
+def _stack_cache(layers: Sequence[dict], period: int) -> list:
+  """Per-layer KV caches -> per block member, stacked over the scan steps."""
+  return [jax.tree.map(lambda *xs: jnp.stack(xs), *layers[j::period]) for j in range(period)]
+
+
+def _unstack_cache(blocks: list, period: int) -> list:
+  steps = jax.tree.leaves(blocks[0])[0].shape[0]
+  return [
+    jax.tree.map(lambda x, i=i: x[i // period], blocks[i % period]) for i in range(steps * period)
+  ]
+
+
 class Decoder(nn.Module):
   """Causal LM: ``tokens [B, T] -> logits [B, T, V]`` float32 (see docs/CONVENTIONS.md).
 
@@ -459,28 +516,42 @@ class Decoder(nn.Module):
       x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
     x = constrain(x, ('batch', 'length', 'embed'))
 
-    layer_cls = nn.remat(DecoderLayer, static_argnums=(4,)) if cfg.remat else DecoderLayer
+    period = cfg.scan_period
     captured: dict[str, Array] = {}
-    want_residual = any(c in ('residual', 'all') for c in capture)
-    for i in range(cfg.num_layers):
-      layer_cache = None if cache is None else cache['layers'][i]
-      prefix = f'layers_{i}/'
-      layer_interventions = tuple(
-        (site, fn)
-        for site, fn in sorted(interventions.items())
-        if site.startswith(prefix) and site.endswith('/out')
+    if period:
+      if capture or interventions:
+        raise ValueError(
+          'Decoder: capture and interventions need the unrolled layers; this config scans them '
+          '(scan_layers). Use peft_jax.models.unrolled(config, params) for the unrolled model '
+          'and params'
+        )
+      x, block_caches = _scanned_layers(cfg, period, deterministic)(
+        x, positions, mask_info, None if cache is None else _stack_cache(cache['layers'], period)
       )
-      x_in = x
-      x, layer_captures, layer_cache = layer_cls(
-        cfg, i, capture, layer_interventions, name=f'layers_{i}'
-      )(x, positions, mask_info, deterministic, layer_cache)
-      captured.update(layer_captures)
-      if want_residual:
-        captured[f'layers_{i}/residual'] = x
-      if prefix + 'residual' in interventions:
-        x = _intervene(prefix + 'residual', interventions[prefix + 'residual'], x, x_in)
       if cache is not None:
-        new_cache['layers'].append(layer_cache)
+        new_cache['layers'] = _unstack_cache(block_caches, period)
+    else:
+      layer_cls = nn.remat(DecoderLayer, static_argnums=(4,)) if cfg.remat else DecoderLayer
+      want_residual = any(c in ('residual', 'all') for c in capture)
+      for i in range(cfg.num_layers):
+        layer_cache = None if cache is None else cache['layers'][i]
+        prefix = f'layers_{i}/'
+        layer_interventions = tuple(
+          (site, fn)
+          for site, fn in sorted(interventions.items())
+          if site.startswith(prefix) and site.endswith('/out')
+        )
+        x_in = x
+        x, layer_captures, layer_cache = layer_cls(
+          cfg, i, capture, layer_interventions, name=f'layers_{i}'
+        )(x, positions, mask_info, deterministic, layer_cache)
+        captured.update(layer_captures)
+        if want_residual:
+          captured[f'layers_{i}/residual'] = x
+        if prefix + 'residual' in interventions:
+          x = _intervene(prefix + 'residual', interventions[prefix + 'residual'], x, x_in)
+        if cache is not None:
+          new_cache['layers'].append(layer_cache)
 
     h = RMSNorm(cfg.rms_norm_eps, cfg.norm_plus_one, name='norm')(x)
     if cfg.tie_word_embeddings:
@@ -587,8 +658,32 @@ def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = No
 
 
 def init_params(config: ModelConfig, key: Array, batch: int = 1, length: int = 8) -> dict:
-  """Random params of ``Decoder(config)`` (``{'embed_tokens': ..., 'layers_0': ..., ...}``)."""
+  """Random params of ``Decoder(config)`` (``{'embed_tokens': ..., 'layers_0': ..., ...}``).
+
+  A config that scans its layers gets the same values as the unrolled one, stacked
+  (``peft_jax.common.stacking``), so a seed gives one model whichever way it runs.
+  """
+  period = config.scan_period
+  if period:
+    unrolled = _jitted_init(config.replace(scan_layers=False), batch, length)(key)
+    return stacking.stack_layers(unrolled, period)
   return _jitted_init(config, batch, length)(key)
+
+
+def unrolled(config: ModelConfig, params: Mapping[str, Any]) -> tuple[ModelConfig, dict]:
+  """The unrolled equivalent ``(config, params)`` of a model (identity when it does not scan):
+  what capture, interventions and per-layer analysis need."""
+  return config.replace(scan_layers=False), stacking.unstack_layers(params)
+
+
+def scanned(config: ModelConfig, params: Mapping[str, Any]) -> dict:
+  """``params`` in the form ``Decoder(config)`` reads: stacked when the config scans its
+  layers, unrolled otherwise (either form may come in)."""
+  period = config.scan_period
+  if period:
+    params = stacking.unstack_layers(params)
+    return stacking.stack_layers(params, period)
+  return stacking.unstack_layers(params)
 
 
 @functools.lru_cache(maxsize=32)

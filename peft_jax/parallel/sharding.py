@@ -2,7 +2,7 @@
 
 This module is the one place that decides placement (docs/ARCHITECTURE.md, "Sharding"). Model code names the axes
 of every parameter with logical names (``'embed'``, ``'mlp'``, ``'heads'``, ``'kv'``, ``'vocab'``,
-``'rank'``, ``'norm'``, ``'blocks'``); a rules table maps each logical name to mesh axes of the
+``'rank'``, ``'norm'``, ``'blocks'``, ``'layers'``: the stacked axis of scanned layers); a rules table maps each logical name to mesh axes of the
 3-D mesh ``('data', 'fsdp', 'tensor')``.
 
 Rule semantics (as Flax's ``logical_to_mesh_axes``, plus divisibility; ``common.axis_rules``, shared
@@ -47,6 +47,8 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
   ('rank', None),
   ('norm', None),
   ('blocks', None),
+  # the leading axis of layers stacked for a scan (ModelConfig.scan_layers)
+  ('layers', None),
 )
 
 

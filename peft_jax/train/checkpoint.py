@@ -50,7 +50,15 @@ RESUME_SAFE_KEYS = (
 )
 # Keys added to the config after runs were already written, with the value that reproduces the
 # older behaviour: a config (saved or new) lacking one of them is read as holding this value.
-ADDED_KEYS = {'data.drop_truncated': False, 'stop_step': 0}
+ADDED_KEYS = {
+  'data.drop_truncated': False,
+  'stop_step': 0,
+  'model.scan_layers': False,
+  'data.num_shards': 0,
+}
+# Keys added after the arena's stage digests were in use, left out of a stage's config slice while
+# they hold their default (peft_jax.arena.pipeline), so an older study's stages are still reused.
+SLICE_NEUTRAL_DEFAULTS = {'model.scan_layers': False, 'data.num_shards': 0}
 # The fingerprint of the training data (path, size, content hash) the trainer adds to the config
 # it guards: a changed data file is refused like a changed config key.
 FINGERPRINT_KEY = 'data_fingerprint'
@@ -122,9 +130,14 @@ def _save_error(
   )
 
 
+# The two iterator states: data.sft.SFTIterator's and (per-process loading)
+# data.sft.ShardedSFTIterator's.
+_DATA_STATE_KEYS = (('epoch', 'index', 'seed'), ('step', 'seed', 'num_shards'))
+
+
 def _valid_data_state(data: Any) -> bool:
-  return isinstance(data, Mapping) and all(
-    isinstance(data.get(k), int) for k in ('epoch', 'index', 'seed')
+  return isinstance(data, Mapping) and any(
+    all(isinstance(data.get(k), int) for k in keys) for keys in _DATA_STATE_KEYS
   )
 
 
@@ -194,7 +207,8 @@ class StateCheckpointer:
         state, data_state = self.restore(step, like)
         if not _valid_data_state(data_state):
           raise ValueError(
-            f'its data-iterator state {data_state!r} lacks integer "epoch", "index", "seed"'
+            f'its data-iterator state {data_state!r} lacks integer "epoch", "index", "seed" '
+            '(or "step", "seed", "num_shards")'
           )
       except Exception as error:  # pylint: disable=broad-except
         bad.append((step, path, f'{type(error).__name__}: {str(error)[:300]}'))

@@ -14,7 +14,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   # Model: a tiny random decoder, or a Hugging Face directory when `path` is set
-  # (then the size fields below are ignored; dtype/remat still apply).
+  # (then the size fields below are ignored; dtype/remat/scan_layers still apply).
   config.model = ml_collections.ConfigDict(
     dict(
       path='',
@@ -29,6 +29,9 @@ def default_config() -> ml_collections.ConfigDict:
       # Compute dtype; trainable params stay float32 either way.
       dtype='float32',
       remat=False,
+      # Scan over the layers (params stacked on a leading 'layers' axis): True, False or
+      # 'auto' (scan >= 16 layers off the CPU); see peft_jax.models.ModelConfig.scan_layers.
+      scan_layers=ml_collections.FieldReference(False, field_type=object),
     )
   )
 
@@ -59,6 +62,12 @@ def default_config() -> ml_collections.ConfigDict:
       shuffle=True,
       drop_truncated=False,
       allow_changed_data=False,
+      # Per-process loading: > 0 splits the rows into this many shards (row i in shard
+      # i % num_shards, each packed and shuffled on its own) and each process reads and
+      # tokenises only its num_shards / process_count of them (data.sft.ShardedSFTIterator).
+      # Batches then depend on num_shards, not on the process count. 0: every process reads
+      # the whole data and takes its slice of each batch.
+      num_shards=0,
     )
   )
 

@@ -52,6 +52,7 @@ def planner_config(
   targets: Optional[str] = None,
   dtype: str = 'bf16',
   remat: bool = False,
+  scan_layers: Any = False,
   grad_accum_steps: int = 1,
   base: Optional[ml_collections.ConfigDict] = None,
 ) -> ml_collections.ConfigDict:
@@ -66,7 +67,7 @@ def planner_config(
     targets: comma-separated module names, or a regex / ``'all-linear'`` (``target_regex``) when
       it holds no comma and is not a bare module name; ``None`` keeps the base config's.
     dtype: compute dtype (``bf16`` or ``f32``); trainable params and the optimizer stay float32.
-    remat, grad_accum_steps: as in training.
+    remat, scan_layers, grad_accum_steps: as in training.
     base: the config to start from (default ``train.config.default_config()``).
   """
   config = ml_collections.ConfigDict((base or default_config()).to_dict())
@@ -75,6 +76,7 @@ def planner_config(
   config.model.path = model
   config.model.dtype = DTYPES[dtype]
   config.model.remat = bool(remat)
+  config.model.scan_layers = scan_layers
   if method != config.adapter.method:
     config.adapter.method = method
     config.adapter.kwargs = {}
@@ -102,7 +104,10 @@ def abstract_model(config: ml_collections.ConfigDict):
   """
   if config.model.path:
     model_config = hub_shapes.model_config(
-      config.model.path, dtype=config.model.dtype, remat=config.model.remat
+      config.model.path,
+      dtype=config.model.dtype,
+      remat=config.model.remat,
+      scan_layers=config.model.get('scan_layers', False),
     )
   else:
     model_config = models.ModelConfig(**{k: v for k, v in config.model.items() if k != 'path'})
@@ -236,13 +241,16 @@ def gathered_weight_bytes(abstract: AbstractTraining) -> int:
     (state.params, plan.state_shardings.params),
   ):
     for name, x, s in accounting.named_shards(tree, shardings):
-      if not name.startswith('layers_0/'):
+      shape, spec = tuple(x.shape), tuple(s.spec) + (None,) * (len(x.shape) - len(s.spec))
+      if name.startswith('layers/block_0/'):  # stacked layers: one layer is one slice
+        shape, spec = shape[1:], spec[1:]
+      elif not name.startswith('layers_0/'):
         continue
       kept = []
-      for entry in tuple(s.spec) + (None,) * (len(x.shape) - len(s.spec)):
+      for entry in spec:
         axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
         kept.append(math.prod(mesh.shape[a] for a in axes if a not in embed_axes))
-      total += math.prod(dim // split for dim, split in zip(x.shape, kept)) * c
+      total += math.prod(dim // split for dim, split in zip(shape, kept)) * c
   return 2 * total
 
 
@@ -374,6 +382,7 @@ def plan(config: ml_collections.ConfigDict, *, name: str = '') -> dict[str, Any]
       vocab_size=cfg.vocab_size,
       dtype=cfg.dtype,
       remat=cfg.remat,
+      scan_period=cfg.scan_period,
     ),
     method=abstract.method.name,
     adapter=config.adapter.to_dict(),
@@ -399,6 +408,9 @@ def plan(config: ml_collections.ConfigDict, *, name: str = '') -> dict[str, Any]
       xla_per_device=cost['flops'],
       xla_total=cost['flops'] * devices,
       analytic_total=analytic_flops(abstract),
+      # XLA's cost analysis counts a while loop's body once, not once per iteration: with
+      # scanned layers its count covers one block of layers (plus what is outside the scan).
+      xla_counts_one_scan_step=bool(cfg.scan_period),
     ),
     bytes_accessed_per_device=cost['bytes_accessed'],
     seconds=dict(build=built - start, lower=lowered_at - built, compile=compiled_at - lowered_at),
@@ -416,7 +428,8 @@ def format_report(report: dict[str, Any]) -> str:
     f'{report["devices"]} {report["backend"]} devices',
     f'  batch {report["batch_size"]} x seq {report["seq_len"]} '
     f'(grad_accum {report["grad_accum_steps"]}; {report["tokens_per_device"]} tokens per device '
-    f'per microbatch), dtype {report["model"]["dtype"]}, remat {report["model"]["remat"]}',
+    f'per microbatch), dtype {report["model"]["dtype"]}, remat {report["model"]["remat"]}, '
+    f'scan {report["model"].get("scan_period", 0) or "off"}',
     '  per device            XLA (compiled)   analytic',
     f'    arguments         {b(mem["argument_size_in_bytes"]):>14}   '
     f'{b(sum(ana[k] for k in ARGUMENT_PARTS)):>10}'
@@ -439,7 +452,12 @@ def format_report(report: dict[str, Any]) -> str:
     f'(redundancy {params["redundancy"]:.2f}x)',
     f'  FLOPs per step: XLA {report["flops_per_step"]["xla_total"]:.4g} '
     f'({report["flops_per_step"]["xla_per_device"]:.4g} per device), analytic '
-    f'{report["flops_per_step"]["analytic_total"]:.4g}',
+    f'{report["flops_per_step"]["analytic_total"]:.4g}'
+    + (
+      ' (scanned layers: XLA counts the loop body once, i.e. one block of layers)'
+      if report['flops_per_step'].get('xla_counts_one_scan_step')
+      else ''
+    ),
     f'  batch sharding: {report["batch_sharding"].get("tokens")}',
     '  sharding of each parameter group (layer index folded):',
   ]

@@ -65,13 +65,26 @@ def _tree_norm(tree: PyTree) -> Array:
 
 
 def per_layer_norms(tree: PyTree, prefix: str) -> dict[str, Array]:
-  """``{prefix/layers_i: ||leaves under layers_i||_2}`` (grouping is static, by name)."""
+  """``{prefix/layers_i: ||leaves under layers_i||_2}`` (grouping is static, by name).
+
+  Stacked (scanned) layers (``layers/block_j/...``, leading axis over the blocks' steps) are
+  split per layer and named as the unrolled ones (``layers_{j + period * k}``).
+  """
+  flat = [(path_name(path), x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  stacked = re.compile(r'^layers/block_(\d+)/')
+  period = len({m.group(1) for m in (stacked.match(name) for name, _ in flat) if m})
   groups: dict[str, list] = {}
-  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    match = re.search(r'layers_\d+', path_name(path))
+  for name, x in flat:
+    block = stacked.match(name)
+    if block:
+      squares = jnp.sum(jnp.square(x.astype(jnp.float32)).reshape(x.shape[0], -1), axis=1)
+      for k in range(x.shape[0]):
+        groups.setdefault(f'layers_{int(block.group(1)) + period * k}', []).append(squares[k])
+      continue
+    match = re.search(r'layers_\d+', name)
     if match:
-      groups.setdefault(match.group(0), []).append(x)
-  return {f'{prefix}/{name}': _tree_norm(xs) for name, xs in sorted(groups.items())}
+      groups.setdefault(match.group(0), []).append(jnp.sum(jnp.square(x.astype(jnp.float32))))
+  return {f'{prefix}/{name}': jnp.sqrt(sum(xs)) for name, xs in sorted(groups.items())}
 
 
 def _microbatches(batch: Mapping[str, Array], accum_steps: int) -> dict[str, Array]:

@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -86,13 +87,29 @@ def build_model(config: ml_collections.ConfigDict):
     # Params load in float32; the compute dtype and remat are ModelConfig switches.
     model, params, tokenizer = hub.load_pretrained(config.model.path)
     model_config = dataclasses.replace(
-      model.config, dtype=config.model.dtype, remat=config.model.remat
+      model.config,
+      dtype=config.model.dtype,
+      remat=config.model.remat,
+      scan_layers=config.model.get('scan_layers', False),
     )
-    return models.Decoder(model_config), params, model_config, tokenizer
+    _log_scan(model_config)
+    # The files are read unrolled; a scanning config stacks them (peft_jax.common.stacking).
+    return (
+      models.Decoder(model_config),
+      models.scanned(model_config, params),
+      model_config,
+      tokenizer,
+    )
   fields = {k: v for k, v in config.model.items() if k != 'path'}
   model_config = models.ModelConfig(**fields)
+  _log_scan(model_config)
   params = models.init_params(model_config, jax.random.PRNGKey(config.seed))
   return models.Decoder(model_config), params, model_config, None
+
+
+def _log_scan(model_config) -> None:
+  if model_config.scan_layers is not False:
+    logging.info('model layers: %s', model_config.scan_plan()[1])
 
 
 def make_method(config: ml_collections.ConfigDict):
@@ -165,6 +182,43 @@ def make_tokenizer(config: ml_collections.ConfigDict, model_config, hf_tokenizer
     raise type(error)(f'config.data.tokenizer={name!r}: {error}') from error
 
 
+def make_iterator(config: ml_collections.ConfigDict, tokenizer) -> tuple[Any, Any]:
+  """``(loaded rows, iterator)`` of this process's batches: the whole data read and sliced per
+  batch, or with ``config.data.num_shards`` only this process's shards read and tokenised
+  (``sft.ShardedSFTIterator``)."""
+  build = dict(packing=config.data.packing, drop_truncated=config.data.get('drop_truncated', False))
+  num_shards = int(config.data.get('num_shards', 0) or 0)
+  if num_shards:
+    shards = sft.process_shards(num_shards, jax.process_index(), jax.process_count())
+    loaded = sft.read_rows(
+      config.data.path, config.data.split, num_shards=num_shards, shards=shards
+    )
+    missing = sorted(set(shards) - set(loaded.shards))
+    if missing:
+      raise ValueError(
+        f'config.data.path={config.data.path!r}: data shards {missing} of {num_shards} hold no '
+        'rows (fewer rows than shards); lower config.data.num_shards'
+      )
+    arrays = sft.build_shard_arrays(loaded, tokenizer, config.data.seq_len, **build)
+    iterator = sft.ShardedSFTIterator(
+      arrays, config.batch_size, num_shards, seed=config.seed, shuffle=config.data.shuffle
+    )
+    return loaded, iterator
+  loaded = sft.read_rows(config.data.path, config.data.split)
+  arrays = sft.build_sft_arrays(
+    loaded.rows, tokenizer, config.data.seq_len, locations=loaded.locations, **build
+  )
+  iterator = sft.SFTIterator(
+    arrays,
+    config.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    shuffle=config.data.shuffle,
+  )
+  return loaded, iterator
+
+
 def host_copy(tree: PyTree) -> PyTree:
   """All of ``tree`` on the host (gathers across processes when needed)."""
   if all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
@@ -215,6 +269,7 @@ NON_PROGRAM_KEYS = (
   'data.split',
   'data.tokenizer',
   'data.packing',
+  'data.num_shards',
   'data.shuffle',
   'data.drop_truncated',
   'data.allow_changed_data',
@@ -330,23 +385,7 @@ def train(
 
   # ---- Input pipeline (each process loads only its rows of every global batch) -------------
   tokenizer = make_tokenizer(config, model_config, hf_tokenizer)
-  loaded = sft.read_rows(config.data.path, config.data.split)
-  arrays = sft.build_sft_arrays(
-    loaded.rows,
-    tokenizer,
-    config.data.seq_len,
-    packing=config.data.packing,
-    drop_truncated=config.data.get('drop_truncated', False),
-    locations=loaded.locations,
-  )
-  iterator = sft.SFTIterator(
-    arrays,
-    config.batch_size,
-    seed=config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    shuffle=config.data.shuffle,
-  )
+  loaded, iterator = make_iterator(config, tokenizer)
   # Everything is checked: only now write to the workdir.
   ckpt_lib.check_or_write_config(
     workdir,

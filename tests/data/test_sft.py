@@ -126,3 +126,49 @@ def test_iterator_resume_and_disjoint_processes(jsonl_path):
     np.testing.assert_array_equal(np.concatenate([a['tokens'], b['tokens']]), expected['tokens'])
   with pytest.raises(ValueError, match='seed'):
     it3.set_state({'epoch': 0, 'index': 0, 'seed': 4})
+
+
+def test_per_process_shards_read_only_their_rows_and_rebuild_the_global_batch(jsonl_path):
+  """4 shards over 2 processes: each parses and tokenises only its rows (row i in shard i % 4),
+  their batches concatenate to the 1-process batch by the definition (shard-major blocks of B/N
+  rows, each shard's own permutation per epoch), and a saved state resumes exactly."""
+  num_shards, batch = 4, 8  # 10 rows per shard, 2 rows of each batch: 5 batches per epoch
+  one = sft.read_rows(jsonl_path, num_shards=num_shards, shards=range(num_shards))
+  assert len(one.rows) == 40 and one.shards == [i % 4 for i in range(40)]
+  halves = [
+    sft.read_rows(jsonl_path, num_shards=4, shards=sft.process_shards(4, p, 2)) for p in (0, 1)
+  ]
+  assert [h.rows[0]['prompt'] for h in halves] == ['q0 ', 'q2 ']
+  assert [len(h.rows) for h in halves] == [20, 20] and halves[1].shards[:3] == [2, 3, 2]
+  assert halves[1].locations[0].endswith('line 3')
+  make = lambda loaded: sft.ShardedSFTIterator(
+    sft.build_shard_arrays(loaded, TOK, 16, packing=False), batch, num_shards, seed=3
+  )
+  single, procs = make(one), [make(h) for h in halves]
+  rows = sft.load_rows(jsonl_path)
+  for step in range(12):  # crosses two epoch boundaries of every shard
+    got = next(single)
+    # The definition, from the raw rows: block k holds shard k's rows of this step.
+    epoch, index = divmod(step, 5)
+    expected = []
+    for k in range(num_shards):
+      order = np.random.default_rng([3, epoch, k]).permutation(10)[2 * index : 2 * index + 2]
+      expected += [sft.tokenize_row(rows[k + num_shards * int(j)], TOK, 16)[0] for j in order]
+    for r, tokens in enumerate(expected):
+      np.testing.assert_array_equal(got['tokens'][r, : len(tokens)], tokens)
+    parts = [next(p) for p in procs]
+    for key in sft.BATCH_KEYS:
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), got[key])
+  state = json.loads(json.dumps(procs[1].get_state()))
+  assert state == {'step': 12, 'seed': 3, 'num_shards': 4}
+  resumed = make(halves[1])
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)['tokens'], next(procs[1])['tokens'])
+  with pytest.raises(ValueError, match='num_shards'):
+    resumed.set_state(dict(state, num_shards=2))
+  with pytest.raises(ValueError, match='multiple of the number of processes'):
+    sft.process_shards(3, 0, 2)
+  with pytest.raises(ValueError, match='shard 1 of 4 has 1 packed rows'):
+    sft.ShardedSFTIterator(
+      {1: sft.build_sft_arrays(rows[:1], TOK, 16, packing=False)}, batch, num_shards
+    )

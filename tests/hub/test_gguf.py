@@ -42,6 +42,7 @@ import helpers_hf  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from peft_jax import hub  # noqa: E402
 from peft_jax.adapters import api  # noqa: E402
+from peft_jax.common import stacking  # noqa: E402
 from peft_jax.hub import gguf as gguf_io  # noqa: E402
 from peft_jax.models import Decoder, generate  # noqa: E402
 
@@ -458,6 +459,16 @@ def test_bfloat16_params_and_shardings(tiny):
     assert b.dtype == jnp.bfloat16 and b.sharding == replicated
     np.testing.assert_array_equal(np.asarray(a.astype(jnp.bfloat16)), np.asarray(b))
   assert model16.config == model32.config
+  # A scanning config reads the file's per-layer tensors and stacks them (sharded as asked).
+  stacked32 = stacking.stack_layers(params32)
+  model_s, params_s, _ = hub.load_pretrained(
+    path, shardings=jax.tree.map(lambda _: replicated, stacked32), scan_layers=True
+  )
+  assert model_s.config.scan_period == 1 and stacking.is_stacked(params_s)
+  assert jax.tree.structure(params_s) == jax.tree.structure(stacked32)
+  for a, b in zip(jax.tree.leaves(stacked32), jax.tree.leaves(params_s)):
+    assert b.sharding == replicated
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_unsupported_architecture_type_and_sources(tiny, tmp_path):
