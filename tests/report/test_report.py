@@ -653,6 +653,7 @@ NOT_RUN_SECTIONS = {
   'disel-gates': 'DISeL gates',
   'capability-drift': 'Capability drift',
   'claims': 'Claims',
+  'delta-activation-saes': 'Delta-activation SAEs',
   'training': 'Training',
   'configuration': 'Configuration',
   'versions-timing': 'Versions & timing',
