@@ -1071,7 +1071,7 @@ def _sae(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
       tuple(c['verdict'] == 'disagrees' for c in found['claims']),
     )
   )
-  expected = {1: 'ρ > 0', -1: 'ρ < 0', 0: '|ρ| small'}
+  expected = {1: 'ρ > 0', -1: 'ρ < 0', 0: 'ρ near 0 (within ±0.5)'}
   blocks.append(
     Table(
       'sae-correlations-table',

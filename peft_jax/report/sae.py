@@ -258,8 +258,8 @@ def compute_sae_claims(
     f'its 95% bootstrap interval (delta features resampled within each row) below {WEAK} → '
     f'agrees, above {WEAK} → disagrees.'
   )
-  if align['value'] is None:
-    why = 'no row whose ceiling exceeds its null'
+  if align['value'] is None or align['interval'] is None:
+    why = 'no row whose ceiling exceeds its null (or no finite bootstrap replicate)'
     first = _claim(1, finding, rule, 'inconclusive', why, why, alignment=align)
   else:
     lo, hi = align['interval']

@@ -8,74 +8,10 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
-from test_report import make_results, markdown_sections, parse
+from test_report import make_results, make_sae_study, markdown_sections, parse
 
 from peft_jax import report
 from peft_jax.report import sae
-
-RANKS = (4, 8, 16, 32)
-LAYERS = (0, 3)  # two residual sites of a 4-layer model: depths 0 and 1
-
-
-def _ci(value, half=0.02, n=None):
-  out = {'value': float(value), 'interval': [value - half, value + half], 'level': 0.95}
-  return out if n is None else dict(out, n=n)
-
-
-def make_study(density, divergence, *, null=0.2, ceiling=0.6, features=64, seed=0):
-  """A ``sae_study.json``-like dict: one row per (rank, layer); ``density(i_rank, i_layer)`` and
-  ``divergence(i_rank, i_layer)`` give each row's mean density and 1 − MMCS; the per-feature
-  max cosines are drawn around 1 − divergence."""
-  rng = np.random.default_rng(seed)
-  sites = [f'layers_{layer}/residual' for layer in LAYERS]
-  rows, base_rows = [], {}
-  for j, (layer, site) in enumerate(zip(LAYERS, sites)):
-    base_rows[site] = {
-      'site': site,
-      'kind': 'residual',
-      'layer': layer,
-      'mean_norm': 1.0,
-      'sae': {'fvu': _ci(0.2), 'l0': _ci(12.0), 'mean_density': 12.0 / 64},
-      'reseed_mmcs': _ci(ceiling),
-    }
-    for i, rank in enumerate(RANKS):
-      max_cos = np.clip(1.0 - divergence(i, j) + rng.normal(0.0, 0.05, features), 0.0, 1.0)
-      rows.append(
-        {
-          'adapter': f'lora_r{rank}',
-          'rank': rank,
-          'site': site,
-          'kind': 'residual',
-          'layer': layer,
-          'depth': layer / 3,
-          'delta_norm_ratio': 0.1,
-          'sae': {
-            'mean_density': density(i, j),
-            'l0': _ci(64 * density(i, j)),
-            'fvu': _ci(0.3),
-            'dead_fraction': 0.1,
-            'ce': {'ce_loss_recovered': _ci(0.8)},
-          },
-          'comparison': {
-            'mmcs': _ci(max_cos.mean(), n=features),
-            'mmcs_null': null,
-            'one_to_one': {'mean_cosine': _ci(max_cos.mean() - 0.05, n=features)},
-            'principal_angles': {'mean_deg': 50.0},
-            'divergence': float(1.0 - max_cos.mean()),
-            'per_feature': {'max_cos': [float(v) for v in max_cos]},
-          },
-        }
-      )
-  return {
-    'base': 'bundled:tiny',
-    'model': {'num_layers': 4, 'hidden_size': 32, 'model_type': 'llama'},
-    'adapters': [{'name': f'lora_r{r}', 'rank': r} for r in RANKS],
-    'sites': sites,
-    'tokens': {'train': 3000, 'eval': 1000},
-    'rows': rows,
-    'base_rows': base_rows,
-    'timings_s': {'total': 42.0},
-  }
 
 
 def _rank_statistic(y):
@@ -121,7 +57,7 @@ CASES = {
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_correlation_claims_against_scipy(case):
   density, divergence = CASES[case]
-  study = make_study(density, divergence)
+  study = make_sae_study(density, divergence)
   found = sae.compute_sae_claims(study, resamples=200, seed=1)
   rows = study['rows']
   x_rank = [r['rank'] for r in rows]
@@ -196,7 +132,7 @@ def test_alignment_bootstrap_against_scipy():
 def test_alignment_verdict(level, verdict):
   # MMCS at null + level (ceiling − null): the claim's rule compares a's interval with 0.5.
   null, ceiling = 0.2, 0.6
-  study = make_study(
+  study = make_sae_study(
     lambda i, j: 0.1, lambda i, j: 1.0 - (null + level * (ceiling - null)), features=256
   )
   found = sae.compute_sae_claims(study, resamples=500, seed=0)
@@ -210,7 +146,7 @@ def test_alignment_verdict(level, verdict):
 
 def _results_with_sae():
   results = make_results(2)
-  study = make_study(*CASES['rank'])
+  study = make_sae_study(*CASES['rank'])
   results['sae'] = sae.results_entry(study, resamples=200, seed=0)
   return results, study
 
