@@ -121,7 +121,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       enabled=True,
       ranks=(4, 8, 16, 32),
       alpha_over_rank=2.0,  # alpha = 2 r: the same LoRA scale at every rank
-      targets=('q_proj', 'v_proj', 'down_proj'),
+      targets=('q_proj', 'v_proj'),  # PEFT's default LoRA targets for Llama
       sites=('layers_0/residual', 'layers_1/residual', 'layers_3/residual'),
       # Overrides of the train config for every adapter (model, data, adapter, seed, mesh and
       # export are set by the study).
@@ -140,11 +140,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
         k=16,  # topk only
         l1_coeff=3.0,
         learning_rate=1e-3,
-        num_steps=120,
+        num_steps=100,
         batch_size=256,
-        log_every=60,
-        dead_after=60,
-        resample_every=60,
+        log_every=50,
+        dead_after=50,
+        resample_every=50,
         resample_pool=1024,
         normalize='unit_mean_norm',
         checkpoint_every=1,

@@ -100,7 +100,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   )
 
   # The delta-activation SAE study on SmolLM2 (the `sae` stage; docs/SAE.md, "The arena
-  # stage"): LoRA r = 4/8/16/32 on q/v/down_proj, residual sites early / middle / late of its 30
+  # stage"): LoRA r = 4/8/16/32 on q/v_proj, residual sites early / middle / late of its 30
   # layers. Sized for about 20 minutes on 2 CPU cores (an estimate from the measured speeds in
   # docs/REAL.md; the arithmetic is in docs/SAE.md).
   config.sae.update(
