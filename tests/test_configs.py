@@ -4,12 +4,14 @@ valid: a key typo in an override or a schedule that cannot run fails here, not i
 import json
 import math
 import os
+import types
 
 import pytest
 
 from configs.analyze import default as analyze_default
 from configs.arena import encoder as arena_encoder
 from configs.arena import quick as arena_quick
+from configs.arena import real as arena_real
 from configs.eval import arena as eval_arena
 from configs.eval import suite as eval_suite
 from configs.pretrain import tiny as pretrain_tiny
@@ -17,7 +19,8 @@ from configs.train import hf as train_hf
 from configs.train import tiny as train_tiny
 from peft_jax import hub
 from peft_jax.adapters import api as adapters
-from peft_jax.arena import encoder_study, pipeline
+from peft_jax.arena import encoder_study, pipeline, sae_stage
+from peft_jax.sae import study as sae_study
 from peft_jax.train import optimizer as optimizer_lib
 from peft_jax.train import trainer
 from peft_jax.train.config import default_config, validate_config, with_overrides
@@ -50,6 +53,27 @@ def test_arena_presets_imply_valid_train_configs(preset):
     config, _ = pipeline.derive_budget(config, num_sequences=100, num_devices=8)
   for method in config.method_order:
     _check_train_config(pipeline.method_train_config(config, method, 'base_dir', 'train.jsonl'))
+
+
+@pytest.mark.parametrize(
+  'module,preset',
+  [('quick', 'quick'), ('quick', 'full'), ('quick', 'smoke'), ('real', 'real'), ('real', 'full')],
+)
+def test_arena_sae_blocks_imply_valid_study_configs(module, preset):
+  # Every preset's config.sae gives a study config whose SAE settings and per-rank train
+  # configs are valid (the real ones cannot be run here), and errors name a bad key.
+  config = {'quick': arena_quick, 'real': arena_real}[module].get_config(preset)
+  plan = types.SimpleNamespace(base_dir='base_dir', target_train_path='train.jsonl')
+  cfg = sae_study._plain(sae_stage.study_config(config, plan))
+  sae_study._sae_config(cfg, 576)  # SAEConfig validates steps, logging and resampling
+  for _, rank in sae_study.adapter_names(cfg):
+    _check_train_config(
+      with_overrides(default_config(), sae_study.adapter_train_overrides(cfg, rank, 'b', 'd'))
+    )
+  assert 'progress' not in sae_stage.fingerprint(config, plan, {})['study']
+  config.sae.unknown = 1
+  with pytest.raises(KeyError, match=r"config.sae: unknown keys \['unknown'\]"):
+    sae_stage.study_config(config, plan)
 
 
 def test_other_presets_build():

@@ -110,6 +110,58 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.budget = ml_collections.ConfigDict(dict(epochs=3, max_batch=16, max_warmup=10))
   config.tasks_file = ''  # custom world: a JSON (or YAML) list of task specs
   config.validation_path = ''  # custom world: the target's validation file (enables the sweep)
+  # The delta-activation SAE study (the `sae` stage, peft_jax.arena.sae_stage; docs/SAE.md): LoRA
+  # at each rank on the target's SFT data (the sweep's validation rows held out; the last
+  # data.activation_rows rows held out again for the activations), base and delta activations
+  # at early / middle / late residual sites, one SAE per (site, adapter) and per site on the
+  # base (and a reseeded base SAE: the alignment ceiling). enabled=False: the report says
+  # "Not run". Sized for under a minute on 2 CPU cores (measured: README, docs/SAE.md).
+  config.sae = ml_collections.ConfigDict(
+    dict(
+      enabled=True,
+      ranks=(4, 8, 16, 32),
+      alpha_over_rank=2.0,  # alpha = 2 r: the same LoRA scale at every rank
+      targets=('q_proj', 'v_proj'),  # PEFT's default LoRA targets for Llama
+      sites=('layers_0/residual', 'layers_1/residual', 'layers_3/residual'),
+      # Overrides of the train config for every adapter (model, data, adapter, seed, mesh and
+      # export are set by the study).
+      train=dict(
+        total_steps=6,
+        batch_size=8,
+        data=dict(seq_len=64),
+        optimizer=dict(peak_lr=5e-3, warmup_steps=2),
+        checkpoint=dict(every_steps=6, keep=1),
+      ),
+      data=dict(activation_rows=64, eval_fraction=0.25, seq_len=64, batch_rows=16),
+      memory_budget_mb=8.0,
+      sae=dict(
+        activation='relu',
+        expansion=2,  # m = 2 d
+        k=16,  # topk only
+        l1_coeff=3.0,
+        learning_rate=1e-3,
+        num_steps=100,
+        batch_size=256,
+        log_every=50,
+        dead_after=50,
+        resample_every=50,
+        resample_pool=1024,
+        normalize='unit_mean_norm',
+        checkpoint_every=1,
+      ),
+      base_reseed=True,
+      compare=dict(
+        thresholds=(0.5, 0.7, 0.9),
+        match_threshold=0.7,
+        subspace_k=16,
+        dense_threshold=0.1,
+        block_rows=64,
+        num_resamples=100,
+        ce_sequences=4,
+        level=0.95,
+      ),
+    )
+  )
   config.mesh_shape = (-1, 1, 1)  # data parallel over every device
   # JAX's persistent compilation cache, a folder in the workdir ('' = off): a rerun, a resumed
   # run and repeated programs load their compiled code (peft_jax.common.compile_cache).
@@ -126,6 +178,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.paths.alphas = tuple(i / 10 for i in range(11))
     config.paths.limits = dict(ifeval=64, nq=64, bbh=10, gsm=64, cipher=64)
     config.geometry.num_prompts = 64
+    config.sae.train.update(dict(total_steps=60, checkpoint=dict(every_steps=30)))
+    config.sae.train.data.seq_len = 96
+    config.sae.data.update(dict(activation_rows=192, seq_len=96))
+    config.sae.sae.update(dict(num_steps=1000, log_every=100, dead_after=200, resample_every=200))
+    config.sae.compare.update(dict(block_rows=128, num_resamples=1000, ce_sequences=0))
   elif arg == 'custom':
     config.title = 'PEFT-Arena on a custom checkpoint'
     config.world = 'custom'
@@ -139,6 +196,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.eval.limits = {}
     config.eval.max_new_tokens = {}
     config.paths.limits = {}
+    config.sae.enabled = False  # its sites are layer names of the bundled base; set them to run
   elif arg == 'smoke':
     config.title = 'PEFT-Arena smoke run'
     config.train.total_steps = 4
@@ -160,6 +218,29 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.sweep.update(dict(factors=(0.5, 1.0), methods=('lora',), validation_size=2))
     config.sweep.general_limits = dict(nq=2)  # assigned: update() would merge the dicts
     config.trajectory.update(dict(every=2, methods=('lora',)))
+    # The SAE study at its smallest on the 2-layer smoke model (tests/arena/test_arena.py turns
+    # it on): two ranks, two sites, ten SAE steps, no reseeded base SAE.
+    config.sae.update(
+      dict(
+        enabled=False,
+        ranks=(2, 4),
+        sites=('layers_0/residual', 'layers_1/residual'),
+        base_reseed=False,  # no seed-to-seed ceiling: the alignment claim divides by 1 - null
+      )
+    )
+    config.sae.train = dict(
+      total_steps=2,
+      batch_size=8,
+      data=dict(seq_len=80),
+      optimizer=dict(peak_lr=5e-3, warmup_steps=1),
+      checkpoint=dict(every_steps=2, keep=1),
+    )
+    config.sae.data.update(dict(activation_rows=8, eval_fraction=0.5, seq_len=80, batch_rows=8))
+    config.sae.sae.update(
+      dict(num_steps=10, batch_size=64, log_every=10, dead_after=10, resample_every=10,
+           resample_pool=128)
+    )  # fmt: skip
+    config.sae.compare.update(dict(subspace_k=4, block_rows=16, num_resamples=100, ce_sequences=0))
     config.progress_bar = False
   else:
     raise ValueError(f'unknown preset {arg!r}; valid: quick (default), full, custom, smoke')

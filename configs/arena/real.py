@@ -99,6 +99,27 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     )
   )
 
+  # The delta-activation SAE study on SmolLM2 (the `sae` stage; docs/SAE.md, "The arena
+  # stage"): LoRA r = 4/8/16/32 on q/v_proj, residual sites early / middle / late of its 30
+  # layers. Sized for about 20 minutes on 2 CPU cores (an estimate from the measured speeds in
+  # docs/REAL.md; the arithmetic is in docs/SAE.md).
+  config.sae.update(
+    dict(enabled=True, sites=('layers_2/residual', 'layers_15/residual', 'layers_28/residual'))
+  )
+  config.sae.train = dict(
+    total_steps=4,
+    batch_size=8,
+    data=dict(seq_len=128),
+    optimizer=dict(peak_lr=1e-3, warmup_steps=1),
+    checkpoint=dict(every_steps=4, keep=1),
+  )
+  config.sae.data.update(dict(activation_rows=64, seq_len=128, batch_rows=8))
+  config.sae.memory_budget_mb = 256.0
+  config.sae.sae.update(
+    dict(num_steps=300, batch_size=256, log_every=100, dead_after=100, resample_every=100)
+  )
+  config.sae.compare.update(dict(subspace_k=32, block_rows=128, num_resamples=200, ce_sequences=8))
+
   if arg in ('', 'real'):
     pass
   elif arg == 'full':
@@ -121,6 +142,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.sweep.general_limits = dict(pydoc_ppl=64)
     config.trajectory.update(dict(every=100, methods=('full', 'lora')))
     config.drift_study.train = dict(total_steps=200, checkpoint=dict(every_steps=200))
+    config.sae.train.update(dict(total_steps=200, batch_size=32, data=dict(seq_len=256)))
+    config.sae.train.checkpoint.every_steps = 200
+    config.sae.data.update(dict(activation_rows=512, seq_len=256, batch_rows=32))
+    config.sae.memory_budget_mb = 4096.0
+    config.sae.sae.update(dict(expansion=8, num_steps=4000, batch_size=1024, resample_every=1000))
+    config.sae.compare.update(dict(subspace_k=64, num_resamples=1000, ce_sequences=0))
   elif arg == 'smoke':
     config.title = 'PEFT-Arena real-world smoke run'
     config.method_order = ('lora',)  # the wiring; the quick smoke test covers every method
@@ -154,6 +181,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.drift_study.train = dict(
       total_steps=1, optimizer=dict(warmup_steps=0), checkpoint=dict(every_steps=1)
     )
+    config.sae.enabled = False  # the quick smoke test runs the stage on the bundled world
     config.progress_bar = False
   else:
     raise ValueError(f'unknown preset {arg!r}; valid: real (default), full, smoke')

@@ -21,6 +21,9 @@ folder atomically and records what it was computed from; the stage functions are
 ``*_drift_*``          real world with ``config.drift_study``: labelled adapters trained on
                        their own SFT data at several configurations, evaluated, and their drift
                        matrix (``peft_jax.arena.drift_study``)
+``sae``                with ``config.sae.enabled``: the delta-activation SAE study (LoRA at
+                       several ranks, SAEs on base and delta activations, comparisons;
+                       ``peft_jax.arena.sae_stage``)
 ``report``             ``<workdir>/report/index.html`` + ``index.md`` + PNGs (rebuilt every run)
 
 Every stage declares the config slice it reads and its input stages; a rerun recomputes exactly
@@ -46,7 +49,7 @@ from tqdm import tqdm
 from peft_jax import hub
 from peft_jax import report as report_lib
 from peft_jax.adapters import api as adapters
-from peft_jax.arena import drift_study, real_world, study
+from peft_jax.arena import drift_study, real_world, sae_stage, study
 from peft_jax.arena import progress as progress_lib
 from peft_jax.arena import stages as stages_lib
 from peft_jax.arena.context import (
@@ -60,6 +63,7 @@ from peft_jax.common import compile_cache, files
 from peft_jax.data import sft
 from peft_jax.evals import tasks as tasks_lib
 from peft_jax.report import results as results_lib
+from peft_jax.report import sae as report_sae
 from peft_jax.train import checkpoint as ckpt_lib
 from peft_jax.train import config as train_config_lib
 from peft_jax.train import trainer
@@ -305,6 +309,8 @@ def _graph(config: ml_collections.ConfigDict, plan: StudyPlan, get_ctx) -> _Grap
     method_train_config=method_train_config,
     train_slice=_without_resume_safe,
   )
+  # config.sae: the delta-activation SAE study on the arena's base and target data.
+  sae_stage.add_stage(graph, config, plan, slices)
   graph.add('report', {}, always=True)
   return graph
 
@@ -635,6 +641,12 @@ def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
   results['notes'] = list(plan.notes) + real_world.notes(runner.result('base_eval'))
   if any(spec.name == drift_study.STAGE for spec in graph.specs):
     results['drift_study'] = drift_study.results_entry(runner.result(drift_study.STAGE))
+  if any(spec.name == sae_stage.STAGE for spec in graph.specs):
+    settings = runner.result('base_eval').get('bootstrap') or {}
+    results['sae'] = report_sae.results_entry(
+      runner.result(sae_stage.STAGE),
+      **{k: int(settings[k]) for k in ('resamples', 'seed') if k in settings},
+    )
 
   # The report is cheap and reflects every stage: rebuild it on every run.
   shutil.rmtree(runner.path('report'), ignore_errors=True)

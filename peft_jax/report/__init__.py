@@ -66,6 +66,17 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
                "correlations": [{"pair": str, "n": int, "rho": float | None,
                                  "p": float | None, "interval": [lo, hi] | None}]},
                # peft_jax.report.claims.compute_claims of the stage outputs
+    "sae": {"base": str, "ranks": [int], "sites": [str],                      # optional
+            "rows": [{"adapter": str, "rank": int (in ranks), "site": str (in sites),
+                      "kind": str, "layer": int, "depth", "mmcs_null", "divergence",
+                      "mean_density", "dead_fraction": float,
+                      "mmcs", "one_to_one", "l0", "fvu": ci, "reseed_mmcs": float | None,
+                      "ce_loss_recovered": ci | None}],
+            "base_rows": [{"site": str, "mean_density": float, "fvu", "l0": ci,
+                           "reseed_mmcs": ci | None}],
+            "claims": {as "claims" above}, "model", "tokens", "timings_s": dict},
+            # ci = {"value": float, "interval": [lo, hi]}; peft_jax.report.sae.results_entry
+            # of the arena's sae stage (docs/SAE.md)
     "config": dict,                     # optional: the resolved config, shown as JSON
     "versions": {package: version str}, # optional
     "timing": {"total_s": float, "stages": {stage: seconds}},                 # optional
@@ -73,7 +84,7 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
 
 Report sections (headings, in order): Summary, Stability–plasticity, Methods table,
 [Learning-rate sweep], Paths, [Trajectory], Weight spectra, Activation geometry, CSD, DISeL gates,
-Capability drift, Claims, Training, Configuration, Versions & timing. The bracketed ones appear only when
+Capability drift, Claims, Delta-activation SAEs, Training, Configuration, Versions & timing. The bracketed ones appear only when
 some method has a ``sweep`` / ``trajectory``.
 
 Formats: scores 3 decimals, Forget and gains (0-1 values) shown in points with 1 decimal,

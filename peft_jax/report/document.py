@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from peft_jax.report import formatting as fmt
+from peft_jax.report import sae as sae_lib
 
 DASH = '—'
 
@@ -104,6 +105,7 @@ SECTIONS = (
   ('disel-gates', 'DISeL gates'),
   ('capability-drift', 'Capability drift'),
   ('claims', 'Claims'),
+  ('delta-activation-saes', 'Delta-activation SAEs'),
   ('training', 'Training'),
   ('configuration', 'Configuration'),
   ('versions-timing', 'Versions & timing'),
@@ -129,6 +131,9 @@ FIGURE_FILES = {
   'training_loss': 'training_loss.png',
   'lr_sweep': 'lr_sweep.png',
   'trajectory': 'trajectory.png',
+  'sae_alignment': 'sae_alignment.png',
+  'sae_density': 'sae_density.png',
+  'sae_divergence': 'sae_divergence.png',
 }
 
 
@@ -1001,6 +1006,115 @@ def _claims(results: Mapping[str, Any]) -> list[Block]:
   return blocks
 
 
+def _sae(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
+  entry = results.get('sae')
+  if entry is None:
+    return [_not_run("no delta-activation SAE study (results['sae'] absent; config.sae.enabled)")]
+  found = entry['claims']
+  ranks = ', '.join(str(r) for r in entry['ranks'])
+  tokens = entry.get('tokens') or {}
+  blocks: list[Block] = [
+    Paragraph(
+      f'The delta activation h_adapted − h_base of LoRA adapters at ranks {ranks}, trained on '
+      f'the target by the sae stage, at the sites {", ".join(entry["sites"])} of '
+      f'{entry["base"]}; one SAE per (site, adapter) on the deltas and one base SAE per site '
+      f'on the base activations ({tokens.get("train", 0):,} training and '
+      f'{tokens.get("eval", 0):,} evaluation tokens). MMCS: the mean over alive delta '
+      'features of the largest |cosine| with an alive base decoder direction (95% bootstrap '
+      'over features); the null is as many random directions, the reseed value a second base '
+      'SAE from another seed (the ceiling). Density: L0 / m on the evaluation tokens. '
+      "Divergence: 1 − MMCS. CE recovered: the share of the adapter's loss change at that "
+      'site kept when its delta is replaced by the SAE reconstruction.'
+    ),
+    *_image(
+      figures,
+      'sae_alignment',
+      'SAE alignment vs rank',
+      'MMCS and one-to-one matched cosine against rank, per site (bars: 95% intervals).',
+    ),
+    *_image(
+      figures,
+      'sae_density',
+      'SAE density vs rank and depth',
+      'Mean feature density of the delta SAEs against rank (per site) and depth (per rank).',
+    ),
+    *_image(
+      figures,
+      'sae_divergence',
+      'SAE divergence vs rank and depth',
+      'Divergence 1 − MMCS against rank (per site) and depth (per rank).',
+    ),
+  ]
+  counts = {v: sum(c['verdict'] == v for c in found['claims']) for v in ('agrees', 'disagrees')}
+  n = len(found['claims'])
+  blocks.append(
+    Paragraph(
+      "The study's findings (weak alignment, density rising with rank and depth, stable "
+      'divergence), each checked against the stage outputs by the rule in its row: a '
+      f'correlation counts when its permutation p-value is below {found["alpha"]}, the '
+      f'alignment when its bootstrap interval (B = {int(found["resamples"]):,}) is on one '
+      f'side of {sae_lib.WEAK}. {counts["agrees"]} of {n} findings agree, '
+      f'{counts["disagrees"]} disagree, {n - counts["agrees"] - counts["disagrees"]} are '
+      'inconclusive.'
+    )
+  )
+  blocks.append(
+    Table(
+      'sae-claims-table',
+      'Delta-activation SAE findings against this run',
+      ('#', 'Finding', 'This run (n, 95% intervals)', 'Rule', 'Verdict'),
+      tuple(
+        (str(c['id']), c['finding'], c['evidence'], c['rule'], f'{c["verdict"]}: {c["reason"]}')
+        for c in found['claims']
+      ),
+      ('r', 'l', 'l', 'l', 'l'),
+      tuple(c['verdict'] == 'disagrees' for c in found['claims']),
+    )
+  )
+  expected = {1: 'ρ > 0', -1: 'ρ < 0', 0: 'ρ near 0 (within ±0.5)'}
+  blocks.append(
+    Table(
+      'sae-correlations-table',
+      'Spearman correlations over (rank, site) rows',
+      ('Claim', 'Pair', 'Expected', 'n', 'ρ', 'p', '95% bootstrap interval'),
+      tuple(
+        (
+          str(t['claim']),
+          t['pair'],
+          expected.get(int(t.get('expected', 0)), DASH),
+          str(t['n']),
+          fmt.NOT_AVAILABLE if t['rho'] is None else f'{t["rho"]:+.3f}',
+          fmt.NOT_AVAILABLE if t['p'] is None else f'{t["p"]:.3g} ({t["p_method"]})',
+          fmt.NO_INTERVAL
+          if t.get('interval') is None
+          else f'[{t["interval"][0]:+.3f}, {t["interval"][1]:+.3f}]',
+        )
+        for t in found['correlations']
+      ),
+      ('r', 'l', 'l', 'r', 'r', 'r', 'r'),
+    )
+  )
+  blocks.append(
+    Table(
+      'sae-rows-table',
+      'Delta SAEs per (adapter, site) (95% intervals)',
+      sae_lib.ROW_COLUMNS,
+      tuple(sae_lib.row_cells(r) for r in entry['rows']),
+      ('l', 'r', 'l') + ('r',) * (len(sae_lib.ROW_COLUMNS) - 3),
+    )
+  )
+  blocks.append(
+    Table(
+      'sae-base-table',
+      'Base SAEs per site',
+      sae_lib.BASE_COLUMNS,
+      tuple(sae_lib.base_cells(r) for r in entry['base_rows']),
+      ('l',) + ('r',) * (len(sae_lib.BASE_COLUMNS) - 1),
+    )
+  )
+  return blocks
+
+
 def _training(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
   methods = results['methods']
   having = [n for n, m in methods.items() if m.get('train_loss') is not None]
@@ -1231,6 +1345,7 @@ def build_document(results: Mapping[str, Any], figures: Mapping[str, str]) -> Do
     'disel-gates': _disel(results, figures),
     'capability-drift': _drift(results, figures),
     'claims': _claims(results),
+    'delta-activation-saes': _sae(results, figures),
     'training': _training(results, figures),
     'configuration': _configuration(results),
     'versions-timing': _versions_timing(results),

@@ -17,6 +17,7 @@ from peft_jax.common.files import write_text as atomic_write_text
 from peft_jax.report import document as doc
 from peft_jax.report import figures as figs
 from peft_jax.report import markdown as md
+from peft_jax.report import sae as sae_lib
 from peft_jax.report.schema import validate_results
 
 _CSS = """
@@ -163,6 +164,9 @@ def _draw_figures(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
     )
   if any(m.get('csd') is not None for m in methods.values()):
     drawn['csd'] = figs.plot_csd(methods, path('csd'))
+  if results.get('sae') is not None:
+    for name in sae_lib.FIGURES:
+      drawn[name] = sae_lib.PLOTS[name](results['sae'], path(name))
   if results.get('disel_gates') is not None:
     drawn['disel_gates'] = figs.plot_disel_gates(results['disel_gates'], path('disel_gates'))
   if results.get('drift') is not None:

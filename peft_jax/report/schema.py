@@ -8,7 +8,7 @@ matplotlib traceback halfway through the report.
 Required keys must be present. Optional keys (per-method paths, spectra, activation geometry,
 CSD, training loss, intervals, paired differences, example counts, learning-rate sweep and
 trajectory; the base's intervals and counts; the top-level DISeL gates, capability drift, the
-drift study, claims, bootstrap settings, config, versions and timing) may be absent or ``None``:
+drift study, claims, the delta-activation SAE study, bootstrap settings, config, versions and timing) may be absent or ``None``:
 the report then renders that section with a "not run" note, shows a score without its interval, or (sweep,
 trajectory) leaves the section out. When an optional entry is present, its own keys are required
 and checked like the rest.
@@ -43,6 +43,7 @@ OPTIONAL_TOP_KEYS = (
   'drift',
   'drift_study',
   'claims',
+  'sae',
   'bootstrap',
   'config',
   'versions',
@@ -376,8 +377,8 @@ def _check_drift_study(study: Any) -> None:
       _require_str(_require_key(row, 'config_id', row_parts), [*row_parts, 'config_id'])
 
 
-def _check_claims(claims: Any) -> None:
-  parts = ['claims']
+def _check_claims(claims: Any, parts: Sequence[str | int] = ('claims',)) -> None:
+  parts = list(parts)
   claims = _require_mapping(claims, parts)
   rows = _require_sequence(_require_key(claims, 'claims', parts), [*parts, 'claims'])
   for i, row in enumerate(rows):
@@ -399,6 +400,67 @@ def _check_claims(claims: Any) -> None:
       if test.get(key) is not None:
         _require_number(test[key], [*where, key])
     _check_interval(test.get('interval'), [*where, 'interval'])
+
+
+def _check_ci(value: Any, parts: Sequence[str | int], *, optional: bool = False) -> None:
+  """``{'value': number, 'interval': [lo, hi]}`` (a NaN bound: no interval); ``None`` only
+  when ``optional``."""
+  if value is None and optional:
+    return
+  entry = _require_mapping(value, parts)
+  _require_number(_require_key(entry, 'value', parts), [*parts, 'value'])
+  lo, hi = _require_numbers(_require_key(entry, 'interval', parts), [*parts, 'interval'], length=2)
+  if math.isfinite(lo) and math.isfinite(hi) and lo > hi:
+    _fail([*parts, 'interval'], f'expected [lo, hi] with lo <= hi, got [{lo!r}, {hi!r}]')
+
+
+SAE_ROW_NUMBERS = ('depth', 'mmcs_null', 'divergence', 'mean_density', 'dead_fraction')
+SAE_ROW_CIS = ('mmcs', 'one_to_one', 'l0', 'fvu')
+
+
+def _check_sae(sae: Any) -> None:
+  """The ``sae`` entry (``peft_jax.report.sae.results_entry`` of the arena's ``sae`` stage)."""
+  parts = ['sae']
+  sae = _require_mapping(sae, parts)
+  _require_str(_require_key(sae, 'base', parts), [*parts, 'base'])
+  ranks = _require_sequence(_require_key(sae, 'ranks', parts), [*parts, 'ranks'])
+  if not ranks:
+    _fail([*parts, 'ranks'], 'expected a non-empty list of LoRA ranks')
+  ranks = [_require_int(r, [*parts, 'ranks', i]) for i, r in enumerate(ranks)]
+  sites = _require_strings(_require_key(sae, 'sites', parts), [*parts, 'sites'])
+  if not sites:
+    _fail([*parts, 'sites'], 'expected a non-empty list of site names')
+  rows = _require_sequence(_require_key(sae, 'rows', parts), [*parts, 'rows'])
+  if not rows:
+    _fail([*parts, 'rows'], 'expected one row per (adapter, site), got none')
+  for i, row in enumerate(rows):
+    where = [*parts, 'rows', i]
+    row = _require_mapping(row, where)
+    for key in ('adapter', 'site', 'kind'):
+      _require_str(_require_key(row, key, where), [*where, key])
+    rank = _require_int(_require_key(row, 'rank', where), [*where, 'rank'])
+    if rank not in ranks:
+      _fail([*where, 'rank'], f'rank {rank} is not in {_path([*parts, "ranks"])} ({ranks})')
+    if row['site'] not in sites:
+      _fail([*where, 'site'], f'site {row["site"]!r} is not in {_path([*parts, "sites"])}')
+    _require_int(_require_key(row, 'layer', where), [*where, 'layer'])
+    for key in SAE_ROW_NUMBERS:
+      _require_number(_require_key(row, key, where), [*where, key])
+    for key in SAE_ROW_CIS:
+      _check_ci(_require_key(row, key, where), [*where, key])
+    if row.get('reseed_mmcs') is not None:
+      _require_number(row['reseed_mmcs'], [*where, 'reseed_mmcs'])
+    _check_ci(row.get('ce_loss_recovered'), [*where, 'ce_loss_recovered'], optional=True)
+  base_rows = _require_sequence(_require_key(sae, 'base_rows', parts), [*parts, 'base_rows'])
+  for i, row in enumerate(base_rows):
+    where = [*parts, 'base_rows', i]
+    row = _require_mapping(row, where)
+    _require_str(_require_key(row, 'site', where), [*where, 'site'])
+    _require_number(_require_key(row, 'mean_density', where), [*where, 'mean_density'])
+    for key in ('fvu', 'l0'):
+      _check_ci(_require_key(row, key, where), [*where, key])
+    _check_ci(row.get('reseed_mmcs'), [*where, 'reseed_mmcs'], optional=True)
+  _check_claims(_require_key(sae, 'claims', parts), [*parts, 'claims'])
 
 
 def _check_timing(timing: Any) -> None:
@@ -443,6 +505,8 @@ def validate_results(results: Mapping[str, Any]) -> None:
     _check_drift_study(results['drift_study'])
   if results.get('claims') is not None:
     _check_claims(results['claims'])
+  if results.get('sae') is not None:
+    _check_sae(results['sae'])
   if results.get('bootstrap') is not None:
     bootstrap = _require_mapping(results['bootstrap'], ['bootstrap'])
     _require_int(_require_key(bootstrap, 'resamples', ['bootstrap']), ['bootstrap', 'resamples'])

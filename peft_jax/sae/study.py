@@ -397,6 +397,11 @@ def compare_to_base(delta_dec, delta_freq, base_dec, base_freq, cfg, seed) -> di
       'null_mean_deg': float(null_angles.mean()),
     },
     'divergence': float(1.0 - max_cos.mean()),
+    # Per alive delta feature (the arena report bootstraps its claims over these).
+    'per_feature': {
+      'max_cos': [float(v) for v in max_cos],
+      'matched_cos': [float(v) for v in matched],
+    },
   }
 
 

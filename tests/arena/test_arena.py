@@ -16,16 +16,24 @@ from configs.arena import quick as arena_presets
 from peft_jax.arena import context, pipeline, study
 from peft_jax.arena import stages as stages_lib
 from peft_jax.report import SECTIONS, claims
+from peft_jax.report import sae as report_sae
 from peft_jax.train import trainer
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
+def smoke_config(base: str):
+  """The smoke preset on ``base`` with its smallest SAE study turned on (the ``sae`` stage)."""
+  config = arena_presets.get_config('smoke')
+  config.base = base
+  config.sae.enabled = True
+  return config
+
+
 @pytest.fixture(scope='module')
 def arena_run(tmp_path_factory, smoke_world):
   root = tmp_path_factory.mktemp('arena')
-  config = arena_presets.get_config('smoke')
-  config.base = smoke_world['hf_dir']
+  config = smoke_config(smoke_world['hf_dir'])
   workdir = str(root / 'run')
   results = pipeline.run_arena(config, workdir)
   return config, workdir, results
@@ -122,6 +130,49 @@ def test_claims_from_the_stage_outputs(arena_run):
     assert f'| {claim["verdict"]}: ' in section
 
 
+def test_sae_section_from_the_stage_outputs(arena_run):
+  config, workdir, results = arena_run
+  stage = stages_lib.StageRunner(workdir).result('sae')
+  entry = results['sae']
+  # One row per (rank, site) of the smoke block, each number the stage's own.
+  assert entry['ranks'] == list(config.sae.ranks) and entry['sites'] == list(config.sae.sites)
+  assert len(entry['rows']) == len(stage['rows']) == len(config.sae.ranks) * len(config.sae.sites)
+  for row, study_row in zip(entry['rows'], stage['rows']):
+    c = study_row['comparison']
+    assert (row['adapter'], row['site']) == (study_row['adapter'], study_row['site'])
+    assert row['mmcs']['value'] == c['mmcs']['value']
+    assert c['mmcs']['value'] == pytest.approx(np.mean(c['per_feature']['max_cos']), rel=1e-12)
+    assert row['divergence'] == c['divergence'] == 1.0 - c['mmcs']['value']
+    assert row['mean_density'] == study_row['sae']['mean_density']
+    assert row['one_to_one']['value'] == c['one_to_one']['mean_cosine']['value']
+  # The claims: recomputed from the stage result with the base evaluation's bootstrap settings.
+  settings = stages_lib.StageRunner(workdir).result('base_eval')['bootstrap']
+  again = report_sae.compute_sae_claims(
+    stage, resamples=settings['resamples'], seed=settings['seed']
+  )
+  assert json.dumps(entry['claims'], sort_keys=True) == json.dumps(again, sort_keys=True)
+  rows = stage['rows']
+  rho = stats.spearmanr([r['rank'] for r in rows], [r['sae']['mean_density'] for r in rows])
+  density_rank = entry['claims']['correlations'][0]
+  assert density_rank['pair'] == 'density vs rank over all rows' and density_rank['n'] == 4
+  if np.isnan(rho.statistic):
+    assert density_rank['rho'] is None
+  else:
+    np.testing.assert_allclose(density_rank['rho'], rho.statistic, rtol=1e-12, atol=1e-15)
+  markdown = open(os.path.join(workdir, 'report', 'index.md')).read()
+  section = markdown.split('## Delta-activation SAEs', 1)[1].split('\n## ', 1)[0]
+  for claim in entry['claims']['claims']:
+    assert f'| {claim["id"]} | {claim["finding"]} |' in section
+  first = rows[0]
+  mmcs = first['comparison']['mmcs']
+  assert (
+    f'| {first["adapter"]} | {first["rank"]} | {first["site"]} | {first["depth"]:.2f} | '
+    f'{mmcs["value"]:.3f} [{mmcs["interval"][0]:.3f}, {mmcs["interval"][1]:.3f}] |'
+  ) in section
+  for name in report_sae.FIGURES:
+    assert f'{name}.png' in section
+
+
 def test_rerun_skips_completed_stages_and_redoes_interrupted_ones(arena_run):
   config, workdir, _ = arena_run
   root = os.path.join(workdir, 'stages')
@@ -129,10 +180,21 @@ def test_rerun_skips_completed_stages_and_redoes_interrupted_ones(arena_run):
   stages_lib.shutil.rmtree(os.path.join(root, 'paths_lora'))
   os.makedirs(os.path.join(root, '.paths_lora.tmp-12345', 'partial'))
   stages_lib.shutil.rmtree(os.path.join(root, 'drift'))
+  # The sae stage killed after its SAEs: no result, no study file, one SAE's outputs gone (its
+  # checkpoint kept). It resumes in place and gives the same rows; no adapter is retrained.
+  sae_dir = os.path.join(root, 'sae')
+  first = json.load(open(os.path.join(sae_dir, 'result.json')))
+  adapter = os.path.join(sae_dir, 'study', 'adapters', 'lora_r2', 'export', 'adapter')
+  adapter_mtime = os.path.getmtime(os.path.join(adapter, 'adapter_model.safetensors'))
+  one_sae = os.path.join(sae_dir, 'study', 'saes', 'lora_r4', 'layers_1.residual')
+  for name in ('result.json', os.path.join('study', 'sae_study.json')):
+    os.remove(os.path.join(sae_dir, name))
+  for name in ('params.npz', 'metrics.json'):
+    os.remove(os.path.join(one_sae, name))
   before = {
     name: os.path.getmtime(os.path.join(root, name, 'result.json'))
     for name in os.listdir(root)
-    if not name.startswith('.')
+    if not name.startswith('.') and os.path.exists(os.path.join(root, name, 'result.json'))
   }
   results = pipeline.run_arena(config, workdir)
   ran = json.load(open(os.path.join(root, 'report', 'result.json')))
@@ -143,7 +205,15 @@ def test_rerun_skips_completed_stages_and_redoes_interrupted_ones(arena_run):
     if not name.startswith('.') and name != 'report'
   }
   redone = sorted(n for n in after if before.get(n) != after[n])
-  assert redone == ['drift', 'paths_lora']
+  assert redone == ['drift', 'paths_lora', 'sae']
+  again = json.load(open(os.path.join(sae_dir, 'result.json')))
+  # (wall times aside: the study's timings_s and the runner's seconds)
+  strip = lambda r: json.dumps(
+    {k: v for k, v in r.items() if k not in ('timings_s', 'seconds')}, sort_keys=True
+  )
+  assert strip(again) == strip(first)
+  assert os.path.getmtime(os.path.join(adapter, 'adapter_model.safetensors')) == adapter_mtime
+  assert results['sae']['rows'] == report_sae.results_entry(again)['rows']
   assert results['methods']['lora']['interpolation']['alpha'] == list(config.paths.alphas)
 
 
@@ -303,8 +373,7 @@ def test_trajectory_along_snapshots(arena_run):
 
 def test_changed_rank_reruns_exactly_that_method(arena_run):
   config, workdir, first = arena_run
-  changed = arena_presets.get_config('smoke')
-  changed.base = config.base
+  changed = smoke_config(config.base)
   changed.methods.lora.adapter.kwargs.rank = 4
   lora = sorted(n for n in os.listdir(os.path.join(workdir, 'stages')) if n.endswith('_lora'))
   assert lora == ['eval_lora', 'geometry_lora', 'paths_lora'] + [

@@ -11,6 +11,7 @@ from PIL import Image
 from peft_jax import report
 from peft_jax.arena import drift_study
 from peft_jax.evals import drift
+from peft_jax.report import sae as report_sae
 from peft_jax.report import schema
 
 METHODS = ('full', 'lora', 'dora', 'pissa', 'vera', 'oft', 'miss', 'disel')
@@ -25,6 +26,7 @@ HEADINGS = (
   'DISeL gates',
   'Capability drift',
   'Claims',
+  'Delta-activation SAEs',
   'Training',
   'Configuration',
   'Versions & timing',
@@ -123,6 +125,73 @@ def add_intervals(results: dict, rng: np.random.Generator) -> dict:
         'general': np.linspace(base['general'], m['general'], 5).tolist(),
       }
   return results
+
+
+SAE_RANKS = (4, 8, 16, 32)
+SAE_LAYERS = (0, 3)  # two residual sites of a 4-layer model: depths 0 and 1
+
+
+def _sae_ci(value, half=0.02, n=None):
+  out = {'value': float(value), 'interval': [value - half, value + half], 'level': 0.95}
+  return out if n is None else dict(out, n=n)
+
+
+def make_sae_study(
+  density, divergence, *, null=0.2, ceiling=0.6, features=64, seed=0, ranks=SAE_RANKS
+):
+  """A ``sae_study.json``-like dict: one row per (rank, layer); ``density(i_rank, i_layer)`` and
+  ``divergence(i_rank, i_layer)`` give each row's mean density and 1 − MMCS; the per-feature
+  max cosines are drawn around 1 − divergence."""
+  rng = np.random.default_rng(seed)
+  sites = [f'layers_{layer}/residual' for layer in SAE_LAYERS]
+  rows, base_rows = [], {}
+  for j, (layer, site) in enumerate(zip(SAE_LAYERS, sites)):
+    base_rows[site] = {
+      'site': site,
+      'kind': 'residual',
+      'layer': layer,
+      'mean_norm': 1.0,
+      'sae': {'fvu': _sae_ci(0.2), 'l0': _sae_ci(12.0), 'mean_density': 12.0 / 64},
+      'reseed_mmcs': _sae_ci(ceiling),
+    }
+    for i, rank in enumerate(ranks):
+      max_cos = np.clip(1.0 - divergence(i, j) + rng.normal(0.0, 0.05, features), 0.0, 1.0)
+      rows.append(
+        {
+          'adapter': f'lora_r{rank}',
+          'rank': rank,
+          'site': site,
+          'kind': 'residual',
+          'layer': layer,
+          'depth': layer / 3,
+          'delta_norm_ratio': 0.1,
+          'sae': {
+            'mean_density': density(i, j),
+            'l0': _sae_ci(64 * density(i, j)),
+            'fvu': _sae_ci(0.3),
+            'dead_fraction': 0.1,
+            'ce': {'ce_loss_recovered': _sae_ci(0.8)},
+          },
+          'comparison': {
+            'mmcs': _sae_ci(max_cos.mean(), n=features),
+            'mmcs_null': null,
+            'one_to_one': {'mean_cosine': _sae_ci(max_cos.mean() - 0.05, n=features)},
+            'principal_angles': {'mean_deg': 50.0},
+            'divergence': float(1.0 - max_cos.mean()),
+            'per_feature': {'max_cos': [float(v) for v in max_cos]},
+          },
+        }
+      )
+  return {
+    'base': 'bundled:tiny',
+    'model': {'num_layers': 4, 'hidden_size': 32, 'model_type': 'llama'},
+    'adapters': [{'name': f'lora_r{r}', 'rank': r} for r in ranks],
+    'sites': sites,
+    'tokens': {'train': 3000, 'eval': 1000},
+    'rows': rows,
+    'base_rows': base_rows,
+    'timings_s': {'total': 42.0},
+  }
 
 
 def make_results(seed: int = 0) -> dict:
@@ -259,6 +328,12 @@ def make_results(seed: int = 0) -> dict:
     },
     'drift_study': drift_study.results_entry(
       dict(study, sensitivity=drift_study.sensitivity(study))
+    ),
+    'sae': report_sae.results_entry(
+      make_sae_study(  # 3 ranks x 2 sites: 6 rows, 720 pairings for the exact p-values
+        lambda i, j: 0.02 * (i + 1) + 0.1 * j, lambda i, j: 0.6, seed=seed, ranks=(4, 8, 16)
+      ),
+      resamples=200,
     ),
     'config': {
       'model': {'name': 'bundled:tiny', 'layers': NUM_LAYERS},
@@ -653,6 +728,7 @@ NOT_RUN_SECTIONS = {
   'disel-gates': 'DISeL gates',
   'capability-drift': 'Capability drift',
   'claims': 'Claims',
+  'delta-activation-saes': 'Delta-activation SAEs',
   'training': 'Training',
   'configuration': 'Configuration',
   'versions-timing': 'Versions & timing',
