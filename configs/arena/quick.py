@@ -21,24 +21,40 @@ def _lr(peak_lr: float) -> dict:
   return dict(optimizer=dict(peak_lr=peak_lr))
 
 
-def _methods() -> ml_collections.ConfigDict:
-  # Per method: overrides of the train config (peft_jax.train.config.default_config), applied
-  # after the arena's shared `train` overrides: adapter kwargs and peak learning rate
-  # (PEFT-Arena's shapes, small-model budgets).
-  def adapter(**kwargs):
-    return dict(adapter=dict(kwargs=kwargs))
-
+def method_configs(peak_lrs: dict, adapter_kwargs: dict) -> ml_collections.ConfigDict:
+  """Per method (the keys of ``peak_lrs``): overrides of the train config
+  (peft_jax.train.config.default_config), applied after the arena's shared `train` overrides:
+  the adapter kwargs (``adapter_kwargs[m]``; none for full FT) and the peak learning rate, the
+  centre of the method's sweep grid. Shared with configs/arena/real.py."""
   return ml_collections.ConfigDict(
-    dict(
-      full=_lr(1e-3),
-      lora=adapter(rank=8, alpha=16.0) | _lr(3e-3),
-      dora=adapter(rank=8, alpha=16.0) | _lr(3e-3),
-      pissa=adapter(rank=8, alpha=16.0) | _lr(1e-3),
-      vera=adapter(rank=64) | _lr(1e-2),
-      oft=adapter(block_size=16) | _lr(3e-3),
-      miss=adapter(rank=16) | _lr(3e-3),
-      disel=adapter(rank=8, alpha=16.0, gate_bias_init=-3.0, gate_lr_mult=5.0) | _lr(3e-3),
-    )
+    {
+      name: (dict(adapter=dict(kwargs=adapter_kwargs[name])) if name in adapter_kwargs else {})
+      | _lr(lr)
+      for name, lr in peak_lrs.items()
+    }
+  )
+
+
+def adapter_shapes(vera_rank: int, oft_block_size: int) -> dict:
+  """PEFT-Arena's adapter shapes per method; VeRA's rank and OFT's block size scale with the
+  model (shared with configs/arena/real.py)."""
+  low_rank = dict(rank=8, alpha=16.0)
+  return dict(
+    lora=low_rank,
+    dora=low_rank,
+    pissa=low_rank,
+    vera=dict(rank=vera_rank),
+    oft=dict(block_size=oft_block_size),
+    miss=dict(rank=16),
+    disel=low_rank | dict(gate_bias_init=-3.0, gate_lr_mult=5.0),
+  )
+
+
+def _methods() -> ml_collections.ConfigDict:
+  # Small-model budgets.
+  return method_configs(
+    dict(full=1e-3, lora=3e-3, dora=3e-3, pissa=1e-3, vera=1e-2, oft=3e-3, miss=3e-3, disel=3e-3),
+    adapter_shapes(vera_rank=64, oft_block_size=16),
   )
 
 

@@ -29,27 +29,13 @@ def _quick():
   return module
 
 
-def _lr(peak_lr: float) -> dict:
-  return dict(optimizer=dict(peak_lr=peak_lr))
-
-
 def _methods() -> ml_collections.ConfigDict:
-  # Per method: adapter kwargs and the centre of its learning-rate grid, for a 135 M model and
-  # a short budget (the sweep multiplies each centre by config.sweep.factors).
-  def adapter(**kwargs):
-    return dict(adapter=dict(kwargs=kwargs))
-
-  return ml_collections.ConfigDict(
-    dict(
-      full=_lr(3e-5),
-      lora=adapter(rank=8, alpha=16.0) | _lr(1e-3),
-      dora=adapter(rank=8, alpha=16.0) | _lr(1e-3),
-      pissa=adapter(rank=8, alpha=16.0) | _lr(3e-4),
-      vera=adapter(rank=256) | _lr(5e-3),
-      oft=adapter(block_size=32) | _lr(1e-3),
-      miss=adapter(rank=16) | _lr(1e-3),
-      disel=adapter(rank=8, alpha=16.0, gate_bias_init=-3.0, gate_lr_mult=5.0) | _lr(1e-3),
-    )
+  # Adapter kwargs and the centre of each method's learning-rate grid, for a 135 M model and a
+  # short budget (the sweep multiplies each centre by config.sweep.factors).
+  quick = _quick()
+  return quick.method_configs(
+    dict(full=3e-5, lora=1e-3, dora=1e-3, pissa=3e-4, vera=5e-3, oft=1e-3, miss=1e-3, disel=1e-3),
+    quick.adapter_shapes(vera_rank=256, oft_block_size=32),
   )
 
 
