@@ -51,17 +51,7 @@ def _countryinfo_files():
 
 def test_facts_match_the_countryinfo_files(suite):
   root, paths = suite
-  files = _countryinfo_files()
-  regions = {'Africa', 'Americas', 'Asia', 'Europe', 'Oceania'}
-  usable = [
-    (stem, row)
-    for stem, row in files.items()
-    if row.get('capital')
-    and row.get('region') in regions
-    and row['name'] != 'Serbia and Montenegro'
-  ]
-  usable.sort(key=lambda item: (-(item[1].get('population') or 0), item[1]['name']))
-  top = dict(usable[: SIZES['num_countries']])
+  top = dict(_usable_by_population(_countryinfo_files())[: SIZES['num_countries']])
   assert 'china' in top and 'india' in top and 'france' in top  # the most populous first
 
   items = _jsonl(paths['general/facts_test'])
