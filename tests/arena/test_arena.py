@@ -5,7 +5,9 @@ HF export) and runs the smoke preset on it; the tests read what it wrote.
 """
 
 import json
+import math
 import os
+from fractions import Fraction
 
 import helpers_hf
 import numpy as np
@@ -16,6 +18,7 @@ from configs.arena import quick as arena_presets
 from peft_jax.arena import context, pipeline, study
 from peft_jax.arena import stages as stages_lib
 from peft_jax.report import SECTIONS, claims
+from peft_jax.report import rlvr as report_rlvr
 from peft_jax.report import sae as report_sae
 from peft_jax.train import trainer
 
@@ -23,10 +26,12 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 def smoke_config(base: str):
-  """The smoke preset on ``base`` with its smallest SAE study turned on (the ``sae`` stage)."""
+  """The smoke preset on ``base`` with its smallest SAE study (the ``sae`` stage) and RLVR
+  phase (LoRA: ``rlvr_lora``, ``eval_rlvr_lora``, ``passk``) turned on."""
   config = arena_presets.get_config('smoke')
   config.base = base
   config.sae.enabled = True
+  config.rlvr.enabled = True
   return config
 
 
@@ -170,6 +175,61 @@ def test_sae_section_from_the_stage_outputs(arena_run):
     f'{mmcs["value"]:.3f} [{mmcs["interval"][0]:.3f}, {mmcs["interval"][1]:.3f}] |'
   ) in section
   for name in report_sae.FIGURES:
+    assert f'{name}.png' in section
+
+
+def test_rlvr_section_from_the_stage_outputs(arena_run):
+  config, workdir, results = arena_run
+  runner = stages_lib.StageRunner(workdir)
+  base, sft = runner.result('base_eval'), runner.result('eval_lora')
+  rl, run, passk = (
+    runner.result('eval_rlvr_lora'),
+    runner.result('rlvr_lora'),
+    runner.result('passk'),
+  )
+  entry = results['rlvr']
+  row = entry['methods']['lora']
+  assert list(entry['methods']) == ['lora'] == list(config.rlvr.methods)
+  for name, ev in (('sft', sft), ('rlvr', rl)):
+    assert row[name]['target'] == ev['tasks'][config.target]
+    assert row[name]['general'] == ev['general']
+    assert row[name]['forget'] == pytest.approx(base['general'] - ev['general'], abs=1e-15)
+  forget = row['difference']['forget']
+  assert forget['delta'] == pytest.approx(sft['general'] - rl['general'], abs=1e-12)
+  assert row['difference']['target']['delta'] == pytest.approx(
+    rl['tasks'][config.target] - sft['tasks'][config.target], abs=1e-12
+  )
+  # 2 GRPO steps, the early pass@k after step 1; the reward curve is the run's metrics.jsonl.
+  assert (run['steps'], run['early_step']) == (row['steps'], row['early_step']) == (2, 1)
+  logged = [json.loads(line) for line in open(os.path.join(run['run_dir'], 'metrics.jsonl'))]
+  assert row['reward_mean'] == [m['reward_mean'] for m in logged] and len(logged) == 2
+  assert all(0.0 <= r <= 1.0 for r in row['reward_mean'])
+  # pass@k: 4 held-out prompts x 4 samples per model; the RLVR counts are the run's own.
+  n, ks = config.rlvr.passk.num_samples, list(config.rlvr.passk.ks)
+  assert passk['methods']['lora']['early'] == run['passk']['early']
+  assert passk['methods']['lora']['late'] == run['passk']['late']
+  curves = entry['passk']['methods']['lora']
+  stage_entries = [('base', passk['base'], entry['passk']['base'])] + [
+    (name, passk['methods']['lora'][name], curves[name]) for name in ('sft', 'early', 'late')
+  ]
+  for name, stage, shown in stage_entries:
+    assert len(stage['counts']) == config.rlvr.passk.num_prompts, name
+    assert shown['counts'] == stage['counts'] and stage['num_samples'] == n
+    exact = [
+      float(np.mean([1 - Fraction(math.comb(n - c, k), math.comb(n, k)) for c in stage['counts']]))
+      for k in ks
+    ]
+    np.testing.assert_allclose(shown['curve'], exact, rtol=0, atol=1e-15)
+    # the stage's float32 estimator (evals.scorers.pass_at_k) agrees to float32 rounding
+    float32 = [stage['pass_at_k'][f'pass@{k}'] for k in ks]
+    np.testing.assert_allclose(float32, exact, rtol=0, atol=4e-7)
+  assert (curves['early']['step'], curves['late']['step']) == (1, 2)
+  markdown = open(os.path.join(workdir, 'report', 'index.md')).read()
+  section = markdown.split('## SFT vs RLVR', 1)[1].split('\n## ', 1)[0]
+  assert '| ' + ' | '.join(report_rlvr.row_cells('lora', row)) + ' |' in section
+  late = ' | '.join(f'{v:.3f}' for v in curves['late']['curve'])
+  assert f'| lora | RLVR late | 2 | {late} |' in section
+  for name in report_rlvr.FIGURES:
     assert f'{name}.png' in section
 
 
@@ -376,20 +436,21 @@ def test_changed_rank_reruns_exactly_that_method(arena_run):
   changed = smoke_config(config.base)
   changed.methods.lora.adapter.kwargs.rank = 4
   lora = sorted(n for n in os.listdir(os.path.join(workdir, 'stages')) if n.endswith('_lora'))
-  assert lora == ['eval_lora', 'geometry_lora', 'paths_lora'] + [
+  assert lora == ['eval_lora', 'eval_rlvr_lora', 'geometry_lora', 'paths_lora'] + [
+    'rlvr_lora',
     'sweep_lora',
     'train_lora',
     'trajectory_lora',
   ]
   planned = pipeline.plan_arena(changed, workdir)
   assert sorted(d.name for d in planned if d.action != 'reuse') == sorted(
-    lora + ['drift', 'report']
+    lora + ['drift', 'passk', 'report']
   )
   why = {d.name: d.reason for d in planned}
   assert 'adapter.kwargs.rank: 8 -> 4' in why['train_lora']
   assert why['eval_lora'] == 'input stage changed: train_lora'
   results = pipeline.run_arena(changed, workdir, log=None)
-  assert sorted(results['timing']['ran']) == sorted(lora + ['drift'])
+  assert sorted(results['timing']['ran']) == sorted(lora + ['drift', 'passk'])
   assert (
     results['methods']['lora']['trainable_params'] * 2
     == first['methods']['lora']['trainable_params']

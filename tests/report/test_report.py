@@ -729,6 +729,7 @@ NOT_RUN_SECTIONS = {
   'capability-drift': 'Capability drift',
   'claims': 'Claims',
   'delta-activation-saes': 'Delta-activation SAEs',
+  'sft-vs-rlvr': 'SFT vs RLVR',
   'training': 'Training',
   'configuration': 'Configuration',
   'versions-timing': 'Versions & timing',
