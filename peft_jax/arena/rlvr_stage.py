@@ -335,7 +335,7 @@ def add_stages(
     else {'suite_train_split': config.target, 'held_out_rows': held_out_rows(config)}
   )
   common = dict(slices['world'], heldout=heldout, passk=passk)
-  names, rl_trees = [], {}
+  names = []
   for method in chosen:
     c = grpo_config(config, plan, workdir, method, method_train_config)
     early = early_step(config, int(c.total_steps))
@@ -354,7 +354,6 @@ def add_stages(
         cache.pop('result')
       return cache['tree']
 
-    rl_trees[method] = tree
     graph.add(
       train_name(method),
       dict(common, grpo=train_slice(c), prompts=source, early_step=early),

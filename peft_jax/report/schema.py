@@ -494,6 +494,7 @@ def _check_rlvr(rlvr: Any) -> None:
   parts = ['rlvr']
   rlvr = _require_mapping(rlvr, parts)
   _require_str(_require_key(rlvr, 'target_task', parts), [*parts, 'target_task'])
+  _require_int(_require_key(rlvr, 'resamples', parts), [*parts, 'resamples'])
   methods = _require_mapping(_require_key(rlvr, 'methods', parts), [*parts, 'methods'])
   if not methods:
     _fail([*parts, 'methods'], 'expected at least one method')
