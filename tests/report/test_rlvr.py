@@ -4,6 +4,7 @@ generator and against scipy.stats.bootstrap, the verdicts, the schema's errors a
 
 import copy
 import math
+import os
 import zlib
 from fractions import Fraction
 
@@ -178,13 +179,30 @@ def test_entry_from_hand_made_stage_outputs():
   assert d['interval'][1] < 0 and curves['late_vs_early'] == 'lower'
 
 
+def _render(results, out_dir, figures):
+  document = report.build_document(results, figures)
+  out_dir.mkdir()
+  (out_dir / 'index.html').write_text(report.render_html(document), encoding='utf-8')
+  (out_dir / 'index.md').write_text(report.render_markdown(document), encoding='utf-8')
+  return parse(out_dir / 'index.html'), markdown_sections(out_dir / 'index.md')
+
+
 def test_section_renders_and_says_not_run_without_the_phase(tmp_path):
   results = make_results(0)
   results['rlvr'] = _entry()
-  paths = report.write_report(results, tmp_path / 'with')
-  for name in rlvr.FIGURES:
-    assert open(paths[name], 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
-  page = parse(paths['html'])
+  report.validate_results(results)
+  # The section's own figures only (the other sections' are tested in test_report).
+  figures = {
+    'rlvr_plane': rlvr.plot_plane(results['rlvr'], results['base'], tmp_path / 'rlvr_plane.png'),
+    'rlvr_passk': rlvr.plot_passk(results['rlvr'], tmp_path / 'rlvr_passk.png'),
+    'rlvr_reward': rlvr.plot_reward(results['rlvr'], tmp_path / 'rlvr_reward.png'),
+  }
+  assert sorted(figures) == sorted(rlvr.FIGURES)
+  for path in figures.values():
+    assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  page, markdown = _render(
+    results, tmp_path / 'with', {k: os.path.basename(v) for k, v in figures.items()}
+  )
   assert 'Not run' not in page.sections['sft-vs-rlvr']
   table = page.tables['rlvr-table']
   assert table[0][0] == 'Method' and table[1][0] == 'lora' and table[1][-1] == 'less'
@@ -198,14 +216,14 @@ def test_section_renders_and_says_not_run_without_the_phase(tmp_path):
                       'pass@16']  # fmt: skip
   late = results['rlvr']['passk']['methods']['lora']['late']['curve']
   assert passk[4] == ['lora', 'RLVR late', '6', *(f'{v:.3f}' for v in late)]
-  section = markdown_sections(paths['markdown'])['SFT vs RLVR']
+  section = markdown['SFT vs RLVR']
   assert 'lora: RLVR forgets less than SFT' in section
   assert 'pass@16 is lower late than early' in section
   for name in rlvr.FIGURES:
     assert f'{name}.png' in section
   results.pop('rlvr')
-  paths = report.write_report(results, tmp_path / 'without')
-  assert 'Not run: no RLVR phase' in parse(paths['html']).sections['sft-vs-rlvr']
+  page, _ = _render(results, tmp_path / 'without', {})
+  assert 'Not run: no RLVR phase' in page.sections['sft-vs-rlvr']
 
 
 @pytest.mark.parametrize(
