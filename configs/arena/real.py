@@ -122,9 +122,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # The RLVR phase on SmolLM2 (stages rlvr_<m>, eval_rlvr_<m>, passk; docs/RLVR.md, "The arena
   # phase"): LoRA and full, 4 GRPO steps of 2 GSM prompts x 4 completions of 48 tokens each,
-  # pass@k (k = 1..8) on 4 held-out prompts x 8 samples. Estimated at about 18 minutes on 2 CPU
-  # cores from the speeds in docs/REAL.md (the arithmetic is in docs/RLVR.md); every method
-  # would take about 50, so the other six are left to :full.
+  # pass@k (k = 1..8) on 4 held-out prompts x 8 samples. Estimated at about 20 minutes on 2 CPU
+  # cores from the speeds in docs/REAL.md (an upper bound; the arithmetic is in docs/RLVR.md);
+  # every method would take about 75, so the other six are left to :full.
   config.rlvr.update(dict(enabled=True, methods=('lora', 'full'), lr_factor=1.0))
   config.rlvr.train = dict(
     total_steps=4,

@@ -317,7 +317,7 @@ def plot_passk(entry: Mapping[str, Any], path: str | os.PathLike) -> str:
       curves = passk['methods'][m]
       ax.plot(ks, passk['base']['curve'], color='black', marker='*', label='base')
       for name, (color, style) in styles.items():
-        label = name if name == 'sft' else f'RLVR {name} (step {curves[name].get("step", "?")})'
+        label = 'SFT' if name == 'sft' else f'RLVR {name} (step {curves[name]["step"]})'
         ax.plot(ks, curves[name]['curve'], color=color, linestyle=style, marker='o', label=label)
       ax.set_xscale('log', base=2)
       ax.set_xticks(ks, [str(k) for k in ks])
