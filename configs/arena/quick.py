@@ -280,9 +280,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
            resample_pool=128)
     )  # fmt: skip
     config.sae.compare.update(dict(subspace_k=4, block_rows=16, num_resamples=100, ce_sequences=0))
-    # The RLVR phase at its smallest (tests/arena/test_arena.py turns it on): LoRA, 2 GRPO steps
-    # of 4 prompts x 2 completions, pass@k of 4 held-out prompts x 4 samples.
-    config.rlvr.update(dict(enabled=False, methods=('lora',)))
+    # The RLVR phase at its smallest (tests/arena/test_arena.py turns it on): full FT, 2 GRPO
+    # steps of 4 prompts x 2 completions, pass@k of 4 held-out prompts x 4 samples.
+    config.rlvr.update(dict(enabled=False, methods=('full',)))
     config.rlvr.train = dict(
       total_steps=2,
       log_every=1,

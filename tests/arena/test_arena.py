@@ -27,7 +27,7 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 def smoke_config(base: str):
   """The smoke preset on ``base`` with its smallest SAE study (the ``sae`` stage) and RLVR
-  phase (LoRA: ``rlvr_lora``, ``eval_rlvr_lora``, ``passk``) turned on."""
+  phase (full FT: ``rlvr_full``, ``eval_rlvr_full``, ``passk``) turned on."""
   config = arena_presets.get_config('smoke')
   config.base = base
   config.sae.enabled = True
@@ -181,15 +181,13 @@ def test_sae_section_from_the_stage_outputs(arena_run):
 def test_rlvr_section_from_the_stage_outputs(arena_run):
   config, workdir, results = arena_run
   runner = stages_lib.StageRunner(workdir)
-  base, sft = runner.result('base_eval'), runner.result('eval_lora')
-  rl, run, passk = (
-    runner.result('eval_rlvr_lora'),
-    runner.result('rlvr_lora'),
-    runner.result('passk'),
-  )
+  (m,) = config.rlvr.methods  # full: the changed LoRA rank below leaves the phase alone
+  base, sft = runner.result('base_eval'), runner.result(f'eval_{m}')
+  rl, run = runner.result(f'eval_rlvr_{m}'), runner.result(f'rlvr_{m}')
+  passk = runner.result('passk')
   entry = results['rlvr']
-  row = entry['methods']['lora']
-  assert list(entry['methods']) == ['lora'] == list(config.rlvr.methods)
+  row = entry['methods'][m]
+  assert list(entry['methods']) == [m]
   for name, ev in (('sft', sft), ('rlvr', rl)):
     assert row[name]['target'] == ev['tasks'][config.target]
     assert row[name]['general'] == ev['general']
@@ -206,11 +204,11 @@ def test_rlvr_section_from_the_stage_outputs(arena_run):
   assert all(0.0 <= r <= 1.0 for r in row['reward_mean'])
   # pass@k: 4 held-out prompts x 4 samples per model; the RLVR counts are the run's own.
   n, ks = config.rlvr.passk.num_samples, list(config.rlvr.passk.ks)
-  assert passk['methods']['lora']['early'] == run['passk']['early']
-  assert passk['methods']['lora']['late'] == run['passk']['late']
-  curves = entry['passk']['methods']['lora']
+  assert passk['methods'][m]['early'] == run['passk']['early']
+  assert passk['methods'][m]['late'] == run['passk']['late']
+  curves = entry['passk']['methods'][m]
   stage_entries = [('base', passk['base'], entry['passk']['base'])] + [
-    (name, passk['methods']['lora'][name], curves[name]) for name in ('sft', 'early', 'late')
+    (name, passk['methods'][m][name], curves[name]) for name in ('sft', 'early', 'late')
   ]
   for name, stage, shown in stage_entries:
     assert len(stage['counts']) == config.rlvr.passk.num_prompts, name
@@ -228,9 +226,9 @@ def test_rlvr_section_from_the_stage_outputs(arena_run):
   assert (curves['early']['step'], curves['late']['step']) == (1, 2)
   markdown = open(os.path.join(workdir, 'report', 'index.md')).read()
   section = markdown.split('## SFT vs RLVR', 1)[1].split('\n## ', 1)[0]
-  assert '| ' + ' | '.join(report_rlvr.row_cells('lora', row)) + ' |' in section
+  assert '| ' + ' | '.join(report_rlvr.row_cells(m, row)) + ' |' in section
   late = ' | '.join(f'{v:.3f}' for v in curves['late']['curve'])
-  assert f'| lora | RLVR late | 2 | {late} |' in section
+  assert f'| {m} | RLVR late | 2 | {late} |' in section
   for name in report_rlvr.FIGURES:
     assert f'{name}.png' in section
 
@@ -438,21 +436,20 @@ def test_changed_rank_reruns_exactly_that_method(arena_run):
   changed = smoke_config(config.base)
   changed.methods.lora.adapter.kwargs.rank = 4
   lora = sorted(n for n in os.listdir(os.path.join(workdir, 'stages')) if n.endswith('_lora'))
-  assert lora == ['eval_lora', 'eval_rlvr_lora', 'geometry_lora', 'paths_lora'] + [
-    'rlvr_lora',
+  assert lora == ['eval_lora', 'geometry_lora', 'paths_lora'] + [
     'sweep_lora',
     'train_lora',
     'trajectory_lora',
   ]
   planned = pipeline.plan_arena(changed, workdir)
   assert sorted(d.name for d in planned if d.action != 'reuse') == sorted(
-    lora + ['drift', 'passk', 'report']
+    lora + ['drift', 'report']
   )
   why = {d.name: d.reason for d in planned}
   assert 'adapter.kwargs.rank: 8 -> 4' in why['train_lora']
   assert why['eval_lora'] == 'input stage changed: train_lora'
   results = pipeline.run_arena(changed, workdir, log=None)
-  assert sorted(results['timing']['ran']) == sorted(lora + ['drift', 'passk'])
+  assert sorted(results['timing']['ran']) == sorted(lora + ['drift'])
   assert (
     results['methods']['lora']['trainable_params'] * 2
     == first['methods']['lora']['trainable_params']
