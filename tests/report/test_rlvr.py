@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from scipy import stats
-from test_report import make_results, markdown_sections, parse
+from test_report import make_results, markdown_sections, parse, rlvr_entry, rlvr_stage_outputs
 
 from peft_jax import report
 from peft_jax.report import rlvr
@@ -79,79 +79,9 @@ def test_paired_difference_against_numpy_and_scipy(shift, verdict):
   assert rlvr.direction(None, 'lower', 'higher') == 'no interval'
 
 
-def _eval(general_rows, target_rows):
-  """An eval_<m>-like result on one target task (gsm) and one general task (nq)."""
-  return {
-    'tasks': {'gsm': float(np.mean(target_rows)), 'nq': float(np.mean(general_rows))},
-    'general': float(np.mean(general_rows)),
-    'intervals': {'tasks': {'gsm': [0.0, 1.0], 'nq': [0.0, 1.0]}, 'general': [0.0, 1.0]},
-    'per_example': {
-      'gsm': {'kind': 'target', 'numerator': [int(v) for v in target_rows]},
-      'nq': {'kind': 'general', 'numerator': [int(v) for v in general_rows]},
-    },
-  }
-
-
-def _stage_outputs():
-  rng = np.random.default_rng(0)
-  base_general = (rng.uniform(size=64) < 0.8).astype(int)
-  base = _eval(base_general, np.zeros(32, int))
-  base['bootstrap'] = {'resamples': 500, 'seed': 0, 'confidence': 0.95}
-  # SFT forgets a lot (40 of the base's general items lost), RLVR a little (4 lost).
-  sft_general, rlvr_general = base_general.copy(), base_general.copy()
-  correct = np.flatnonzero(base_general)
-  sft_general[correct[:40]] = 0
-  rlvr_general[correct[:4]] = 0
-  sft = _eval(sft_general, (np.arange(32) % 4 == 0).astype(int))
-  rl = _eval(rlvr_general, (np.arange(32) % 8 == 0).astype(int))
-  n, prompts = 16, 12
-
-  def entry(counts, step=None):
-    out = {'counts': counts, 'num_samples': n, 'pass_at_k': {}, 'mean_reward': 0.0}
-    return out if step is None else dict(out, step=step)
-
-  # Early: every prompt solved now and then; late: the same pass@1 mass on fewer prompts.
-  early = [4] * prompts
-  late = [12] * 4 + [0] * (prompts - 4)
-  run = {
-    'steps': 6,
-    'early_step': 3,
-    'peak_lr': 1e-3,
-    'train_time_s': 12.5,
-    'step': [1, 2, 3, 4, 5, 6],
-    'reward_mean': [0.1, 0.2, 0.2, 0.3, 0.3, 0.4],
-    'kl': [0.0, 0.01, 0.02, 0.02, 0.03, 0.03],
-    'passk': {'early': entry(early, 3), 'late': entry(late, 6)},
-  }
-  passk = {
-    'task': 'gsm',
-    'num_prompts': prompts,
-    'num_samples': n,
-    'ks': [1, 2, 4, 8, 16],
-    'base': entry([0] * prompts),
-    'methods': {'lora': {'sft': entry([2] * prompts), **run['passk']}},
-  }
-  return base, sft, rl, run, passk
-
-
-def _entry():
-  base, sft, rl, run, passk = _stage_outputs()
-  return rlvr.results_entry(
-    base=base,
-    sft={'lora': sft},
-    rlvr={'lora': rl},
-    runs={'lora': run},
-    passk=passk,
-    target='gsm',
-    general_tasks=['nq'],
-    resamples=500,
-    seed=0,
-  )
-
-
 def test_entry_from_hand_made_stage_outputs():
-  base, sft, rl, run, passk = _stage_outputs()
-  entry = _entry()
+  base, sft, rl, run, passk = rlvr_stage_outputs()
+  entry = rlvr_entry()
   row = entry['methods']['lora']
   assert row['sft']['forget'] == pytest.approx(base['general'] - sft['general'], abs=1e-15)
   assert row['rlvr']['forget'] == pytest.approx(base['general'] - rl['general'], abs=1e-15)
@@ -188,8 +118,7 @@ def _render(results, out_dir, figures):
 
 
 def test_section_renders_and_says_not_run_without_the_phase(tmp_path):
-  results = make_results(0)
-  results['rlvr'] = _entry()
+  results = make_results(0)  # with its 'rlvr' entry (test_report.rlvr_entry)
   report.validate_results(results)
   # The section's own figures only (the other sections' are tested in test_report).
   figures = {
@@ -250,8 +179,7 @@ def test_section_renders_and_says_not_run_without_the_phase(tmp_path):
   ],
 )
 def test_schema_names_the_bad_key(edit, message):
-  results = make_results(0)
-  results['rlvr'] = _entry()
+  results = make_results(0)  # with its 'rlvr' entry (test_report.rlvr_entry)
   report.validate_results(results)
   bad = copy.deepcopy(results)
   edit(bad['rlvr'])
