@@ -19,7 +19,7 @@ from configs.train import hf as train_hf
 from configs.train import tiny as train_tiny
 from peft_jax import hub
 from peft_jax.adapters import api as adapters
-from peft_jax.arena import encoder_study, pipeline, sae_stage
+from peft_jax.arena import encoder_study, pipeline, rlvr_stage, sae_stage
 from peft_jax.sae import study as sae_study
 from peft_jax.train import optimizer as optimizer_lib
 from peft_jax.train import trainer
@@ -74,6 +74,35 @@ def test_arena_sae_blocks_imply_valid_study_configs(module, preset):
   config.sae.unknown = 1
   with pytest.raises(KeyError, match=r"config.sae: unknown keys \['unknown'\]"):
     sae_stage.study_config(config, plan)
+
+
+@pytest.mark.parametrize(
+  'module,preset',
+  [('quick', 'quick'), ('quick', 'full'), ('quick', 'smoke'), ('real', 'real'), ('real', 'full')],
+)
+def test_arena_rlvr_blocks_imply_valid_grpo_configs(module, preset):
+  # Every preset's config.rlvr gives, per method, a GRPO config that rl.config.validate accepts
+  # (grpo_config validates it) with the method's adapter, and errors name a bad key.
+  config = {'quick': arena_quick, 'real': arena_real}[module].get_config(preset)
+  config.rlvr.enabled = True
+  spec = dict(type='gsm8k', name=config.target, path='test.jsonl', kind='target', limit=64)
+  plan = types.SimpleNamespace(base_dir='base_dir', task_specs=[spec], suite_dir='suite')
+  for method in rlvr_stage.methods(config):
+    c = rlvr_stage.grpo_config(config, plan, '/w', method, pipeline.method_train_config)
+    assert c.adapter.method == method and c.grpo.task.path == '/w/splits/gsm_rlvr_prompts.jsonl'
+    assert 'limit' not in c.grpo.task and c.grpo.task.type == 'gsm8k'
+    trainer.make_method(c)
+    centre = pipeline.method_train_config(config, method, '', '').optimizer.peak_lr
+    assert c.optimizer.peak_lr == centre * config.rlvr.lr_factor
+    assert 1 <= rlvr_stage.early_step(config, c.total_steps) < c.total_steps
+  held = rlvr_stage.held_out_spec(config, plan)
+  assert held['limit'] == config.rlvr.passk.num_prompts and held['path'] == 'test.jsonl'
+  config.rlvr.passk.ks = (1, config.rlvr.passk.num_samples + 1)
+  with pytest.raises(ValueError, match=r'config.rlvr.passk.ks=.*increasing k in \[1, num_samples'):
+    rlvr_stage.checked(config)
+  config.rlvr.unknown = 1
+  with pytest.raises(KeyError, match=r"config.rlvr: unknown keys \['unknown'\]"):
+    rlvr_stage.checked(config)
 
 
 def test_other_presets_build():

@@ -178,6 +178,38 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       ),
     )
   )
+  # The RLVR phase (stages rlvr_<m>, eval_rlvr_<m>, passk; peft_jax.arena.rlvr_stage,
+  # docs/RLVR.md "The arena phase"): per method of `methods`, GRPO from the base on the target's
+  # training problems (the sweep's validation rows held out) with the target's scorer as the
+  # reward, at the method's configured peak_lr x lr_factor; `train` overrides the GRPO config
+  # (peft_jax.rl.config.default_config; model, adapter, seed, mesh and task are the arena's).
+  # pass@k of base, SFT and RLVR early (early_fraction of the steps) and late on the first
+  # passk.num_prompts test prompts of the target. enabled=False: the report says "Not run".
+  # The bundled base scores 0 on GSM, so every reward is 0 and GRPO has no signal: the quick
+  # preset runs LoRA and full at a tiny budget (measured: README, docs/RLVR.md).
+  config.rlvr = ml_collections.ConfigDict(
+    dict(
+      enabled=True,
+      methods=('lora', 'full'),
+      lr_factor=1.0,
+      early_fraction=0.5,
+      train_path='',  # '' : the suite target's training split; a custom world must set it
+      train=dict(
+        total_steps=4,
+        log_every=1,
+        grpo=dict(group_size=4, prompts_per_step=4, max_new_tokens=40, beta=0.04),
+      ),
+      passk=dict(
+        num_prompts=8,
+        num_samples=16,
+        ks=(1, 2, 4, 8, 16),
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=40,  # 0: the target task's own
+        prompts_per_batch=8,
+      ),
+    )
+  )
   config.mesh_shape = (-1, 1, 1)  # data parallel over every device
   # JAX's persistent compilation cache, a folder in the workdir ('' = off): a rerun, a resumed
   # run and repeated programs load their compiled code (peft_jax.common.compile_cache).
@@ -199,6 +231,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.sae.data.update(dict(activation_rows=192, seq_len=96))
     config.sae.sae.update(dict(num_steps=1000, log_every=100, dead_after=200, resample_every=200))
     config.sae.compare.update(dict(block_rows=128, num_resamples=1000, ce_sequences=0))
+    config.rlvr.methods = method_names()
+    config.rlvr.train.total_steps = 100
+    config.rlvr.train.grpo.update(dict(group_size=8, prompts_per_step=8))
+    config.rlvr.passk.update(
+      dict(num_prompts=64, num_samples=64, ks=(1, 2, 4, 8, 16, 32, 64), prompts_per_batch=4)
+    )
   elif arg == 'custom':
     config.title = 'PEFT-Arena on a custom checkpoint'
     config.world = 'custom'
@@ -213,6 +251,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.eval.max_new_tokens = {}
     config.paths.limits = {}
     config.sae.enabled = False  # its sites are layer names of the bundled base; set them to run
+    config.rlvr.enabled = False  # needs config.rlvr.train_path (the target's training problems)
   elif arg == 'smoke':
     config.title = 'PEFT-Arena smoke run'
     config.train.total_steps = 4
@@ -257,6 +296,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
            resample_pool=128)
     )  # fmt: skip
     config.sae.compare.update(dict(subspace_k=4, block_rows=16, num_resamples=100, ce_sequences=0))
+    # The RLVR phase at its smallest (tests/arena/test_arena.py turns it on): full FT, 2 GRPO
+    # steps of 4 prompts x 2 completions, pass@k of 4 held-out prompts x 4 samples.
+    config.rlvr.update(dict(enabled=False, methods=('full',)))
+    config.rlvr.train = dict(
+      total_steps=2,
+      log_every=1,
+      grpo=dict(group_size=2, prompts_per_step=4, max_new_tokens=8, beta=0.04),
+    )
+    config.rlvr.passk.update(
+      dict(num_prompts=4, num_samples=4, ks=(1, 2, 4), max_new_tokens=8, prompts_per_batch=4)
+    )
     config.progress_bar = False
   else:
     raise ValueError(f'unknown preset {arg!r}; valid: quick (default), full, custom, smoke')

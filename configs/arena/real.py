@@ -106,6 +106,21 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   )
   config.sae.compare.update(dict(subspace_k=32, block_rows=128, num_resamples=200, ce_sequences=8))
 
+  # The RLVR phase on SmolLM2 (stages rlvr_<m>, eval_rlvr_<m>, passk; docs/RLVR.md, "The arena
+  # phase"): LoRA and full, 4 GRPO steps of 2 GSM prompts x 4 completions of 48 tokens each,
+  # pass@k (k = 1..8) on 4 held-out prompts x 8 samples. Estimated at about 20 minutes on 2 CPU
+  # cores from the speeds in docs/REAL.md (an upper bound; the arithmetic is in docs/RLVR.md);
+  # every method would take about 75, so the other six are left to :full.
+  config.rlvr.update(dict(enabled=True, methods=('lora', 'full'), lr_factor=1.0))
+  config.rlvr.train = dict(
+    total_steps=4,
+    log_every=1,
+    grpo=dict(group_size=4, prompts_per_step=2, max_new_tokens=48, beta=0.04),
+  )
+  config.rlvr.passk.update(
+    dict(num_prompts=4, num_samples=8, ks=(1, 2, 4, 8), max_new_tokens=48, prompts_per_batch=4)
+  )
+
   if arg in ('', 'real'):
     pass
   elif arg == 'full':
@@ -134,6 +149,21 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.sae.memory_budget_mb = 4096.0
     config.sae.sae.update(dict(expansion=8, num_steps=4000, batch_size=1024, resample_every=1000))
     config.sae.compare.update(dict(subspace_k=64, num_resamples=1000, ce_sequences=0))
+    config.rlvr.methods = tuple(config.method_order)
+    config.rlvr.train = dict(
+      total_steps=200,
+      log_every=1,
+      grpo=dict(group_size=8, prompts_per_step=8, max_new_tokens=128, beta=0.04),
+    )
+    config.rlvr.passk.update(
+      dict(
+        num_prompts=64,
+        num_samples=64,
+        ks=(1, 2, 4, 8, 16, 32, 64),
+        max_new_tokens=128,
+        prompts_per_batch=4,
+      )
+    )
   elif arg == 'smoke':
     config.title = 'PEFT-Arena real-world smoke run'
     config.method_order = ('lora',)  # the wiring; the quick smoke test covers every method
@@ -168,6 +198,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       total_steps=1, optimizer=dict(warmup_steps=0), checkpoint=dict(every_steps=1)
     )
     config.sae.enabled = False  # the quick smoke test runs the stage on the bundled world
+    config.rlvr.enabled = False  # the quick smoke test runs the phase on the bundled world
     config.progress_bar = False
   else:
     raise ValueError(f'unknown preset {arg!r}; valid: real (default), full, smoke')

@@ -24,6 +24,12 @@ folder atomically and records what it was computed from; the stage functions are
 ``sae``                with ``config.sae.enabled``: the delta-activation SAE study (LoRA at
                        several ranks, SAEs on base and delta activations, comparisons;
                        ``peft_jax.arena.sae_stage``)
+``rlvr_<m>``           with ``config.rlvr.enabled``, per method of ``config.rlvr.methods``: GRPO
+                       from the base on the target's training prompts, the target's scorer as
+                       reward, with held-out pass@k counts early and late
+                       (``peft_jax.arena.rlvr_stage``)
+``eval_rlvr_<m>``      the RLVR model on every task, as ``eval_<m>``
+``passk``              held-out pass@k counts of the base, SFT and RLVR (early, late) models
 ``report``             ``<workdir>/report/index.html`` + ``index.md`` + PNGs (rebuilt every run)
 
 Every stage declares the config slice it reads and its input stages; a rerun recomputes exactly
@@ -49,7 +55,7 @@ from tqdm import tqdm
 from peft_jax import hub
 from peft_jax import report as report_lib
 from peft_jax.adapters import api as adapters
-from peft_jax.arena import drift_study, real_world, sae_stage, study
+from peft_jax.arena import drift_study, real_world, rlvr_stage, sae_stage, study
 from peft_jax.arena import progress as progress_lib
 from peft_jax.arena import stages as stages_lib
 from peft_jax.arena.context import (
@@ -63,6 +69,7 @@ from peft_jax.common import compile_cache, files
 from peft_jax.data import sft
 from peft_jax.evals import tasks as tasks_lib
 from peft_jax.report import results as results_lib
+from peft_jax.report import rlvr as report_rlvr
 from peft_jax.report import sae as report_sae
 from peft_jax.train import checkpoint as ckpt_lib
 from peft_jax.train import config as train_config_lib
@@ -238,6 +245,7 @@ class _Graph:
   def __init__(self):
     self.specs: list[stages_lib.StageSpec] = []
     self.fns: dict[str, Callable[[str], dict]] = {}
+    self.trees: dict[str, Callable[[], Any]] = {}  # method -> its (restored) SFT tree
 
   def add(self, name, config, inputs=(), fn=None, in_place=False, always=False):
     self.specs.append(stages_lib.StageSpec(name, config, tuple(inputs), in_place, always))
@@ -275,7 +283,7 @@ def _slices(config: ml_collections.ConfigDict, plan: StudyPlan) -> dict:
   }
 
 
-def _graph(config: ml_collections.ConfigDict, plan: StudyPlan, get_ctx) -> _Graph:
+def _graph(config: ml_collections.ConfigDict, plan: StudyPlan, get_ctx, workdir: str) -> _Graph:
   """Declares every stage; ``get_ctx()`` loads the context when a stage first needs it."""
   slices = _slices(config, plan)
   graph = _Graph()
@@ -311,6 +319,17 @@ def _graph(config: ml_collections.ConfigDict, plan: StudyPlan, get_ctx) -> _Grap
   )
   # config.sae: the delta-activation SAE study on the arena's base and target data.
   sae_stage.add_stage(graph, config, plan, slices)
+  # config.rlvr: GRPO per method from the base, its evaluation, and pass@k of every model.
+  rlvr_stage.add_stages(
+    graph,
+    config,
+    plan,
+    slices,
+    get_ctx,
+    workdir,
+    method_train_config=method_train_config,
+    train_slice=_without_resume_safe,
+  )
   graph.add('report', {}, always=True)
   return graph
 
@@ -406,6 +425,8 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
     if 'tree' not in cache:
       cache['tree'] = jax.device_get(train_result().tree)
     return cache['tree']
+
+  graph.trees[method] = tree
 
   def train_fn(d):
     del d
@@ -534,7 +555,7 @@ def plan_arena(config: ml_collections.ConfigDict, workdir: str) -> list[stages_l
     tokenizer = hub.load_pretrained(plan.base_dir)[2]
     sequences = count_sequences(plan.target_train_path, tokenizer, int(config.train.data.seq_len))
     config, _ = derive_budget(config, sequences, jax.device_count())
-  graph = _graph(config, plan, get_ctx=None)
+  graph = _graph(config, plan, get_ctx=None, workdir=workdir)
   return stages_lib.plan(stages_lib.StageRunner(workdir, readonly=True), graph.specs)
 
 
@@ -580,7 +601,7 @@ def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
     )
     config, why = derive_budget(config, sequences, jax.device_count())
     log(why)
-  graph = _graph(config, plan, get_ctx)
+  graph = _graph(config, plan, get_ctx, workdir)
   progress = tqdm(total=len(graph.specs), desc='arena', disable=not config.progress_bar)
   runner = stages_lib.StageRunner(workdir, progress, log=log)
   graph.runner = runner
@@ -645,6 +666,20 @@ def _run_arena(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
     settings = runner.result('base_eval').get('bootstrap') or {}
     results['sae'] = report_sae.results_entry(
       runner.result(sae_stage.STAGE),
+      **{k: int(settings[k]) for k in ('resamples', 'seed') if k in settings},
+    )
+
+  if rlvr_stage.enabled(config):
+    settings = runner.result('base_eval').get('bootstrap') or {}
+    chosen = rlvr_stage.methods(config)
+    results['rlvr'] = report_rlvr.results_entry(
+      base=runner.result('base_eval'),
+      sft={m: runner.result(f'eval_{m}') for m in chosen},
+      rlvr={m: runner.result(rlvr_stage.eval_name(m)) for m in chosen},
+      runs={m: runner.result(rlvr_stage.train_name(m)) for m in chosen},
+      passk=runner.result(rlvr_stage.PASSK),
+      target=config.target,
+      general_tasks=results['general_tasks'],
       **{k: int(settings[k]) for k in ('resamples', 'seed') if k in settings},
     )
 

@@ -77,6 +77,20 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
             "claims": {as "claims" above}, "model", "tokens", "timings_s": dict},
             # ci = {"value": float, "interval": [lo, hi]}; peft_jax.report.sae.results_entry
             # of the arena's sae stage (docs/SAE.md)
+    "rlvr": {"target_task": str, "resamples": int,                            # optional
+             "methods": {name: {"sft": sc, "rlvr": sc,  # sc = {"target", "general", "forget":
+                                # float, "intervals": {"target", "general": [lo, hi] | None}}
+                                "difference": {"target": diff, "forget": diff} | None,
+                                # RLVR − SFT, 95% paired bootstrap (diff as in "paired")
+                                "forgets": "less" | "more" | "within noise" | "no interval",
+                                "steps", "early_step": int, "train_time_s", "peak_lr": float,
+                                "step": [int], "reward_mean": [float per step], "kl": [...]}},
+             "passk": {"ks": [int, increasing], "num_samples", "num_prompts": int,
+                       "base": pc, "methods": {name: {"sft": pc, "early": pc, "late": pc,
+                                                      "late_minus_early": diff (at the largest k),
+                                                      "late_vs_early": str}}}},
+             # pc = {"counts": [int per prompt], "num_samples": int, "curve": [pass@k per k],
+             #       "step": int (early, late)}; peft_jax.report.rlvr.results_entry
     "config": dict,                     # optional: the resolved config, shown as JSON
     "versions": {package: version str}, # optional
     "timing": {"total_s": float, "stages": {stage: seconds}},                 # optional
@@ -84,7 +98,7 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
 
 Report sections (headings, in order): Summary, Stability–plasticity, Methods table,
 [Learning-rate sweep], Paths, [Trajectory], Weight spectra, Activation geometry, CSD, DISeL gates,
-Capability drift, Claims, Delta-activation SAEs, Training, Configuration, Versions & timing. The bracketed ones appear only when
+Capability drift, Claims, Delta-activation SAEs, SFT vs RLVR, Training, Configuration, Versions & timing. The bracketed ones appear only when
 some method has a ``sweep`` / ``trajectory``.
 
 Formats: scores 3 decimals, Forget and gains (0-1 values) shown in points with 1 decimal,

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from peft_jax.report import formatting as fmt
+from peft_jax.report import rlvr as rlvr_lib
 from peft_jax.report import sae as sae_lib
 
 DASH = '—'
@@ -106,6 +107,7 @@ SECTIONS = (
   ('capability-drift', 'Capability drift'),
   ('claims', 'Claims'),
   ('delta-activation-saes', 'Delta-activation SAEs'),
+  ('sft-vs-rlvr', 'SFT vs RLVR'),
   ('training', 'Training'),
   ('configuration', 'Configuration'),
   ('versions-timing', 'Versions & timing'),
@@ -134,6 +136,9 @@ FIGURE_FILES = {
   'sae_alignment': 'sae_alignment.png',
   'sae_density': 'sae_density.png',
   'sae_divergence': 'sae_divergence.png',
+  'rlvr_plane': 'rlvr_plane.png',
+  'rlvr_passk': 'rlvr_passk.png',
+  'rlvr_reward': 'rlvr_reward.png',
 }
 
 
@@ -1115,6 +1120,87 @@ def _sae(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
   return blocks
 
 
+def _rlvr(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
+  entry = results.get('rlvr')
+  if entry is None:
+    return [_not_run("no RLVR phase (results['rlvr'] absent; config.rlvr.enabled)")]
+  methods, passk = entry['methods'], entry['passk']
+  ks = passk['ks']
+  k = ks[-1]
+  findings = []
+  for m, row in methods.items():
+    d = (row.get('difference') or {}).get('forget')
+    measured = (
+      'no interval'
+      if d is None
+      else fmt.fmt_points_ci(d['delta'], d['interval'], signed=True) + ' points'
+    )
+    findings.append(
+      f'{m}: RLVR forgets {row["forgets"]} than SFT (Forget RLVR − SFT {measured}).'
+      if row['forgets'] in ('less', 'more')
+      else f'{m}: Forget RLVR − SFT {measured}: {row["forgets"]}.'
+    )
+  for m, curves in passk['methods'].items():
+    d = curves['late_minus_early']
+    findings.append(
+      f'{m}: pass@{k} late − early (step {curves["late"]["step"]} vs {curves["early"]["step"]}) '
+      f'{fmt.fmt_signed_score(d["delta"])} {fmt.fmt_interval(d["interval"])}: '
+      + (
+        f'pass@{k} is {curves["late_vs_early"]} late than early.'
+        if curves['late_vs_early'] in ('lower', 'higher')
+        else f'{curves["late_vs_early"]}.'
+      )
+    )
+  return [
+    Paragraph(
+      "Each method fine-tuned a second time from the base by GRPO on the target's training "
+      "prompts, the target's verifiable scorer as the reward, and evaluated like its SFT model "
+      '(Target, General, Forget = General_base − General). Differences are RLVR − SFT with 95% '
+      f'paired bootstrap intervals (same examples, same resample indices; B = '
+      f"{int(entry['resamples']):,}); RLVR forgets less when the Forget difference's interval "
+      'lies below 0. pass@k: the unbiased estimator 1 − C(n − c, k) / C(n, k) from the counts c '
+      f'of correct samples among n = {passk["num_samples"]} per prompt on '
+      f'{passk["num_prompts"]} held-out target prompts, for the base, each SFT model and the '
+      'RLVR model early (a mid-training checkpoint) and late (final); late − early is paired '
+      'over prompts.'
+    ),
+    Paragraph('Measured in this run: ' + ' '.join(findings)),
+    Table(
+      'rlvr-table',
+      'SFT vs RLVR per method (95% intervals; Δ: RLVR − SFT, paired)',
+      rlvr_lib.COLUMNS,
+      tuple(rlvr_lib.row_cells(m, row) for m, row in methods.items()),
+      ('l',) + ('r',) * (len(rlvr_lib.COLUMNS) - 2) + ('l',),
+    ),
+    *_image(
+      figures,
+      'rlvr_plane',
+      'SFT vs RLVR on the stability–plasticity plane',
+      'General vs Target: the base (star), each method after SFT (hollow) and after RLVR '
+      '(filled), an arrow from SFT to RLVR.',
+    ),
+    *_image(
+      figures,
+      'rlvr_passk',
+      'pass@k curves',
+      'pass@k against k (log axis) per method: base, SFT, RLVR early and late.',
+    ),
+    Table(
+      'rlvr-passk-table',
+      f'pass@k on {passk["num_prompts"]} held-out prompts, n = {passk["num_samples"]} samples',
+      rlvr_lib.passk_columns(ks),
+      rlvr_lib.passk_rows(passk),
+      ('l', 'l', 'r') + ('r',) * len(ks),
+    ),
+    *_image(
+      figures,
+      'rlvr_reward',
+      'RLVR training reward',
+      "Mean reward of each GRPO step's completions, per method.",
+    ),
+  ]
+
+
 def _training(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
   methods = results['methods']
   having = [n for n, m in methods.items() if m.get('train_loss') is not None]
@@ -1346,6 +1432,7 @@ def build_document(results: Mapping[str, Any], figures: Mapping[str, str]) -> Do
     'capability-drift': _drift(results, figures),
     'claims': _claims(results),
     'delta-activation-saes': _sae(results, figures),
+    'sft-vs-rlvr': _rlvr(results, figures),
     'training': _training(results, figures),
     'configuration': _configuration(results),
     'versions-timing': _versions_timing(results),

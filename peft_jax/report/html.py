@@ -17,6 +17,7 @@ from peft_jax.common.files import write_text as atomic_write_text
 from peft_jax.report import document as doc
 from peft_jax.report import figures as figs
 from peft_jax.report import markdown as md
+from peft_jax.report import rlvr as rlvr_lib
 from peft_jax.report import sae as sae_lib
 from peft_jax.report.schema import validate_results
 
@@ -167,6 +168,10 @@ def _draw_figures(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
   if results.get('sae') is not None:
     for name in sae_lib.FIGURES:
       drawn[name] = sae_lib.PLOTS[name](results['sae'], path(name))
+  if results.get('rlvr') is not None:
+    drawn['rlvr_plane'] = rlvr_lib.plot_plane(results['rlvr'], base, path('rlvr_plane'))
+    drawn['rlvr_passk'] = rlvr_lib.plot_passk(results['rlvr'], path('rlvr_passk'))
+    drawn['rlvr_reward'] = rlvr_lib.plot_reward(results['rlvr'], path('rlvr_reward'))
   if results.get('disel_gates') is not None:
     drawn['disel_gates'] = figs.plot_disel_gates(results['disel_gates'], path('disel_gates'))
   if results.get('drift') is not None:

@@ -8,7 +8,7 @@ matplotlib traceback halfway through the report.
 Required keys must be present. Optional keys (per-method paths, spectra, activation geometry,
 CSD, training loss, intervals, paired differences, example counts, learning-rate sweep and
 trajectory; the base's intervals and counts; the top-level DISeL gates, capability drift, the
-drift study, claims, the delta-activation SAE study, bootstrap settings, config, versions and timing) may be absent or ``None``:
+drift study, claims, the delta-activation SAE study, the SFT-vs-RLVR comparison, bootstrap settings, config, versions and timing) may be absent or ``None``:
 the report then renders that section with a "not run" note, shows a score without its interval, or (sweep,
 trajectory) leaves the section out. When an optional entry is present, its own keys are required
 and checked like the rest.
@@ -44,6 +44,7 @@ OPTIONAL_TOP_KEYS = (
   'drift_study',
   'claims',
   'sae',
+  'rlvr',
   'bootstrap',
   'config',
   'versions',
@@ -463,6 +464,79 @@ def _check_sae(sae: Any) -> None:
   _check_claims(_require_key(sae, 'claims', parts), [*parts, 'claims'])
 
 
+def _check_rlvr_scores(value: Any, parts: list) -> None:
+  scores = _require_mapping(value, parts)
+  for key in ('target', 'general', 'forget'):
+    _require_number(_require_key(scores, key, parts), [*parts, key])
+  found = _require_mapping(_require_key(scores, 'intervals', parts), [*parts, 'intervals'])
+  for key in ('target', 'general'):
+    _check_interval(found.get(key), [*parts, 'intervals', key])
+
+
+def _check_passk_curve(value: Any, parts: list, ks: list, *, step: bool) -> None:
+  curve = _require_mapping(value, parts)
+  n = _require_int(_require_key(curve, 'num_samples', parts), [*parts, 'num_samples'])
+  if n < max(ks):
+    _fail([*parts, 'num_samples'], f'expected >= the largest k ({max(ks)}), got {n}')
+  counts = _require_sequence(_require_key(curve, 'counts', parts), [*parts, 'counts'])
+  if not counts:
+    _fail([*parts, 'counts'], 'expected one correct-sample count per prompt, got none')
+  for i, c in enumerate(counts):
+    if not 0 <= _require_int(c, [*parts, 'counts', i]) <= n:
+      _fail([*parts, 'counts', i], f'expected a count in [0, {n}], got {c}')
+  _require_numbers(_require_key(curve, 'curve', parts), [*parts, 'curve'], length=len(ks))
+  if step:
+    _require_int(_require_key(curve, 'step', parts), [*parts, 'step'])
+
+
+def _check_rlvr(rlvr: Any) -> None:
+  """The ``rlvr`` entry (``peft_jax.report.rlvr.results_entry`` of the arena's RLVR phase)."""
+  parts = ['rlvr']
+  rlvr = _require_mapping(rlvr, parts)
+  _require_str(_require_key(rlvr, 'target_task', parts), [*parts, 'target_task'])
+  _require_int(_require_key(rlvr, 'resamples', parts), [*parts, 'resamples'])
+  methods = _require_mapping(_require_key(rlvr, 'methods', parts), [*parts, 'methods'])
+  if not methods:
+    _fail([*parts, 'methods'], 'expected at least one method')
+  for name, row in methods.items():
+    where = [*parts, 'methods', name]
+    row = _require_mapping(row, where)
+    for key in ('sft', 'rlvr'):
+      _check_rlvr_scores(_require_key(row, key, where), [*where, key])
+    if row.get('difference') is not None:
+      difference = _require_mapping(row['difference'], [*where, 'difference'])
+      for key in ('target', 'forget'):
+        _check_difference(
+          _require_key(difference, key, [*where, 'difference']), [*where, 'difference', key]
+        )
+    _require_str(_require_key(row, 'forgets', where), [*where, 'forgets'])
+    for key in ('steps', 'early_step'):
+      _require_int(_require_key(row, key, where), [*where, key])
+    _require_number(_require_key(row, 'train_time_s', where), [*where, 'train_time_s'])
+    steps = _require_sequence(_require_key(row, 'step', where), [*where, 'step'])
+    _require_numbers(
+      _require_key(row, 'reward_mean', where), [*where, 'reward_mean'], length=len(steps)
+    )
+  passk = _require_mapping(_require_key(rlvr, 'passk', parts), [*parts, 'passk'])
+  where = [*parts, 'passk']
+  ks = _require_sequence(_require_key(passk, 'ks', where), [*where, 'ks'])
+  if not ks:
+    _fail([*where, 'ks'], 'expected a non-empty list of k')
+  ks = [_require_int(k, [*where, 'ks', i]) for i, k in enumerate(ks)]
+  if min(ks) < 1 or ks != sorted(set(ks)):
+    _fail([*where, 'ks'], f'expected increasing k >= 1, got {ks}')
+  _check_passk_curve(_require_key(passk, 'base', where), [*where, 'base'], ks, step=False)
+  curves = _require_mapping(_require_key(passk, 'methods', where), [*where, 'methods'])
+  for name, entry in curves.items():
+    at = [*where, 'methods', name]
+    entry = _require_mapping(entry, at)
+    _check_passk_curve(_require_key(entry, 'sft', at), [*at, 'sft'], ks, step=False)
+    for key in ('early', 'late'):
+      _check_passk_curve(_require_key(entry, key, at), [*at, key], ks, step=True)
+    _check_difference(_require_key(entry, 'late_minus_early', at), [*at, 'late_minus_early'])
+    _require_str(_require_key(entry, 'late_vs_early', at), [*at, 'late_vs_early'])
+
+
 def _check_timing(timing: Any) -> None:
   parts = ['timing']
   timing = _require_mapping(timing, parts)
@@ -507,6 +581,8 @@ def validate_results(results: Mapping[str, Any]) -> None:
     _check_claims(results['claims'])
   if results.get('sae') is not None:
     _check_sae(results['sae'])
+  if results.get('rlvr') is not None:
+    _check_rlvr(results['rlvr'])
   if results.get('bootstrap') is not None:
     bootstrap = _require_mapping(results['bootstrap'], ['bootstrap'])
     _require_int(_require_key(bootstrap, 'resamples', ['bootstrap']), ['bootstrap', 'resamples'])

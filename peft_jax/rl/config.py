@@ -117,6 +117,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       'config.grad_accum_steps must be 1 for GRPO (the whole generation batch is one update)'
     )
+  stop_step = config.get('stop_step', 0)
+  if not isinstance(stop_step, int) or isinstance(stop_step, bool):
+    raise ValueError(f'config.stop_step={stop_step!r} must be an integer')
+  if not 0 <= stop_step <= config.total_steps:
+    raise ValueError(
+      f'config.stop_step={stop_step} must be in [0, total_steps={config.total_steps}] (0: the end)'
+    )
   if config.checkpoint.every_steps <= 0:
     raise ValueError(f'config.checkpoint.every_steps={config.checkpoint.every_steps} must be > 0')
   task_spec(grpo.task, 'grpo.task')

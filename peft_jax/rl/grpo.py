@@ -215,14 +215,13 @@ def _advantages_and_stats(rewards, group_size: int, scale_rewards: str, eps: flo
   return advantages, objective.group_reward_stats(rewards, group_size)
 
 
-def pass_at_k_curve(
+def correct_counts(
   model: Any,
   params: PyTree,
   tokenizer: Any,
   task: Task,
   *,
   num_samples: int,
-  ks: Sequence[int],
   key: jax.Array,
   temperature: float = 1.0,
   top_p: float = 1.0,
@@ -232,21 +231,13 @@ def pass_at_k_curve(
   bucket: int = 32,
   reward_fn: Optional[RewardFn] = None,
   mesh=None,
-) -> dict[str, float]:
-  """Unbiased pass@k (``evals.scorers.pass_at_k``) of ``params`` on ``task``.
-
-  Draws ``num_samples`` completions of every example with the group sampler (prompts in
-  batches of ``prompts_per_batch``; the last batch is filled by repeating its last prompt so
-  each bucket compiles once), counts the correct ones (score of the task's correctness metric
-  above 0.5) and averages ``1 - C(n - c, k) / C(n, k)`` over examples.
-
-  Returns:
-    ``{'pass@k': value for k in ks}`` plus ``'mean_reward'`` (avg@n of the reward) and
-    ``'num_examples'``.
-  """
-  bad = [k for k in ks if not 1 <= int(k) <= num_samples]
-  if bad:
-    raise ValueError(f'pass@k needs 1 <= k <= num_samples={num_samples}; got {bad}')
+) -> tuple[np.ndarray, np.ndarray]:
+  """``(counts [prompts] int32, rewards [prompts, num_samples] float32)`` of ``params`` on
+  ``task``: ``num_samples`` completions of every example drawn with the group sampler (prompts
+  in batches of ``prompts_per_batch``; the last batch is filled by repeating its last prompt so
+  each bucket compiles once), each scored by ``reward_fn`` (default: the task's correctness
+  metric); a count is the number of samples whose reward is above 0.5. Batch ``b`` samples
+  with ``fold_in(key, b)``, so the same key gives every model the same random numbers."""
   reward_fn = reward_fn or task_reward(task)
   settings = ml_collections.ConfigDict(
     dict(
@@ -278,11 +269,69 @@ def pass_at_k_curve(
     )
     rewards.append(reward.reshape(prompts_per_batch, num_samples)[:real])
   rewards = np.concatenate(rewards)
-  counts = np.sum(rewards > 0.5, axis=1).astype(np.int32)
-  estimates = _mean_pass_at_ks(counts, num_samples, tuple(int(k) for k in ks))
-  out = {f'pass@{int(k)}': float(v) for k, v in zip(ks, jax.device_get(estimates))}
+  return np.sum(rewards > 0.5, axis=1).astype(np.int32), rewards
+
+
+def mean_pass_at_ks(counts: np.ndarray, num_samples: int, ks: Sequence[int]) -> dict[str, float]:
+  """``{'pass@k': mean over prompts of the unbiased pass@k}`` (``evals.scorers.pass_at_k``,
+  float32, one program) of per-prompt correct counts out of ``num_samples``."""
+  bad = [k for k in ks if not 1 <= int(k) <= num_samples]
+  if bad:
+    raise ValueError(f'pass@k needs 1 <= k <= num_samples={num_samples}; got {bad}')
+  counts = np.asarray(counts, np.int32)
+  estimates = _mean_pass_at_ks(counts, int(num_samples), tuple(int(k) for k in ks))
+  return {f'pass@{int(k)}': float(v) for k, v in zip(ks, jax.device_get(estimates))}
+
+
+def pass_at_k_curve(
+  model: Any,
+  params: PyTree,
+  tokenizer: Any,
+  task: Task,
+  *,
+  num_samples: int,
+  ks: Sequence[int],
+  key: jax.Array,
+  temperature: float = 1.0,
+  top_p: float = 1.0,
+  top_k: int = 0,
+  max_new_tokens: Optional[int] = None,
+  prompts_per_batch: int = 8,
+  bucket: int = 32,
+  reward_fn: Optional[RewardFn] = None,
+  mesh=None,
+) -> dict[str, float]:
+  """Unbiased pass@k (``evals.scorers.pass_at_k``) of ``params`` on ``task``.
+
+  Counts the correct samples of every example (:func:`correct_counts`, the same arguments)
+  and averages ``1 - C(n - c, k) / C(n, k)`` over examples.
+
+  Returns:
+    ``{'pass@k': value for k in ks}`` plus ``'mean_reward'`` (avg@n of the reward) and
+    ``'num_examples'``.
+  """
+  bad = [k for k in ks if not 1 <= int(k) <= num_samples]
+  if bad:
+    raise ValueError(f'pass@k needs 1 <= k <= num_samples={num_samples}; got {bad}')
+  counts, rewards = correct_counts(
+    model,
+    params,
+    tokenizer,
+    task,
+    num_samples=num_samples,
+    key=key,
+    temperature=temperature,
+    top_p=top_p,
+    top_k=top_k,
+    max_new_tokens=max_new_tokens,
+    prompts_per_batch=prompts_per_batch,
+    bucket=bucket,
+    reward_fn=reward_fn,
+    mesh=mesh,
+  )
+  out = mean_pass_at_ks(counts, num_samples, ks)
   out['mean_reward'] = float(np.mean(rewards))
-  out['num_examples'] = float(len(examples))
+  out['num_examples'] = float(len(task.examples))
   return out
 
 
@@ -420,9 +469,12 @@ def train(
     writer.write(0, {f'eval/{k}': v for k, v in result.items()})
 
   compiles_before = training.train_step._cache_size()  # pylint: disable=protected-access
-  progress = range(start_step, config.total_steps)
+  # stop_step: end this call after that step, on the schedule of total_steps (a later call with
+  # stop_step 0 continues the same run to the end, bit for bit), as the SFT trainer.
+  last = int(config.get('stop_step', 0) or 0) or config.total_steps
+  progress = range(start_step, last)
   if config.progress_bar and jax.process_index() == 0:
-    progress = tqdm(progress, initial=start_step, total=config.total_steps, desc='grpo')
+    progress = tqdm(progress, initial=start_step, total=last, desc='grpo')
   try:
     stop.install()
     for step in progress:
@@ -489,9 +541,9 @@ def train(
         evals.append((step + 1, result))
         scalars.update({f'eval/{k}': v for k, v in result.items()})
       history.append((step + 1, scalars))
-      if (step + 1) % config.log_every == 0 or step + 1 == config.total_steps:
+      if (step + 1) % config.log_every == 0 or step + 1 in (last, config.total_steps):
         writer.write(step + 1, scalars)
-      if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == config.total_steps:
+      if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 in (last, config.total_steps):
         checkpointer.save(step + 1, state, prompts.get_state())
       if config.throttle_s:
         time.sleep(config.throttle_s)
@@ -507,7 +559,8 @@ def train(
       writer.close()
 
   tree = adapter_api.combine(state.params, training.frozen)
-  export_run(config, workdir, method, tree, model_config, hf_tokenizer)
+  if last == config.total_steps:  # a call stopped early (stop_step) exports nothing yet
+    export_run(config, workdir, method, tree, model_config, hf_tokenizer)
   compiles = training.train_step._cache_size() - compiles_before  # pylint: disable=protected-access
   return GRPOResult(
     state=state,

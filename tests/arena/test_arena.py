@@ -5,7 +5,9 @@ HF export) and runs the smoke preset on it; the tests read what it wrote.
 """
 
 import json
+import math
 import os
+from fractions import Fraction
 
 import helpers_hf
 import numpy as np
@@ -16,6 +18,7 @@ from configs.arena import quick as arena_presets
 from peft_jax.arena import context, pipeline, study
 from peft_jax.arena import stages as stages_lib
 from peft_jax.report import SECTIONS, claims
+from peft_jax.report import rlvr as report_rlvr
 from peft_jax.report import sae as report_sae
 from peft_jax.train import trainer
 
@@ -23,10 +26,12 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 def smoke_config(base: str):
-  """The smoke preset on ``base`` with its smallest SAE study turned on (the ``sae`` stage)."""
+  """The smoke preset on ``base`` with its smallest SAE study (the ``sae`` stage) and RLVR
+  phase (full FT: ``rlvr_full``, ``eval_rlvr_full``, ``passk``) turned on."""
   config = arena_presets.get_config('smoke')
   config.base = base
   config.sae.enabled = True
+  config.rlvr.enabled = True
   return config
 
 
@@ -170,6 +175,61 @@ def test_sae_section_from_the_stage_outputs(arena_run):
     f'{mmcs["value"]:.3f} [{mmcs["interval"][0]:.3f}, {mmcs["interval"][1]:.3f}] |'
   ) in section
   for name in report_sae.FIGURES:
+    assert f'{name}.png' in section
+
+
+def test_rlvr_section_from_the_stage_outputs(arena_run):
+  config, workdir, results = arena_run
+  runner = stages_lib.StageRunner(workdir)
+  (m,) = config.rlvr.methods  # full: the changed LoRA rank below leaves the phase alone
+  base, sft = runner.result('base_eval'), runner.result(f'eval_{m}')
+  rl, run = runner.result(f'eval_rlvr_{m}'), runner.result(f'rlvr_{m}')
+  passk = runner.result('passk')
+  entry = results['rlvr']
+  row = entry['methods'][m]
+  assert list(entry['methods']) == [m]
+  for name, ev in (('sft', sft), ('rlvr', rl)):
+    assert row[name]['target'] == ev['tasks'][config.target]
+    assert row[name]['general'] == ev['general']
+    assert row[name]['forget'] == pytest.approx(base['general'] - ev['general'], abs=1e-15)
+  forget = row['difference']['forget']
+  assert forget['delta'] == pytest.approx(sft['general'] - rl['general'], abs=1e-12)
+  assert row['difference']['target']['delta'] == pytest.approx(
+    rl['tasks'][config.target] - sft['tasks'][config.target], abs=1e-12
+  )
+  # 2 GRPO steps, the early pass@k after step 1; the reward curve is the run's metrics.jsonl.
+  assert (run['steps'], run['early_step']) == (row['steps'], row['early_step']) == (2, 1)
+  logged = [json.loads(line) for line in open(os.path.join(run['run_dir'], 'metrics.jsonl'))]
+  assert row['reward_mean'] == [m['reward_mean'] for m in logged] and len(logged) == 2
+  assert all(0.0 <= r <= 1.0 for r in row['reward_mean'])
+  # pass@k: 4 held-out prompts x 4 samples per model; the RLVR counts are the run's own.
+  n, ks = config.rlvr.passk.num_samples, list(config.rlvr.passk.ks)
+  assert passk['methods'][m]['early'] == run['passk']['early']
+  assert passk['methods'][m]['late'] == run['passk']['late']
+  curves = entry['passk']['methods'][m]
+  stage_entries = [('base', passk['base'], entry['passk']['base'])] + [
+    (name, passk['methods'][m][name], curves[name]) for name in ('sft', 'early', 'late')
+  ]
+  for name, stage, shown in stage_entries:
+    assert len(stage['counts']) == config.rlvr.passk.num_prompts, name
+    assert shown['counts'] == stage['counts'] and stage['num_samples'] == n
+    exact = [
+      float(np.mean([1 - Fraction(math.comb(n - c, k), math.comb(n, k)) for c in stage['counts']]))
+      for k in ks
+    ]
+    # float64: n factors, each rounded in its division and in the product
+    np.testing.assert_allclose(shown['curve'], exact, rtol=0, atol=2 * n * 2.3e-16)
+    # the stage's float32 estimator (evals.scorers.pass_at_k, log space): n log1p terms, their
+    # sum, the exp and the mean over prompts, each rounded to 2^-24 relative, at most 1 each
+    float32 = [stage['pass_at_k'][f'pass@{k}'] for k in ks]
+    np.testing.assert_allclose(float32, exact, rtol=0, atol=(2 * n + 4) * 2.0**-24)
+  assert (curves['early']['step'], curves['late']['step']) == (1, 2)
+  markdown = open(os.path.join(workdir, 'report', 'index.md')).read()
+  section = markdown.split('## SFT vs RLVR', 1)[1].split('\n## ', 1)[0]
+  assert '| ' + ' | '.join(report_rlvr.row_cells(m, row)) + ' |' in section
+  late = ' | '.join(f'{v:.3f}' for v in curves['late']['curve'])
+  assert f'| {m} | RLVR late | 2 | {late} |' in section
+  for name in report_rlvr.FIGURES:
     assert f'{name}.png' in section
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from peft_jax import report
 from peft_jax.arena import drift_study
 from peft_jax.evals import drift
+from peft_jax.report import rlvr as report_rlvr
 from peft_jax.report import sae as report_sae
 from peft_jax.report import schema
 
@@ -27,6 +28,7 @@ HEADINGS = (
   'Capability drift',
   'Claims',
   'Delta-activation SAEs',
+  'SFT vs RLVR',
   'Training',
   'Configuration',
   'Versions & timing',
@@ -194,6 +196,78 @@ def make_sae_study(
   }
 
 
+def _eval(general_rows, target_rows):
+  """An eval_<m>-like result on one target task (gsm) and one general task (nq)."""
+  return {
+    'tasks': {'gsm': float(np.mean(target_rows)), 'nq': float(np.mean(general_rows))},
+    'general': float(np.mean(general_rows)),
+    'intervals': {'tasks': {'gsm': [0.0, 1.0], 'nq': [0.0, 1.0]}, 'general': [0.0, 1.0]},
+    'per_example': {
+      'gsm': {'kind': 'target', 'numerator': [int(v) for v in target_rows]},
+      'nq': {'kind': 'general', 'numerator': [int(v) for v in general_rows]},
+    },
+  }
+
+
+def rlvr_stage_outputs():
+  """Hand-made stage results of the RLVR phase: base / SFT / RLVR evaluations on gsm and nq
+  (SFT loses 40 of the base's general items, RLVR 4), a 6-step run and pass@k counts."""
+  rng = np.random.default_rng(0)
+  base_general = (rng.uniform(size=64) < 0.8).astype(int)
+  base = _eval(base_general, np.zeros(32, int))
+  base['bootstrap'] = {'resamples': 500, 'seed': 0, 'confidence': 0.95}
+  # SFT forgets a lot (40 of the base's general items lost), RLVR a little (4 lost).
+  sft_general, rlvr_general = base_general.copy(), base_general.copy()
+  correct = np.flatnonzero(base_general)
+  sft_general[correct[:40]] = 0
+  rlvr_general[correct[:4]] = 0
+  sft = _eval(sft_general, (np.arange(32) % 4 == 0).astype(int))
+  rl = _eval(rlvr_general, (np.arange(32) % 8 == 0).astype(int))
+  n, prompts = 16, 12
+
+  def entry(counts, step=None):
+    out = {'counts': counts, 'num_samples': n, 'pass_at_k': {}, 'mean_reward': 0.0}
+    return out if step is None else dict(out, step=step)
+
+  # Early: every prompt solved now and then; late: the same pass@1 mass on fewer prompts.
+  early = [4] * prompts
+  late = [12] * 4 + [0] * (prompts - 4)
+  run = {
+    'steps': 6,
+    'early_step': 3,
+    'peak_lr': 1e-3,
+    'train_time_s': 12.5,
+    'step': [1, 2, 3, 4, 5, 6],
+    'reward_mean': [0.1, 0.2, 0.2, 0.3, 0.3, 0.4],
+    'kl': [0.0, 0.01, 0.02, 0.02, 0.03, 0.03],
+    'passk': {'early': entry(early, 3), 'late': entry(late, 6)},
+  }
+  passk = {
+    'task': 'gsm',
+    'num_prompts': prompts,
+    'num_samples': n,
+    'ks': [1, 2, 4, 8, 16],
+    'base': entry([0] * prompts),
+    'methods': {'lora': {'sft': entry([2] * prompts), **run['passk']}},
+  }
+  return base, sft, rl, run, passk
+
+
+def rlvr_entry():
+  base, sft, rl, run, passk = rlvr_stage_outputs()
+  return report_rlvr.results_entry(
+    base=base,
+    sft={'lora': sft},
+    rlvr={'lora': rl},
+    runs={'lora': run},
+    passk=passk,
+    target='gsm',
+    general_tasks=['nq'],
+    resamples=500,
+    seed=0,
+  )
+
+
 def make_results(seed: int = 0) -> dict:
   """A realistic arena results dict: 8 methods, 4 layers, 8 rank components, seeded numbers."""
   rng = np.random.default_rng(seed)
@@ -335,6 +409,7 @@ def make_results(seed: int = 0) -> dict:
       ),
       resamples=200,
     ),
+    'rlvr': rlvr_entry(),
     'config': {
       'model': {'name': 'bundled:tiny', 'layers': NUM_LAYERS},
       'train': {'steps': 120, 'lr': 2e-4, 'batch_size': 8},
@@ -729,6 +804,7 @@ NOT_RUN_SECTIONS = {
   'capability-drift': 'Capability drift',
   'claims': 'Claims',
   'delta-activation-saes': 'Delta-activation SAEs',
+  'sft-vs-rlvr': 'SFT vs RLVR',
   'training': 'Training',
   'configuration': 'Configuration',
   'versions-timing': 'Versions & timing',

@@ -240,3 +240,24 @@ def test_sigkill_and_rerun_is_bit_identical(reference, task_path, cache_dir, tmp
     assert {k: v for k, v in row.items() if k not in TIMING} == {
       k: v for k, v in ref_row.items() if k not in TIMING
     }
+
+
+def test_stop_step_then_continue_is_bit_identical(reference, task_path, tmp_path):
+  # The arena's RLVR stage stops a run at its early step (here 3, off the checkpoint grid of 2)
+  # and continues it: the end equals the uninterrupted run, and the stopped call exports nothing.
+  reference_dir, _ = reference
+  workdir = str(tmp_path / 'stopped')
+  config = _config(task_path)
+  config.stop_step = STEPS - 1
+  stopped = grpo.train(config, workdir)
+  assert len(stopped.metrics) == STEPS - 1 and stopped.metrics[-1][0] == STEPS - 1
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(STEPS - 1)))
+  continued = grpo.train(_config(task_path), workdir)
+  assert continued.start_step == STEPS - 1 and len(continued.metrics) == 1
+  state, data = _checkpoint(workdir, STEPS)
+  ref_state, ref_data = _checkpoint(reference_dir, STEPS)
+  assert data == ref_data and sorted(state) == sorted(ref_state)
+  for name in ref_state:
+    np.testing.assert_array_equal(state[name], ref_state[name], err_msg=name)
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+  assert strip(read_metrics(workdir)) == strip(read_metrics(reference_dir))
