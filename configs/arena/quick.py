@@ -183,6 +183,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # training problems (the sweep's validation rows held out) with the target's scorer as the
   # reward, at the method's configured peak_lr x lr_factor; `train` overrides the GRPO config
   # (peft_jax.rl.config.default_config; model, adapter, seed, mesh and task are the arena's).
+  # skip_no_signal: a batch whose groups all have equal rewards is not applied (no reward
+  # signal; otherwise Adam turns the KL term's rounding noise into a step, docs/RLVR.md).
   # pass@k of base, SFT and RLVR early (early_fraction of the steps) and late on the first
   # passk.num_prompts test prompts of the target. enabled=False: the report says "Not run".
   # The bundled base scores 0 on GSM, so every reward is 0 and GRPO has no signal: the quick
@@ -198,7 +200,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       train=dict(
         total_steps=4,
         log_every=1,
-        grpo=dict(group_size=4, prompts_per_step=4, max_new_tokens=40, beta=0.04),
+        grpo=dict(
+          group_size=4, prompts_per_step=4, max_new_tokens=40, beta=0.04, skip_no_signal=True
+        ),
       ),
       passk=dict(
         num_prompts=8,
@@ -303,7 +307,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.rlvr.train = dict(
       total_steps=2,
       log_every=1,
-      grpo=dict(group_size=2, prompts_per_step=4, max_new_tokens=8, beta=0.04),
+      grpo=dict(group_size=2, prompts_per_step=4, max_new_tokens=8, beta=0.04, skip_no_signal=True),
     )
     config.rlvr.passk.update(
       dict(num_prompts=4, num_samples=4, ks=(1, 2, 4), max_new_tokens=8, prompts_per_batch=4)

@@ -115,7 +115,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.rlvr.train = dict(
     total_steps=4,
     log_every=1,
-    grpo=dict(group_size=4, prompts_per_step=2, max_new_tokens=48, beta=0.04),
+    grpo=dict(group_size=4, prompts_per_step=2, max_new_tokens=48, beta=0.04, skip_no_signal=True),
   )
   config.rlvr.passk.update(
     dict(num_prompts=4, num_samples=8, ks=(1, 2, 4, 8), max_new_tokens=48, prompts_per_batch=4)
@@ -153,7 +153,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.rlvr.train = dict(
       total_steps=200,
       log_every=1,
-      grpo=dict(group_size=8, prompts_per_step=8, max_new_tokens=128, beta=0.04),
+      grpo=dict(
+        group_size=8, prompts_per_step=8, max_new_tokens=128, beta=0.04, skip_no_signal=True
+      ),
     )
     config.rlvr.passk.update(
       dict(

@@ -51,6 +51,9 @@ def default_config() -> ml_collections.ConfigDict:
       loss_type='grpo',  # 'grpo' | 'bnpo' | 'dapo' | 'dr_grpo' (peft_jax.rl.objective)
       scale_rewards='group',  # 'group' | 'batch' | 'none'
       advantage_eps=1e-4,
+      # Skip the update of a batch whose advantages are all 0 (every group's rewards equal):
+      # otherwise Adam turns the KL term's rounding noise into a full-size step (docs/RLVR.md).
+      skip_no_signal=False,
       # Held-out pass@k: every eval_every steps (and before the first and after the last step)
       # when eval_task.path is set; eval_samples completions per prompt at eval_temperature.
       eval_task=dict(type='gsm8k', path='', limit=0),

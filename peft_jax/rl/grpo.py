@@ -418,6 +418,7 @@ def train(
       temperature=grpo.temperature,
       reuse_batch=reuse,
       dropout=method.needs_rng,
+      skip_no_signal=bool(grpo.get('skip_no_signal', False)),
     ),
   )
   del params

@@ -97,6 +97,7 @@ def make_grpo_step(
   temperature: float,
   reuse_batch: bool,
   dropout: bool = False,
+  skip_no_signal: bool = False,
 ) -> Callable:
   """A ``step_builder(optimizer, schedule)`` for ``train.setup.setup_training``.
 
@@ -108,11 +109,17 @@ def make_grpo_step(
       ``batch['old_log_probs']`` (:func:`make_prepare`); otherwise against the step's own
       (stop-gradient) log-probs.
     dropout: pass the step's rng to the model (adapter dropout).
+    skip_no_signal: leave params and optimizer state unchanged (the step counter still
+      advances) when every advantage of the batch is 0, i.e. every group's rewards are equal.
+      Without it such a batch still moves the weights: its only gradient is the KL term's, which
+      is float rounding while the policy equals the reference, and Adam normalises that into a
+      full-size update (docs/RLVR.md, "The arena phase"). Off by default, as in TRL.
   Returns:
     ``builder(optimizer, schedule) -> step(state, frozen, batch) -> (state, metrics)``. Metrics:
     ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``ratio_mean``, ``entropy`` (token
     mean), ``grad_norm`` (before clipping), ``param_norm``, ``update_norm``, ``lr`` and
-    ``update_norm/layers_i``.
+    ``update_norm/layers_i``; with ``skip_no_signal`` also ``skipped`` (1.0 when the update
+    was skipped).
   """
 
   def builder(optimizer: optax.GradientTransformation, schedule: Optional[optax.Schedule]):
@@ -144,8 +151,16 @@ def make_grpo_step(
       (loss, stats), grads = grad_fn(state.params, frozen, batch, rng)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
+      skipped = {}
+      if skip_no_signal:
+        signal = jnp.any(batch['advantages'] != 0)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(signal, n, o), new, old)
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        updates = jax.tree.map(lambda u: jnp.where(signal, u, jnp.zeros_like(u)), updates)
+        skipped = dict(skipped=1.0 - signal.astype(jnp.float32))
       metrics = dict(
         stats,
+        **skipped,
         loss=loss,
         grad_norm=optax.tree.norm(grads),
         param_norm=optax.tree.norm(params),

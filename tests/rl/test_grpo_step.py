@@ -136,7 +136,7 @@ def prepared(base, batch):
   return dict(batch, old_log_probs=jax.device_get(old))
 
 
-def _grpo_updates(base, prepared, mesh, updates=2):
+def _grpo_updates(base, prepared, mesh, updates=2, skip_no_signal=False, with_state=False):
   model, params = base
   tree = _lora_tree(params)
   training = setup_training(
@@ -147,14 +147,19 @@ def _grpo_updates(base, prepared, mesh, updates=2):
     mesh=mesh,
     optimizer_kwargs=dict(peak_lr=1e-2, total_steps=updates, clip_norm=1.0),
     batch_keys=rl_step.BATCH_KEYS,
-    step_builder=rl_step.make_grpo_step(model, LOSS, temperature=TEMPERATURE, reuse_batch=True),
+    step_builder=rl_step.make_grpo_step(
+      model, LOSS, temperature=TEMPERATURE, reuse_batch=True, skip_no_signal=skip_no_signal
+    ),
   )
+  initial = jax.device_get((training.state.params, training.state.opt_state))
   placed = parallel.global_batch(prepared, mesh, B)
   step = training.train_step.lower(training.state, training.frozen, placed).compile(O0)
   state, history = training.state, []
   for _ in range(updates):
     state, metrics = step(state, training.frozen, placed)
     history.append(jax.device_get(metrics))
+  if with_state:
+    return history, initial, jax.device_get((state.params, state.opt_state, state.step))
   return history, jax.device_get(state.params)
 
 
@@ -177,3 +182,34 @@ def test_sharded_grpo_update_matches_one_device(base, prepared, single_device, s
       np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
   for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_skip_no_signal_leaves_a_batch_without_signal_unapplied(base, prepared, single_device):
+  """Every advantage 0 (all groups' rewards equal): unflagged, the optimizer still takes the
+  step (its state advances; in the arena the KL term's rounding noise, |g| ~ 1e-7, then becomes
+  an Adam step of about lr per coordinate); ``skip_no_signal`` leaves params and optimizer state
+  bit-identical and still advances the step counter. With signal the flag changes nothing."""
+  silent = dict(prepared, advantages=np.zeros_like(prepared['advantages']))
+  mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+
+  def changed(before, after):
+    return any(
+      not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))
+    )
+
+  _, initial, (params, opt_state, _) = _grpo_updates(base, silent, mesh, with_state=True)
+  assert changed(initial[1], opt_state)  # unflagged: Adam's moments / count advanced
+  history, initial, (params, opt_state, step) = _grpo_updates(
+    base, silent, mesh, skip_no_signal=True, with_state=True
+  )
+  assert [h['skipped'] for h in history] == [1.0, 1.0] and int(step) == 2
+  assert [float(h['update_norm']) for h in history] == [0.0, 0.0]
+  assert not changed(initial, (params, opt_state))
+  flagged, flagged_params = _grpo_updates(base, prepared, mesh, skip_no_signal=True)
+  plain, plain_params = single_device
+  assert [h['skipped'] for h in flagged] == [0.0, 0.0] and plain[0]['update_norm'] > 0
+  for got, expected in zip(flagged, plain):
+    for key in ('loss', 'kl', 'grad_norm', 'update_norm'):
+      np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, err_msg=key)
+  for got, expected in zip(jax.tree.leaves(flagged_params), jax.tree.leaves(plain_params)):
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
