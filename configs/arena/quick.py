@@ -37,16 +37,20 @@ def method_configs(peak_lrs: dict, adapter_kwargs: dict) -> ml_collections.Confi
 
 def adapter_shapes(vera_rank: int, oft_block_size: int) -> dict:
   """PEFT-Arena's adapter shapes per method; VeRA's rank and OFT's block size scale with the
-  model (shared with configs/arena/real.py)."""
-  low_rank = dict(rank=8, alpha=16.0)
+  model (shared with configs/arena/real.py). A fresh dict per method: ConfigDict keeps one
+  object given twice as one node, so an override of one method would change the others."""
+
+  def low_rank(**extra):
+    return dict(rank=8, alpha=16.0, **extra)
+
   return dict(
-    lora=low_rank,
-    dora=low_rank,
-    pissa=low_rank,
+    lora=low_rank(),
+    dora=low_rank(),
+    pissa=low_rank(),
     vera=dict(rank=vera_rank),
     oft=dict(block_size=oft_block_size),
     miss=dict(rank=16),
-    disel=low_rank | dict(gate_bias_init=-3.0, gate_lr_mult=5.0),
+    disel=low_rank(gate_bias_init=-3.0, gate_lr_mult=5.0),
   )
 
 
