@@ -123,9 +123,24 @@ def _torch_side(method, dtype):
     from peft_jax.hub import gguf  # pylint: disable=g-import-not-at-top
 
     path = gguf.named_base_path(SMOLLM)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
       str(path.parent), gguf_file=path.name, dtype=torch.float32
     )
+    # A GGUF load is flagged as quantized (its config keeps a quantization_config), which
+    # transformers refuses to cast or train; its tensors are plain float32 already. Rebuild the
+    # same architecture without the flag on the meta device and move the tensors and buffers in
+    # (no copy).
+    hf_config = loaded.config.to_dict()
+    hf_config.pop('quantization_config', None)
+    with torch.device('meta'):
+      model = type(loaded)(type(loaded.config).from_dict(hf_config))
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    modules = dict(model.named_modules())
+    for name, buffer in loaded.named_buffers():  # also the non-persistent ones (rotary)
+      owner, _, leaf = name.rpartition('.')
+      setattr(modules[owner], leaf, buffer)
+    model.tie_weights()
+    del loaded
   load_s = time.perf_counter() - start
   model = model.float().train()
   targets = 'all-linear'
