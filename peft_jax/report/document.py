@@ -991,20 +991,7 @@ def _claims(results: Mapping[str, Any]) -> list[Block]:
         'claims-correlations-table',
         'Spearman correlations across methods (claims 7 and 8)',
         ('Claim', 'Pair', 'Expected', 'n', 'ρ', 'p', '95% bootstrap interval'),
-        tuple(
-          (
-            str(t['claim']),
-            t['pair'],
-            expected.get(int(t.get('expected', 0)), DASH),
-            str(t['n']),
-            fmt.NOT_AVAILABLE if t['rho'] is None else f'{t["rho"]:+.3f}',
-            fmt.NOT_AVAILABLE if t['p'] is None else f'{t["p"]:.3g} ({t["p_method"]})',
-            fmt.NO_INTERVAL
-            if t.get('interval') is None
-            else f'[{t["interval"][0]:+.3f}, {t["interval"][1]:+.3f}]',
-          )
-          for t in tests
-        ),
+        _correlation_rows(tests, expected),
         ('r', 'l', 'l', 'r', 'r', 'r', 'r'),
       )
     )
@@ -1082,20 +1069,7 @@ def _sae(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
       'sae-correlations-table',
       'Spearman correlations over (rank, site) rows',
       ('Claim', 'Pair', 'Expected', 'n', 'ρ', 'p', '95% bootstrap interval'),
-      tuple(
-        (
-          str(t['claim']),
-          t['pair'],
-          expected.get(int(t.get('expected', 0)), DASH),
-          str(t['n']),
-          fmt.NOT_AVAILABLE if t['rho'] is None else f'{t["rho"]:+.3f}',
-          fmt.NOT_AVAILABLE if t['p'] is None else f'{t["p"]:.3g} ({t["p_method"]})',
-          fmt.NO_INTERVAL
-          if t.get('interval') is None
-          else f'[{t["interval"][0]:+.3f}, {t["interval"][1]:+.3f}]',
-        )
-        for t in found['correlations']
-      ),
+      _correlation_rows(found['correlations'], expected),
       ('r', 'l', 'l', 'r', 'r', 'r', 'r'),
     )
   )
@@ -1449,3 +1423,23 @@ def build_document(results: Mapping[str, Any], figures: Mapping[str, str]) -> Do
     f'{len(results["methods"])} methods'
   )
   return Document(results['title'], subtitle, tuple(sections))
+
+
+def _correlation_rows(
+  tests: Sequence[Mapping[str, Any]], expected: Mapping[int, str]
+) -> tuple[tuple[str, ...], ...]:
+  """Rows (claim, pair, expected sign, n, ρ, p, interval) of Spearman tests for a claims table."""
+  return tuple(
+    (
+      str(t['claim']),
+      t['pair'],
+      expected.get(int(t.get('expected', 0)), DASH),
+      str(t['n']),
+      fmt.NOT_AVAILABLE if t['rho'] is None else f'{t["rho"]:+.3f}',
+      fmt.NOT_AVAILABLE if t['p'] is None else f'{t["p"]:.3g} ({t["p_method"]})',
+      fmt.NO_INTERVAL
+      if t.get('interval') is None
+      else f'[{t["interval"][0]:+.3f}, {t["interval"][1]:+.3f}]',
+    )
+    for t in tests
+  )
