@@ -42,6 +42,7 @@ import ml_collections
 from peft_jax.adapters import api as adapters
 from peft_jax.arena import context as context_lib
 from peft_jax.arena import real_world, study
+from peft_jax.arena import stages as stages_lib
 from peft_jax.common import files
 from peft_jax.data.suite import layout
 from peft_jax.evals import tasks as tasks_lib
@@ -88,21 +89,9 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 def checked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """``config.rlvr``, its keys and values checked; errors name the key."""
   found = settings(config)
-  given = set(found.keys()) - {'enabled'}
-  unknown, missing = sorted(given - set(KEYS)), [k for k in KEYS if k not in given]
-  if unknown or missing:
-    raise KeyError(
-      f'config.rlvr: unknown keys {unknown}, missing keys {missing}; valid: {list(KEYS)} '
-      "and 'enabled'"
-    )
+  stages_lib.check_keys(found, KEYS, 'config.rlvr')
   passk = found.passk
-  given = set(passk.keys())
-  unknown, missing = sorted(given - set(PASSK_KEYS)), [k for k in PASSK_KEYS if k not in given]
-  if unknown or missing:
-    raise KeyError(
-      f'config.rlvr.passk: unknown keys {unknown}, missing keys {missing}; valid: '
-      f'{list(PASSK_KEYS)}'
-    )
+  stages_lib.check_keys(passk, PASSK_KEYS, 'config.rlvr.passk', also=())
   names = [str(m) for m in found.methods]
   outside = [m for m in names if m not in config.method_order]
   if not names or outside or len(set(names)) != len(names):

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from peft_jax.arena import stages as stages_lib
 from peft_jax.sae import study as sae_study
 from peft_jax.train import config as train_config_lib
 from peft_jax.train import trainer
@@ -56,13 +57,7 @@ def study_config(config: ml_collections.ConfigDict, plan) -> ml_collections.Conf
   """The ``peft_jax.sae.study`` config of the stage, from ``config.sae`` and the study plan
   (the base directory, the target's SFT data); errors name the missing or unknown key."""
   found = settings(config)
-  given = set(found.keys()) - {'enabled'}
-  unknown, missing = sorted(given - set(KEYS)), [k for k in KEYS if k not in given]
-  if unknown or missing:
-    raise KeyError(
-      f'config.sae: unknown keys {unknown}, missing keys {missing}; valid: {list(KEYS)} '
-      "and 'enabled'"
-    )
+  stages_lib.check_keys(found, KEYS, 'config.sae')
   ranks = [int(r) for r in found.ranks]
   if not ranks or min(ranks) < 1 or len(set(ranks)) != len(ranks):
     raise ValueError(f'config.sae.ranks={tuple(found.ranks)!r}: distinct positive ranks needed')

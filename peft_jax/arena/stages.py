@@ -35,6 +35,20 @@ RECORD_FILE = 'stage.json'
 TMP_MARK = '.tmp-'
 
 
+def check_keys(
+  node: Mapping[str, Any], keys: Sequence[str], where: str, also: Sequence[str] = ('enabled',)
+) -> None:
+  """Raises ``KeyError`` naming ``where`` when ``node`` has keys outside ``keys`` and ``also``
+  or lacks any of ``keys``."""
+  given = set(node.keys()) - set(also)
+  unknown, missing = sorted(given - set(keys)), [k for k in keys if k not in given]
+  if unknown or missing:
+    optional = ''.join(f" and '{k}'" for k in also)
+    raise KeyError(
+      f'{where}: unknown keys {unknown}, missing keys {missing}; valid: {list(keys)}{optional}'
+    )
+
+
 def canonical_json(value: Any) -> str:
   """Deterministic JSON (sorted keys, tuples as lists) of a config slice."""
   return json.dumps(value, sort_keys=True, separators=(',', ':'), default=_jsonable)
