@@ -107,18 +107,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.sae.compare.update(dict(subspace_k=32, block_rows=128, num_resamples=200, ce_sequences=8))
 
   # The RLVR phase on SmolLM2 (stages rlvr_<m>, eval_rlvr_<m>, passk; docs/RLVR.md, "The arena
-  # phase"): LoRA and full, 4 GRPO steps of 2 GSM prompts x 4 completions of 48 tokens each,
-  # pass@k (k = 1..8) on 4 held-out prompts x 8 samples. Estimated at about 20 minutes on 2 CPU
+  # phase"): LoRA and full, 8 GRPO steps of 4 GSM prompts x 8 completions of 48 tokens each
+  # (a base at ~0.04 on GSM needs groups this large for any group to carry a signal),
+  # pass@k (k = 1..8) on 8 held-out prompts x 8 samples. Estimated at about 20 minutes on 2 CPU
   # cores from the speeds in docs/REAL.md (an upper bound; the arithmetic is in docs/RLVR.md);
   # every method would take about 75, so the other six are left to :full.
   config.rlvr.update(dict(enabled=True, methods=('lora', 'full'), lr_factor=1.0))
   config.rlvr.train = dict(
-    total_steps=4,
+    total_steps=8,
     log_every=1,
-    grpo=dict(group_size=4, prompts_per_step=2, max_new_tokens=48, beta=0.04, skip_no_signal=True),
+    grpo=dict(group_size=8, prompts_per_step=4, max_new_tokens=48, beta=0.04, skip_no_signal=True),
   )
   config.rlvr.passk.update(
-    dict(num_prompts=4, num_samples=8, ks=(1, 2, 4, 8), max_new_tokens=48, prompts_per_batch=4)
+    dict(num_prompts=8, num_samples=8, ks=(1, 2, 4, 8), max_new_tokens=48, prompts_per_batch=8)
   )
 
   if arg in ('', 'real'):
