@@ -14,7 +14,7 @@ What differs from the bundled world:
 * **The evaluated tasks depend on the base.** The ``base_eval`` stage (:func:`stage_base_eval`)
   first evaluates the base on every suite task (``selection/<task>.jsonl``), then chooses from
   those per-example rows the retention set (the ``facts`` items the base answered:
-  ``facts_retention.jsonl`` in the stage folder) and the BBH subtasks above chance, and scores
+  ``facts_retention_set.jsonl`` in the stage folder) and the BBH subtasks above chance, and scores
   the base on the resulting task list (every response served from the first pass, so the base
   scores 1 on its retention set by construction). Its result holds the chosen task specs; the
   stages that evaluate a fine-tuned model (``eval_``, ``paths_``, ``trajectory_``) take
@@ -47,7 +47,9 @@ WORLD = 'real'
 TARGET = 'gsm'
 SUITE_DIR = 'suite'
 SELECTION_DIR = 'selection'
-RETENTION_FILE = real.RETENTION_FILE
+# Not ``facts_retention.jsonl``: the second evaluation in the stage writes its per-example
+# rows to ``<out_dir>/<task>.jsonl``, and the retention task is named ``facts_retention``.
+RETENTION_FILE = 'facts_retention_set.jsonl'
 PPL_TASK = 'pydoc_ppl'
 PPL_VALIDATION_FILE = 'pydoc_ppl_validation.jsonl'
 
@@ -174,7 +176,7 @@ def select_tasks(
 ) -> dict:
   """The evaluated task list from the base's per-example ``rows`` (``{task: rows}``).
 
-  Writes the retention set to ``<out_dir>/facts_retention.jsonl`` (its specs point at
+  Writes the retention set to ``<out_dir>/facts_retention_set.jsonl`` (its specs point at
   ``final_dir``, where the stage folder ends up). Returns ``{'task_specs', 'path_specs',
   'retention', 'bbh', 'bbh_kept', 'messages'}``; an empty retention set leaves
   ``facts_retention`` out with a message saying so.
