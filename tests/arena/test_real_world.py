@@ -16,6 +16,8 @@ from peft_jax import hub
 from peft_jax.arena import drift_study, pipeline, progress, real_world
 from peft_jax.arena import stages as stages_lib
 from peft_jax.data import real_suite
+from peft_jax.evals import axes
+from peft_jax.evals import tasks as tasks_lib
 
 # countryinfo is in the test extra (`make test` installs it): a missing package is a broken
 # install, and real_suite says how to install it.
@@ -188,6 +190,22 @@ def test_select_tasks_from_rows(tmp_path):
   assert chosen['bbh_kept'] == ['navigate']  # 4/4 correct: the interval's lower end is 1
   bbh = next(s for s in chosen['task_specs'] if s['name'] == 'bbh')
   assert bbh['subtasks'] == ['navigate']
+  # The stage's second pass writes each task's per-example rows to <out_dir>/<task>.jsonl; the
+  # retention set's file must survive it, and the later stages load it from the final folder.
+  # (Regression: a retention file named facts_retention.jsonl was overwritten by those rows.)
+  answers = {it['question']: it['answer'][0] for it in items}
+  picked = [s for s in chosen['task_specs'] if s['name'] in ('facts', 'facts_retention')]
+  second = [real_world._load(s, str(tmp_path / 'final'), str(tmp_path / 'tmp')) for s in picked]
+
+  def generate_fn(prompts, *, max_new_tokens, chat, temperature, key):
+    del max_new_tokens, chat, temperature, key
+    return [f'It is {answers.get(p, "unknown")}.' for p in prompts]
+
+  scores = axes.evaluate_scores(generate_fn, second, 4, str(tmp_path / 'tmp'), resamples=10)
+  assert scores['tasks']['facts_retention'] == 1.0
+  os.rename(tmp_path / 'tmp', tmp_path / 'final')
+  loaded = tasks_lib.load_task(retention)
+  assert [e.meta['id'] for e in loaded.examples] == expected
   # Nothing answered: no retention task, no BBH, and messages saying so.
   for row in rows['facts'] + rows['bbh']:
     row['scores']['accuracy'] = 0.0
