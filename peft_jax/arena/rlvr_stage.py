@@ -295,6 +295,8 @@ def stage_rlvr(
     'reward_mean': [float(m['reward_mean']) for m in history],
     'zero_variance_fraction': [float(m['zero_variance_fraction']) for m in history],
     'kl': [float(m['kl']) for m in history],
+    # 1.0 where grpo.skip_no_signal left the step's update out (every group's rewards equal).
+    'skipped': [float(m.get('skipped', 0.0)) for m in history],
     'completion_length': [float(m['completion_length']) for m in history],
     'passk': {'early': early_entry, 'late': late_entry},
   }

@@ -84,6 +84,8 @@ rendered with a "Not run" note. Every other key is required, and a missing or ma
                                 # RLVR − SFT, 95% paired bootstrap (diff as in "paired")
                                 "forgets": "less" | "more" | "within noise" | "no interval",
                                 "steps", "early_step": int, "train_time_s", "peak_lr": float,
+                                "skipped_steps": int | None,  # optional: updates left out
+                                # for want of signal (grpo.skip_no_signal)
                                 "step": [int], "reward_mean": [float per step], "kl": [...]}},
              "passk": {"ks": [int, increasing], "num_samples", "num_prompts": int,
                        "base": pc, "methods": {name: {"sft": pc, "early": pc, "late": pc,

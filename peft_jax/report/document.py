@@ -1114,6 +1114,14 @@ def _rlvr(results: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]
       if row['forgets'] in ('less', 'more')
       else f'{m}: Forget RLVR − SFT {measured}: {row["forgets"]}.'
     )
+  for m, row in methods.items():
+    skipped = row.get('skipped_steps')
+    if skipped:
+      findings.append(
+        f'{m}: {skipped} of {row["steps"]} GRPO steps applied no update (every group of the '
+        'batch had equal rewards, so every advantage was 0: grpo.skip_no_signal)'
+        + ('; the RLVR model is the base.' if skipped >= row['steps'] else '.')
+      )
   for m, curves in passk['methods'].items():
     d = curves['late_minus_early']
     findings.append(

@@ -169,6 +169,9 @@ def results_entry(
       'difference': difference,
       'forgets': direction(None if difference is None else difference['forget'], 'less', 'more'),
       'steps': int(run['steps']),
+      # Steps whose update grpo.skip_no_signal left out (None: a stage result without the list).
+      'skipped_steps': None if 'skipped' not in run else int(round(sum(run['skipped']))),
+      'logged_steps': len(run.get('step', ())),
       'early_step': int(run['early_step']),
       'peak_lr': float(run['peak_lr']),
       'train_time_s': float(run['train_time_s']),
@@ -221,6 +224,13 @@ COLUMNS = (
 )
 
 
+def steps_cell(row: Mapping[str, Any]) -> str:
+  """``"8"``, or ``"8 (3 skipped)"`` when steps were left out for want of a reward signal."""
+  text = f'{int(row["steps"]):,}'
+  skipped = row.get('skipped_steps')
+  return text if not skipped else f'{text} ({int(skipped):,} skipped)'
+
+
 def row_cells(name: str, row: Mapping[str, Any]) -> tuple[str, ...]:
   """One method's cells of the SFT-vs-RLVR table (differences RLVR − SFT, 95% paired)."""
   s, r, d = row['sft'], row['rlvr'], row.get('difference') or {}
@@ -235,7 +245,7 @@ def row_cells(name: str, row: Mapping[str, Any]) -> tuple[str, ...]:
 
   return (
     name,
-    f'{int(row["steps"]):,}',
+    steps_cell(row),
     fmt.fmt_score_ci(s['target'], s['intervals']['target']),
     fmt.fmt_score_ci(r['target'], r['intervals']['target']),
     diff('target'),

@@ -512,6 +512,10 @@ def _check_rlvr(rlvr: Any) -> None:
     _require_str(_require_key(row, 'forgets', where), [*where, 'forgets'])
     for key in ('steps', 'early_step'):
       _require_int(_require_key(row, key, where), [*where, key])
+    if row.get('skipped_steps') is not None:
+      skipped = _require_int(row['skipped_steps'], [*where, 'skipped_steps'])
+      if not 0 <= skipped <= row['steps']:
+        _fail([*where, 'skipped_steps'], f'expected 0 to {row["steps"]} (steps), got {skipped}')
     _require_number(_require_key(row, 'train_time_s', where), [*where, 'train_time_s'])
     steps = _require_sequence(_require_key(row, 'step', where), [*where, 'step'])
     _require_numbers(

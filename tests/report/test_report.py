@@ -240,6 +240,7 @@ def rlvr_stage_outputs():
     'step': [1, 2, 3, 4, 5, 6],
     'reward_mean': [0.1, 0.2, 0.2, 0.3, 0.3, 0.4],
     'kl': [0.0, 0.01, 0.02, 0.02, 0.03, 0.03],
+    'skipped': [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],  # step 3: every group's rewards equal
     'passk': {'early': entry(early, 3), 'late': entry(late, 6)},
   }
   passk = {

@@ -97,6 +97,16 @@ def test_entry_from_hand_made_stage_outputs():
   target = row['difference']['target']
   assert target['delta'] == pytest.approx(4 / 32 - 8 / 32, abs=1e-15)
   assert row['reward_mean'] == run['reward_mean']
+  assert row['skipped_steps'] == 1 and row['logged_steps'] == 6
+  assert rlvr.steps_cell(row) == '6 (1 skipped)'
+  # A stage result from before the list existed: no count, and the cell is the step count.
+  older = {k: v for k, v in run.items() if k != 'skipped'}
+  older_entry = rlvr.results_entry(
+    base=base, sft={'lora': sft}, rlvr={'lora': rl}, runs={'lora': older}, passk=passk,
+    target='gsm', general_tasks=['nq'], resamples=500, seed=0,
+  )  # fmt: skip
+  assert older_entry['methods']['lora']['skipped_steps'] is None
+  assert rlvr.steps_cell(older_entry['methods']['lora']) == '6'
   curves = entry['passk']['methods']['lora']
   for name in ('sft', 'early', 'late'):
     counts = passk['methods']['lora'][name]['counts']
@@ -135,6 +145,7 @@ def test_section_renders_and_says_not_run_without_the_phase(tmp_path):
   assert 'Not run' not in page.sections['sft-vs-rlvr']
   table = page.tables['rlvr-table']
   assert table[0][0] == 'Method' and table[1][0] == 'lora' and table[1][-1] == 'less'
+  assert table[1][1] == '6 (1 skipped)'
   row = results['rlvr']['methods']['lora']
   assert table[1][2] == f'{row["sft"]["target"]:.3f} [0.000, 1.000]'
   forget = row['difference']['forget']
@@ -148,6 +159,7 @@ def test_section_renders_and_says_not_run_without_the_phase(tmp_path):
   section = markdown['SFT vs RLVR']
   assert 'lora: RLVR forgets less than SFT' in section
   assert 'pass@16 is lower late than early' in section
+  assert 'lora: 1 of 6 GRPO steps applied no update' in section
   for name in rlvr.FIGURES:
     assert f'{name}.png' in section
   results.pop('rlvr')
@@ -172,6 +184,10 @@ def test_section_renders_and_says_not_run_without_the_phase(tmp_path):
       "results['rlvr']['methods']['lora']['reward_mean']: expected 6 values, got 5",
     ),
     (lambda e: e['passk'].update(ks=[4, 2]), "results['rlvr']['passk']['ks']: expected increasing"),
+    (
+      lambda e: e['methods']['lora'].update(skipped_steps=7),
+      "results['rlvr']['methods']['lora']['skipped_steps']: expected 0 to 6 (steps), got 7",
+    ),
     (
       lambda e: e['methods']['lora']['sft'].pop('forget'),
       "missing required key results['rlvr']['methods']['lora']['sft']['forget']",
