@@ -135,12 +135,12 @@ def _rank_statistic(x, y):
   return statistic
 
 
-def _scipy_test(x, y):
-  """(ρ, exact two-sided permutation p) from scipy."""
+def scipy_spearman_test(x, y):
+  """(ρ, exact two-sided permutation p) from scipy (also test_sae_report's reference)."""
   rho = stats.spearmanr(x, y).statistic
   result = stats.permutation_test(
     (np.asarray(x, np.float64),),
-    _rank_statistic(x, y),
+    _rank_statistic(x, np.asarray(y, np.float64)),
     permutation_type='pairings',
     n_resamples=np.inf,
     alternative='two-sided',
@@ -194,7 +194,7 @@ def test_spearman_values_against_scipy(arena_like):
     methods = list(ARENA)
     x = [float(np.mean(read(per_method[m]['geometry']))) for m in methods]
     y = [ys[m] for m in methods]
-    rho, p = _scipy_test(x, y)
+    rho, p = scipy_spearman_test(x, y)
     test = by_pair[pair]
     assert test['n'] == 8 and test['methods'] == methods and test['p_method'] == 'exact'
     np.testing.assert_allclose(test['rho'], rho, rtol=1e-12, atol=1e-15)
@@ -208,7 +208,7 @@ def test_spearman_test_with_ties_against_scipy(n):
   x = rng.integers(0, 4, n).astype(np.float64)  # ties
   y = x + rng.normal(0.0, 1.0, n)
   test = claims.spearman_test(x, y, resamples=200, seed=3)
-  rho, p = _scipy_test(x, y)
+  rho, p = scipy_spearman_test(x, y)
   np.testing.assert_allclose(test['rho'], rho, rtol=1e-12, atol=1e-15)
   np.testing.assert_allclose(test['p'], p, rtol=1e-12)
   assert test['min_p'] == pytest.approx(2 / math.factorial(n))

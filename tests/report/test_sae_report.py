@@ -8,34 +8,11 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from test_claims import scipy_spearman_test as _scipy_test
 from test_report import make_results, make_sae_study, markdown_sections, parse
 
 from peft_jax import report
 from peft_jax.report import sae
-
-
-def _rank_statistic(y):
-  def statistic(values, axis=-1):
-    rx = stats.rankdata(values, axis=axis)
-    ry = stats.rankdata(y)
-    rx = rx - rx.mean(axis=axis, keepdims=True)
-    ry = ry - ry.mean()
-    return (rx * ry).sum(axis=axis) / np.sqrt((rx * rx).sum(axis=axis) * (ry * ry).sum())
-
-  return statistic
-
-
-def _scipy_test(x, y):
-  """(ρ, exact two-sided permutation p) from SciPy."""
-  result = stats.permutation_test(
-    (np.asarray(x, np.float64),),
-    _rank_statistic(np.asarray(y, np.float64)),
-    permutation_type='pairings',
-    n_resamples=np.inf,
-    alternative='two-sided',
-    vectorized=True,
-  )
-  return float(stats.spearmanr(x, y).statistic), float(result.pvalue)
 
 
 def _expected_verdict(rho, p, sign=+1):
