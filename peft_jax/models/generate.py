@@ -9,7 +9,7 @@ samples one token per step and stops when every sequence has emitted an EOS id (
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +36,53 @@ class GenerationOutput(NamedTuple):
   lengths: Array
 
 
+def _ordered_keys(x: Array) -> Array:
+  """float32 -> uint32 keys in the same order (negative floats: all bits flipped; others: the
+  sign bit set), so a threshold on the keys is a threshold on the values."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.where((bits >> 31) == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _largest_key(holds: Callable[[Array], Array], batch: int) -> Array:
+  """Per row, the largest uint32 ``t`` with ``holds(t)`` (``[B, 1] -> [B, 1]`` bool), for a
+  ``holds`` that is true at 0 and stays false once false: built bit by bit from the top (32
+  passes over the row, no sort)."""
+
+  def step(i, t):
+    candidate = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    return jnp.where(holds(candidate), candidate, t)
+
+  return jax.lax.fori_loop(0, 32, step, jnp.zeros((batch, 1), jnp.uint32))
+
+
+def filter_logits(logits: Array, *, temperature: float, top_k: int, top_p: float) -> Array:
+  """``logits [B, V] / temperature`` with every token outside the top-k / top-p set at -inf
+  (``sample_logits``; ``temperature > 0``).
+
+  Top-k keeps the logits at or above the k-th largest; top-p keeps a logit when the probability
+  of the strictly larger ones is below ``top_p`` (the same set as cutting the sorted list where
+  the mass before a token reaches ``top_p``, ties included). Both thresholds are found by a
+  radix search over the logits' ordered bit patterns, 32 counting passes each, instead of a
+  sort: sorting a 49k vocabulary at every decoding step cost more than the model's own step on
+  CPU (BENCHMARKS.md, "Generation").
+  """
+  logits = logits.astype(jnp.float32) / temperature
+  batch, vocab = logits.shape
+  keys = _ordered_keys(logits)
+  if 0 < top_k < vocab:
+    kth = _largest_key(lambda t: jnp.sum(keys >= t, axis=-1, keepdims=True) >= top_k, batch)
+    logits = jnp.where(keys < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    probs = jax.nn.softmax(logits, axis=-1)
+    # The largest t with P(key > t) >= top_p; the nucleus is every key above it.
+    cut = _largest_key(
+      lambda t: jnp.sum(jnp.where(keys > t, probs, 0.0), axis=-1, keepdims=True) >= top_p,
+      batch,
+    )
+    logits = jnp.where(keys > cut, logits, -jnp.inf)
+  return logits
+
+
 def sample_logits(
   logits: Array, key: Array, *, temperature: float, top_k: int, top_p: float
 ) -> Array:
@@ -44,21 +91,11 @@ def sample_logits(
   ``temperature == 0``: argmax. Otherwise ``softmax(logits / temperature)`` restricted to the
   ``top_k`` largest logits (0 = all) and then to the smallest set of most likely tokens whose
   probability mass reaches ``top_p`` (the most likely token is always kept), as in HF's
-  temperature -> top-k -> top-p warpers.
+  temperature -> top-k -> top-p warpers (``filter_logits``).
   """
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = logits.astype(jnp.float32) / temperature
-  if top_k > 0:
-    kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
-  if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-    sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
-    keep = mass_before < top_p
-    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  logits = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 

@@ -133,6 +133,60 @@ def test_sampling_filters_match_reference_distribution():
   assert int(greedy[0]) == 0
 
 
+def _kept_with_ties(logits, temperature, top_k, top_p):
+  """float64 reference of the filter's stated rule: top-k keeps every logit >= the k-th largest;
+  top-p then keeps a logit when the probability of the strictly larger ones is < top_p."""
+  z = np.asarray(logits, np.float64) / temperature
+  keep = np.ones_like(z, bool)
+  if top_k:
+    keep = z >= np.sort(z)[::-1][top_k - 1]
+  probs = np.where(keep, np.exp(z - z.max()), 0.0)
+  probs /= probs.sum()
+  values, inverse = np.unique(z, return_inverse=True)  # ascending
+  per_value = np.bincount(inverse.ravel(), weights=probs, minlength=values.size)
+  above = np.concatenate([np.cumsum(per_value[::-1])[::-1][1:], [0.0]])  # mass strictly above
+  return keep & (above[inverse.ravel()] < top_p)
+
+
+def test_filter_on_a_large_vocabulary_matches_the_sorted_definition():
+  """On V = 4096 (peaked and flat rows, ties, -inf entries) the radix-search thresholds keep
+  exactly the float64 reference's top-k / top-p set, and the draw with a fixed key equals the
+  draw from the reference's masked logits."""
+  rng = np.random.default_rng(0)
+  vocab = 4096
+  peaked = rng.standard_normal((3, vocab)) * 4.0  # a few logits far above the rest
+  flat = rng.standard_normal((3, vocab)) * 0.3
+  tied = np.round(rng.standard_normal((2, vocab)), 1)  # many exact ties, negative and positive
+  tied[:, :7] = -np.inf
+  cases = [
+    (peaked, 1.0, 0, 0.9), (flat, 1.0, 0, 0.9), (flat, 0.7, 50, 0.9), (peaked, 1.3, 0, 0.5),
+    (tied, 1.0, 0, 0.6), (tied, 1.0, 37, 1.0), (flat, 1.0, 1, 1.0),
+  ]  # fmt: skip
+  for logits, temperature, top_k, top_p in cases:
+    got = generate_module.filter_logits(
+      jnp.asarray(logits, jnp.float32), temperature=temperature, top_k=top_k, top_p=top_p
+    )
+    kept = np.stack([_kept_with_ties(r, temperature, top_k, top_p) for r in logits])
+    np.testing.assert_array_equal(np.isfinite(np.asarray(got)), kept)
+    if logits is not tied:  # no ties: the same set as cutting the sorted list
+      for row in range(logits.shape[0]):
+        assert (
+          kept[row] == (_filtered_distribution(logits[row], temperature, top_k, top_p) > 0)
+        ).all()
+    reference = jnp.where(
+      jnp.asarray(kept),
+      jnp.asarray(logits, jnp.float32) / temperature,
+      -jnp.inf,
+    )
+    key = jax.random.key(7)
+    np.testing.assert_array_equal(
+      sample_logits(
+        jnp.asarray(logits, jnp.float32), key, temperature=temperature, top_k=top_k, top_p=top_p
+      ),
+      jax.random.categorical(key, reference, axis=-1),
+    )
+
+
 def test_generation_with_adapted_kernels_equals_merged(tiny_pairs):
   pair = tiny_pairs['llama']
   from test_decoder import _adapt  # pylint: disable=g-import-not-at-top
