@@ -41,6 +41,7 @@ from peft_jax.common import files
 from peft_jax.data import sft
 from peft_jax.data import suite as suite_lib
 from peft_jax.data.suite import layout
+from peft_jax.hub import gguf
 from peft_jax.parallel import sharding
 from peft_jax.sae import collect as collect_lib
 from peft_jax.sae import fit, metrics, splice
@@ -187,6 +188,14 @@ def _split_data(config: Mapping, workdir: str) -> tuple[str, list[dict]]:
 
 
 def _base_dir(config: Mapping) -> str:
+  """The base's path: a checkpoint directory (``'bundled:NAME'`` resolved), or a GGUF source
+  (a ``.gguf`` file or a named base such as ``'smollm2-135m-instruct'``), which
+  ``hub.load_pretrained`` and the trainer's ``model.path`` read as they are."""
+  found = (
+    gguf.find_gguf_file(config['base']) if not str(config['base']).startswith('bundled:') else None
+  )
+  if found is not None:
+    return str(found)
   base_dir = str(hub.resolve_path(config['base']))
   if not os.path.exists(base_dir):
     raise FileNotFoundError(f'config.base={config["base"]!r}: {base_dir} does not exist')
