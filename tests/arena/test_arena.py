@@ -4,6 +4,7 @@ One session-scoped run builds a seconds-long world (suite, tokenizer, 4 pretrain
 HF export) and runs the smoke preset on it; the tests read what it wrote.
 """
 
+import gc
 import json
 import math
 import os
@@ -40,8 +41,34 @@ def arena_run(tmp_path_factory, smoke_world):
   root = tmp_path_factory.mktemp('arena')
   config = smoke_config(smoke_world['hf_dir'])
   workdir = str(root / 'run')
-  results = pipeline.run_arena(config, workdir)
+  original = study.stage_eval
+
+  def counting(ctx, tree, out_dir, *args, **kwargs):
+    gc.collect()
+    alive = sum(isinstance(o, trainer.TrainResult) for o in gc.get_objects())
+    LIVE_TRAIN_RESULTS.append((os.path.basename(out_dir.rstrip(os.sep)), alive))
+    return original(ctx, tree, out_dir, *args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(study, 'stage_eval', counting)
+    results = pipeline.run_arena(config, workdir)
   return config, workdir, results
+
+
+# (stage folder, TrainResults alive) at each call of study.stage_eval in the fixture's run.
+LIVE_TRAIN_RESULTS = []
+
+
+def test_one_methods_weights_in_memory_at_a_time(arena_run):
+  """Every evaluated method's restored run is freed when the next one loads (the real preset
+  ran out of 24 GiB holding all eight), so each eval stage sees only its own."""
+  config, _, _ = arena_run
+  seen = dict(LIVE_TRAIN_RESULTS)
+  assert len(config.method_order) >= 8
+  for method in config.method_order:
+    name = next(n for n in seen if n.startswith(f'eval_{method}'))
+    assert seen[name] <= 1, LIVE_TRAIN_RESULTS
+  assert max(n for _, n in LIVE_TRAIN_RESULTS) <= 2, LIVE_TRAIN_RESULTS  # + an RLVR run
 
 
 def test_world_is_a_transformers_checkpoint(arena_run):
