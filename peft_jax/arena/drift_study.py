@@ -213,13 +213,15 @@ def add_stages(
     c = train_config(config, adapter, plan, method_train_config)
     train_name, eval_name = f'train_drift_{adapter["name"]}', f'eval_drift_{adapter["name"]}'
     cache: dict = {}
+    graph.resident[train_name] = cache  # one run in memory at a time (pipeline._Graph.hold)
 
     def run_dir(name=train_name):
       return os.path.join(graph.runner.path(name), 'run')
 
-    def train_result(c=c, cache=cache, run_dir=run_dir):
+    def train_result(c=c, cache=cache, run_dir=run_dir, name=train_name):
       # The run itself, or (a finished run) its restore; kept for the evaluation that follows.
       if 'result' not in cache:
+        graph.hold(name)
         cache['result'] = trainer.train(c, run_dir(), programs=programs)
       return cache['result']
 
@@ -235,8 +237,9 @@ def add_stages(
         data=os.path.relpath(str(c.data.path), os.path.dirname(plan.suite_dir)),
       )
 
-    def tree(cache=cache, train_result=train_result):
+    def tree(cache=cache, train_result=train_result, name=train_name):
       if 'tree' not in cache:
+        graph.hold(name)
         cache['tree'] = jax.device_get(train_result().tree)
         cache.pop('result')  # the tree is all the evaluation needs
       return cache['tree']

@@ -391,15 +391,20 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
     graph.add(
       sweep_name,
       sweep_slice,
-      fn=lambda d: study.stage_sweep(
-        get_ctx(),
-        method,
-        lrs,
-        seeds,
-        lambda lr, seed, run_dir: trainer.train(sweep_config(lr, seed), run_dir, programs=programs),
-        d,
-        steps=steps,
-        centre=centre,
+      fn=lambda d: (
+        graph.hold(method)
+        or study.stage_sweep(
+          get_ctx(),
+          method,
+          lrs,
+          seeds,
+          lambda lr, seed, run_dir: trainer.train(
+            sweep_config(lr, seed), run_dir, programs=programs
+          ),
+          d,
+          steps=steps,
+          centre=centre,
+        )
       ),
       in_place=True,
     )
@@ -446,6 +451,7 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
 
   def train_fn(d):
     del d
+    graph.hold(method)
     c, run_dir = run_config()
     if not swept:
       out = study.stage_train(method, lambda r: trainer.train(c, r, programs=programs), run_dir)

@@ -331,33 +331,32 @@ def add_stages(
     c = grpo_config(config, plan, workdir, method, method_train_config)
     early = early_step(config, int(c.total_steps))
     cache: dict = {}
+    graph.resident[train_name(method)] = cache  # one run in memory at a time (_Graph.hold)
 
     def result(c=c, cache=cache, method=method):
       if 'result' not in cache:  # a finished run restores; runs no step
+        graph.hold(train_name(method))
         cache['result'] = grpo.train(
           c, os.path.join(graph.runner.path(train_name(method)), RUN_DIR)
         )
       return cache['result']
 
-    def tree(cache=cache, result=result):
+    def tree(cache=cache, result=result, method=method):
       if 'tree' not in cache:
+        graph.hold(train_name(method))
         cache['tree'] = jax.device_get(result().tree)
         cache.pop('result')
       return cache['tree']
 
+    def train_fn(d, c=c, method=method, early=early, cache=cache):
+      graph.hold(train_name(method))  # the previous run's weights go before this one trains
+      prompts = lambda: write_prompts(config, plan, workdir)
+      return stage_rlvr(c, method, heldout, passk, early, prompts, cache, d)
+
     graph.add(
       train_name(method),
       dict(common, grpo=train_slice(c), prompts=source, early_step=early),
-      fn=lambda d, c=c, method=method, early=early, cache=cache: stage_rlvr(
-        c,
-        method,
-        heldout,
-        passk,
-        early,
-        lambda: write_prompts(config, plan, workdir),
-        cache,
-        d,
-      ),
+      fn=train_fn,
       in_place=True,
     )
     graph.add(
