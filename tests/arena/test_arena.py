@@ -8,6 +8,7 @@ import gc
 import json
 import math
 import os
+import warnings
 from fractions import Fraction
 
 import helpers_hf
@@ -45,8 +46,11 @@ def arena_run(tmp_path_factory, smoke_world):
 
   def counting(ctx, tree, out_dir, *args, **kwargs):
     gc.collect()
-    alive = sum(isinstance(o, trainer.TrainResult) for o in gc.get_objects())
-    LIVE_TRAIN_RESULTS.append((os.path.basename(out_dir.rstrip(os.sep)), alive))
+    with warnings.catch_warnings():  # isinstance on torch's deprecated module proxies warns
+      warnings.simplefilter('ignore')
+      alive = sum(isinstance(o, trainer.TrainResult) for o in gc.get_objects())
+    # out_dir: the stage's work folder, '.<stage><TMP_MARK><pid>' (or the stage folder, in place)
+    LIVE_TRAIN_RESULTS.append((os.path.basename(out_dir.rstrip(os.sep)).lstrip('.'), alive))
     return original(ctx, tree, out_dir, *args, **kwargs)
 
   with pytest.MonkeyPatch.context() as patch:
