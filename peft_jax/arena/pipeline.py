@@ -41,6 +41,7 @@ Every number in the report is read from the stage outputs.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -260,9 +261,17 @@ class _Graph:
         cache.pop('result', None)
         cache.pop('tree', None)
 
-  def add(self, name, config, inputs=(), fn=None, in_place=False, always=False):
+  def add(self, name, config, inputs=(), fn=None, in_place=False, always=False, holds=None):
+    """``holds``: the run (a ``resident`` key; '' = none) whose weights the stage loads or
+    trains; every other run's are freed before ``fn`` runs."""
     self.specs.append(stages_lib.StageSpec(name, config, tuple(inputs), in_place, always))
+    if holds is not None and fn is not None:
+      fn = functools.partial(self._holding, holds, fn)
     self.fns[name] = fn
+
+  def _holding(self, run: str, fn: Callable[[str], dict], work: str) -> dict:
+    self.hold(run)
+    return fn(work)
 
 
 def _slices(config: ml_collections.ConfigDict, plan: StudyPlan) -> dict:
@@ -391,22 +400,18 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
     graph.add(
       sweep_name,
       sweep_slice,
-      fn=lambda d: (
-        graph.hold(method)
-        or study.stage_sweep(
-          get_ctx(),
-          method,
-          lrs,
-          seeds,
-          lambda lr, seed, run_dir: trainer.train(
-            sweep_config(lr, seed), run_dir, programs=programs
-          ),
-          d,
-          steps=steps,
-          centre=centre,
-        )
+      fn=lambda d: study.stage_sweep(
+        get_ctx(),
+        method,
+        lrs,
+        seeds,
+        lambda lr, seed, run_dir: trainer.train(sweep_config(lr, seed), run_dir, programs=programs),
+        d,
+        steps=steps,
+        centre=centre,
       ),
       in_place=True,
+      holds=method,
     )
     train_inputs = [sweep_name]
     reuse = not select_at and int(config.sweep.steps) == 0 and int(config.seed) in seeds
@@ -451,7 +456,6 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
 
   def train_fn(d):
     del d
-    graph.hold(method)
     c, run_dir = run_config()
     if not swept:
       out = study.stage_train(method, lambda r: trainer.train(c, r, programs=programs), run_dir)
@@ -477,7 +481,7 @@ def _method_graph(graph, config, plan, slices, method, swept, get_ctx):
       out = study.stage_train(method, lambda r: trainer.train(c, r, programs=programs), run_dir)
     return dict(out, peak_lr=float(sweep['chosen_lr']))
 
-  graph.add(train_name, train_slice, train_inputs, fn=train_fn, in_place=True)
+  graph.add(train_name, train_slice, train_inputs, fn=train_fn, in_place=True, holds=method)
   after = [train_name]
   evaluated = after + real_world.extra_eval_inputs(config)  # real world: the base's selection
   graph.add(

@@ -348,16 +348,21 @@ def add_stages(
         cache.pop('result')
       return cache['tree']
 
-    def train_fn(d, c=c, method=method, early=early, cache=cache):
-      graph.hold(train_name(method))  # the previous run's weights go before this one trains
-      prompts = lambda: write_prompts(config, plan, workdir)
-      return stage_rlvr(c, method, heldout, passk, early, prompts, cache, d)
-
     graph.add(
       train_name(method),
       dict(common, grpo=train_slice(c), prompts=source, early_step=early),
-      fn=train_fn,
+      fn=lambda d, c=c, method=method, early=early, cache=cache: stage_rlvr(
+        c,
+        method,
+        heldout,
+        passk,
+        early,
+        lambda: write_prompts(config, plan, workdir),
+        cache,
+        d,
+      ),
       in_place=True,
+      holds=train_name(method),  # the previous run's weights go before this one trains
     )
     graph.add(
       eval_name(method),

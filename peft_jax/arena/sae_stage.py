@@ -123,10 +123,8 @@ def add_stage(graph, config: ml_collections.ConfigDict, plan, slices: Mapping[st
   graph.add(
     STAGE,
     fingerprint(config, plan, slices['world']),
-    fn=lambda d: (
-      graph.hold('')  # no method's weights stay in memory while the study runs
-      or stage_sae(config, plan, d, graph.runner.log or (lambda message: None))
-    ),
+    fn=lambda d: stage_sae(config, plan, d, graph.runner.log or (lambda message: None)),
     in_place=True,
+    holds='',  # no method's weights stay in memory while the study runs
   )
   return [STAGE]
