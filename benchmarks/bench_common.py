@@ -55,15 +55,23 @@ def emit(result: dict) -> None:
   print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def run_child(script: str, args: list[str], timeout: float | None = None) -> dict:
+def run_child(
+  script: str, args: list[str], timeout: float | None = None, env: dict | None = None
+) -> dict:
   """Runs ``python script args`` in a fresh process and returns its :func:`emit`-ted dict.
+
+  ``env``: variables to set in the child on top of this process's environment.
 
   Raises:
     RuntimeError: the child failed or emitted nothing (its stderr tail is in the message).
   """
   start = time.perf_counter()
   proc = subprocess.run(
-    [sys.executable, script, *args], capture_output=True, text=True, timeout=timeout
+    [sys.executable, script, *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=None if env is None else {**os.environ, **env},
   )
   wall = time.perf_counter() - start
   lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_PREFIX)]

@@ -1,16 +1,23 @@
 """Speed of the jitted geometry metrics against NumPy/SciPy, measured in the same run.
 
-  .venv/bin/python benchmarks/geometry_bench.py --tokens=4096 --width=512 --layers=8
+  # PEFT-Arena's sizes (4096 tokens x 1024 dims, 28 layers; minutes):
+  .venv/bin/python benchmarks/geometry_bench.py --out=/tmp/geometry.json
+  # a quick look:
+  .venv/bin/python benchmarks/geometry_bench.py --tokens=1024 --width=256 --layers=4
 
-For every metric: median wall time of the jitted JAX function (after one warm-up call that
-compiles) and of a NumPy/SciPy implementation of the same definition on the same float32 data;
-the two are timed alternately (the machine may be shared); the ratio is ``reference / jax``
-(> 1: JAX is faster); ``max_rel_err`` compares the JAX float32 result with a float64 NumPy
-evaluation. Sizes follow PEFT-Arena (<= 4096 tokens, 1024 pair tokens).
+For every metric: median wall time of the jitted JAX function (float32, after one warm-up call
+that compiles; compile time reported apart) and of a NumPy/SciPy implementation of the same
+definition on the same data, in float32 and in float64; the three are timed alternately (the
+machine may be shared). Ratios are ``reference / jax`` (> 1: JAX is faster). ``max_rel_err``
+compares the JAX float32 result with the float64 NumPy value. Sizes follow PEFT-Arena (<= 4096
+tokens, 1024 tokens for the Gram matrix); the per-layer cases run ``--layers`` layers at full size
+(JAX: one ``vmap``; NumPy: a loop over layers). Weights are ``[d, 2d]`` with a rank-8 update.
 """
 
+import sys
 import time
 
+import bench_common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,24 +25,24 @@ import scipy.linalg
 from absl import app, flags
 
 from peft_jax import geometry
+from peft_jax.common import files
 
 _TOKENS = flags.DEFINE_integer('tokens', 4096, 'Tokens n per activation matrix.')
-_WIDTH = flags.DEFINE_integer('width', 512, 'Feature width d (weights are [d, 2d]).')
-_LAYERS = flags.DEFINE_integer('layers', 8, 'Layers in the batched (vmap) cases.')
-_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats (median reported).')
+_WIDTH = flags.DEFINE_integer('width', 1024, 'Feature width d (weights are [d, 2d]).')
+_LAYERS = flags.DEFINE_integer('layers', 28, 'Layers in the batched (vmap) cases.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats (median reported).')
+_OUT = flags.DEFINE_string('out', None, 'Write every number here as JSON (atomically).')
 
 
-def _paired_median_seconds(jax_fn, reference_fn, repeats):
-  """Median times of both, measured alternately so a busy shared machine slows both alike."""
-  jax_times, reference_times = [], []
+def _paired_median_seconds(fns, repeats):
+  """Median times of each, measured alternately so a busy shared machine slows all alike."""
+  times = [[] for _ in fns]
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(jax_fn())
-    jax_times.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    reference_fn()
-    reference_times.append(time.perf_counter() - start)
-  return float(np.median(jax_times)), float(np.median(reference_times))
+    for fn, out in zip(fns, times):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      out.append(time.perf_counter() - start)
+  return [float(np.median(t)) for t in times]
 
 
 def _np_center(x):
@@ -67,9 +74,15 @@ def np_pca(x0, x1, k):
 
 
 def np_spectral_means(w0, w1):
-  """(mean ΔP, mean E) from the SVD of W0 (torch layout: the transposed Flax kernel)."""
+  """(mean ΔP, mean E) from the SVD of W0 (torch layout: the transposed Flax kernel).
+
+  Also takes the singular values of ΔW, as ``spectral_summary`` does (its top-5 and effective
+  rank), so both sides do the same two decompositions.
+  """
   u, _, vh = np.linalg.svd(w0.T, full_matrices=False)
-  dw_v = (w1 - w0).T @ vh.T
+  dw = (w1 - w0).T
+  np.linalg.svd(dw, compute_uv=False)
+  dw_v = dw @ vh.T
   return np.mean(np.abs(np.sum(u * dw_v, axis=0))), np.mean(np.linalg.norm(dw_v, axis=0))
 
 
@@ -78,23 +91,35 @@ def np_csd_rel(h, w0, w1):
   return upd / (np.mean(np.sum((h @ w0) ** 2, axis=1)) + 1e-12)
 
 
+def _spectral(a, b):
+  summary = geometry.spectral_summary(a, b)
+  return summary.delta_P_diag_mean, summary.E_delta_mean
+
+
 def main(argv):
   del argv
+  load_before = bench_common.load_average()
   n, d, layers, repeats = _TOKENS.value, _WIDTH.value, _LAYERS.value, _REPEATS.value
   rng = np.random.default_rng(0)
-  x0 = rng.standard_normal((n, d)).astype(np.float32)
-  x1 = (
-    x0 @ (np.eye(d) + 0.1 * rng.standard_normal((d, d)) / np.sqrt(d))
-    + 0.1 * rng.standard_normal((n, d))
-  ).astype(np.float32)
+
+  def activations(shape):
+    x0 = rng.standard_normal(shape, dtype=np.float32)
+    mix = np.eye(d, dtype=np.float32) + 0.1 * rng.standard_normal((d, d), np.float32) / np.sqrt(d)
+    x1 = x0 @ mix + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+    return x0, x1.astype(np.float32)
+
+  def weights(shape):
+    w0 = rng.standard_normal(shape, dtype=np.float32)
+    low = rng.standard_normal(shape[:-1] + (8,), np.float32) @ rng.standard_normal(
+      shape[:-2] + (8, shape[-1]), np.float32
+    )
+    return w0, (w0 + 0.01 * low).astype(np.float32)
+
+  x0, x1 = activations((n, d))
   pair = min(n, 1024)
-  w0 = rng.standard_normal((d, 2 * d)).astype(np.float32)
-  w1 = (w0 + 0.01 * rng.standard_normal((d, 8)) @ rng.standard_normal((8, 2 * d))).astype(
-    np.float32
-  )
-  x0_layers = rng.standard_normal((layers, n // 4, d // 2)).astype(np.float32)
-  x1_layers = (x0_layers + 0.3 * rng.standard_normal(x0_layers.shape)).astype(np.float32)
-  x64 = (x0.astype(np.float64), x1.astype(np.float64))
+  w0, w1 = weights((d, 2 * d))
+  x0_layers, x1_layers = activations((layers, n, d))
+  w0_layers, w1_layers = weights((layers, d, 2 * d))
 
   streaming_batches = 4
 
@@ -105,73 +130,93 @@ def main(argv):
       state = geometry.activation_stats_update(state, a[rows], b[rows])
     return geometry.activation_stats_finalize(state)['cka']
 
+  def per_layer(fn):
+    return lambda a, b: np.array([fn(p, q) for p, q in zip(a, b)])
+
+  # (name, jitted JAX fn, float32 args, NumPy fn of the same args)
   cases = [
-    ('linear_cka', jax.jit(geometry.linear_cka), (x0, x1), np_cka, lambda: np_cka(*x64)),
-    ('streaming_cka_4_batches', jax.jit(stream), (x0, x1), np_cka, lambda: np_cka(*x64)),
-    (
-      'procrustes_residual',
-      jax.jit(geometry.procrustes_residual),
-      (x0, x1),
-      np_procrustes,
-      lambda: np_procrustes(*x64),
-    ),
-    (
-      'gram_distortion_1024',
-      jax.jit(geometry.gram_distortion),
-      (x0[:pair], x1[:pair]),
-      np_gram,
-      lambda: np_gram(x64[0][:pair], x64[1][:pair]),
-    ),
+    ('linear_cka', jax.jit(geometry.linear_cka), (x0, x1), np_cka),
+    ('streaming_cka_4_batches', jax.jit(stream), (x0, x1), np_cka),
+    ('procrustes_residual', jax.jit(geometry.procrustes_residual), (x0, x1), np_procrustes),
+    ('gram_distortion_1024', jax.jit(geometry.gram_distortion), (x0[:pair], x1[:pair]), np_gram),
     (
       'pca_distance_k64',
       jax.jit(lambda a, b: geometry.pca_subspace_distance(a, b, 64)),
       (x0, x1),
       lambda a, b: np_pca(a, b, 64),
-      lambda: np_pca(*x64, 64),
     ),
+    ('spectral_means', jax.jit(_spectral), (w0, w1), np_spectral_means),
+    ('csd_rel', jax.jit(lambda h, a, b: geometry.csd(h, a, b).rel), (x0, w0, w1), np_csd_rel),
     (
-      'spectral_means',
-      jax.jit(
-        lambda a, b: (lambda s: (s.delta_P_diag_mean, s.E_delta_mean))(
-          geometry.spectral_summary(a, b)
-        )
-      ),
-      (w0, w1),
-      np_spectral_means,
-      lambda: np_spectral_means(w0.astype(np.float64), w1.astype(np.float64)),
-    ),
-    (
-      'csd_rel',
-      jax.jit(lambda h, a, b: geometry.csd(h, a, b).rel),
-      (x0, w0, w1),
-      np_csd_rel,
-      lambda: np_csd_rel(x0.astype(np.float64), w0.astype(np.float64), w1.astype(np.float64)),
-    ),
-    (
-      f'linear_cka_vmap_{layers}_layers',
+      f'linear_cka_{layers}_layers',
       jax.jit(jax.vmap(geometry.linear_cka)),
       (x0_layers, x1_layers),
-      lambda a, b: np.array([np_cka(p, q) for p, q in zip(a, b)]),
-      lambda: np.array(
-        [np_cka(p.astype(np.float64), q.astype(np.float64)) for p, q in zip(x0_layers, x1_layers)]
-      ),
+      per_layer(np_cka),
+    ),
+    (
+      f'procrustes_{layers}_layers',
+      jax.jit(jax.vmap(geometry.procrustes_residual)),
+      (x0_layers, x1_layers),
+      per_layer(np_procrustes),
+    ),
+    (
+      f'spectral_means_{layers}_layers',
+      jax.jit(jax.vmap(_spectral)),
+      (w0_layers, w1_layers),
+      lambda a, b: np.array([np_spectral_means(p, q) for p, q in zip(a, b)]).T,
     ),
   ]
   print(
     f'devices: {jax.devices()[0].platform} x{len(jax.devices())}; tokens={n} width={d} '
-    f'layers={layers}; median of {repeats}'
+    f'layers={layers}; median of {repeats}',
+    flush=True,
   )
-  print(f'{"metric":32s} {"jax_ms":>9s} {"numpy_ms":>9s} {"ratio":>7s} {"max_rel_err":>12s}')
-  for name, jax_fn, args, np_fn, np64_fn in cases:
+  header = (
+    '| metric | jax f32 (ms) | numpy f32 (ms) | numpy f64 (ms) | f32 / jax | f64 / jax '
+    '| jax compile (s) | max rel err (jax f32 vs f64) |'
+  )
+  lines = [header, '|---|---:|---:|---:|---:|---:|---:|---:|']
+  print(header, flush=True)
+  rows = []
+  for name, jax_fn, args, np_fn in cases:
     device_args = [jnp.asarray(a) for a in args]
-    result = jax.block_until_ready(jax_fn(*device_args))  # compile
-    jax_s, np_s = _paired_median_seconds(
-      lambda: jax_fn(*device_args), lambda: np_fn(*args), repeats
+    args64 = [a.astype(np.float64) for a in args]
+    start = time.perf_counter()
+    result = jax.block_until_ready(jax_fn(*device_args))
+    first_s = time.perf_counter() - start
+    reference = np.asarray(np_fn(*args64), np.float64)
+    jax_s, np32_s, np64_s = _paired_median_seconds(
+      [lambda: jax_fn(*device_args), lambda: np_fn(*args), lambda: np_fn(*args64)], repeats
     )
-    reference = np.asarray(np64_fn(), np.float64)
-    got = np.asarray(jax.tree.leaves(result) if isinstance(result, tuple) else result, np.float64)
-    rel_err = np.max(np.abs(got - reference) / np.maximum(np.abs(reference), 1e-30))
-    print(f'{name:32s} {1e3 * jax_s:9.2f} {1e3 * np_s:9.2f} {np_s / jax_s:7.2f} {rel_err:12.2e}')
+    got = np.asarray(result, np.float64)
+    rel_err = float(np.max(np.abs(got - reference) / np.maximum(np.abs(reference), 1e-30)))
+    row = dict(
+      metric=name,
+      jax_s=jax_s,
+      numpy_f32_s=np32_s,
+      numpy_f64_s=np64_s,
+      jax_compile_s=max(first_s - jax_s, 0.0),
+      max_rel_err=rel_err,
+    )
+    rows.append(row)
+    line = (
+      f'| {name} | {1e3 * jax_s:.1f} | {1e3 * np32_s:.1f} | {1e3 * np64_s:.1f} '
+      f'| {np32_s / jax_s:.2f} | {np64_s / jax_s:.2f} | {row["jax_compile_s"]:.2f} '
+      f'| {rel_err:.1e} |'
+    )
+    lines.append(line)
+    print(line, flush=True)
+  report = dict(
+    config=dict(tokens=n, width=d, layers=layers, repeats=repeats, gram_tokens=pair),
+    rows=rows,
+    table='\n'.join(lines),
+    machine=dict(bench_common.machine(), load_average_before=load_before),
+    versions=bench_common.versions(),
+    date=bench_common.now_utc(),
+    command=' '.join(sys.argv),
+  )
+  if _OUT.value:
+    print(f'wrote {files.write_json(_OUT.value, report)}')
 
 
 if __name__ == '__main__':

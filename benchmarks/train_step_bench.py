@@ -62,6 +62,21 @@ _TORCH_THREADS = flags.DEFINE_integer(
   'torch intra-op threads (0: torch default). On a shared, oversubscribed '
   'CPU, OpenMP spin-waiting can slow torch by 10x; compare with 1.',
 )
+_SCAN = flags.DEFINE_bool(
+  'scan_layers',
+  False,
+  'Ours: run the decoder layers as one scan (ModelConfig.scan_layers=True; params stacked on '
+  'load). Shrinks the program, so its compile, on deep models; torch is unaffected.',
+)
+_SIDES = flags.DEFINE_list(
+  'sides', ['jax', 'torch'], 'Which sides to run (jax alone: to compare options of ours).'
+)
+_XLA_FLAGS = flags.DEFINE_string(
+  'xla_flags',
+  None,
+  "Ours: XLA_FLAGS of the JAX side (appended to the environment's), e.g. "
+  '"--xla_cpu_use_onednn=true"; to measure a compiler option.',
+)
 _OUT = flags.DEFINE_string('out', None, 'Write the table and every number here as JSON.')
 # Internal: one side of one case in this process.
 _SIDE = flags.DEFINE_enum('side', None, ['jax', 'torch', 'probe'], 'Internal: run one side.')
@@ -195,7 +210,7 @@ def _jax_side(method, dtype):
 
   start = time.perf_counter()
   source = _MODEL_DIR.value if _MODEL.value == 'toy' else SMOLLM
-  model, params, _ = hub.load_pretrained(source)
+  model, params, _ = hub.load_pretrained(source, **({'scan_layers': True} if _SCAN.value else {}))
   load_s = time.perf_counter() - start
   config = model.config
   if dtype == 'bfloat16':
@@ -229,13 +244,21 @@ def _jax_side(method, dtype):
   batch = parallel.global_batch(
     {'tokens': tokens, 'loss_mask': loss_mask.astype(np.float32)}, mesh, tokens.shape[0]
   )
-  holder = {'state': training.state}
+  holder = {'state': training.state, 'compiled': None, 'lower_s': 0.0, 'compile_s': 0.0}
 
   def step():
-    holder['state'], metrics = training.train_step(holder['state'], training.frozen, batch)
+    if holder['compiled'] is None:  # the first step: trace + lower, then XLA compile, timed apart
+      start = time.perf_counter()
+      lowered = training.train_step.lower(holder['state'], training.frozen, batch)
+      holder['lower_s'] = time.perf_counter() - start
+      start = time.perf_counter()
+      holder['compiled'] = lowered.compile()
+      holder['compile_s'] = time.perf_counter() - start
+    holder['state'], metrics = holder['compiled'](holder['state'], training.frozen, batch)
     return float(metrics['loss'])
 
   out = _time_steps(step, lambda: jax.block_until_ready(holder['state']))
+  out.update(lower_s=holder['lower_s'], compile_s=holder['compile_s'], scan_layers=_SCAN.value)
   trainable, _ = adapters.partition(params)
   out.update(
     load_s=load_s,
@@ -299,7 +322,7 @@ def _child_main():
 
 
 def _forwarded_flags(extra):
-  names = ('model', 'hidden', 'layers', 'vocab', 'seq', 'batch', 'steps', 'probe_n')
+  names = ('model', 'hidden', 'layers', 'vocab', 'seq', 'batch', 'steps', 'probe_n', 'scan_layers')
   args = [f'--{n}={flags.FLAGS[n].value}' for n in names]
   args.append(f'--torch_threads={_TORCH_THREADS.value}')
   return args + extra
@@ -312,15 +335,24 @@ def _fmt_side(side, flops):
     ms=1e3 * side['step_s'],
     tok_s=_BATCH.value * _SEQ.value / side['step_s'],
     first_s=side['first_step_s'],
+    lower_s=side.get('lower_s'),
+    compile_s=side.get('compile_s'),
     flop_s=flops / side['step_s'],
     rss_gb=side['peak_rss'] / 1e9,
   )
 
 
+def _first(side):
+  """First-step seconds; ours also split as (trace + lower, XLA compile)."""
+  if side.get('compile_s') is None:
+    return f'{side["first_s"]:.2f}'
+  return f'{side["first_s"]:.2f} ({side["lower_s"]:.1f} + {side["compile_s"]:.1f})'
+
+
 def _table(rows, ceiling):
   header = (
     '| case | dtype | ours ms/step | torch ms/step | ours / torch | ours tok/s | torch tok/s '
-    '| ours first step (s) | torch first step (s) | ours GFLOP/s (% ceiling) '
+    '| ours first step (s: trace+lower + compile) | torch first step (s) | ours GFLOP/s (% ceiling) '
     '| torch GFLOP/s (% ceiling) | ours peak RSS (GB) | torch peak RSS (GB) | loss rel diff |'
   )
   lines = [header, '|---|---|' + '---:|' * 12]
@@ -329,14 +361,14 @@ def _table(rows, ceiling):
     if t is None:
       lines.append(
         f'| {r["method"]} | {r["dtype"]} | {o["ms"]:.1f} | {r["torch_note"]} | - '
-        f'| {o["tok_s"]:.0f} | - | {o["first_s"]:.2f} | - '
+        f'| {o["tok_s"]:.0f} | - | {_first(o)} | - '
         f'| {o["flop_s"] / 1e9:.1f} ({100 * o["flop_s"] / ceiling:.0f} %) | - '
         f'| {o["rss_gb"]:.2f} | - | - |'
       )
       continue
     lines.append(
       f'| {r["method"]} | {r["dtype"]} | {o["ms"]:.1f} | {t["ms"]:.1f} | {o["ms"] / t["ms"]:.2f} '
-      f'| {o["tok_s"]:.0f} | {t["tok_s"]:.0f} | {o["first_s"]:.2f} | {t["first_s"]:.2f} '
+      f'| {o["tok_s"]:.0f} | {t["tok_s"]:.0f} | {_first(o)} | {t["first_s"]:.2f} '
       f'| {o["flop_s"] / 1e9:.1f} ({100 * o["flop_s"] / ceiling:.0f} %) '
       f'| {t["flop_s"] / 1e9:.1f} ({100 * t["flop_s"] / ceiling:.0f} %) '
       f'| {o["rss_gb"]:.2f} | {t["rss_gb"]:.2f} | {r["loss_rel_diff"]:.1e} |'
@@ -385,11 +417,18 @@ def _parent_main():
       for method in _METHODS.value:
         case = extra + [f'--method={method}', f'--dtype={dtype}']
         order = ('jax', 'torch') if index % 2 == 0 else ('torch', 'jax')
+        order = [side for side in order if side in _SIDES.value]
         index += 1
         sides = {}
         for side in order:
-          sides[side] = bench_common.run_child(script, _forwarded_flags(case + [f'--side={side}']))
-        jax_side, torch_side = sides['jax'], sides['torch']
+          env = None
+          if side == 'jax' and _XLA_FLAGS.value:
+            env = {'XLA_FLAGS': f'{os.environ.get("XLA_FLAGS", "")} {_XLA_FLAGS.value}'.strip()}
+          sides[side] = bench_common.run_child(
+            script, _forwarded_flags(case + [f'--side={side}']), env=env
+          )
+        jax_side = sides['jax']
+        torch_side = sides.get('torch', {'unavailable': 'not run (--sides)'})
         flops = bench_common.train_step_flops(
           jax_side['dims'], _BATCH.value * _SEQ.value, full=method == 'full'
         )
@@ -422,6 +461,8 @@ def _parent_main():
       seq=_SEQ.value,
       steps=_STEPS.value,
       torch_threads=_TORCH_THREADS.value,
+      scan_layers=_SCAN.value,
+      xla_flags=_XLA_FLAGS.value,
       **(
         dict(hidden=_HIDDEN.value, layers=_LAYERS.value, vocab=_VOCAB.value)
         if _MODEL.value == 'toy'
