@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional, Sequence
 
+from peft_jax.common import memory
+
 
 def kind_of(stage: str) -> str:
   return stage.split('_', 1)[0] if stage != 'base_eval' else stage
@@ -74,4 +76,5 @@ class Eta:
         f' | elapsed {format_seconds(time.perf_counter() - self.start)}'
         f' | ETA {format_seconds(eta) if eta is not None else "?"}'
         f' ({len(remaining)} stages to run)'
+        f' | {memory.describe(memory.snapshot())}'
       )

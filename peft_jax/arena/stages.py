@@ -28,7 +28,7 @@ import shutil
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from peft_jax.common import files
+from peft_jax.common import files, memory
 
 RESULT_FILE = 'result.json'
 RECORD_FILE = 'stage.json'
@@ -280,6 +280,8 @@ class StageRunner:
         shutil.rmtree(work, ignore_errors=True)
       raise
     result['seconds'] = time.perf_counter() - start
+    memory.release()  # what the stage freed goes back to the OS before the next one loads
+    result['memory'] = memory.snapshot()
     files.write_json(os.path.join(work, RESULT_FILE), result)
     if not in_place:
       shutil.rmtree(final, ignore_errors=True)
